@@ -1,0 +1,32 @@
+# The two commands of the README: `make demo` and `make test`. Each does its own set-up.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: test test-fast lint demo bench clean
+
+$(STAMP): setup.py
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest
+
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -m "not integration"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+demo: $(STAMP)
+	$(PY) -m pipeline.demo
+
+bench: $(STAMP)
+	$(PY) bench/sim_throughput.py
+	$(PY) bench/engine_calls.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,1 @@
+"""Close CRM domain layer: HTTP client, upsert engine and simulator (no Beam here)."""
