@@ -1,0 +1,314 @@
+"""Parse Segment-spec events (JSON text, bytes, or Avro/Parquet rows) into a validated `Event`."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+EVENT_TYPES = frozenset({"identify", "group", "track", "page", "screen", "alias"})
+
+# Top-level keys that hold objects; Avro/Parquet exports often carry them as JSON strings.
+OBJECT_KEYS = ("traits", "context", "properties", "integrations")
+
+# Where the event time may be, best first (Segment's own precedence).
+TIMESTAMP_KEYS = ("timestamp", "receivedAt", "sentAt", "originalTimestamp")
+
+DEFAULT_MAX_BYTES = 64 * 1024
+
+MISSING: Any = object()  # a path that resolves to nothing (distinct from JSON null)
+
+
+class BadEvent(Exception):
+    """An event that cannot be turned into requests; ``reason`` is short and machine-readable."""
+
+    def __init__(self, reason: str, detail: str | None = None) -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Event:
+    """A parsed event. ``raw`` is the normalised JSON object (nested objects decoded,
+    ``type``/``messageId``/``timestamp`` filled in), so ``parse_event(e.raw) == e``."""
+
+    type: str
+    message_id: str
+    user_id: str | None
+    anonymous_id: str | None
+    group_id: str | None
+    name: str | None
+    event: str | None
+    timestamp: str
+    raw: dict[str, Any]
+
+    @property
+    def person_key(self) -> str:
+        return self.user_id if self.user_id is not None else f"anon:{self.anonymous_id}"
+
+
+def parse_event(
+    raw: bytes | str | dict[str, Any], max_bytes: int = DEFAULT_MAX_BYTES, *, now: datetime | None = None
+) -> Event:
+    """Validate one event; raise `BadEvent` with the reason it cannot be used.
+
+    ``now`` is the parse time used when the event carries no timestamp at all.
+    """
+    obj = _load(raw, max_bytes)
+    data = {k: v for k, v in obj.items() if v is not None}
+    for key in OBJECT_KEYS:
+        if key in data:
+            data[key] = _decode_object(data[key], key)
+    context = data.get("context")
+    if context is not None and context.get("traits") is not None:
+        if not isinstance(context["traits"], dict):
+            raise BadEvent("wrong_type:context.traits")
+    data = _jsonable(data, "event")
+
+    etype = data.get("type")
+    if etype is None or etype == "":
+        raise BadEvent("missing_type")
+    if not isinstance(etype, str):
+        raise BadEvent("wrong_type:type")
+    etype = etype.strip().lower()
+    if etype not in EVENT_TYPES:
+        raise BadEvent("unknown_type", data["type"])
+    data["type"] = etype
+
+    user_id = _id_value(data, "userId")
+    anonymous_id = _id_value(data, "anonymousId")
+    if user_id is None and anonymous_id is None:
+        raise BadEvent("missing_id", "neither userId nor anonymousId")
+    group_id = _id_value(data, "groupId")
+    if etype == "group" and group_id is None:
+        raise BadEvent("missing_group_id")
+    event_name = _str_value(data, "event")
+    if etype == "track" and event_name is None:
+        raise BadEvent("missing_event")
+    name = _str_value(data, "name")
+
+    timestamp = _event_time(data)
+    if timestamp is not None:
+        data["timestamp"] = timestamp
+    message_id = _str_value(data, "messageId")
+    if message_id is None:
+        # Hashed before a parse-time timestamp is filled in, so a redelivery gets the same id.
+        data.pop("messageId", None)
+        message_id = "gen-" + hashlib.sha256(canonical_json(data).encode()).hexdigest()[:32]
+        data["messageId"] = message_id
+    if timestamp is None:
+        data["timestamp"] = format_timestamp(now or datetime.now(UTC))
+
+    if len(canonical_json(data).encode()) > max_bytes:
+        raise BadEvent("too_large", f"more than {max_bytes} bytes")
+    return Event(
+        type=etype,
+        message_id=message_id,
+        user_id=user_id,
+        anonymous_id=anonymous_id,
+        group_id=group_id,
+        name=name,
+        event=event_name,
+        timestamp=data["timestamp"],
+        raw=data,
+    )
+
+
+def opted_out(event: Event) -> bool:
+    """Segment's per-event switch: ``integrations.Close`` false, or ``All`` false without Close on.
+
+    An options object for Close (``{"Close": {...}}``) counts as on, as in Segment.
+    """
+    integrations = event.raw.get("integrations") or {}
+    close = integrations.get("Close", MISSING)
+    if close is False:
+        return True
+    if integrations.get("All") is False:
+        return not (close is True or isinstance(close, dict))
+    return False
+
+
+def resolve_path(data: dict[str, Any], path: Sequence[str]) -> Any:
+    """Value at a dotted path of an event, or `MISSING`.
+
+    Segment puts a user's traits in ``context.traits`` on track/page/screen calls, so a
+    ``traits.*`` path that finds nothing (or null/"") falls back to ``context.traits.*`` —
+    except on ``group`` events, whose ``traits`` describe the company, not the user.
+    """
+    value = _walk(data, path)
+    if (
+        (value is MISSING or value is None or value == "")
+        and len(path) > 1
+        and path[0] == "traits"
+        and data.get("type") != "group"
+    ):
+        fallback = _walk(data, ("context", *path))
+        if fallback is not MISSING:
+            return fallback
+    return value
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def format_timestamp(moment: datetime) -> str:
+    """Fixed-width UTC form, so timestamps sort as strings."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _walk(data: Any, path: Sequence[str]) -> Any:
+    current = data
+    for part in path:
+        if isinstance(current, dict):
+            if part not in current:
+                return MISSING
+            current = current[part]
+        elif isinstance(current, list) and part.isdigit():
+            index = int(part)
+            if index >= len(current):
+                return MISSING
+            current = current[index]
+        else:
+            return MISSING
+    return current
+
+
+def _reject_constant(token: str) -> Any:
+    raise ValueError(f"{token} is not JSON")
+
+
+def _load(raw: bytes | str | dict[str, Any], max_bytes: int) -> dict[str, Any]:
+    if isinstance(raw, dict):
+        return raw
+    if isinstance(raw, bytes | bytearray | memoryview):
+        raw = bytes(raw)
+        if len(raw) > max_bytes:
+            raise BadEvent("too_large", f"{len(raw)} bytes > {max_bytes}")
+        try:
+            text = raw.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise BadEvent("unparseable_json", f"not UTF-8: {exc}") from None
+    elif isinstance(raw, str):
+        text = raw
+        if len(text) > max_bytes or len(text.encode()) > max_bytes:
+            raise BadEvent("too_large", f"> {max_bytes} bytes")
+    else:
+        raise BadEvent("not_an_object", type(raw).__name__)
+    try:
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise BadEvent("unparseable_json", str(exc)[:200]) from None
+    if not isinstance(obj, dict):
+        raise BadEvent("not_an_object", type(obj).__name__)
+    return obj
+
+
+def _decode_object(value: Any, key: str) -> dict[str, Any]:
+    if isinstance(value, str | bytes):
+        if not value.strip():
+            return {}
+        try:
+            value = json.loads(value, parse_constant=_reject_constant)
+        except (ValueError, RecursionError):
+            raise BadEvent(f"wrong_type:{key}", "a string that is not a JSON object") from None
+        if value is None:
+            return {}
+    if not isinstance(value, dict):
+        raise BadEvent(f"wrong_type:{key}", type(value).__name__)
+    return value
+
+
+def _jsonable(value: Any, where: str) -> Any:
+    """Plain JSON values only: rows from Avro/Parquet may hold datetimes, Decimals, bytes, tuples."""
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise BadEvent(f"wrong_type:{where}", "NaN or infinity")
+        return value
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v, where if where != "event" else str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v, where) for v in value]
+    if isinstance(value, datetime):
+        return format_timestamp(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return base64.b64encode(value).decode("ascii")
+    raise BadEvent(f"wrong_type:{where}", type(value).__name__)
+
+
+def _id_value(data: dict[str, Any], key: str) -> str | None:
+    """Ids may arrive as numbers; empty ones count as absent."""
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise BadEvent(f"wrong_type:{key}", type(value).__name__)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = str(value).strip()
+    if not text:
+        data.pop(key, None)
+        return None
+    data[key] = text
+    return text
+
+
+def _str_value(data: dict[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise BadEvent(f"wrong_type:{key}", type(value).__name__)
+    return value
+
+
+def _event_time(data: dict[str, Any]) -> str | None:
+    for key in TIMESTAMP_KEYS:
+        value = data.get(key)
+        if value is None or value == "":
+            continue
+        moment = _parse_time(value)
+        if moment is None:
+            raise BadEvent("invalid_timestamp", f"{key}={value!r}")
+        return format_timestamp(moment)
+    return None
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        # Epoch seconds, or milliseconds when it is too large to be seconds.
+        seconds = value / 1000 if abs(value) > 1e11 else value
+        try:
+            return datetime.fromtimestamp(seconds, UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
