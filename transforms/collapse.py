@@ -1,0 +1,151 @@
+"""CollapsePerPerson: per person and window, fold redundant requests into the fewest equivalent ones."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.coders import StrUtf8Coder
+from apache_beam.transforms import window
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.utils.timestamp import Duration, Timestamp
+
+from closecrm.collapse import collapse
+from closecrm.model import Outcome, UpsertRequest
+from transforms import metrics
+
+# Dead letters carry the original events; a collapsed request keeps at most this many of them
+# (all of its event ids are kept), so a chatty person cannot blow up the writer's buffer.
+MAX_EVENTS_CARRIED = 20
+SUPPRESSED = "suppressed"
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A request on its way to Close, with the original events it came from."""
+
+    person: str
+    request: UpsertRequest
+    events: tuple[Any, ...] = ()
+
+
+class _CollapseFn(beam.CombineFn):
+    """Accumulates (request, event) pairs; extraction runs the engine-compatible collapse."""
+
+    def create_accumulator(self) -> list[tuple[UpsertRequest, Any]]:
+        return []
+
+    def add_input(self, acc, item):
+        acc.append(item)
+        return acc
+
+    def merge_accumulators(self, accs):
+        merged: list[tuple[UpsertRequest, Any]] = []
+        for acc in accs:
+            merged.extend(acc)
+        return merged
+
+    def extract_output(self, acc) -> list[tuple[UpsertRequest, tuple[Any, ...]]]:
+        events_by_id: dict[str, Any] = {}
+        for request, event in acc:
+            for event_id in request.event_ids:
+                events_by_id.setdefault(event_id, event)
+        out = []
+        for request in collapse(r for r, _ in acc):
+            carried = tuple(events_by_id[i] for i in request.event_ids[:MAX_EVENTS_CARRIED] if i in events_by_id)
+            out.append((request, carried))
+        return out
+
+
+class _Explode(beam.DoFn):
+    def __init__(self) -> None:
+        self._collapsed = metrics.counter(metrics.REQUESTS_COLLAPSED)
+
+    def process(self, item):
+        person, collapsed = item
+        folded = sum(len(r.event_ids) for r, _ in collapsed)
+        self._collapsed.inc(max(0, folded - len(collapsed)))
+        for request, events in collapsed:
+            yield Pending(person=person, request=request, events=events)
+
+
+def _window_fn(kind: str, seconds: float):
+    if kind == "session":
+        return window.Sessions(seconds)
+    if kind == "fixed":
+        return window.FixedWindows(seconds)
+    return window.GlobalWindows()
+
+
+class CollapsePerPerson(beam.PTransform):
+    """(person, (request, event)) → Pending, one per run of equivalent requests per window."""
+
+    def __init__(self, streaming: bool, window_kind: str = "fixed", window_seconds: float = 10.0) -> None:
+        super().__init__()
+        # A global window never closes on unbounded input, so streaming always windows.
+        self._kind = window_kind if streaming else "global"
+        if streaming and self._kind == "global":
+            self._kind = "fixed"
+        self._seconds = window_seconds
+
+    def expand(self, keyed):
+        return (
+            keyed
+            | "Window" >> beam.WindowInto(_window_fn(self._kind, self._seconds))
+            | "Collapse" >> beam.CombinePerKey(_CollapseFn())
+            | "Explode" >> beam.ParDo(_Explode())
+        )
+
+
+def _content_digest(request: UpsertRequest) -> str:
+    return hashlib.sha256(request.fingerprint().encode()).hexdigest()[:16]
+
+
+class _SuppressIdentical(beam.DoFn):
+    """Per person: a request identical to the last one let through costs nothing.
+
+    The state is one short digest per person with a TTL, not a global cache.
+    """
+
+    LAST = ReadModifyWriteStateSpec("last", StrUtf8Coder())
+    EXPIRY = TimerSpec("expiry", TimeDomain.REAL_TIME)
+
+    def __init__(self, ttl_seconds: float) -> None:
+        self._ttl = ttl_seconds
+        self._suppressed = metrics.counter(metrics.REQUESTS_SUPPRESSED)
+
+    def process(self, item, last=beam.DoFn.StateParam(LAST), expiry=beam.DoFn.TimerParam(EXPIRY)):
+        _, pending = item
+        digest = _content_digest(pending.request)
+        if last.read() == digest:
+            self._suppressed.inc()
+            outcome = Outcome(kind="unchanged", branch="identical_to_last_applied")
+            yield beam.pvalue.TaggedOutput(SUPPRESSED, (pending, outcome))
+            return
+        last.write(digest)
+        expiry.set(Timestamp.now() + Duration(seconds=self._ttl))
+        yield pending
+
+    @on_timer(EXPIRY)
+    def expire(self, last=beam.DoFn.StateParam(LAST)):
+        last.clear()
+
+
+class SuppressIdentical(beam.PTransform):
+    """Main output: Pending to send. Tagged SUPPRESSED: (Pending, unchanged Outcome)."""
+
+    def __init__(self, ttl_seconds: float = 24 * 3600.0) -> None:
+        super().__init__()
+        self._ttl = ttl_seconds
+
+    def expand(self, pendings):
+        return (
+            pendings
+            # State must outlive the collapse windows, so it lives in the global window.
+            | "Rewindow" >> beam.WindowInto(window.GlobalWindows())
+            | "KeyByPerson" >> beam.Map(lambda p: (p.person, p))
+            | "Suppress" >> beam.ParDo(_SuppressIdentical(self._ttl)).with_outputs(SUPPRESSED, main="pending")
+        )

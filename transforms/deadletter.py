@@ -1,0 +1,73 @@
+"""Dead letters: one record shape for every stage, written as JSON lines (and optionally to Pub/Sub)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import apache_beam as beam
+
+from closecrm.model import DeadLetter
+
+DEAD = "dead"  # tag of every stage's dead-letter output
+
+
+def dead_letter_json(letter: DeadLetter) -> str:
+    return json.dumps(letter.to_json(), sort_keys=True, default=str)
+
+
+def raw_for_letter(raw: Any) -> Any:
+    """The original input as it can be written back: text stays text, bytes are decoded."""
+    if isinstance(raw, bytes):
+        return raw.decode("utf-8", errors="replace")
+    return raw
+
+
+class WriteDeadLetters(beam.PTransform):
+    """JSON lines under DIR (one file per bundle set) and, if given, a Pub/Sub topic."""
+
+    def __init__(self, directory: str | None, topic: str | None = None, streaming: bool = False) -> None:
+        super().__init__()
+        self._directory = directory
+        self._topic = topic
+        self._streaming = streaming
+
+    def expand(self, letters):
+        lines = letters | "ToJson" >> beam.Map(dead_letter_json)
+        if self._topic:
+            _ = (
+                lines
+                | "Encode" >> beam.Map(lambda s: s.encode("utf-8"))
+                | "ToPubSub" >> beam.io.WriteToPubSub(self._topic)
+            )
+        if self._directory:
+            if self._streaming:
+                _ = lines | "ToFiles" >> beam.ParDo(AppendLines(self._directory.rstrip("/") + "/dead-letters.jsonl"))
+            else:
+                _ = lines | "ToFiles" >> beam.io.WriteToText(
+                    self._directory.rstrip("/") + "/dead-letters",
+                    file_name_suffix=".jsonl",
+                    shard_name_template="",
+                )
+        return lines
+
+
+_APPEND_LOCK = threading.Lock()
+
+
+class AppendLines(beam.DoFn):
+    """Appends each line to one local file; for streaming local runs, where file sinks need windows."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+
+    def setup(self) -> None:
+        import os
+
+        os.makedirs(os.path.dirname(self._path) or ".", exist_ok=True)
+
+    def process(self, line: str):
+        with _APPEND_LOCK, open(self._path, "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+        yield line

@@ -1,0 +1,100 @@
+"""ParseEvents: raw payloads → Segment events, dropping redeliveries and dead-lettering bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.coders import BooleanCoder
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.utils.timestamp import Duration, Timestamp
+
+from closecrm.events import BadEvent, Event, opted_out, parse_event
+from closecrm.model import DeadLetter
+from transforms import metrics
+from transforms.deadletter import DEAD, raw_for_letter
+from transforms.ledger import DEAD as LEDGER_DEAD
+from transforms.ledger import LEDGER, SKIPPED
+
+
+def raw_id(raw: Any) -> str:
+    """A stable id for input that never became an event (so the ledger can still count it)."""
+    blob = raw if isinstance(raw, bytes) else repr(raw).encode("utf-8", errors="replace")
+    return "raw:" + hashlib.sha256(blob).hexdigest()[:24]
+
+
+class _Parse(beam.DoFn):
+    def __init__(self, max_bytes: int) -> None:
+        self._max_bytes = max_bytes
+        self._read = metrics.counter(metrics.EVENTS_READ)
+        self._opted_out = metrics.counter(metrics.EVENTS_OPTED_OUT)
+
+    def process(self, raw: Any):
+        self._read.inc()
+        try:
+            event = parse_event(raw, max_bytes=self._max_bytes)
+        except BadEvent as exc:
+            rid = raw_id(raw)
+            yield beam.pvalue.TaggedOutput(
+                DEAD, DeadLetter(stage="parse", reason=exc.reason, event=raw_for_letter(raw), event_ids=(rid,))
+            )
+            yield beam.pvalue.TaggedOutput(LEDGER, (rid, LEDGER_DEAD))
+            return
+        metrics.counter(metrics.EVENTS_BY_TYPE + event.type).inc()
+        if opted_out(event):
+            self._opted_out.inc()
+            yield beam.pvalue.TaggedOutput(LEDGER, (event.message_id, SKIPPED))
+            return
+        yield event
+
+
+class _DropRedeliveries(beam.DoFn):
+    """Keyed by messageId: the first copy passes, later copies within the TTL are dropped."""
+
+    SEEN = ReadModifyWriteStateSpec("seen", BooleanCoder())
+    EXPIRY = TimerSpec("expiry", TimeDomain.REAL_TIME)
+
+    def __init__(self, ttl_seconds: float) -> None:
+        self._ttl = ttl_seconds
+        self._dupes = metrics.counter(metrics.EVENTS_DUPLICATE)
+
+    def process(
+        self,
+        item: tuple[str, Event],
+        seen=beam.DoFn.StateParam(SEEN),
+        expiry=beam.DoFn.TimerParam(EXPIRY),
+    ):
+        if seen.read():
+            self._dupes.inc()
+            # A redelivered copy ends as skipped, under a ledger key of its own.
+            yield beam.pvalue.TaggedOutput(LEDGER, (f"dup:{item[0]}:{uuid.uuid4().hex}", SKIPPED))
+            return
+        seen.write(True)
+        expiry.set(Timestamp.now() + Duration(seconds=self._ttl))
+        yield item[1]
+
+    @on_timer(EXPIRY)
+    def expire(self, seen=beam.DoFn.StateParam(SEEN)):
+        seen.clear()
+
+
+class ParseEvents(beam.PTransform):
+    """Main output: Event. Tagged outputs: DEAD (DeadLetter), LEDGER ((event_id, status))."""
+
+    def __init__(self, max_bytes: int = 64 * 1024, dedupe_ttl_seconds: float = 3600.0) -> None:
+        super().__init__()
+        self._max_bytes = max_bytes
+        self._ttl = dedupe_ttl_seconds
+
+    def expand(self, raw):
+        parsed = raw | "Parse" >> beam.ParDo(_Parse(self._max_bytes)).with_outputs(DEAD, LEDGER, main="events")
+        unique = (
+            parsed.events
+            | "KeyByMessageId" >> beam.Map(lambda e: (e.message_id, e))
+            | "DropRedeliveries" >> beam.ParDo(_DropRedeliveries(self._ttl)).with_outputs(LEDGER, main="events")
+        )
+        ledger = (parsed[LEDGER], unique[LEDGER]) | "MergeLedger" >> beam.Flatten()
+        return {"events": unique.events, DEAD: parsed[DEAD], LEDGER: ledger}
