@@ -1,0 +1,406 @@
+"""The read stage: raw event payloads from files, Pub/Sub or Kafka, ready for ParseEvents.
+
+Payloads are `bytes` (one JSON document as text: a JSON line, a Pub/Sub message, a Kafka value)
+or `dict` (an Avro or Parquet row, already an event). Nothing here judges an event: a line that is
+not JSON is passed on as it is, and the parser dead-letters it.
+
+An Avro/Parquet/compressed file that cannot be read (corrupt, truncated) does not fail the job:
+the rows read before the damage are emitted, then one `str` payload "unreadable file <path>: <error>"
+that is deliberately not JSON, so the parser dead-letters it with the path and the error, and the
+`unreadable_files` counter counts it. Files with other extensions (`_SUCCESS`, `.crc`) are skipped
+and counted in `skipped_files`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import apache_beam as beam
+from apache_beam.io import fileio
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import TimestampedValue
+
+from pipeline.avro_io import iter_avro_records, record_to_event
+
+_LOG = logging.getLogger(__name__)
+
+SourceKind = Literal["files", "pubsub", "kafka"]
+
+JSON_LINES_EXTENSIONS = (".jsonl", ".json", ".ndjson")
+COMPRESSION_EXTENSIONS = (".gz", ".bz2", ".zst", ".deflate")
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """Where events come from. Only the fields of the chosen `source` are read.
+
+    | field | source | meaning |
+    |---|---|---|
+    | source | all | "files", "pubsub" or "kafka" |
+    | input | files | glob of .jsonl/.json/.ndjson (optionally .gz), .avro, .parquet files |
+    | subscription / topic | pubsub | full path, `projects/P/subscriptions/S` or `projects/P/topics/T`; one of them |
+    | timestamp_attribute | pubsub | attribute carrying the event time (RFC 3339 or epoch ms); default publish time |
+    | id_attribute | pubsub | attribute Dataflow dedupes redeliveries on; ignored on the DirectRunner |
+    | bootstrap_servers | kafka | `host:port[,host:port…]` |
+    | kafka_topic | kafka | topic to read |
+    | kafka_partitions_offsets | kafka | `{partition: first offset}`; DirectRunner only (default: each partition's start) |
+    | kafka_consumer_config | kafka | extra consumer settings (security, SASL…), same keys for librdkafka and Java |
+    | direct_runner | kafka | true: bounded Python reader up to the end offsets seen at start; false: Beam's ReadFromKafka |
+    """
+
+    source: SourceKind
+    input: str | None = None
+    subscription: str | None = None
+    topic: str | None = None
+    timestamp_attribute: str | None = None
+    id_attribute: str | None = None
+    bootstrap_servers: str | None = None
+    kafka_topic: str | None = None
+    kafka_partitions_offsets: Mapping[int, int] | None = None
+    kafka_consumer_config: Mapping[str, str] = field(default_factory=dict)
+    direct_runner: bool = True
+
+    def __post_init__(self) -> None:
+        if self.source == "files" and not self.input:
+            raise ValueError("--source files needs --input GLOB")
+        if self.source == "pubsub" and bool(self.subscription) == bool(self.topic):
+            raise ValueError("--source pubsub needs exactly one of --subscription PATH or --topic PATH")
+        if self.source == "kafka":
+            if not (self.bootstrap_servers and self.kafka_topic):
+                raise ValueError("--source kafka needs --bootstrap-servers HOSTS and --kafka-topic NAME")
+            if self.kafka_partitions_offsets and not self.direct_runner:
+                raise ValueError(
+                    "start offsets per partition are honoured only by the DirectRunner's bounded Kafka "
+                    "reader; on Dataflow/Flink start from the consumer group's committed offsets"
+                )
+        if self.source not in ("files", "pubsub", "kafka"):
+            raise ValueError(f"unknown source {self.source!r}: use files, pubsub or kafka")
+
+
+class ReadEvents(beam.PTransform):
+    """Raw event payloads from the configured source (bounded for files and DirectRunner Kafka)."""
+
+    def __init__(self, options: SourceOptions) -> None:
+        super().__init__()
+        self._options = options
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        readers = {"files": ReadEventFiles, "pubsub": ReadPubSubPayloads, "kafka": ReadKafkaPayloads}
+        return pbegin | readers[self._options.source](self._options)
+
+
+# --- files -------------------------------------------------------------------------------------
+
+
+def file_format(path: str) -> str | None:
+    """The format ("jsonl", "avro", "parquet") named by the file extension, compression ignored; else None."""
+    name = path.lower()
+    for suffix in COMPRESSION_EXTENSIONS:
+        name = name.removesuffix(suffix)
+    if name.endswith(JSON_LINES_EXTENSIONS):
+        return "jsonl"
+    if name.endswith(".avro"):
+        return "avro"
+    if name.endswith(".parquet"):
+        return "parquet"
+    return None
+
+
+def unreadable_file_payload(path: str, error: BaseException) -> str:
+    """The payload standing for a file that could not be read: not JSON, so the parser dead-letters it."""
+    return f"unreadable file {path}: {type(error).__name__}: {error}"
+
+
+class _ReadFile(beam.DoFn):
+    """Base of the per-format readers: turns a read error into one unreadable-file payload."""
+
+    def __init__(self) -> None:
+        self._unreadable = Metrics.counter("close_sync.sources", "unreadable_files")
+
+    def process(self, readable_file: fileio.ReadableFile) -> Iterator[Any]:
+        path = readable_file.metadata.path
+        try:
+            yield from self.read(readable_file)
+        except Exception as error:  # one damaged file must not stop the job
+            _LOG.warning("cannot read %s: %s", path, error)
+            self._unreadable.inc()
+            yield unreadable_file_payload(path, error)
+
+    def read(self, readable_file: fileio.ReadableFile) -> Iterator[Any]:
+        raise NotImplementedError
+
+
+class ReadJsonLines(_ReadFile):
+    """Each non-blank line of a (possibly compressed) JSON-lines file, as bytes."""
+
+    def read(self, readable_file: fileio.ReadableFile) -> Iterator[bytes]:
+        with readable_file.open() as stream:
+            for line in stream:
+                line = line.strip()
+                if line:
+                    yield line
+
+
+class ReadAvroRows(_ReadFile):
+    """Each record of an Avro container file, as an event dict."""
+
+    def read(self, readable_file: fileio.ReadableFile) -> Iterator[dict[str, Any]]:
+        with readable_file.open(mime_type="application/octet-stream") as stream:
+            for record in iter_avro_records(stream):
+                yield record_to_event(record)
+
+
+class ReadParquetRows(_ReadFile):
+    """Each row of a Parquet file, as an event dict, one row group batch at a time."""
+
+    def __init__(self, batch_size: int = 1024) -> None:
+        super().__init__()
+        self._batch_size = batch_size
+
+    def read(self, readable_file: fileio.ReadableFile) -> Iterator[dict[str, Any]]:
+        import pyarrow.parquet as pq
+
+        with readable_file.open(mime_type="application/octet-stream") as stream:
+            for batch in pq.ParquetFile(stream).iter_batches(batch_size=self._batch_size):
+                for row in batch.to_pylist():
+                    yield record_to_event(row)
+
+
+class SkipUnsupportedFile(beam.DoFn):
+    """Counts and logs a matched file of no known format (`_SUCCESS`, checksums); emits nothing."""
+
+    def __init__(self) -> None:
+        self._skipped = Metrics.counter("close_sync.sources", "skipped_files")
+
+    def process(self, readable_file: fileio.ReadableFile) -> Iterator[Any]:
+        _LOG.warning("skipping %s: not .jsonl/.json/.ndjson, .avro or .parquet", readable_file.metadata.path)
+        self._skipped.inc()
+        return iter(())
+
+
+FILE_READERS: dict[str, type[_ReadFile]] = {
+    "jsonl": ReadJsonLines,
+    "avro": ReadAvroRows,
+    "parquet": ReadParquetRows,
+}
+
+
+class ReadEventFiles(beam.PTransform):
+    """Payloads of every file the glob matches, one reader per format, flattened."""
+
+    def __init__(self, options: SourceOptions) -> None:
+        super().__init__()
+        self._pattern = options.input
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        formats = list(FILE_READERS)
+        files = (
+            pbegin
+            | "Match" >> fileio.MatchFiles(self._pattern)
+            | "Spread files" >> beam.Reshuffle()
+            | "Open" >> fileio.ReadMatches()
+            | "By format" >> beam.Partition(_format_index, len(formats) + 1, formats)
+        )
+        files[len(formats)] | "Skip unsupported" >> beam.ParDo(SkipUnsupportedFile())
+        per_format = [
+            files[i] | f"Read {fmt}" >> beam.ParDo(FILE_READERS[fmt]()) for i, fmt in enumerate(formats)
+        ]
+        return per_format | "Flatten formats" >> beam.Flatten()
+
+
+def _format_index(readable_file: fileio.ReadableFile, num_partitions: int, formats: list[str]) -> int:
+    fmt = file_format(readable_file.metadata.path)
+    return formats.index(fmt) if fmt in formats else num_partitions - 1
+
+
+# --- Pub/Sub -----------------------------------------------------------------------------------
+
+
+class ReadPubSubPayloads(beam.PTransform):
+    """Message bodies (bytes) from a Pub/Sub subscription or topic; unbounded."""
+
+    def __init__(self, options: SourceOptions) -> None:
+        super().__init__()
+        self._options = options
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        opts = self._options
+        # The DirectRunner refuses id_label; the pipeline's messageId dedupe covers redeliveries there.
+        id_label = None if opts.direct_runner else opts.id_attribute
+        return pbegin | "Read Pub/Sub" >> beam.io.ReadFromPubSub(
+            subscription=opts.subscription,
+            topic=None if opts.subscription else opts.topic,
+            timestamp_attribute=opts.timestamp_attribute,
+            id_label=id_label,
+        )
+
+
+# --- Kafka -------------------------------------------------------------------------------------
+
+
+class ReadKafkaPayloads(beam.PTransform):
+    """Message values (bytes) of a Kafka topic: Beam's ReadFromKafka, or a bounded Python read locally."""
+
+    def __init__(self, options: SourceOptions) -> None:
+        super().__init__()
+        self._options = options
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        opts = self._options
+        config = kafka_consumer_config(opts)
+        if opts.direct_runner:
+            return pbegin | "Read Kafka (bounded)" >> ReadKafkaBounded(
+                config, opts.kafka_topic or "", opts.kafka_partitions_offsets
+            )
+        from apache_beam.io.kafka import ReadFromKafka
+
+        return (
+            pbegin
+            | "Read Kafka"
+            >> ReadFromKafka(
+                consumer_config=config,
+                topics=[opts.kafka_topic],
+                timestamp_policy=ReadFromKafka.create_time_policy,
+            )
+            | "Values" >> beam.Map(lambda key_value: key_value[1])
+        )
+
+
+def kafka_consumer_config(options: SourceOptions) -> dict[str, str]:
+    """Consumer settings shared by both readers; user settings win over the defaults."""
+    return {
+        "group.id": "close-sync",
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": "false",
+        **dict(options.kafka_consumer_config),
+        "bootstrap.servers": options.bootstrap_servers or "",
+    }
+
+
+@dataclass(frozen=True)
+class KafkaPartitionRange:
+    """Offsets [start, end) of one partition, to be read by one ReadKafkaPartition call."""
+
+    topic: str
+    partition: int
+    start: int
+    end: int
+
+
+class ReadKafkaBounded(beam.PTransform):
+    """Every message of a topic up to the end offsets seen when the job starts (DirectRunner, replays)."""
+
+    def __init__(
+        self, consumer_config: Mapping[str, str], topic: str, start_offsets: Mapping[int, int] | None = None
+    ) -> None:
+        super().__init__()
+        self._config = dict(consumer_config)
+        self._topic = topic
+        self._start_offsets = dict(start_offsets or {})
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        return (
+            pbegin
+            | "Topic" >> beam.Create([self._topic])
+            | "Plan partitions" >> beam.ParDo(PlanKafkaPartitions(self._config, self._start_offsets))
+            | "Spread partitions" >> beam.Reshuffle()
+            | "Read partition" >> beam.ParDo(ReadKafkaPartition(self._config))
+        )
+
+
+class PlanKafkaPartitions(beam.DoFn):
+    """The topic's partitions with their start offsets and current end (high watermark) offsets."""
+
+    def __init__(
+        self, consumer_config: Mapping[str, str], start_offsets: Mapping[int, int], timeout_s: float = 30.0
+    ):
+        self._config = dict(consumer_config)
+        self._start_offsets = dict(start_offsets)
+        self._timeout_s = timeout_s
+
+    def process(self, topic: str) -> Iterator[KafkaPartitionRange]:
+        from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+        consumer = Consumer(self._config)
+        try:
+            metadata = consumer.list_topics(topic, timeout=self._timeout_s).topics.get(topic)
+            if metadata is None or metadata.error is not None:
+                raise KafkaException(
+                    f"topic {topic!r} unavailable: {metadata.error if metadata else 'missing'}"
+                )
+            unknown = set(self._start_offsets) - set(metadata.partitions)
+            if unknown:
+                raise ValueError(f"topic {topic!r} has no partition(s) {sorted(unknown)}")
+            for partition in sorted(metadata.partitions):
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=self._timeout_s
+                )
+                start = max(low, self._start_offsets.get(partition, low))
+                if start < high:
+                    yield KafkaPartitionRange(topic, partition, start, high)
+        finally:
+            consumer.close()
+
+
+class ReadKafkaPartition(beam.DoFn):
+    """The values of one partition range, stamped with their Kafka timestamps; tombstones are skipped."""
+
+    def __init__(self, consumer_config: Mapping[str, str], idle_timeout_s: float = 30.0, batch: int = 500):
+        self._config = dict(consumer_config)
+        self._idle_timeout_s = idle_timeout_s
+        self._batch = batch
+        self._consumer: Any = None
+        self._tombstones = Metrics.counter("close_sync.sources", "kafka_tombstones")
+
+    def setup(self) -> None:
+        from confluent_kafka import Consumer
+
+        self._consumer = Consumer({**self._config, "enable.partition.eof": "true"})
+
+    def teardown(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+    def process(self, span: KafkaPartitionRange) -> Iterator[TimestampedValue | bytes]:
+        from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+        self._consumer.assign([TopicPartition(span.topic, span.partition, span.start)])
+        try:
+            next_offset, last_progress = span.start, time.monotonic()
+            while next_offset < span.end:
+                messages = self._consumer.consume(self._batch, timeout=1.0)
+                for message in messages:
+                    if message.error() is not None:
+                        if message.error().code() == KafkaError._PARTITION_EOF:
+                            # End of the log: offsets up to `end` that were never delivered were
+                            # compacted away or were transaction markers.
+                            next_offset = span.end
+                            continue
+                        raise KafkaException(message.error())
+                    if message.offset() >= span.end:
+                        next_offset = span.end
+                        break
+                    next_offset = message.offset() + 1
+                    yield from self._payload(message)
+                if messages:
+                    last_progress = time.monotonic()
+                elif time.monotonic() - last_progress > self._idle_timeout_s:
+                    raise TimeoutError(
+                        f"{span.topic}[{span.partition}]: no message for {self._idle_timeout_s}s "
+                        f"at offset {next_offset} of [{span.start}, {span.end})"
+                    )
+        finally:
+            self._consumer.unassign()
+
+    def _payload(self, message: Any) -> Iterator[TimestampedValue | bytes]:
+        value = message.value()
+        if value is None:
+            self._tombstones.inc()
+            return
+        kind, millis = message.timestamp()
+        yield TimestampedValue(value, millis / 1000.0) if kind and millis >= 0 else value
