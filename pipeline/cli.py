@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import click
 
+from pipeline.runjob import DEFAULT_CLOSE_URL
+from transforms.upsert import EngineSpec, KeySource
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--verbose", is_flag=True, help="Show tracebacks and debug logs.")
@@ -38,6 +41,163 @@ def sim(**kwargs: object) -> None:
     from closecrm.sim.cli import run_from_cli
 
     run_from_cli(**kwargs)
+
+
+def _key_source(api_key_file: str | None, config) -> KeySource:  # noqa: ANN001
+    path = api_key_file or config.settings.api_key_file
+    return KeySource(env_var=config.settings.api_key_env, path=path)
+
+
+def _fail(ctx: click.Context, exc: BaseException) -> None:
+    """One line that says what and how to fix; the traceback only with --verbose."""
+    if ctx.find_root().obj and ctx.find_root().obj.get("verbose"):
+        raise exc
+    raise click.ClickException(explain(exc)) from None
+
+
+def explain(exc: BaseException) -> str:
+    import httpx
+
+    from closecrm.client import CloseAPIError
+    from closecrm.engine import SettingsError
+    from pipeline.config import ConfigError
+
+    if isinstance(exc, ConfigError | SettingsError):
+        return str(exc)
+    if isinstance(exc, CloseAPIError) and exc.status == 401:
+        return "Close rejected the API key (401): check $CLOSE_API_KEY or --api-key-file."
+    if isinstance(exc, CloseAPIError):
+        return f"Close answered {exc.status}: {exc}"
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return "cannot reach Close at the --close-url given: check the URL and the network."
+    if isinstance(exc, RuntimeError | ValueError | OSError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+_CLOSE_URL = click.option(
+    "--close-url", default=DEFAULT_CLOSE_URL, show_default=True, help="Base URL of the Close API."
+)
+_KEY_FILE = click.option(
+    "--api-key-file", type=click.Path(dir_okay=False), help="Read the API key from this file instead of $CLOSE_API_KEY."
+)
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="YAML/JSON config.")
+@click.option("--source", type=click.Choice(["files", "pubsub", "kafka"]), required=True, help="Where events come from.")
+@click.option("--input", "input_glob", help="Files: glob of .jsonl/.json/.avro/.parquet (.gz for JSON lines).")
+@click.option("--subscription", help="Pub/Sub subscription path projects/P/subscriptions/S.")
+@click.option("--topic", help="Pub/Sub topic path projects/P/topics/T (a subscription is made for the run).")
+@click.option("--timestamp-attribute", help="Pub/Sub attribute holding the event time.")
+@click.option("--bootstrap-servers", help="Kafka bootstrap servers, host:port[,host:port].")
+@click.option("--kafka-topic", help="Kafka topic to read.")
+@_CLOSE_URL
+@_KEY_FILE
+@click.option("--dead-letter", "dead_letter", help="Directory for dead-letter JSON lines.")
+@click.option("--dead-letter-topic", help="Optional Pub/Sub topic for dead letters.")
+@click.option("--audit-log", type=click.Path(dir_okay=False), help="One JSON line per request applied.")
+@click.option("--dry-run", is_flag=True, help="Read Close and decide, but write nothing; print the plan.")
+@click.option("--budget-share", type=float, default=1.0, help="Share of the key's rate budget for each worker.")
+@click.pass_context
+def run(ctx: click.Context, config_path: str | None, **opts: object) -> None:
+    """Run the sync job. Extra arguments are Beam pipeline options (e.g. --runner DataflowRunner).
+
+    Example: CLOSE_API_KEY=... close-sync run --config close.yaml --source files --input 'events/*.jsonl'
+    """
+    from pipeline.config import load_config
+    from pipeline.runjob import RunRequest
+    from pipeline.runjob import run as run_job
+    from pipeline.sources import SourceOptions
+
+    try:
+        config = load_config(config_path)
+        source = SourceOptions(
+            source=opts["source"],
+            input=opts["input_glob"],
+            subscription=opts["subscription"],
+            topic=opts["topic"],
+            timestamp_attribute=opts["timestamp_attribute"],
+            bootstrap_servers=opts["bootstrap_servers"],
+            kafka_topic=opts["kafka_topic"],
+        )
+        request = RunRequest(
+            source=source,
+            close_url=str(opts["close_url"]),
+            key_source=_key_source(opts["api_key_file"], config),
+            dead_letter_dir=opts["dead_letter"],
+            dead_letter_topic=opts["dead_letter_topic"],
+            audit_log=opts["audit_log"],
+            dry_run=bool(opts["dry_run"]),
+            budget_share=float(opts["budget_share"]),
+            beam_args=tuple(ctx.args),
+        )
+        dead = run_job(config, request)
+    except Exception as exc:  # noqa: BLE001
+        _fail(ctx, exc)
+        return
+    if dead:
+        raise click.ClickException(f"{dead} event(s) were dead-lettered; see --dead-letter output.")
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="YAML/JSON config.")
+@_CLOSE_URL
+@_KEY_FILE
+@click.pass_context
+def validate(ctx: click.Context, config_path: str | None, close_url: str, api_key_file: str | None) -> None:
+    """Check the config and the settings against Close without running anything.
+
+    Example: CLOSE_API_KEY=... close-sync validate --config close.yaml
+    """
+    import asyncio
+
+    from pipeline.config import load_config
+    from pipeline.runjob import check_close
+    from transforms.upsert import EngineSpec
+
+    try:
+        config = load_config(config_path)
+        spec = EngineSpec(close_url, _key_source(api_key_file, config), config.settings_model())
+        asyncio.run(check_close(spec))
+    except Exception as exc:  # noqa: BLE001
+        _fail(ctx, exc)
+        return
+    click.echo(f"ok: config valid, {len(config.mapping_specs())} mapping(s), settings verified against Close")
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="YAML/JSON config.")
+@click.option("--dead-letter", "dead_letter", required=True, type=click.Path(exists=True), help="Dead-letter file.")
+@_CLOSE_URL
+@_KEY_FILE
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Write still-failing letters here.")
+@click.pass_context
+def replay(
+    ctx: click.Context,
+    config_path: str | None,
+    dead_letter: str,
+    close_url: str,
+    api_key_file: str | None,
+    out_path: str | None,
+) -> None:
+    """Re-send a dead-letter file (no "unchanged" suppression); letters that fail again are written to --out.
+
+    Example: close-sync replay --config close.yaml --dead-letter out/dead-letters.jsonl
+    """
+    from pipeline.config import load_config
+    from pipeline.replay import replay_file
+
+    try:
+        config = load_config(config_path)
+        spec = EngineSpec(close_url, _key_source(api_key_file, config), config.settings_model())
+        report = replay_file(config, spec, dead_letter, out_path)
+    except Exception as exc:  # noqa: BLE001
+        _fail(ctx, exc)
+        return
+    click.echo(report.line())
+    if report.failed:
+        raise click.ClickException(f"{report.failed} letter(s) failed again")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,104 @@
+"""Builds the job's graph, top to bottom: read → parse → map → collapse → upsert → outcomes / dead letters."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import apache_beam as beam
+
+from closecrm.mapping import MappingSpec
+from closecrm.model import Outcome
+from pipeline.sources import ReadEvents, SourceOptions
+from transforms.collapse import SUPPRESSED, CollapsePerPerson, Pending, SuppressIdentical
+from transforms.deadletter import DEAD, AppendLines, WriteDeadLetters
+from transforms.ledger import LEDGER, SettleLedger
+from transforms.mapping import MapToUpserts
+from transforms.parse import ParseEvents
+from transforms.upsert import EngineSpec, SettleSuppressed, UpsertToClose
+
+
+@dataclass(frozen=True)
+class JobShape:
+    """The knobs of one run that shape the graph (no secrets in here)."""
+
+    source: SourceOptions
+    engine: EngineSpec
+    mappings: tuple[MappingSpec, ...]
+    streaming: bool = False
+    dry_run: bool = False
+    dead_letter_dir: str | None = None
+    dead_letter_topic: str | None = None
+    audit_log: str | None = None
+    max_event_bytes: int = 64 * 1024
+    batch_size: int = 200
+    flush_seconds: float = 5.0
+    shards: int = 16
+    window_kind: str = "fixed"
+    window_seconds: float = 10.0
+    suppress_identical: bool = True
+
+
+def audit_line(item: tuple[Pending, Outcome]) -> str:
+    pending, outcome = item
+    record = {
+        "person": pending.person,
+        "event_ids": list(pending.request.event_ids),
+        "outcome": outcome.label,
+        "branch": outcome.branch,
+        "lead_ids": list(outcome.lead_ids),
+        "contact_ids": list(outcome.contact_ids),
+        "calls": outcome.calls,
+        "attempts": outcome.attempts,
+        "http_status": outcome.http_status,
+        "changes": list(outcome.changes),
+    }
+    return json.dumps(record, sort_keys=True, default=str)
+
+
+def build(p: beam.Pipeline, shape: JobShape) -> dict[str, beam.PCollection]:
+    raw = p | "ReadEvents" >> ReadEvents(shape.source)
+    parsed = raw | "ParseEvents" >> ParseEvents(max_bytes=shape.max_event_bytes)
+    mapped = parsed["events"] | "MapToUpserts" >> MapToUpserts(shape.mappings)
+    pending = mapped.requests | "CollapsePerPerson" >> CollapsePerPerson(
+        shape.streaming, shape.window_kind, shape.window_seconds
+    )
+    ledgers = [parsed[LEDGER], mapped[LEDGER]]
+    deads = [parsed[DEAD], mapped[DEAD]]
+    outcomes = []
+    if shape.suppress_identical and not shape.dry_run:
+        gated = pending | "SuppressIdentical" >> SuppressIdentical()
+        pending = gated.pending
+        settled = gated[SUPPRESSED] | "SettleSuppressed" >> SettleSuppressed()
+        outcomes.append(settled.outcomes)
+        ledgers.append(settled[LEDGER])
+        deads.append(settled[DEAD])
+    applied = pending | "UpsertToClose" >> UpsertToClose(
+        shape.engine,
+        shards=shape.shards,
+        batch_size=shape.batch_size,
+        flush_seconds=shape.flush_seconds,
+        streaming=shape.streaming,
+        dry_run=shape.dry_run,
+    )
+    outcomes.append(applied.outcomes)
+    ledgers.append(applied[LEDGER])
+    deads.append(applied[DEAD])
+
+    all_outcomes = outcomes | "AllOutcomes" >> beam.Flatten()
+    dead = deads | "AllDeadLetters" >> beam.Flatten()
+    settled_ledger = (
+        [lg | f"LedgerWindow{i}" >> beam.WindowInto(beam.window.GlobalWindows()) for i, lg in enumerate(ledgers)]
+        | "AllLedger" >> beam.Flatten()
+        | "SettleLedger" >> SettleLedger(shape.streaming)
+    )
+    dead_lines = dead | "WriteDeadLetters" >> WriteDeadLetters(
+        shape.dead_letter_dir, shape.dead_letter_topic, shape.streaming
+    )
+    if shape.audit_log:
+        lines = all_outcomes | "AuditLines" >> beam.Map(audit_line)
+        if shape.streaming:
+            _ = lines | "AuditAppend" >> beam.ParDo(AppendLines(shape.audit_log))
+        else:
+            _ = lines | "AuditWrite" >> beam.io.WriteToText(shape.audit_log, shard_name_template="")
+    return {"outcomes": all_outcomes, "dead": dead, "dead_lines": dead_lines, "ledger": settled_ledger}

@@ -1,0 +1,98 @@
+"""`close-sync replay`: re-send a dead-letter file through the engine, bypassing identical-request suppression."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from closecrm.events import BadEvent, parse_event
+from closecrm.mapping import compile_mappings, map_event
+from closecrm.model import DeadLetter, UpsertRequest
+from pipeline.config import JobConfig
+from transforms.upsert import EngineSpec
+
+BATCH = 200
+
+
+@dataclass
+class ReplayReport:
+    letters: int = 0
+    requests: int = 0
+    outcomes: Counter = field(default_factory=Counter)
+    failed: int = 0
+
+    def line(self) -> str:
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(self.outcomes.items()))
+        return f"replayed {self.letters} letter(s) as {self.requests} request(s): {kinds or 'nothing to send'}"
+
+
+def _requests_of(letter: dict[str, Any], compiled: list) -> list[UpsertRequest]:
+    """The request a letter carries, else the requests its original event maps to now."""
+    if letter.get("request"):
+        return [UpsertRequest.from_json(letter["request"])]
+    event = letter.get("event")
+    events = event if isinstance(event, list) else [event]
+    out: list[UpsertRequest] = []
+    for raw in events:
+        if raw is not None:
+            out.extend(map_event(parse_event(raw), compiled))
+    return out
+
+
+def replay_file(config: JobConfig, spec: EngineSpec, path: str, out_path: str | None) -> ReplayReport:
+    compiled = compile_mappings(config.mapping_specs())
+    report = ReplayReport()
+    pending: list[tuple[dict[str, Any], UpsertRequest]] = []
+    still_dead: list[DeadLetter] = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            report.letters += 1
+            letter = json.loads(line)
+            try:
+                pending.extend((letter, r) for r in _requests_of(letter, compiled))
+            except BadEvent as exc:
+                report.failed += 1
+                report.outcomes["failed"] += 1
+                still_dead.append(
+                    DeadLetter(stage="replay", reason=exc.reason, event=letter.get("event"),
+                               attempts=int(letter.get("attempts") or 0) + 1,
+                               event_ids=tuple(letter.get("event_ids") or ()))
+                )
+    report.requests = len(pending)
+    outcomes = asyncio.run(_apply(spec, [r for _, r in pending]))
+    for (letter, request), outcome in zip(pending, outcomes, strict=True):
+        report.outcomes[outcome.kind] += 1
+        if outcome.kind == "failed":
+            report.failed += 1
+            still_dead.append(
+                DeadLetter(
+                    stage="replay",
+                    reason=outcome.reason or "failed",
+                    event=letter.get("event"),
+                    request=request.to_json(),
+                    error={"http_status": outcome.http_status, "body": outcome.error_body},
+                    attempts=int(letter.get("attempts") or 0) + outcome.attempts,
+                    event_ids=request.event_ids,
+                )
+            )
+    if out_path and still_dead:
+        with open(out_path, "w", encoding="utf-8") as fh:
+            for letter in still_dead:
+                fh.write(json.dumps(letter.to_json(), sort_keys=True, default=str) + "\n")
+    return report
+
+
+async def _apply(spec: EngineSpec, requests: list[UpsertRequest]):
+    client, engine = spec.build()
+    try:
+        outcomes = []
+        for start in range(0, len(requests), BATCH):
+            outcomes.extend(await engine.upsert_batch(requests[start : start + BATCH]))
+        return outcomes
+    finally:
+        await client.aclose()

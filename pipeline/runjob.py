@@ -1,0 +1,104 @@
+"""`close-sync run`: turn the CLI's choices into a JobShape, check Close, run the graph, report."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
+
+from pipeline import summary
+from pipeline.assemble import JobShape, build
+from pipeline.config import JobConfig
+from pipeline.sources import SourceOptions
+from transforms import metrics as m
+from transforms.upsert import EngineSpec, KeySource
+
+DEFAULT_CLOSE_URL = "https://api.close.com/api/v1/"
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What `close-sync run` was asked to do."""
+
+    source: SourceOptions
+    close_url: str = DEFAULT_CLOSE_URL
+    key_source: KeySource = KeySource()
+    dead_letter_dir: str | None = None
+    dead_letter_topic: str | None = None
+    audit_log: str | None = None
+    dry_run: bool = False
+    budget_share: float = 1.0
+    beam_args: tuple[str, ...] = field(default_factory=tuple)
+
+
+def is_direct(options: PipelineOptions) -> bool:
+    runner = options.view_as(StandardOptions).runner
+    return runner is None or "direct" in str(runner).lower()
+
+
+def shape_for(config: JobConfig, request: RunRequest, streaming: bool) -> JobShape:
+    tuning = config.pipeline
+    engine = EngineSpec(
+        close_url=request.close_url,
+        key_source=request.key_source,
+        settings=config.settings_model(),
+        budget_share=request.budget_share,
+    )
+    return JobShape(
+        source=request.source,
+        engine=engine,
+        mappings=tuple(config.mapping_specs()),
+        streaming=streaming,
+        dry_run=request.dry_run,
+        dead_letter_dir=request.dead_letter_dir,
+        dead_letter_topic=request.dead_letter_topic,
+        audit_log=request.audit_log,
+        max_event_bytes=tuning.max_event_bytes,
+        batch_size=tuning.batch_size,
+        flush_seconds=tuning.flush_seconds,
+        window_kind=tuning.window.kind,
+        window_seconds=tuning.window.seconds,
+    )
+
+
+async def check_close(spec: EngineSpec) -> None:
+    """Fail before the pipeline starts when the key, the URL or a configured field is wrong."""
+    client, engine = spec.build()
+    try:
+        await engine.validate_settings()
+    finally:
+        await client.aclose()
+
+
+def pipeline_options(request: RunRequest, streaming: bool) -> PipelineOptions:
+    options = PipelineOptions(list(request.beam_args))
+    if streaming:
+        options.view_as(StandardOptions).streaming = True
+    # DoFns carry their config; keep the main session out of pickling.
+    options.view_as(SetupOptions).save_main_session = False
+    return options
+
+
+def run(config: JobConfig, request: RunRequest, *, validate: bool = True, show_summary: bool = True) -> int:
+    """Runs the job; returns the number of events dead-lettered (the CLI's exit status decides on it)."""
+    streaming = request.source.source == "pubsub"
+    options = pipeline_options(request, streaming)
+    source = request.source
+    if source.source == "kafka" and source.direct_runner != is_direct(options):
+        from dataclasses import replace
+
+        source = replace(source, direct_runner=is_direct(options))
+        request = replace(request, source=source)
+    shape = shape_for(config, request, streaming)
+    if validate:
+        asyncio.run(check_close(shape.engine))
+    p = beam.Pipeline(options=options)
+    build(p, shape)
+    result = p.run()
+    result.wait_until_finish()
+    values = summary.collect(result)
+    if show_summary:
+        summary.render(values)
+    return values.get(m.EVENTS_DEAD_LETTERED, 0)
