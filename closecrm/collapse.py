@@ -1,0 +1,119 @@
+"""Collapse one person's requests into fewer, without changing what Close ends up holding.
+
+Two requests merge only when they would look up the same records under the same flags
+(`collapse_key`) and no request with another key falls between them in timestamp order:
+a person who moves company must still be applied as "old company, then new company".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from typing import Any
+
+from closecrm.model import UpsertRequest
+from closecrm.normalize import email_key, phone_key, url_key
+
+CollapseKey = tuple[Any, ...]
+
+_SCALARS = (
+    "lead_name",
+    "lead_company_id",
+    "lead_description",
+    "lead_status_id",
+    "contact_name",
+    "contact_title",
+    "contact_user_id",
+)
+
+
+def collapse_key(req: UpsertRequest) -> CollapseKey:
+    """What decides which records a request looks up: company id, user id, lookup email, flags.
+
+    The lookup email is part of the key even when there is a user id: when no contact has the
+    user id yet, the engine falls back to the email, so ``(U, a)`` then ``(U, b)`` can end
+    differently from ``(U, [a, b])`` (e.g. when creating contacts is not allowed). A request
+    with contact fields but neither user id nor email creates a new contact every time it is
+    applied, so it is never merged (its key carries its own ids and content).
+    """
+    email = email_key(req.contact_email) if req.contact_email else None
+    unidentified: tuple[Any, ...] | None = None
+    if req.contact_user_id is None and email is None and req.has_contact_fields():
+        unidentified = (req.event_ids, req.fingerprint())
+    return (req.lead_company_id, req.contact_user_id, email, req.flags, unidentified)
+
+
+def _accumulate(first: tuple[str, ...], then: tuple[str, ...], key: Callable[[str], str]) -> tuple[str, ...]:
+    seen = {key(value) for value in first}
+    out = list(first)
+    for value in then:
+        k = key(value)
+        if k not in seen:
+            seen.add(k)
+            out.append(value)
+    return tuple(out)
+
+
+def merge(earlier: UpsertRequest, later: UpsertRequest) -> UpsertRequest:
+    """One request with the effect of applying ``earlier`` then ``later``.
+
+    Callers merge only requests with equal `collapse_key`; ``later`` keeps its flags.
+    """
+    scalars: dict[str, Any] = {}
+    for name in _SCALARS:
+        value = getattr(later, name)
+        scalars[name] = value if value is not None else getattr(earlier, name)
+    return replace(
+        later,
+        **scalars,
+        lead_custom_fields={**earlier.lead_custom_fields, **later.lead_custom_fields},
+        contact_custom_fields={**earlier.contact_custom_fields, **later.contact_custom_fields},
+        contact_emails=_accumulate(earlier.contact_emails, later.contact_emails, email_key),
+        contact_phones=_accumulate(earlier.contact_phones, later.contact_phones, phone_key),
+        contact_urls=_accumulate(earlier.contact_urls, later.contact_urls, url_key),
+        event_ids=_accumulate(earlier.event_ids, later.event_ids, str),
+        timestamp=later.timestamp if later.timestamp is not None else earlier.timestamp,
+    )
+
+
+def _time(req: UpsertRequest) -> str:
+    return req.timestamp or ""
+
+
+def collapse(requests: Iterable[UpsertRequest]) -> list[UpsertRequest]:
+    """Sort by (timestamp, arrival order) and merge each run of consecutive equal-key requests."""
+    ordered = sorted(requests, key=_time)  # stable: ties keep arrival order
+    out: list[UpsertRequest] = []
+    last_key: CollapseKey | None = None
+    for req in ordered:
+        key = collapse_key(req)
+        if out and key == last_key:
+            out[-1] = merge(out[-1], req)
+        else:
+            out.append(req)
+            last_key = key
+    return out
+
+
+class Collapser:
+    """The accumulator side of a Beam ``CombineFn`` over one person's requests.
+
+    The accumulator is the list of requests in arrival order; ordering and merging happen in
+    `extract`, so any partition merged in arrival order gives ``collapse(all requests)``.
+    """
+
+    def create_accumulator(self) -> list[UpsertRequest]:
+        return []
+
+    def add(self, acc: list[UpsertRequest], req: UpsertRequest) -> list[UpsertRequest]:
+        acc.append(req)
+        return acc
+
+    def merge_accumulators(self, accs: Iterable[list[UpsertRequest]]) -> list[UpsertRequest]:
+        merged: list[UpsertRequest] = []
+        for acc in accs:
+            merged.extend(acc)
+        return merged
+
+    def extract(self, acc: list[UpsertRequest]) -> list[UpsertRequest]:
+        return collapse(acc)
