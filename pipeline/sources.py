@@ -139,7 +139,8 @@ class ReadJsonLines(_ReadFile):
 
     def read(self, readable_file: fileio.ReadableFile) -> Iterator[bytes]:
         with readable_file.open() as stream:
-            for line in stream:
+            # Beam's CompressedFile has readline() but is not iterable.
+            for line in iter(stream.readline, b""):
                 line = line.strip()
                 if line:
                     yield line
