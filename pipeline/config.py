@@ -1,0 +1,406 @@
+"""The job's config file (YAML or JSON): settings, mappings, snapshot and pipeline tuning, validated.
+
+pydantic does the validation (typed models, one error per problem, a JSON schema for
+editors); this module only shapes its errors into ``path.to.field: problem`` lines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
+
+from closecrm.mapping import (
+    ACTION_FIELDS,
+    CUSTOM_FIELD_FIELDS,
+    CUSTOM_FIELD_PREFIX,
+    DEFAULT_MAPPING,
+    PRESETS,
+    MappingError,
+    MappingSpec,
+    is_path,
+    parse_source,
+)
+from closecrm.model import FLAG_NAMES, Flags, Settings
+from closecrm.trigger import TriggerError, compile_trigger
+
+MAX_MAPPINGS = 50
+DEFAULT_API_KEY_ENV = "CLOSE_API_KEY"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; ``problems`` holds one ``path: problem`` line each."""
+
+    def __init__(self, problems: Sequence[str], source: str | None = None) -> None:
+        self.problems = list(problems)
+        self.source = source
+        where = f"invalid config {source}" if source else "invalid config"
+        super().__init__(f"{where}:\n" + "\n".join(f"  {line}" for line in self.problems))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FlagsConfig(_Strict):
+    """The five allow_* switches of the action; all default to true."""
+
+    allow_creating_new_leads: StrictBool = True
+    allow_updating_existing_leads: StrictBool = True
+    allow_creating_new_contacts: StrictBool = True
+    allow_creating_duplicate_contacts: StrictBool = Field(
+        default=True,
+        description="Create the contact under a new lead even when it exists under another lead.",
+    )
+    allow_updating_existing_contacts: StrictBool = True
+
+    def flags(self) -> Flags:
+        return Flags(**{name: getattr(self, name) for name in FLAG_NAMES})
+
+
+def _custom_field_id(value: str, kind: str) -> str:
+    value = value.strip()
+    if value and not value.startswith(CUSTOM_FIELD_PREFIX):
+        raise ValueError(f"expected a {kind} custom field id starting with 'cf_' (or empty), got {value!r}")
+    return value
+
+
+class SettingsConfig(_Strict):
+    """Destination settings. The API key is never in this file: it comes from an env var or a file."""
+
+    lead_custom_field_id_for_company_id: str = Field(
+        default="", description="Text lead custom field (cf_...) holding the company id; the lead lookup key."
+    )
+    contact_custom_field_id_for_user_id: str = Field(
+        default="",
+        description="Text contact custom field (cf_...) holding the user id; the contact lookup key.",
+    )
+    default_lead_status_id: str = Field(
+        default="", description="Status (stat_...) for leads the job creates."
+    )
+    api_key_file: str | None = Field(default=None, description="File holding the Close API key.")
+    api_key_env: str = Field(
+        default=DEFAULT_API_KEY_ENV, min_length=1, description="Env var holding the Close API key."
+    )
+    api_key: SkipJsonSchema[Any] = Field(default=None, exclude=True)
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _no_literal_key(cls, value: Any) -> Any:
+        raise ValueError(
+            "do not put the API key in the config file; set $CLOSE_API_KEY (or api_key_env) "
+            "or point api_key_file at a file holding it"
+        )
+
+    @field_validator("lead_custom_field_id_for_company_id")
+    @classmethod
+    def _lead_cf(cls, value: str) -> str:
+        return _custom_field_id(value, "lead")
+
+    @field_validator("contact_custom_field_id_for_user_id")
+    @classmethod
+    def _contact_cf(cls, value: str) -> str:
+        return _custom_field_id(value, "contact")
+
+    @field_validator("default_lead_status_id")
+    @classmethod
+    def _status(cls, value: str) -> str:
+        value = value.strip()
+        if value and not value.startswith("stat_"):
+            raise ValueError(f"expected a lead status id starting with 'stat_' (or empty), got {value!r}")
+        return value
+
+
+FieldSource = Annotated[
+    Any,
+    Field(
+        description='A path into the event ("$.traits.email"), a literal, or null to leave the field unmapped; '
+        "for lead_custom_fields/contact_custom_fields an object {cf_...: path or literal}."
+    ),
+]
+
+
+def _check_source(name: str, value: Any) -> None:
+    if value is None:
+        return
+    if name in CUSTOM_FIELD_FIELDS:
+        if is_path(value):
+            parse_source(value)
+            return
+        if not isinstance(value, dict):
+            raise ValueError(f"{name}: expected an object {{cf_...: path or literal}} or a $. path to one")
+        for key, item in value.items():
+            if not isinstance(key, str) or not key.startswith(CUSTOM_FIELD_PREFIX):
+                raise ValueError(f"{name}.{key}: custom field keys must start with 'cf_'")
+            if is_path(item):
+                parse_source(item)
+        return
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(f"{name}: expected a $. path or a text/number literal, got {type(value).__name__}")
+    if is_path(value):
+        parse_source(value)
+
+
+class MappingConfig(FlagsConfig):
+    """One mapping: when it applies (trigger), where each action field comes from, and the flags."""
+
+    name: str = Field(min_length=1)
+    preset: Literal["identify", "group"] | None = Field(
+        default=None, description="Start from a shipped mapping; trigger and fields given here override it."
+    )
+    trigger: str | None = Field(
+        default=None,
+        description='Condition in Segment\'s filter language, e.g. type = "track" and event = "User Created".',
+    )
+    enabled: StrictBool = True
+    fields: dict[str, FieldSource] = Field(
+        default_factory=dict,
+        description="Action field -> source; a field left out uses its default source (SPEC §3).",
+    )
+
+    @field_validator("trigger")
+    @classmethod
+    def _trigger_compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                compile_trigger(value)
+            except TriggerError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("fields")
+    @classmethod
+    def _fields_known(cls, value: dict[str, Any]) -> dict[str, Any]:
+        problems = []
+        for name, source in value.items():
+            if name not in ACTION_FIELDS:
+                problems.append(f"{name}: unknown action field (known: {', '.join(ACTION_FIELDS)})")
+                continue
+            try:
+                _check_source(name, source)
+            except (ValueError, MappingError) as exc:
+                problems.append(str(exc) if str(exc).startswith(name) else f"{name}: {exc}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
+    @model_validator(mode="after")
+    def _has_trigger(self) -> MappingConfig:
+        if self.trigger is None and self.preset is None:
+            raise ValueError("trigger: required (or name a preset: identify | group)")
+        return self
+
+    def spec(self) -> MappingSpec:
+        base = PRESETS[self.preset] if self.preset else None
+        trigger = self.trigger if self.trigger is not None else base.trigger  # type: ignore[union-attr]
+        fields = {**(base.fields if base else {}), **self.fields}
+        return MappingSpec(name=self.name, trigger=trigger, fields=fields, flags=self.flags())
+
+
+class SnapshotConfig(FlagsConfig):
+    """Reverse ETL: action fields come from columns of a warehouse table (snapshot-sync)."""
+
+    primary_key: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
+    fields: dict[str, str | dict[str, str]] = Field(
+        default_factory=dict, description="Action field -> column name; custom fields: {cf_...: column}."
+    )
+
+    @field_validator("fields")
+    @classmethod
+    def _columns(cls, value: dict[str, Any]) -> dict[str, Any]:
+        problems = []
+        for name, column in value.items():
+            if name not in ACTION_FIELDS:
+                problems.append(f"{name}: unknown action field (known: {', '.join(ACTION_FIELDS)})")
+            elif name in CUSTOM_FIELD_FIELDS:
+                if not isinstance(column, dict):
+                    problems.append(f"{name}: expected an object {{cf_...: column}}")
+                else:
+                    problems.extend(
+                        f"{name}.{key}: custom field keys must start with 'cf_'"
+                        for key in column
+                        if not key.startswith(CUSTOM_FIELD_PREFIX)
+                    )
+            elif not isinstance(column, str) or not column:
+                problems.append(f"{name}: expected a column name")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
+
+class WindowConfig(_Strict):
+    kind: Literal["fixed", "session", "global"] = Field(
+        default="fixed",
+        description="How streaming requests are grouped before collapsing (batch runs use global).",
+    )
+    seconds: float = Field(default=10.0, gt=0, description="Window size, or the session gap.")
+
+
+class DedupeConfig(_Strict):
+    enabled: StrictBool = True
+    seconds: float = Field(default=600.0, gt=0, description="How long a messageId is remembered.")
+
+
+class PipelineConfig(_Strict):
+    max_event_bytes: int = Field(default=65536, ge=1024, description="Larger events are dead-lettered.")
+    batch_size: int = Field(default=200, ge=1, le=10000, description="Requests per writer flush.")
+    flush_seconds: float = Field(default=5.0, gt=0, description="Longest a request waits for its batch.")
+    window: WindowConfig = WindowConfig()
+    dedupe: DedupeConfig = DedupeConfig()
+
+    @field_validator("dedupe", mode="before")
+    @classmethod
+    def _dedupe_bool(cls, value: Any) -> Any:
+        return {"enabled": value} if isinstance(value, bool) else value
+
+
+class JobConfig(_Strict):
+    """The whole config file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, title="close-sync config")
+
+    settings: SettingsConfig = SettingsConfig()
+    mappings: list[MappingConfig] | None = Field(
+        default=None, max_length=MAX_MAPPINGS, description="Absent = the default identify mapping only."
+    )
+    snapshot: SnapshotConfig | None = None
+    pipeline: PipelineConfig = PipelineConfig()
+
+    @field_validator("mappings")
+    @classmethod
+    def _unique_names(cls, value: list[MappingConfig] | None) -> list[MappingConfig] | None:
+        names = [m.name for m in value or ()]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"mapping names must be unique; repeated: {', '.join(dupes)}")
+        return value
+
+    def settings_model(self) -> Settings:
+        s = self.settings
+        return Settings(
+            lead_custom_field_id_for_company_id=s.lead_custom_field_id_for_company_id,
+            contact_custom_field_id_for_user_id=s.contact_custom_field_id_for_user_id,
+            default_lead_status_id=s.default_lead_status_id,
+        )
+
+    def mapping_specs(self) -> list[MappingSpec]:
+        if self.mappings is None:
+            return [DEFAULT_MAPPING]
+        return [m.spec() for m in self.mappings if m.enabled]
+
+
+def default_config() -> JobConfig:
+    return JobConfig()
+
+
+def json_schema() -> dict[str, Any]:
+    return JobConfig.model_json_schema()
+
+
+def parse_config(data: Any, source: str | None = None) -> JobConfig:
+    """Validate already-loaded YAML/JSON data."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"(top level): expected a mapping of sections, got {type(data).__name__}"], source)
+    try:
+        return JobConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_problems(exc), source) from None
+
+
+def load_config(path: str | None) -> JobConfig:
+    """Read and validate the config file; ``None`` gives `default_config()`."""
+    if path is None:
+        return default_config()
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"(file): cannot read: {exc.strerror or exc}"], path) from None
+    try:
+        if path.lower().endswith(".json"):
+            data = json.loads(text)
+        else:
+            data = yaml.safe_load(text)  # YAML is a superset of JSON
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            [f"(file): invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"], path
+        ) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"(file): invalid YAML{where}: {problem}"], path) from None
+    return parse_config(data, path)
+
+
+def read_api_key(config: JobConfig, api_key_file: str | None = None) -> str:
+    """The Close API key: ``api_key_file`` (e.g. --api-key-file), else the env var, else the
+    config's ``api_key_file``. Errors name where it looked, never the key."""
+    env_name = config.settings.api_key_env
+    if api_key_file is None:
+        value = os.environ.get(env_name, "").strip()
+        if value:
+            return value
+        api_key_file = config.settings.api_key_file
+    if api_key_file is None:
+        raise ConfigError([f"settings.api_key_env: ${env_name} is not set (or set settings.api_key_file)"])
+    try:
+        value = Path(api_key_file).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError([f"api_key_file: cannot read {api_key_file}: {exc.strerror or exc}"]) from None
+    if not value:
+        raise ConfigError([f"api_key_file: {api_key_file} is empty"])
+    return value
+
+
+# ---------------------------------------------------------------------------- error shaping
+
+
+def _location(loc: Sequence[int | str]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+_MESSAGES = {
+    "extra_forbidden": "unknown key",
+    "missing": "required",
+}
+
+
+def _problems(exc: ValidationError) -> list[str]:
+    lines = []
+    for error in exc.errors(include_url=False):
+        loc = list(error["loc"])
+        message = _MESSAGES.get(error["type"], error["msg"])
+        if message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+        if loc and loc[-1] == "fields":
+            # Each field's problem comes as "field: problem"; move the field into the path.
+            for part in message.split("; "):
+                head, _, rest = part.partition(": ")
+                lines.append(f"{_location(loc)}.{head}: {rest}")
+        elif loc and isinstance(loc[-1], int) and message.startswith("trigger: "):
+            lines.append(f"{_location([*loc, 'trigger'])}: {message[len('trigger: ') :]}")
+        else:
+            lines.append(f"{_location(loc)}: {message}")
+    return lines
