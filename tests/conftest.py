@@ -1,1 +1,53 @@
-pytest_plugins = ["tests.servers"]
+"""Shared fixtures. The simulator fixtures start a real HTTP server: tests using them are `integration`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import fields
+
+import pytest
+
+from closecrm.sim import SimConfig, SimServer
+
+pytest_plugins = ["tests.servers"]  # Pub/Sub emulator and Kafka broker fixtures
+
+# Knobs every `sim` test starts from: defaults, except rate limits are OFF for speed.
+# A test that pins rate limiting turns them on: sim.configure(limits_enabled=True, ...).
+SIM_TEST_DEFAULTS = {f.name: getattr(SimConfig(), f.name) for f in fields(SimConfig)} | {
+    "limits_enabled": False
+}
+
+
+@pytest.fixture(scope="session")
+def sim_server() -> Iterator[SimServer]:
+    """One simulator for the whole session; use `sim` to get it clean."""
+    server = SimServer(SimConfig(**SIM_TEST_DEFAULTS))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def sim(sim_server: SimServer) -> Iterator[SimServer]:
+    """The session simulator, reset: no data, default statuses, default knobs with limits disabled."""
+    sim_server.configure(**SIM_TEST_DEFAULTS)
+    sim_server.reset()
+    yield sim_server
+    sim_server.configure(**SIM_TEST_DEFAULTS)
+    sim_server.reset()
+
+
+@pytest.fixture
+def sim_factory() -> Iterator[Callable[..., SimServer]]:
+    """Start extra simulators with their own config (e.g. several API keys); all stopped at teardown."""
+    started: list[SimServer] = []
+
+    def make(**knobs: object) -> SimServer:
+        server = SimServer(SimConfig(**knobs))  # type: ignore[arg-type]
+        server.start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()

@@ -1,0 +1,357 @@
+"""Evaluate a Close advanced-filtering body (`POST /data/search/`) over the simulator's search index."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from functools import cmp_to_key
+from typing import Any
+
+from closecrm.sim.errors import ValidationFailed
+
+Doc = dict[str, Any]
+Predicate = Callable[[str, Doc, "Related"], bool]
+
+MAX_LIMIT = 200
+DEFAULT_LIMIT = 10
+BODY_KEYS = {"query", "_limit", "cursor", "sort", "_fields", "results_limit", "include_counts"}
+
+REGULAR_FIELDS: dict[str, set[str]] = {
+    "lead": {
+        "id",
+        "name",
+        "display_name",
+        "description",
+        "url",
+        "status_id",
+        "status_label",
+        "date_created",
+        "date_updated",
+    },
+    "contact": {"id", "lead_id", "name", "display_name", "title", "date_created", "date_updated"},
+    "contact_email": {"email", "type"},
+    "contact_phone": {"phone", "type"},
+    "contact_url": {"url", "type"},
+}
+# Close's index lowercases these, so term conditions on them ignore case.
+CASE_INSENSITIVE = {("contact_email", "email"), ("contact_url", "url")}
+RELATIONS = {
+    ("lead", "contact"),
+    ("contact", "lead"),
+    ("contact", "contact_email"),
+    ("contact", "contact_phone"),
+    ("contact", "contact_url"),
+}
+RESULT_FIELDS: dict[str, set[str]] = {
+    "lead": REGULAR_FIELDS["lead"] | {"contact_ids", "organization_id", "html_url"},
+    "contact": REGULAR_FIELDS["contact"] | {"emails", "phones", "urls", "organization_id"},
+}
+_WORD = re.compile(r"\w+")
+
+
+class Related:
+    """Lazily built lookups from a document to its related objects."""
+
+    def __init__(self, leads: dict[str, Doc], contacts: dict[str, Doc]):
+        self.leads = leads
+        self.contacts = contacts
+        self._by_lead: dict[str, list[Doc]] | None = None
+
+    def of(self, object_type: str, doc: Doc, related_type: str) -> list[tuple[str, Doc]]:
+        if object_type == "lead" and related_type == "contact":
+            if self._by_lead is None:
+                self._by_lead = {}
+                for contact in self.contacts.values():
+                    self._by_lead.setdefault(contact["lead_id"], []).append(contact)
+            return [("contact", c) for c in self._by_lead.get(doc["id"], [])]
+        if related_type == "lead":
+            lead = self.leads.get(doc.get("lead_id", ""))
+            return [("lead", lead)] if lead else []
+        key = {"contact_email": "emails", "contact_phone": "phones", "contact_url": "urls"}[related_type]
+        return [(related_type, item) for item in doc.get(key) or []]
+
+
+class Query:
+    """A validated search body, ready to run over documents."""
+
+    def __init__(self, body: Any, custom_field_types: dict[str, str]):
+        if not isinstance(body, dict):
+            raise ValidationFailed(["The search body must be a JSON object."])
+        unknown = sorted(set(body) - BODY_KEYS)
+        if unknown:
+            raise ValidationFailed([f"Unknown key(s) in search body: {', '.join(unknown)}."])
+        self.cf_types = custom_field_types
+        if "query" not in body:
+            raise ValidationFailed(field_errors={"query": "This field is required."})
+        self.object_types = _object_types(body["query"])
+        if not self.object_types:
+            raise ValidationFailed(
+                field_errors={"query": "The query must contain an object_type clause at its top level."}
+            )
+        self.predicate = self._compile(body["query"], "query")
+        self.limit = _limit(body.get("_limit", DEFAULT_LIMIT))
+        self.sort = self._compile_sort(body.get("sort") or [])
+        self.fields = self._compile_fields(body.get("_fields"))
+        self.signature = hashlib.sha1(
+            json.dumps([body["query"], body.get("sort")], sort_keys=True).encode()
+        ).hexdigest()[:16]
+        self.cursor = self._decode_cursor(body.get("cursor"))
+
+    # ------------------------------------------------------------------ run
+
+    def run(self, leads: dict[str, Doc], contacts: dict[str, Doc]) -> dict[str, Any]:
+        related = Related(leads, contacts)
+        pools = {"lead": leads, "contact": contacts}
+        hits = [
+            (object_type, doc)
+            for object_type in ("lead", "contact")
+            if object_type in self.object_types
+            for doc in pools[object_type].values()
+            if self.predicate(object_type, doc, related)
+        ]
+        keyed = [(self._sort_key(t, d), t, d) for t, d in hits]
+        compare = cmp_to_key(self._compare)
+        keyed.sort(key=lambda item: compare(item[0]))
+        if self.cursor is not None:
+            keyed = [item for item in keyed if self._compare(item[0], self.cursor) > 0]
+        page = keyed[: self.limit]
+        next_cursor = self._encode_cursor(page[-1][0]) if len(keyed) > self.limit else None
+        return {"data": [self._project(t, d) for _, t, d in page], "cursor": next_cursor}
+
+    def _project(self, object_type: str, doc: Doc) -> Doc:
+        out: Doc = {"__object_type": object_type, "id": doc["id"]}
+        for name in self.fields.get(object_type, ()):
+            if name in doc:
+                out[name] = doc[name]
+        return out
+
+    # -------------------------------------------------------------- compile
+
+    def _compile(self, node: Any, path: str) -> Predicate:
+        if not isinstance(node, dict) or not isinstance(node.get("type"), str):
+            raise ValidationFailed(field_errors={path: "Each query node must be an object with a 'type'."})
+        kind = node["type"]
+        if kind in ("and", "or"):
+            queries = node.get("queries")
+            if not isinstance(queries, list):
+                raise ValidationFailed(field_errors={path: f"An {kind!r} node needs a 'queries' list."})
+            parts = [self._compile(q, f"{path}.queries.{i}") for i, q in enumerate(queries)]
+            if kind == "and":
+                return lambda t, d, r: all(p(t, d, r) for p in parts)
+            return lambda t, d, r: any(p(t, d, r) for p in parts)
+        if kind == "object_type":
+            wanted = node.get("object_type")
+            if wanted not in ("lead", "contact"):
+                raise ValidationFailed(field_errors={path: f"Unsupported object_type {wanted!r}."})
+            return lambda t, d, r: t == wanted
+        if kind == "field_condition":
+            return self._compile_condition(node, path)
+        if kind == "has_related":
+            this_type, related_type = node.get("this_object_type"), node.get("related_object_type")
+            if (this_type, related_type) not in RELATIONS:
+                raise ValidationFailed(
+                    field_errors={path: f"Unsupported relation {this_type!r} -> {related_type!r}."}
+                )
+            inner = self._compile(node.get("related_query"), f"{path}.related_query")
+            return lambda t, d, r: (
+                t == this_type and any(inner(rt, rd, r) for rt, rd in r.of(t, d, related_type))
+            )
+        raise ValidationFailed(field_errors={path: f"Unknown query type {kind!r}."})
+
+    def _field(self, spec: Any, path: str) -> tuple[str, str, bool]:
+        """(object type, document key, case-insensitive) for a field spec."""
+        if not isinstance(spec, dict):
+            raise ValidationFailed(field_errors={path: "A field must be an object."})
+        if spec.get("type") == "regular_field":
+            object_type, name = spec.get("object_type"), spec.get("field_name")
+            if name not in REGULAR_FIELDS.get(object_type, ()):
+                raise ValidationFailed(field_errors={path: f"Unknown field {object_type!r}.{name!r}."})
+            return object_type, name, (object_type, name) in CASE_INSENSITIVE
+        if spec.get("type") == "custom_field":
+            cf_id = spec.get("custom_field_id")
+            if cf_id not in self.cf_types:
+                raise ValidationFailed(field_errors={path: f"Unknown custom field {cf_id!r}."})
+            return self.cf_types[cf_id], f"custom.{cf_id}", False
+        raise ValidationFailed(field_errors={path: f"Unknown field type {spec.get('type')!r}."})
+
+    def _compile_condition(self, node: Doc, path: str) -> Predicate:
+        object_type, key, fold = self._field(node.get("field"), f"{path}.field")
+        condition = node.get("condition")
+        if not isinstance(condition, dict):
+            raise ValidationFailed(field_errors={f"{path}.condition": "This field is required."})
+        kind = condition.get("type")
+        match: Callable[[Any], bool]
+        if kind == "term":
+            values = condition.get("values")
+            if not isinstance(values, list) or not values or any(isinstance(v, dict | list) for v in values):
+                raise ValidationFailed(
+                    field_errors={f"{path}.condition": "A term condition needs a non-empty list of values."}
+                )
+            wanted = {_term(v, fold) for v in values}
+            match = lambda value: _term(value, fold) in wanted  # noqa: E731
+        elif kind == "text":
+            text, mode = condition.get("value"), condition.get("mode", "full_words")
+            if not isinstance(text, str) or mode not in ("full_words", "phrase"):
+                raise ValidationFailed(
+                    field_errors={
+                        f"{path}.condition": "A text condition needs a string value and mode full_words|phrase."
+                    }
+                )
+            tokens = _WORD.findall(text.lower())
+            match = (
+                (lambda value: _phrase(tokens, value))
+                if mode == "phrase"
+                else (lambda value: _words(tokens, value))
+            )
+        elif kind == "exists":
+            match = lambda value: True  # noqa: E731
+        else:
+            raise ValidationFailed(field_errors={f"{path}.condition": f"Unknown condition type {kind!r}."})
+
+        def predicate(t: str, d: Doc, r: Related) -> bool:
+            if t != object_type:
+                return False
+            value = d.get(key)
+            if value is None or value == "" or value == []:
+                return False
+            if isinstance(value, list):
+                return any(match(v) for v in value)
+            return match(value)
+
+        return predicate
+
+    def _compile_sort(self, sort: Any) -> list[tuple[str, str, bool]]:
+        if not isinstance(sort, list):
+            raise ValidationFailed(field_errors={"sort": "Must be a list."})
+        out = []
+        for i, spec in enumerate(sort):
+            if not isinstance(spec, dict) or spec.get("direction", "asc") not in ("asc", "desc"):
+                raise ValidationFailed(field_errors={f"sort.{i}": "Needs a field and direction asc|desc."})
+            object_type, key, _ = self._field(spec.get("field"), f"sort.{i}.field")
+            out.append((object_type, key, spec.get("direction", "asc") == "desc"))
+        return out or [("*", "date_created", False)]
+
+    def _compile_fields(self, fields: Any) -> dict[str, list[str]]:
+        if fields is None:
+            return {}
+        if not isinstance(fields, dict):
+            raise ValidationFailed(field_errors={"_fields": "Must be an object keyed by object type."})
+        out: dict[str, list[str]] = {}
+        for object_type, names in fields.items():
+            if object_type not in RESULT_FIELDS or not isinstance(names, list):
+                raise ValidationFailed(
+                    field_errors={"_fields": f"Unknown object type {object_type!r} or not a list."}
+                )
+            for name in names:
+                cf_id = (
+                    name[len("custom.") :] if isinstance(name, str) and name.startswith("custom.") else None
+                )
+                known = name in RESULT_FIELDS[object_type] or (
+                    cf_id is not None and self.cf_types.get(cf_id) == object_type
+                )
+                if not known:
+                    raise ValidationFailed(field_errors={"_fields": f"Unknown {object_type} field {name!r}."})
+            out[object_type] = list(names)
+        return out
+
+    # ------------------------------------------------------ sort and cursor
+
+    def _sort_key(self, object_type: str, doc: Doc) -> list[Any]:
+        key: list[Any] = []
+        for spec_type, field, _ in self.sort:
+            value = doc.get(field) if spec_type in ("*", object_type) else None
+            key.append(_rank(value))
+        key.append([0, doc["id"]])
+        return key
+
+    def _compare(self, a: list[Any], b: list[Any]) -> int:
+        directions = [desc for _, _, desc in self.sort] + [False]
+        for x, y, desc in zip(a, b, directions, strict=True):
+            x, y = tuple(x), tuple(y)
+            if x != y:
+                # Missing values sort last in either direction.
+                if x[0] == 2 or y[0] == 2:
+                    return 1 if x[0] == 2 else -1
+                result = -1 if x < y else 1
+                return -result if desc else result
+        return 0
+
+    def _encode_cursor(self, key: list[Any]) -> str:
+        raw = json.dumps({"s": self.signature, "k": key}, separators=(",", ":")).encode()
+        return base64.urlsafe_b64encode(raw).decode()
+
+    def _decode_cursor(self, cursor: Any) -> list[Any] | None:
+        if cursor is None:
+            return None
+        try:
+            data = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+            key = data["k"]
+            valid = data["s"] == self.signature and isinstance(key, list) and len(key) == len(self.sort) + 1
+        except (AttributeError, ValueError, KeyError, TypeError):
+            valid = False
+        if not valid:
+            raise ValidationFailed(
+                field_errors={"cursor": "Invalid cursor (it must come from the same query and sort)."}
+            )
+        return key
+
+
+def _object_types(query: Any) -> set[str]:
+    """Object types named by object_type clauses at the top level (the node itself or an `and`/`or` of them)."""
+    if not isinstance(query, dict):
+        return set()
+    if query.get("type") == "object_type":
+        return {query.get("object_type")} - {None}
+    if query.get("type") in ("and", "or") and isinstance(query.get("queries"), list):
+        found = [_object_types(q) for q in query["queries"] if isinstance(q, dict)]
+        if query["type"] == "and":
+            direct = [
+                f for q, f in zip(query["queries"], found, strict=False) if q.get("type") == "object_type"
+            ]
+            if direct:
+                return set.intersection(*direct)
+            return set().union(*found) if found else set()
+        return set().union(*found) if found and all(found) else set()
+    return set()
+
+
+def _limit(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValidationFailed(field_errors={"_limit": "Must be a non-negative integer."})
+    if value > MAX_LIMIT:
+        raise ValidationFailed(
+            field_errors={"_limit": f"Ensure this value is less than or equal to {MAX_LIMIT}."}
+        )
+    return value
+
+
+def _term(value: Any, fold: bool) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text.lower() if fold else text
+
+
+def _words(tokens: list[str], value: Any) -> bool:
+    have = set(_WORD.findall(str(value).lower()))
+    return bool(tokens) and all(t in have for t in tokens)
+
+
+def _phrase(tokens: list[str], value: Any) -> bool:
+    have = _WORD.findall(str(value).lower())
+    n = len(tokens)
+    return bool(tokens) and any(have[i : i + n] == tokens for i in range(len(have) - n + 1))
+
+
+def _rank(value: Any) -> list[Any]:
+    """A JSON-safe, totally ordered sort key: numbers, then strings, then missing."""
+    if isinstance(value, list):
+        value = value[0] if value else None
+    if value is None or value == "":
+        return [2, ""]
+    if isinstance(value, bool):
+        return [1, str(value).lower()]
+    if isinstance(value, int | float):
+        return [0, value]
+    return [1, str(value)]
