@@ -21,7 +21,11 @@ def payload(n: int) -> bytes:
 
 def options(broker: KafkaBroker, topic: str, **extra: object) -> SourceOptions:
     return SourceOptions(
-        source="kafka", bootstrap_servers=broker.bootstrap_servers, kafka_topic=topic, direct_runner=True, **extra
+        source="kafka",
+        bootstrap_servers=broker.bootstrap_servers,
+        kafka_topic=topic,
+        direct_runner=True,
+        **extra,
     )
 
 
@@ -57,7 +61,8 @@ def test_read_stops_at_the_end_offsets_seen_at_start_and_skips_tombstones(kafka_
     assert_that(values, equal_to([payload(0), payload(1)]))
     result = pipeline.run()
     result.wait_until_finish()
-    tombstones = result.metrics().query(beam.metrics.MetricsFilter().with_name("kafka_tombstones"))["counters"]
+    only_tombstones = beam.metrics.MetricsFilter().with_name("kafka_tombstones")
+    tombstones = result.metrics().query(only_tombstones)["counters"]
     assert sum(c.committed for c in tombstones) == 1
 
 
