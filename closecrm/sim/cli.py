@@ -1,0 +1,88 @@
+"""`close-sync sim`: serve the simulator until SIGINT/SIGTERM, then write the snapshot if asked."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from closecrm.sim.app import Simulator, make_app
+from closecrm.sim.config import SimConfig
+
+log = logging.getLogger("closecrm.sim")
+
+
+def run_from_cli(
+    host: str,
+    port: int,
+    api_key: str,
+    seed: str | None = None,
+    search_rate: float = 16.0,
+    write_rate: float = 40.0,
+    time_scale: float = 1.0,
+    no_limits: bool = False,
+    latency_ms: float = 0.0,
+    jitter_ms: float = 0.0,
+    search_lag: float = 0.0,
+    fault_rate: float = 0.0,
+    ambiguous_rate: float = 0.0,
+    ratelimit_separator: str = ",",
+    snapshot: str | None = None,
+) -> None:
+    """Build the config from the command's options and serve; the API key is never logged."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    config = SimConfig()
+    config.update(
+        api_keys=[api_key],
+        search_rate=search_rate,
+        write_rate=write_rate,
+        time_scale=time_scale,
+        limits_enabled=not no_limits,
+        latency_ms=latency_ms,
+        jitter_ms=jitter_ms,
+        search_lag=search_lag,
+        fault_rate=fault_rate,
+        ambiguous_rate=ambiguous_rate,
+        ratelimit_separator=ratelimit_separator,
+    )
+    simulator = Simulator(config)
+    if seed:
+        simulator.store.seed(json.loads(Path(seed).read_text()))
+    asyncio.run(_serve(simulator, host, port))
+    if snapshot:
+        Path(snapshot).write_text(json.dumps(simulator.store.snapshot(), indent=2))
+        log.info("snapshot written to %s", snapshot)
+
+
+async def _serve(simulator: Simulator, host: str, port: int) -> None:
+    runner = web.AppRunner(make_app(simulator), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=1024)
+    await site.start()
+    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    counts = simulator.store.counts()
+    settings = _public_settings(simulator.config)
+    # One machine-readable line on stdout so scripts can find the port when --port 0 was used.
+    print(json.dumps({"sim": "ready", "base_url": f"http://{host}:{bound}/api/v1/", **counts}), flush=True)
+    log.info("Close API simulator on http://%s:%s/api/v1/ (%s)", host, bound, settings)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await runner.cleanup()
+
+
+def _public_settings(config: SimConfig) -> str:
+    shown: dict[str, Any] = config.to_json(mask_keys=True)
+    shown.pop("api_keys")
+    return ", ".join(f"{k}={v}" for k, v in shown.items())

@@ -1,0 +1,39 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.integration
+
+CLOSE_SYNC = Path(sys.executable).parent / "close-sync"
+
+
+def test_close_sync_sim_serves_me_and_writes_snapshot_on_sigterm(tmp_path):
+    seed = tmp_path / "seed.json"
+    seed.write_text(json.dumps({"leads": [{"name": "Seeded", "contacts": [{"name": "C"}]}]}))
+    snapshot = tmp_path / "snap.json"
+    key = "cli_secret_key_42"
+    proc = subprocess.Popen(
+        [str(CLOSE_SYNC), "sim", "--port", "0", "--api-key", key, "--seed", str(seed),
+         "--search-lag", "0.1", "--ratelimit-separator", ";", "--snapshot", str(snapshot)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        ready = json.loads(proc.stdout.readline())
+        base_url = ready["base_url"]
+        r = httpx.get(base_url + "me/", auth=(key, ""))
+        assert r.status_code == 200 and "; remaining=" in r.headers["ratelimit"]
+        assert httpx.get(base_url + "me/").status_code == 401
+        httpx.post(base_url + "lead/", json={"name": "Added"}, auth=(key, ""))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    assert key not in out + err + ready["base_url"]
+    names = sorted(lead["name"] for lead in json.loads(snapshot.read_text())["leads"])
+    assert names == ["Added", "Seeded"]
