@@ -52,8 +52,7 @@ class Simulator:
     def search(self, body: Any) -> dict[str, Any]:
         cf_types = {f["id"]: t for t in ("lead", "contact") for f in self.store.custom_fields(t)}
         query = Query(body, cf_types)
-        leads, contacts = self.store.search_view()
-        return query.run(leads, contacts)
+        return self.store.search(query.run)
 
 
 SIM = web.AppKey("sim", Simulator)

@@ -8,6 +8,7 @@ import random
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -563,14 +564,17 @@ class Store:
         else:
             self._index[object_type][object_id] = doc
 
-    def search_view(self) -> tuple[dict[str, Record], dict[str, Record]]:
-        """The index as search sees it now: (leads, contacts), rendered documents keyed by id."""
+    def search(self, run: Callable[[dict[str, Record], dict[str, Record]], Any]) -> Any:
+        """Call ``run(leads, contacts)`` on the index as search sees it now (documents keyed by id).
+
+        It runs under the store's lock, so it sees a consistent index without copying it.
+        """
         with self._lock:
             now = time.monotonic()
             while self._pending and self._pending[0][0] <= now:
                 _, object_type, object_id, doc = self._pending.popleft()
                 self._index_put(object_type, object_id, doc)
-            return dict(self._index["lead"]), dict(self._index["contact"])
+            return run(self._index["lead"], self._index["contact"])
 
     # --------------------------------------------------------- seed, snapshot
 
