@@ -1,0 +1,229 @@
+"""CloseClient: one keep-alive httpx client for Close's API, paced per endpoint group, with bounded retries."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import Counter, deque
+from typing import Any
+
+import httpx
+
+from closecrm.ratelimit import GroupPacer, parse_ratelimit, retry_after_seconds
+from closecrm.secret import ApiKey
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://api.close.com/api/v1/"
+GROUPS = ("search", "lead_write", "contact_write", "read", "other")
+DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+DEFAULT_LIMITS = httpx.Limits(max_connections=32, max_keepalive_connections=32, keepalive_expiry=30.0)
+# A 502/504 or a lost connection after the request went out: the write may or may not have happened.
+AMBIGUOUS_STATUSES = frozenset({502, 504})
+
+
+class CloseAPIError(Exception):
+    """A request Close refused (4xx other than 429) or that kept failing after the retries."""
+
+    def __init__(
+        self, status: int | None, body: Any, method: str, path: str, message: str | None = None
+    ) -> None:
+        self.status = status
+        self.body = body
+        self.method = method
+        self.path = path
+        super().__init__(
+            message or f"{method} {path} -> {status if status is not None else 'no response'}: {body!r}"
+        )
+
+
+class AmbiguousWriteError(CloseAPIError):
+    """A POST whose outcome is unknown (timeout, dropped connection, 502/504): look up before creating again."""
+
+
+def endpoint_group(method: str, path: str) -> str:
+    """Close's rate-limit groups as the simulator counts them."""
+    p = "/" + path.strip("/") + "/"
+    method = method.upper()
+    if p.startswith("/data/search/"):
+        return "search"
+    if method == "GET":
+        return "read"
+    if p.startswith("/lead/"):
+        return "lead_write"
+    if p.startswith("/contact/"):
+        return "contact_write"
+    return "other"
+
+
+class CloseClient:
+    """Async Close API client.
+
+    ``budget_share`` is the fraction of each group's rate budget this client may use (N workers
+    sharing one key: 1/N). ``max_in_flight`` bounds concurrent requests. 429s wait as told and
+    retry; 5xx and timeouts retry with jittered exponential back-off up to ``max_attempts``; an
+    ambiguous POST raises :class:`AmbiguousWriteError`; any other 4xx raises :class:`CloseAPIError`.
+    """
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_BASE_URL,
+        api_key: ApiKey | str | None = None,
+        *,
+        budget_share: float = 1.0,
+        max_in_flight: int = 16,
+        max_attempts: int = 5,
+        max_rate_limited_waits: int = 30,
+        backoff_base: float = 0.25,
+        backoff_max: float = 8.0,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        limits: httpx.Limits = DEFAULT_LIMITS,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if api_key is None:
+            raise ValueError("CloseClient needs an API key")
+        key = api_key if isinstance(api_key, ApiKey) else ApiKey(api_key)
+        self.base_url = base_url.rstrip("/") + "/"
+        self.budget_share = budget_share
+        self.max_attempts = max_attempts
+        self.max_rate_limited_waits = max_rate_limited_waits
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            auth=httpx.BasicAuth(key.reveal(), ""),
+            timeout=timeout,
+            limits=limits,
+            transport=transport,
+            headers={"accept": "application/json"},
+        )
+        del key  # the only copy now lives in the auth header httpx builds
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._pacers: dict[str, GroupPacer] = {}
+        # counters (running totals, read by metrics and the bench)
+        self.calls_by_group: Counter[str] = Counter()
+        self.calls_by_endpoint: Counter[str] = Counter()
+        self.rate_limited = 0
+        self.retries = 0
+        self.throttled_seconds = 0.0
+        self.latencies_ms: deque[float] = deque(maxlen=10_000)
+
+    def __repr__(self) -> str:
+        return f"CloseClient(base_url={self.base_url!r}, api_key=****)"
+
+    @property
+    def calls(self) -> int:
+        return sum(self.calls_by_group.values())
+
+    def pacer(self, group: str) -> GroupPacer:
+        if group not in self._pacers:
+            self._pacers[group] = GroupPacer(self.budget_share)
+        return self._pacers[group]
+
+    def counters(self) -> dict[str, Any]:
+        return {
+            "calls": self.calls,
+            "calls_by_group": dict(self.calls_by_group),
+            "rate_limited": self.rate_limited,
+            "retries": self.retries,
+            "throttled_seconds": round(self.throttled_seconds, 3),
+        }
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> CloseClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # ------------------------------------------------------------------ verbs
+
+    async def get(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        return await self.request("GET", path, params=params)
+
+    async def post(self, path: str, body: Any) -> Any:
+        return await self.request("POST", path, json=body)
+
+    async def put(self, path: str, body: Any) -> Any:
+        return await self.request("PUT", path, json=body)
+
+    async def request(
+        self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None
+    ) -> Any:
+        """One logical call, with pacing and retries; returns the decoded JSON body."""
+        method = method.upper()
+        path = path.lstrip("/")
+        group = endpoint_group(method, path)
+        pacer = self.pacer(group)
+        attempt = 0
+        waits_429 = 0
+        while True:
+            attempt += 1
+            self.throttled_seconds += await pacer.acquire()
+            started = time.monotonic()
+            try:
+                async with self._slots:
+                    self.calls_by_group[group] += 1
+                    self.calls_by_endpoint[f"{method} /{_shape(path)}"] += 1
+                    response = await self._http.request(method, path, json=json, params=params)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                pacer.cancelled()  # never reached Close: safe to retry any method
+                last: Exception = exc
+                status = None
+            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                pacer.cancelled()
+                if method == "POST":
+                    raise AmbiguousWriteError(None, type(exc).__name__, method, "/" + path) from None
+                last, status = exc, None
+            else:
+                self.latencies_ms.append((time.monotonic() - started) * 1000)
+                rl = parse_ratelimit(response.headers.get("ratelimit"))
+                if response.status_code == 429:
+                    wait = retry_after_seconds(response.headers)
+                    pacer.done(rl, throttled=True, retry_after=wait)
+                    self.rate_limited += 1
+                    waits_429 += 1
+                    if waits_429 > self.max_rate_limited_waits:
+                        raise CloseAPIError(429, _body(response), method, "/" + path)
+                    attempt -= 1  # waiting as told is not a failed attempt
+                    continue
+                pacer.done(rl)
+                if response.status_code < 400:
+                    return _body(response)
+                status = response.status_code
+                if status < 500:
+                    raise CloseAPIError(status, _body(response), method, "/" + path)
+                if method == "POST" and status in AMBIGUOUS_STATUSES:
+                    raise AmbiguousWriteError(status, _body(response), method, "/" + path)
+                last = CloseAPIError(status, _body(response), method, "/" + path)
+            if attempt >= self.max_attempts:
+                if isinstance(last, CloseAPIError):
+                    raise last
+                raise CloseAPIError(status, type(last).__name__, method, "/" + path) from None
+            self.retries += 1
+            delay = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+            log.debug(
+                "retrying %s /%s after %s (attempt %d)",
+                method,
+                _shape(path),
+                status or type(last).__name__,
+                attempt,
+            )
+            await asyncio.sleep(delay)
+
+
+def _body(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return response.text
+
+
+def _shape(path: str) -> str:
+    """`lead/lead_abc/` -> `lead/{id}/`, for per-endpoint counters."""
+    parts = [p for p in path.split("?")[0].split("/") if p]
+    return "".join(("{id}" if "_" in p and p not in ("custom_field",) else p) + "/" for p in parts)
