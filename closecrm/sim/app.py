@@ -49,6 +49,12 @@ class Simulator:
         self.faults.reset()
         self.stats.reset()
 
+    def configure(self, **knobs: Any) -> None:
+        """Apply knobs (ValueError on bad ones); setting random_seed restarts the fault dice from it."""
+        self.config.update(**knobs)
+        if "random_seed" in knobs:
+            self.faults.reseed()
+
     def search(self, body: Any) -> dict[str, Any]:
         cf_types = {f["id"]: t for t in ("lead", "contact") for f in self.store.custom_fields(t)}
         query = Query(body, cf_types)
@@ -396,12 +402,12 @@ async def admin_patch_config(request: web.Request) -> web.Response:
     body = await _body(request)
     if not isinstance(body, dict):
         raise ValidationFailed(["Expected a JSON object of knobs."])
-    config = request.app[SIM].config
+    sim = request.app[SIM]
     try:
-        config.update(**body)
+        sim.configure(**body)
     except ValueError as exc:
         raise ValidationFailed([str(exc)]) from None
-    return _json(config.to_json())
+    return _json(sim.config.to_json())
 
 
 async def admin_stats(request: web.Request) -> web.Response:

@@ -19,8 +19,15 @@ class Faults:
     def __init__(self, config: SimConfig):
         self.config = config
         self._lock = threading.Lock()
-        self._rng = random.Random(config.random_seed if config.random_seed is not None else os.urandom(16))
+        self._rng = random.Random()
+        self.reseed()
         self._storm_until = 0.0
+
+    def reseed(self) -> None:
+        """Restart the dice from ``config.random_seed`` so a run that sets it is repeatable."""
+        seed = self.config.random_seed
+        with self._lock:
+            self._rng.seed(seed if seed is not None else os.urandom(16))
 
     def reset(self) -> None:
         with self._lock:

@@ -97,7 +97,7 @@ class SimServer:
 
     def configure(self, **knobs: Any) -> None:
         """Change knobs at runtime, e.g. ``configure(search_lag=0.3, limits_enabled=True)``."""
-        self.config.update(**knobs)
+        self.simulator.configure(**knobs)
 
     def reset(self) -> None:
         """Clear data, custom fields, stats, rate windows and storms; the default statuses are re-created."""

@@ -47,13 +47,15 @@ class Store:
     def __init__(self, config: SimConfig):
         self.config = config
         self._lock = threading.RLock()
-        self._rng = random.Random(config.random_seed if config.random_seed is not None else os.urandom(16))
+        self._rng = random.Random()
         self.reset()
 
     # ----------------------------------------------------------------- basics
 
     def reset(self) -> None:
         with self._lock:
+            seed = self.config.random_seed
+            self._rng.seed(seed if seed is not None else os.urandom(16))  # a seeded reset repeats its ids
             self._leads: dict[str, Record] = {}
             self._contacts: dict[str, Record] = {}
             self._custom_fields: dict[str, dict[str, Record]] = {"lead": {}, "contact": {}}

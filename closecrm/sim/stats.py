@@ -39,6 +39,7 @@ class Stats:
                 "by_group": dict(self._groups),
                 "by_endpoint": dict(self._endpoints),
                 "by_status": {str(k): v for k, v in sorted(self._statuses.items())},
+                "responses_429": self._statuses[429],
                 "rate_limited": self._events["rate_limited"],
                 "storm_429": self._events["storm_429"],
                 "faults_injected": self._events["faults_injected"],

@@ -47,3 +47,20 @@ def test_latency_delays_responses(sim, api):
     started = time.perf_counter()
     api.get("me/")
     assert 0.15 <= time.perf_counter() - started < 1.0
+
+
+def test_random_seed_makes_injected_faults_repeatable(sim, api):
+    def run():
+        sim.configure(fault_rate=0.5, random_seed=42)
+        return [api.get("me/").status_code for _ in range(20)]
+
+    first = run()
+    assert run() == first and len(set(first)) > 1
+
+
+def test_seeded_reset_repeats_ids(sim, api):
+    sim.configure(random_seed=5)
+    sim.reset()
+    first = api.post("lead/", json={"name": "x"}).json()["id"]
+    sim.reset()
+    assert api.post("lead/", json={"name": "x"}).json()["id"] == first

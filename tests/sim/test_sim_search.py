@@ -47,9 +47,11 @@ def test_term_list_on_lead_custom_field_finds_each_value(sim, api):
 
 def test_term_is_exact_string_compare(sim, api):
     cf = sim.create_custom_field("contact", "User ID")
-    api.post("contact/", json={"name": "A", f"custom.{cf}": "u-1"})
+    contact = api.post("contact/", json={"name": "A", f"custom.{cf}": "u-1"}).json()
     q = {"type": "and", "queries": [object_type("contact"), cf_term(cf, ["U-1", "u-"])]}
     assert search(api, q)["data"] == []
+    q = {"type": "and", "queries": [object_type("contact"), cf_term(cf, ["u-1"])]}
+    assert [d["id"] for d in search(api, q)["data"]] == [contact["id"]]
 
 
 def test_contacts_found_by_email_term_case_insensitively(api):
