@@ -412,7 +412,7 @@ class _Parser:
     def parse_list(self) -> tuple[Operand, ...]:
         opening = self.token
         if not self.at_op("[", "("):
-            raise TriggerError("expected a list like [\"a\", \"b\"] after 'in'", opening.position)
+            raise TriggerError('expected a list like ["a", "b"] after \'in\'', opening.position)
         closing = "]" if opening.value == "[" else ")"
         self.advance()
         items: list[Operand] = []

@@ -264,7 +264,10 @@ def test_collapse_is_idempotent_and_stable(rs: list[UpsertRequest]) -> None:
 
 @settings(max_examples=150, deadline=None)
 @given(
-    requests(min_size=3, max_size=3), st.sampled_from([None, "u1"]), st.sampled_from([None, "c1"]), st.sampled_from(FLAGS)
+    requests(min_size=3, max_size=3),
+    st.sampled_from([None, "u1"]),
+    st.sampled_from([None, "c1"]),
+    st.sampled_from(FLAGS),
 )
 def test_merge_is_associative_on_same_key_requests(rs, user, company, flags) -> None:
     a, b, c = (
