@@ -295,7 +295,7 @@ class UpsertEngine:
             - self._custom_fields["contact"]
         )
         stale = time.monotonic() - self._custom_fields_read_at > 60.0
-        if self._custom_fields_read_at and not (unknown and stale):
+        if not unknown or (self._custom_fields_read_at and not stale):
             return 0
         self._custom_fields_read_at = time.monotonic()
         for object_type in ("lead", "contact"):
