@@ -21,6 +21,8 @@ import pytest
 
 PUBSUB_EMULATOR_BIN = "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator"
 STARTUP_TIMEOUT_S = 60.0
+# The emulator holds an empty Pull until its deadline; Beam's DirectRunner pulls with a 30 s deadline.
+SHORT_PULL_TIMEOUT_S = 2.0
 
 
 def require_binary(path_or_name: str, what: str) -> str:
@@ -141,6 +143,25 @@ def pubsub_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PubSub
             yield PubSubEmulator(host=f"127.0.0.1:{port}", project="close-sync-test")
     finally:
         stop_process_group(process)
+
+
+@pytest.fixture
+def pubsub_short_pulls(monkeypatch: pytest.MonkeyPatch) -> float:
+    """Caps every SubscriberClient.pull deadline, so a streaming DirectRunner job polls and stops promptly.
+
+    Beam's DirectRunner pulls with timeout=30 and the emulator answers an empty Pull only at the
+    deadline; a cancelled job would otherwise keep a thread (and the emulator) busy for up to 30 s.
+    """
+    from google.cloud import pubsub_v1
+
+    original = pubsub_v1.SubscriberClient.pull
+
+    def pull(self: object, *args: object, timeout: float | None = None, **kwargs: object) -> object:
+        timeout = SHORT_PULL_TIMEOUT_S if timeout is None else min(timeout, SHORT_PULL_TIMEOUT_S)
+        return original(self, *args, timeout=timeout, **kwargs)
+
+    monkeypatch.setattr(pubsub_v1.SubscriberClient, "pull", pull)
+    return SHORT_PULL_TIMEOUT_S
 
 
 # --- Kafka (noida-db) --------------------------------------------------------------------------
