@@ -7,6 +7,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable
+from datetime import UTC, date, datetime, time, timedelta
 from functools import cmp_to_key
 from typing import Any
 
@@ -208,6 +209,8 @@ class Query:
             )
         elif kind == "exists":
             match = lambda value: True  # noqa: E731
+        elif kind == "moment_range":
+            match = _moment_range(condition, f"{path}.condition")
         else:
             raise ValidationFailed(field_errors={f"{path}.condition": f"Unknown condition type {kind!r}."})
 
@@ -326,6 +329,66 @@ def _limit(value: Any) -> int:
             field_errors={"_limit": f"Ensure this value is less than or equal to {MAX_LIMIT}."}
         )
     return value
+
+
+def _moment_range(condition: Doc, path: str) -> Callable[[Any], bool]:
+    """`on_or_after` (inclusive) and/or `before` (exclusive), each a fixed moment; values that are not
+    dates never match.
+
+    Supported moments: `{"type": "fixed_utc", "value": ISO-8601}` (naive = UTC) and
+    `{"type": "fixed_local_date", "value": "YYYY-MM-DD", "which": "start"|"end"}`, where the
+    simulated organisation's local time zone is UTC. Close's relative moments are not simulated.
+    """
+    unknown = sorted(set(condition) - {"type", "on_or_after", "before"})
+    if unknown:
+        raise ValidationFailed(field_errors={path: f"Unsupported moment_range key(s): {', '.join(unknown)}."})
+    low = _moment(condition.get("on_or_after"), f"{path}.on_or_after")
+    high = _moment(condition.get("before"), f"{path}.before")
+    if low is None and high is None:
+        raise ValidationFailed(field_errors={path: "A moment_range needs on_or_after and/or before."})
+
+    def match(value: Any) -> bool:
+        moment = _as_moment(value)
+        if moment is None:
+            return False
+        return (low is None or moment >= low) and (high is None or moment < high)
+
+    return match
+
+
+def _moment(spec: Any, path: str) -> datetime | None:
+    if spec is None:
+        return None
+    if not isinstance(spec, dict) or not isinstance(spec.get("value"), str):
+        raise ValidationFailed(field_errors={path: "A moment must be an object with a string value."})
+    kind, value = spec.get("type"), spec["value"]
+    try:
+        if kind == "fixed_utc":
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+        if kind == "fixed_local_date":
+            day = date.fromisoformat(value)
+            which = spec.get("which", "start")
+            if which not in ("start", "end"):
+                raise ValidationFailed(field_errors={f"{path}.which": "Must be start or end."})
+            start = datetime.combine(day, time(), tzinfo=UTC)
+            return start if which == "start" else start + timedelta(days=1)
+    except ValueError:
+        raise ValidationFailed(field_errors={path: f"Invalid {kind} value {value!r}."}) from None
+    raise ValidationFailed(
+        field_errors={path: f"Unsupported moment type {kind!r} (fixed_utc, fixed_local_date)."}
+    )
+
+
+def _as_moment(value: Any) -> datetime | None:
+    """A stored date or datetime as an aware UTC datetime (a date is its midnight UTC)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _term(value: Any, fold: bool) -> str:
