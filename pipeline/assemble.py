@@ -31,6 +31,7 @@ class JobShape:
     dead_letter_topic: str | None = None
     audit_log: str | None = None
     max_event_bytes: int = 64 * 1024
+    dedupe_seconds: float | None = 600.0  # None: no messageId dedupe
     batch_size: int = 200
     flush_seconds: float = 5.0
     shards: int = 16
@@ -58,7 +59,9 @@ def audit_line(item: tuple[Pending, Outcome]) -> str:
 
 def build(p: beam.Pipeline, shape: JobShape) -> dict[str, beam.PCollection]:
     raw = p | "ReadEvents" >> ReadEvents(shape.source)
-    parsed = raw | "ParseEvents" >> ParseEvents(max_bytes=shape.max_event_bytes)
+    parsed = raw | "ParseEvents" >> ParseEvents(
+        max_bytes=shape.max_event_bytes, dedupe_ttl_seconds=shape.dedupe_seconds, streaming=shape.streaming
+    )
     mapped = parsed["events"] | "MapToUpserts" >> MapToUpserts(shape.mappings)
     pending = mapped.requests | "CollapsePerPerson" >> CollapsePerPerson(
         shape.streaming, shape.window_kind, shape.window_seconds
@@ -67,7 +70,7 @@ def build(p: beam.Pipeline, shape: JobShape) -> dict[str, beam.PCollection]:
     deads = [parsed[DEAD], mapped[DEAD]]
     outcomes = []
     if shape.suppress_identical and not shape.dry_run:
-        gated = pending | "SuppressIdentical" >> SuppressIdentical()
+        gated = pending | "SuppressIdentical" >> SuppressIdentical(shape.streaming)
         pending = gated.pending
         settled = gated[SUPPRESSED] | "SettleSuppressed" >> SettleSuppressed()
         outcomes.append(settled.outcomes)

@@ -44,8 +44,9 @@ def sim(**kwargs: object) -> None:
 
 
 def _key_source(api_key_file: str | None, config) -> KeySource:  # noqa: ANN001
-    path = api_key_file or config.settings.api_key_file
-    return KeySource(env_var=config.settings.api_key_env, path=path)
+    return KeySource(
+        env_var=config.settings.api_key_env, path=api_key_file, fallback_path=config.settings.api_key_file
+    )
 
 
 def _fail(ctx: click.Context, exc: BaseException) -> None:

@@ -56,6 +56,7 @@ def shape_for(config: JobConfig, request: RunRequest, streaming: bool) -> JobSha
         dead_letter_topic=request.dead_letter_topic,
         audit_log=request.audit_log,
         max_event_bytes=tuning.max_event_bytes,
+        dedupe_seconds=tuning.dedupe.seconds if tuning.dedupe.enabled else None,
         batch_size=tuning.batch_size,
         flush_seconds=tuning.flush_seconds,
         window_kind=tuning.window.kind,
@@ -70,6 +71,21 @@ async def check_close(spec: EngineSpec) -> None:
         await engine.validate_settings()
     finally:
         await client.aclose()
+
+
+def local_runner(options: PipelineOptions, streaming: bool):  # noqa: ANN201
+    """On the DirectRunner, pick its engine ourselves: batch runs on the FnApiRunner (the default
+    DirectRunner would first try Prism, which downloads a binary), streaming on the bundle-based
+    runner (the only local one that reads Pub/Sub). Any other runner is left to Beam."""
+    if not is_direct(options):
+        return None
+    if streaming:
+        from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
+
+        return BundleBasedDirectRunner()
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+    return FnApiRunner()
 
 
 def pipeline_options(request: RunRequest, streaming: bool) -> PipelineOptions:
@@ -94,7 +110,7 @@ def run(config: JobConfig, request: RunRequest, *, validate: bool = True, show_s
     shape = shape_for(config, request, streaming)
     if validate:
         asyncio.run(check_close(shape.engine))
-    p = beam.Pipeline(options=options)
+    p = beam.Pipeline(runner=local_runner(options, streaming), options=options)
     build(p, shape)
     result = p.run()
     result.wait_until_finish()

@@ -107,17 +107,20 @@ def _content_digest(request: UpsertRequest) -> str:
 class _SuppressIdentical(beam.DoFn):
     """Per person: a request identical to the last one let through costs nothing.
 
-    The state is one short digest per person with a TTL, not a global cache.
+    The state is one short digest per person, not a global cache; on unbounded input a
+    TTL clears it (see the subclass), on bounded input it ends with the input.
     """
 
     LAST = ReadModifyWriteStateSpec("last", StrUtf8Coder())
-    EXPIRY = TimerSpec("expiry", TimeDomain.REAL_TIME)
 
     def __init__(self, ttl_seconds: float) -> None:
         self._ttl = ttl_seconds
         self._suppressed = metrics.counter(metrics.REQUESTS_SUPPRESSED)
 
-    def process(self, item, last=beam.DoFn.StateParam(LAST), expiry=beam.DoFn.TimerParam(EXPIRY)):
+    def process(self, item, last=beam.DoFn.StateParam(LAST)):
+        yield from self._gate(item, last)
+
+    def _gate(self, item, last):
         _, pending = item
         digest = _content_digest(pending.request)
         if last.read() == digest:
@@ -126,26 +129,37 @@ class _SuppressIdentical(beam.DoFn):
             yield beam.pvalue.TaggedOutput(SUPPRESSED, (pending, outcome))
             return
         last.write(digest)
-        expiry.set(Timestamp.now() + Duration(seconds=self._ttl))
         yield pending
 
+
+class _SuppressIdenticalWithTtl(_SuppressIdentical):
+    EXPIRY = TimerSpec("expiry", TimeDomain.REAL_TIME)
+
+    def process(
+        self, item, last=beam.DoFn.StateParam(_SuppressIdentical.LAST), expiry=beam.DoFn.TimerParam(EXPIRY)
+    ):
+        yield from self._gate(item, last)
+        expiry.set(Timestamp.now() + Duration(seconds=self._ttl))
+
     @on_timer(EXPIRY)
-    def expire(self, last=beam.DoFn.StateParam(LAST)):
+    def expire(self, last=beam.DoFn.StateParam(_SuppressIdentical.LAST)):
         last.clear()
 
 
 class SuppressIdentical(beam.PTransform):
     """Main output: Pending to send. Tagged SUPPRESSED: (Pending, unchanged Outcome)."""
 
-    def __init__(self, ttl_seconds: float = 24 * 3600.0) -> None:
+    def __init__(self, streaming: bool, ttl_seconds: float = 24 * 3600.0) -> None:
         super().__init__()
+        self._streaming = streaming
         self._ttl = ttl_seconds
 
     def expand(self, pendings):
+        gate = _SuppressIdenticalWithTtl(self._ttl) if self._streaming else _SuppressIdentical(self._ttl)
         return (
             pendings
             # State must outlive the collapse windows, so it lives in the global window.
             | "Rewindow" >> beam.WindowInto(window.GlobalWindows())
-            | "KeyByPerson" >> beam.Map(lambda p: (p.person, p))
-            | "Suppress" >> beam.ParDo(_SuppressIdentical(self._ttl)).with_outputs(SUPPRESSED, main="pending")
+            | "KeyByPerson" >> beam.Map(lambda p: (p.person, p)).with_output_types(tuple[str, Any])
+            | "Suppress" >> beam.ParDo(gate).with_outputs(SUPPRESSED, main="pending")
         )

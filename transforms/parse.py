@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 import apache_beam as beam
@@ -52,49 +53,69 @@ class _Parse(beam.DoFn):
 
 
 class _DropRedeliveries(beam.DoFn):
-    """Keyed by messageId: the first copy passes, later copies within the TTL are dropped."""
+    """Keyed by messageId: the first copy passes, later copies are dropped (bounded input: state
+    lives until the end of the input, which is what a batch run wants)."""
 
     SEEN = ReadModifyWriteStateSpec("seen", BooleanCoder())
-    EXPIRY = TimerSpec("expiry", TimeDomain.REAL_TIME)
 
     def __init__(self, ttl_seconds: float) -> None:
         self._ttl = ttl_seconds
         self._dupes = metrics.counter(metrics.EVENTS_DUPLICATE)
 
-    def process(
-        self,
-        item: tuple[str, Event],
-        seen=beam.DoFn.StateParam(SEEN),
-        expiry=beam.DoFn.TimerParam(EXPIRY),
-    ):
+    def process(self, item: tuple[str, Event], seen=beam.DoFn.StateParam(SEEN)):
+        yield from self._first_copy_only(item, seen)
+
+    def _first_copy_only(self, item: tuple[str, Event], seen) -> Iterable[Any]:
         if seen.read():
             self._dupes.inc()
             # A redelivered copy ends as skipped, under a ledger key of its own.
             yield beam.pvalue.TaggedOutput(LEDGER, (f"dup:{item[0]}:{uuid.uuid4().hex}", SKIPPED))
             return
         seen.write(True)
-        expiry.set(Timestamp.now() + Duration(seconds=self._ttl))
         yield item[1]
 
+
+class _DropRedeliveriesWithTtl(_DropRedeliveries):
+    """Unbounded input: a messageId is remembered for the TTL, then its state is cleared."""
+
+    EXPIRY = TimerSpec("expiry", TimeDomain.REAL_TIME)
+
+    def process(
+        self,
+        item: tuple[str, Event],
+        seen=beam.DoFn.StateParam(_DropRedeliveries.SEEN),
+        expiry=beam.DoFn.TimerParam(EXPIRY),
+    ):
+        first = seen.read() is None
+        yield from self._first_copy_only(item, seen)
+        if first:
+            expiry.set(Timestamp.now() + Duration(seconds=self._ttl))
+
     @on_timer(EXPIRY)
-    def expire(self, seen=beam.DoFn.StateParam(SEEN)):
+    def expire(self, seen=beam.DoFn.StateParam(_DropRedeliveries.SEEN)):
         seen.clear()
 
 
 class ParseEvents(beam.PTransform):
     """Main output: Event. Tagged outputs: DEAD (DeadLetter), LEDGER ((event_id, status))."""
 
-    def __init__(self, max_bytes: int = 64 * 1024, dedupe_ttl_seconds: float = 3600.0) -> None:
+    def __init__(
+        self, max_bytes: int = 64 * 1024, dedupe_ttl_seconds: float | None = 600.0, streaming: bool = False
+    ) -> None:
         super().__init__()
         self._max_bytes = max_bytes
         self._ttl = dedupe_ttl_seconds
+        self._streaming = streaming
 
     def expand(self, raw):
         parsed = raw | "Parse" >> beam.ParDo(_Parse(self._max_bytes)).with_outputs(DEAD, LEDGER, main="events")
+        if self._ttl is None:  # dedupe switched off in the config
+            return {"events": parsed.events, DEAD: parsed[DEAD], LEDGER: parsed[LEDGER]}
+        dedupe = _DropRedeliveriesWithTtl(self._ttl) if self._streaming else _DropRedeliveries(self._ttl)
         unique = (
             parsed.events
-            | "KeyByMessageId" >> beam.Map(lambda e: (e.message_id, e))
-            | "DropRedeliveries" >> beam.ParDo(_DropRedeliveries(self._ttl)).with_outputs(LEDGER, main="events")
+            | "KeyByMessageId" >> beam.Map(lambda e: (e.message_id, e)).with_output_types(tuple[str, Any])
+            | "DropRedeliveries" >> beam.ParDo(dedupe).with_outputs(LEDGER, main="events")
         )
         ledger = (parsed[LEDGER], unique[LEDGER]) | "MergeLedger" >> beam.Flatten()
         return {"events": unique.events, DEAD: parsed[DEAD], LEDGER: ledger}

@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.coders import PickleCoder, VarIntCoder
+from apache_beam.coders import PickleCoder
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms import window
+from apache_beam.transforms.combiners import CountCombineFn
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import (
     BagStateSpec,
@@ -33,19 +34,34 @@ from transforms.ledger import DEAD as LEDGER_DEAD
 
 @dataclass(frozen=True)
 class KeySource:
-    """Where a worker reads the API key: an env var or a file (any Beam filesystem path, e.g. gs://)."""
+    """Where a worker reads the API key: a file given on the command line, else the env var, else
+    the config's file. Files may be on any Beam filesystem (e.g. gs://), which is how Dataflow
+    workers, who do not share the launcher's environment, get the key."""
 
     env_var: str = "CLOSE_API_KEY"
     path: str | None = None
+    fallback_path: str | None = None
 
     def read(self) -> ApiKey:
         if self.path:
-            with FileSystems.open(self.path) as fh:
-                return ApiKey(fh.read().decode("utf-8"))
-        value = os.environ.get(self.env_var, "")
-        if not value:
-            raise RuntimeError(f"no Close API key: set ${self.env_var} or give an api key file")
-        return ApiKey(value)
+            return _key_from_file(self.path)
+        value = os.environ.get(self.env_var, "").strip()
+        if value:
+            return ApiKey(value)
+        if self.fallback_path:
+            return _key_from_file(self.fallback_path)
+        raise RuntimeError(f"no Close API key: set ${self.env_var} or give --api-key-file / settings.api_key_file")
+
+
+def _key_from_file(path: str) -> ApiKey:
+    try:
+        with FileSystems.open(path) as fh:
+            value = fh.read().decode("utf-8")
+    except Exception as exc:  # noqa: BLE001 - any filesystem's error, reported without the key
+        raise RuntimeError(f"cannot read the API key file {path}: {type(exc).__name__}") from None
+    if not value.strip():
+        raise RuntimeError(f"the API key file {path} is empty")
+    return ApiKey(value)
 
 
 @dataclass(frozen=True)
@@ -115,15 +131,13 @@ class _ApplyBatches(beam.DoFn):
     """
 
     BUFFER = BagStateSpec("buffer", PickleCoder())
-    COUNT = CombiningValueStateSpec("count", VarIntCoder(), sum)
-    FLUSH = TimerSpec("flush", TimeDomain.REAL_TIME)
+    COUNT = CombiningValueStateSpec("count", combine_fn=CountCombineFn())
     WINDOW_END = TimerSpec("window_end", TimeDomain.WATERMARK)
 
-    def __init__(self, spec: EngineSpec, batch_size: int, flush_seconds: float, streaming: bool, dry_run: bool):
+    def __init__(self, spec: EngineSpec, batch_size: int, flush_seconds: float, dry_run: bool):
         self._spec = spec
         self._batch_size = batch_size
         self._flush_seconds = flush_seconds
-        self._streaming = streaming
         self._dry_run = dry_run
 
     def setup(self) -> None:
@@ -148,23 +162,19 @@ class _ApplyBatches(beam.DoFn):
         item: tuple[int, Pending],
         buffer=beam.DoFn.StateParam(BUFFER),
         count=beam.DoFn.StateParam(COUNT),
-        flush=beam.DoFn.TimerParam(FLUSH),
         window_end=beam.DoFn.TimerParam(WINDOW_END),
         w=beam.DoFn.WindowParam,
     ):
+        yield from self._buffer(item, buffer, count, window_end, w)
+
+    def _buffer(self, item, buffer, count, window_end, w) -> Iterable[Any]:
         buffer.add(item[1])
         count.add(1)
         n = count.read()
         if n == 1:
             window_end.set(w.max_timestamp())
-            if self._streaming:
-                flush.set(Timestamp.now() + Duration(seconds=self._flush_seconds))
         if n >= self._batch_size:
             yield from self._flush(buffer, count)
-
-    @on_timer(FLUSH)
-    def on_flush(self, buffer=beam.DoFn.StateParam(BUFFER), count=beam.DoFn.StateParam(COUNT)):
-        yield from self._flush(buffer, count)
 
     @on_timer(WINDOW_END)
     def on_window_end(self, buffer=beam.DoFn.StateParam(BUFFER), count=beam.DoFn.StateParam(COUNT)):
@@ -201,6 +211,33 @@ class _ApplyBatches(beam.DoFn):
             if delta:
                 metrics.counter(name).inc(int(delta))
             self._seen_counts[name] = value
+
+
+class _ApplyBatchesStreaming(_ApplyBatches):
+    """Unbounded input also flushes a partial batch after flush_seconds of processing time."""
+
+    FLUSH = TimerSpec("flush", TimeDomain.REAL_TIME)
+
+    def process(
+        self,
+        item: tuple[int, Pending],
+        buffer=beam.DoFn.StateParam(_ApplyBatches.BUFFER),
+        count=beam.DoFn.StateParam(_ApplyBatches.COUNT),
+        window_end=beam.DoFn.TimerParam(_ApplyBatches.WINDOW_END),
+        flush=beam.DoFn.TimerParam(FLUSH),
+        w=beam.DoFn.WindowParam,
+    ):
+        if count.read() == 0:
+            flush.set(Timestamp.now() + Duration(seconds=self._flush_seconds))
+        yield from self._buffer(item, buffer, count, window_end, w)
+
+    @on_timer(FLUSH)
+    def on_flush(
+        self,
+        buffer=beam.DoFn.StateParam(_ApplyBatches.BUFFER),
+        count=beam.DoFn.StateParam(_ApplyBatches.COUNT),
+    ):
+        yield from self._flush(buffer, count)
 
 
 def client_counters(client: Any) -> dict[str, float]:
@@ -252,11 +289,13 @@ class UpsertToClose(beam.PTransform):
 
     def expand(self, pendings):
         shards = self._shards
-        writer = _ApplyBatches(self._spec, self._batch_size, self._flush_seconds, self._streaming, self._dry_run)
+        kind = _ApplyBatchesStreaming if self._streaming else _ApplyBatches
+        writer = kind(self._spec, self._batch_size, self._flush_seconds, self._dry_run)
         return (
             pendings
             | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows())
-            | "KeyByLeadShard" >> beam.Map(lambda p: (shard_of(lead_identity(p.request), shards), p))
+            | "KeyByLeadShard"
+            >> beam.Map(lambda p: (shard_of(lead_identity(p.request), shards), p)).with_output_types(tuple[int, Any])
             | "ApplyBatches" >> beam.ParDo(writer).with_outputs(DEAD, LEDGER, main="outcomes")
         )
 
