@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import heapq
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime, time, timedelta
 from functools import cmp_to_key
 from typing import Any
@@ -113,13 +114,15 @@ class Query:
             for doc in pools[object_type].values()
             if self.predicate(object_type, doc, related)
         ]
-        keyed = [(self._sort_key(t, d), t, d) for t, d in hits]
-        compare = cmp_to_key(self._compare)
-        keyed.sort(key=lambda item: compare(item[0]))
+        keyed: Iterable[tuple[list[Any], str, Doc]] = ((self._sort_key(t, d), t, d) for t, d in hits)
         if self.cursor is not None:
-            keyed = [item for item in keyed if self._compare(item[0], self.cursor) > 0]
-        page = keyed[: self.limit]
-        next_cursor = self._encode_cursor(page[-1][0]) if len(keyed) > self.limit else None
+            cursor = self.cursor
+            keyed = (item for item in keyed if self._compare(item[0], cursor) > 0)
+        compare = cmp_to_key(self._compare)
+        # One page plus one (to know whether there is more): no need to sort every hit.
+        first = heapq.nsmallest(self.limit + 1, keyed, key=lambda item: compare(item[0]))
+        page = first[: self.limit]
+        next_cursor = self._encode_cursor(page[-1][0]) if len(first) > self.limit and page else None
         return {"data": [self._project(t, d) for _, t, d in page], "cursor": next_cursor}
 
     def _project(self, object_type: str, doc: Doc) -> Doc:
