@@ -2,13 +2,48 @@
 
 from __future__ import annotations
 
+import threading
+
 from apache_beam.metrics import Metrics
 
 NAMESPACE = "close_sync"
 
 
-def counter(name: str):  # noqa: ANN201 - Beam's Counter type is private
-    return Metrics.counter(NAMESPACE, name)
+# A process-local running total of every counter, for the live progress line of local runs: the
+# DirectRunner's workers run in this process, while Beam's own metrics are only harvested per bundle.
+_LOCAL_LOCK = threading.Lock()
+_LOCAL: dict[str, int] = {}
+
+
+def local_totals() -> dict[str, int]:
+    """Counter totals so far in this process (empty on remote workers' launchers)."""
+    with _LOCAL_LOCK:
+        return dict(_LOCAL)
+
+
+def reset_local_totals() -> None:
+    with _LOCAL_LOCK:
+        _LOCAL.clear()
+
+
+class _Counter:
+    """Beam's counter, also added to the process-local totals."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._beam = Metrics.counter(NAMESPACE, name)
+
+    def inc(self, n: int = 1) -> None:
+        self._beam.inc(n)
+        with _LOCAL_LOCK:
+            _LOCAL[self._name] = _LOCAL.get(self._name, 0) + n
+
+    def dec(self, n: int = 1) -> None:
+        self.inc(-n)
+
+
+def counter(name: str) -> _Counter:
+    return _Counter(name)
 
 
 def distribution(name: str):  # noqa: ANN201
