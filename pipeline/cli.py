@@ -12,7 +12,13 @@ from transforms.upsert import EngineSpec, KeySource
 @click.option("--verbose", is_flag=True, help="Show tracebacks and debug logs.")
 @click.pass_context
 def main(ctx: click.Context, verbose: bool) -> None:
-    """Keep Close CRM leads and contacts in sync with customer events."""
+    """Keep Close CRM leads and contacts in sync with customer events.
+
+    \b
+    Example:
+      close-sync demo                     # the whole job on sample events and a local simulator
+      close-sync run --help
+    """
     ctx.ensure_object(dict)
     ctx.obj["verbose"] = verbose
 
@@ -36,7 +42,9 @@ def main(ctx: click.Context, verbose: bool) -> None:
 def sim(**kwargs: object) -> None:
     """Serve a local Close API at http://HOST:PORT/api/v1/.
 
-    Example: close-sync sim --port 8765 --api-key test_key --search-lag 2
+    \b
+    Example:
+      close-sync sim --port 8765 --api-key test_key --search-lag 2
     """
     from closecrm.sim.cli import run_from_cli
 
@@ -53,27 +61,51 @@ def _fail(ctx: click.Context, exc: BaseException) -> None:
     """One line that says what and how to fix; the traceback only with --verbose."""
     if ctx.find_root().obj and ctx.find_root().obj.get("verbose"):
         raise exc
-    raise click.ClickException(explain(exc)) from None
+    raise click.ClickException(explain(exc, ctx.params.get("close_url"))) from None
 
 
-def explain(exc: BaseException) -> str:
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+def explain(exc: BaseException, close_url: str | None = None) -> str:
+    """The one line a user sees for a failure: what went wrong and how to fix it."""
     import httpx
 
     from closecrm.client import CloseAPIError
     from closecrm.engine import SettingsError
     from pipeline.config import ConfigError
 
-    if isinstance(exc, ConfigError | SettingsError):
-        return str(exc)
-    if isinstance(exc, CloseAPIError) and exc.status == 401:
-        return "Close rejected the API key (401): check $CLOSE_API_KEY or --api-key-file."
+    where = close_url or "the --close-url given"
+    # the engine raises SettingsError `from None`; the Close error that caused it is still its context
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(exc, SettingsError) and isinstance(cause, CloseAPIError):
+        if cause.status is None:
+            exc = cause  # no response at all: explained below as unreachable
+        elif cause.status == 404:
+            return f"Close at {where} answered 404 for GET /me/: check --close-url (it ends in /api/v1/)."
+    if isinstance(exc, ConfigError):
+        where_file = f" {exc.source}" if exc.source else ""
+        fix = "check the --config path" if any("cannot read" in p for p in exc.problems) else (
+            "fix the file; README, Configuration, lists every key"
+        )
+        return f"invalid config{where_file}: " + "; ".join(exc.problems) + f" ({fix})"
+    if isinstance(exc, SettingsError):
+        return _one_line(str(exc))
+    if isinstance(exc, CloseAPIError) and exc.status in (401, 403):
+        return f"Close rejected the API key ({exc.status}): set $CLOSE_API_KEY or --api-key-file to a valid key."
+    if isinstance(exc, CloseAPIError) and exc.status is None:
+        return (
+            f"cannot reach Close at {where} ({exc.body}): check --close-url and the network "
+            "(the simulator: close-sync sim --port 8765 --api-key KEY)."
+        )
     if isinstance(exc, CloseAPIError):
-        return f"Close answered {exc.status}: {exc}"
+        return _one_line(f"Close answered {exc.status} to {exc.method} {exc.path}: {exc.body!r}")
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
-        return "cannot reach Close at the --close-url given: check the URL and the network."
+        return f"cannot reach Close at {where}: check --close-url and the network."
     if isinstance(exc, RuntimeError | ValueError | OSError):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"
+        return _one_line(str(exc))
+    return _one_line(f"{type(exc).__name__}: {exc}")
 
 
 _CLOSE_URL = click.option(
@@ -85,7 +117,7 @@ _KEY_FILE = click.option(
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="YAML/JSON config.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML/JSON config; none = the default identify mapping.")
 @click.option("--source", type=click.Choice(["files", "pubsub", "kafka"]), required=True, help="Where events come from.")
 @click.option("--input", "input_glob", help="Files: glob of .jsonl/.json/.avro/.parquet (.gz for JSON lines).")
 @click.option("--subscription", help="Pub/Sub subscription path projects/P/subscriptions/S.")
@@ -99,12 +131,19 @@ _KEY_FILE = click.option(
 @click.option("--dead-letter-topic", help="Optional Pub/Sub topic for dead letters.")
 @click.option("--audit-log", type=click.Path(dir_okay=False), help="One JSON line per request applied.")
 @click.option("--dry-run", is_flag=True, help="Read Close and decide, but write nothing; print the plan.")
+@click.option("--quiet", is_flag=True, help="No progress lines on stderr during a local run.")
 @click.option("--budget-share", type=float, default=1.0, help="Share of the key's rate budget for each worker.")
 @click.pass_context
 def run(ctx: click.Context, config_path: str | None, **opts: object) -> None:
     """Run the sync job. Extra arguments are Beam pipeline options (e.g. --runner DataflowRunner).
 
-    Example: CLOSE_API_KEY=... close-sync run --config close.yaml --source files --input 'events/*.jsonl'
+    Exits 0 when every event was applied, unchanged or skipped; 1 (with the count) when any was dead-lettered.
+
+    \b
+    Example:
+      CLOSE_API_KEY=... close-sync run --config close.yaml --source files \\
+          --input 'events/*.jsonl' --dead-letter out/ --audit-log out/audit.jsonl
+      close-sync run --config close.yaml --source files --input 'events/*.jsonl' --dry-run
     """
     from pipeline.config import load_config
     from pipeline.runjob import RunRequest
@@ -132,6 +171,7 @@ def run(ctx: click.Context, config_path: str | None, **opts: object) -> None:
             dry_run=bool(opts["dry_run"]),
             budget_share=float(opts["budget_share"]),
             beam_args=tuple(ctx.args),
+            progress=not opts["quiet"],
         )
         dead = run_job(config, request)
     except Exception as exc:  # noqa: BLE001
@@ -142,14 +182,16 @@ def run(ctx: click.Context, config_path: str | None, **opts: object) -> None:
 
 
 @main.command()
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="YAML/JSON config.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML/JSON config; none = the default identify mapping.")
 @_CLOSE_URL
 @_KEY_FILE
 @click.pass_context
 def validate(ctx: click.Context, config_path: str | None, close_url: str, api_key_file: str | None) -> None:
     """Check the config and the settings against Close without running anything.
 
-    Example: CLOSE_API_KEY=... close-sync validate --config close.yaml
+    \b
+    Example:
+      CLOSE_API_KEY=... close-sync validate --config close.yaml
     """
     import asyncio
 
@@ -168,7 +210,7 @@ def validate(ctx: click.Context, config_path: str | None, close_url: str, api_ke
 
 
 @main.command()
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="YAML/JSON config.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML/JSON config; none = the default identify mapping.")
 @click.option("--dead-letter", "dead_letter", required=True, type=click.Path(exists=True), help="Dead-letter file.")
 @_CLOSE_URL
 @_KEY_FILE
@@ -184,7 +226,9 @@ def replay(
 ) -> None:
     """Re-send a dead-letter file (no "unchanged" suppression); letters that fail again are written to --out.
 
-    Example: close-sync replay --config close.yaml --dead-letter out/dead-letters.jsonl
+    \b
+    Example:
+      CLOSE_API_KEY=... close-sync replay --config close.yaml --dead-letter out/dead-letters.jsonl
     """
     from pipeline.config import load_config
     from pipeline.replay import replay_file
@@ -204,6 +248,9 @@ def replay(
 from pipeline.cli_export import export as _export  # noqa: E402 - registered after main exists
 
 main.add_command(_export)
+from pipeline.demo import main as _demo  # noqa: E402 - registered after main exists
+
+main.add_command(_demo, name="demo")
 
 if __name__ == "__main__":
     main()
