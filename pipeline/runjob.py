@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
@@ -31,6 +32,7 @@ class RunRequest:
     dry_run: bool = False
     budget_share: float = 1.0
     beam_args: tuple[str, ...] = field(default_factory=tuple)
+    progress: bool = True  # a periodic progress line on stderr during local runs (--quiet turns it off)
 
 
 def is_direct(options: PipelineOptions) -> bool:
@@ -99,6 +101,15 @@ def pipeline_options(request: RunRequest, streaming: bool) -> PipelineOptions:
 
 def run(config: JobConfig, request: RunRequest, *, validate: bool = True, show_summary: bool = True) -> int:
     """Runs the job; returns the number of events dead-lettered (the CLI's exit status decides on it)."""
+    from pipeline import plan, progress
+
+    local = is_direct(pipeline_options(request, streaming=False))
+    if request.dry_run and show_summary and local and not request.audit_log:
+        # the plan is printed from the audit lines; a dry run without --audit-log gets a private one
+        import tempfile
+        from dataclasses import replace
+
+        request = replace(request, audit_log=str(Path(tempfile.mkdtemp(prefix="close-sync-plan-")) / "audit.jsonl"))
     streaming = request.source.source == "pubsub"
     options = pipeline_options(request, streaming)
     source = request.source
@@ -112,9 +123,12 @@ def run(config: JobConfig, request: RunRequest, *, validate: bool = True, show_s
         asyncio.run(check_close(shape.engine))
     p = beam.Pipeline(runner=local_runner(options, streaming), options=options)
     build(p, shape)
-    result = p.run()
-    result.wait_until_finish()
+    with progress.reporting(request.progress and show_summary and local, request.source.input):
+        result = p.run()
+        result.wait_until_finish()
     values = summary.collect(result)
     if show_summary:
+        if request.dry_run and local and request.audit_log:
+            plan.render_plan(plan.read_audit(request.audit_log))
         summary.render(values)
     return values.get(m.EVENTS_DEAD_LETTERED, 0)
