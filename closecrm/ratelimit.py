@@ -109,8 +109,8 @@ class GroupPacer:
         if self._remaining is not None and self._remaining < 1 and now < self._reset_at:
             return self._reset_at - now
         rate = self.rate
-        if rate is not None and self._tokens < 1:
-            return (1 - self._tokens) / rate
+        if rate is not None and self._tokens < 1 - 1e-9:  # float dust must not turn into endless tiny sleeps
+            return max(1e-4, (1 - self._tokens) / rate)
         return 0.0
 
     async def acquire(self) -> float:

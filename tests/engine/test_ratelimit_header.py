@@ -1,0 +1,103 @@
+"""The ratelimit header parser and the per-group pacer, with a fake clock (no server)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from closecrm.ratelimit import GroupPacer, RateLimit, parse_ratelimit, retry_after_seconds
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["limit=160, remaining=159, reset=8", "limit=160; remaining=159; reset=8", "limit=160,remaining=159,reset=8.0"],
+)
+def test_header_parses_with_either_separator(value: str) -> None:
+    assert parse_ratelimit(value) == RateLimit(limit=160, remaining=159, reset=8.0)
+
+
+def test_header_keeps_fractional_resets_of_a_scaled_simulator() -> None:
+    assert parse_ratelimit("limit=16; remaining=0; reset=0.025") == RateLimit(16, 0, 0.025)
+
+
+@pytest.mark.parametrize("value", [None, "", "garbage", "limit=10, remaining=3"])
+def test_unreadable_header_is_none(value: str | None) -> None:
+    assert parse_ratelimit(value) is None
+
+
+def test_retry_after_prefers_the_header_then_the_reset() -> None:
+    assert retry_after_seconds(httpx.Headers({"Retry-After": "2.5"})) == 2.5
+    assert retry_after_seconds(httpx.Headers({"RateLimit": "limit=1; remaining=0; reset=3"})) == 3.0
+    assert retry_after_seconds(httpx.Headers({}), default=0.7) == 0.7
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def sent_in(pacer: GroupPacer, clock: FakeClock, seconds: float, header: callable) -> int:  # type: ignore[valid-type]
+    """Requests the pacer lets through in `seconds` of fake time; `header(n)` answers each one."""
+
+    async def go() -> int:
+        n = 0
+        while True:
+            await pacer.acquire()
+            if clock.now >= seconds:
+                return n
+            n += 1
+            pacer.done(header(n))
+
+    return asyncio.run(go())
+
+
+def test_pacer_holds_a_share_of_the_announced_rate() -> None:
+    clock = FakeClock()
+    pacer = GroupPacer(0.25, clock=clock, sleep=clock.sleep)
+    n = sent_in(pacer, clock, 10.0, lambda n: RateLimit(40, 39, 1.0))
+    assert 0.2 * 40 * 10 <= n <= 0.25 * 40 * 10 + 10
+
+
+def test_pacer_waits_for_the_reset_when_the_window_is_used_up() -> None:
+    clock = FakeClock()
+    pacer = GroupPacer(1.0, clock=clock, sleep=clock.sleep)
+    window_start = [0.0]
+    used = [0]
+
+    def server(_: int) -> RateLimit:
+        # a fixed-window server: 10 per second
+        if clock.now >= window_start[0] + 1.0:
+            window_start[0], used[0] = clock.now, 0
+        used[0] += 1
+        assert used[0] <= 10, "the pacer went over the window"
+        return RateLimit(10, 10 - used[0], window_start[0] + 1.0 - clock.now)
+
+    n = sent_in(pacer, clock, 5.0, server)
+    assert n >= 40
+
+
+def test_a_429_cuts_the_rate_and_blocks_until_retry_after() -> None:
+    clock = FakeClock()
+    pacer = GroupPacer(1.0, clock=clock, sleep=clock.sleep)
+
+    async def go() -> float:
+        await pacer.acquire()
+        pacer.done(RateLimit(40, 0, 1.0), throttled=True, retry_after=2.0)
+        return await pacer.acquire()
+
+    waited = asyncio.run(go())
+    assert waited >= 2.0
+    assert pacer.factor < 1.0
+
+
+def test_share_must_be_a_fraction() -> None:
+    with pytest.raises(ValueError):
+        GroupPacer(0)
