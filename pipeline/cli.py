@@ -252,5 +252,9 @@ from pipeline.demo import main as _demo  # noqa: E402 - registered after main ex
 
 main.add_command(_demo, name="demo")
 
+from pipeline.cli_snapshot import snapshot_sync  # noqa: E402 - registers after main exists
+
+main.add_command(snapshot_sync)
+
 if __name__ == "__main__":
     main()

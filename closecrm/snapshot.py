@@ -1,0 +1,290 @@
+"""Reverse ETL rows as upsert requests: the column mapping, schema checks, primary keys and fingerprints.
+
+A row travels as a tuple of the mapped columns' values in `SnapshotSpec.columns` order, so the
+join moves small tuples, not dicts. A row's fingerprint hashes those raw values together with
+the spec's digest: equal raw values always normalise to the same request, and a change of
+mapping, flags or lookup settings changes every fingerprint, which resyncs everything.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any, Literal
+
+from closecrm.mapping import CUSTOM_FIELD_FIELDS, request_from_values
+from closecrm.model import Flags, Settings, UpsertRequest
+
+Values = tuple[Any, ...]
+Fingerprint = bytes  # 16 bytes
+ChangeKind = Literal["new", "changed", "resync"]
+DiffKind = Literal["new", "changed", "resync", "unchanged", "gone", "duplicate"]
+
+FINGERPRINT_BYTES = 16
+
+# Column kinds (from Parquet or Avro schemas) each target accepts; "null" is a column with no values.
+_TEXTUAL = frozenset({"string", "integer", "float", "decimal", "date", "timestamp", "null"})
+ACCEPTS: dict[str, frozenset[str]] = {
+    "string_field": _TEXTUAL,
+    "custom_field": _TEXTUAL | {"boolean", "list"},
+    "primary_key": frozenset({"string", "integer", "decimal", "date", "timestamp"}),
+}
+
+
+class SchemaDrift(ValueError):
+    """The snapshot's files do not fit the config's `snapshot` section; one line per problem."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__(
+            "snapshot input does not match the config's snapshot section (nothing was written):\n"
+            + "\n".join(f"  {p}" for p in self.problems)
+        )
+
+
+@dataclass(frozen=True)
+class SnapshotSpec:
+    """The config's `snapshot` section, resolved: which column feeds which action field."""
+
+    primary_key: tuple[str, ...]
+    fields: dict[str, str] = field(default_factory=dict)  # string action field -> column
+    custom_fields: dict[str, dict[str, str]] = field(default_factory=dict)  # *_custom_fields -> {cf_: column}
+    flags: Flags = Flags()
+    settings: Settings = Settings()
+
+    @classmethod
+    def from_section(cls, section: Any, settings: Settings) -> SnapshotSpec:
+        """From `pipeline.config.SnapshotConfig` (duck-typed so this layer needs no pydantic)."""
+        fields: dict[str, str] = {}
+        custom: dict[str, dict[str, str]] = {}
+        for name, column in section.fields.items():
+            if name in CUSTOM_FIELD_FIELDS:
+                custom[name] = dict(column)
+            else:
+                fields[name] = column
+        return cls(tuple(section.primary_key), fields, custom, section.flags(), settings)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Every column the job reads: primary key first, then mapped columns, each once."""
+        out = list(dict.fromkeys(self.primary_key))
+        for column in [
+            *self.fields.values(),
+            *(c for cfs in self.custom_fields.values() for c in cfs.values()),
+        ]:
+            if column not in out:
+                out.append(column)
+        return tuple(out)
+
+    @property
+    def digest(self) -> str:
+        """Identity of everything besides the cells that decides what a row does in Close."""
+        blob = json.dumps(
+            {
+                "primary_key": self.primary_key,
+                "fields": self.fields,
+                "custom_fields": self.custom_fields,
+                "flags": self.flags.__dict__,
+                "company_cf": self.settings.lead_custom_field_id_for_company_id,
+                "user_cf": self.settings.contact_custom_field_id_for_user_id,
+            },
+            sort_keys=True,
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def targets(self) -> dict[str, list[str]]:
+        """column -> what it feeds (``primary_key``, ``contact_email``, ``lead_custom_fields.cf_x``)."""
+        out: dict[str, list[str]] = {}
+        for column in self.primary_key:
+            out.setdefault(column, []).append("primary_key")
+        for name, column in self.fields.items():
+            out.setdefault(column, []).append(name)
+        for name, cfs in self.custom_fields.items():
+            for cf, column in cfs.items():
+                out.setdefault(column, []).append(f"{name}.{cf}")
+        return out
+
+
+# ---------------------------------------------------------------------------- schema
+
+
+def check_schema(spec: SnapshotSpec, kinds: Mapping[str, str], source: str) -> list[str]:
+    """Problems of one file's schema (column -> kind, see `arrow_kind`/`avro_kind`) against the spec."""
+    problems = []
+    for column, uses in spec.targets().items():
+        kind = kinds.get(column)
+        if kind is None:
+            problems.append(f"{source}: column {column!r} (for {', '.join(uses)}) is missing")
+            continue
+        for use in uses:
+            role = "primary_key" if use == "primary_key" else "custom_field" if "." in use else "string_field"
+            if kind not in ACCEPTS[role]:
+                problems.append(
+                    f"{source}: column {column!r} is {kind}, which cannot become {use} "
+                    f"(accepted: {', '.join(sorted(ACCEPTS[role]))})"
+                )
+    return problems
+
+
+def arrow_kind(arrow_type: Any) -> str:
+    """The kind of a pyarrow type."""
+    import pyarrow as pa
+
+    t = pa.types
+    if t.is_dictionary(arrow_type):
+        return arrow_kind(arrow_type.value_type)
+    checks = (
+        (t.is_null, "null"),
+        (t.is_boolean, "boolean"),
+        (t.is_integer, "integer"),
+        (t.is_floating, "float"),
+        (t.is_decimal, "decimal"),
+        (t.is_date, "date"),
+        (t.is_timestamp, "timestamp"),
+        (t.is_time, "time"),
+        (lambda x: t.is_string(x) or t.is_large_string(x), "string"),
+        (lambda x: t.is_binary(x) or t.is_large_binary(x) or t.is_fixed_size_binary(x), "binary"),
+        (lambda x: t.is_list(x) or t.is_large_list(x) or t.is_fixed_size_list(x), "list"),
+        (t.is_struct, "struct"),
+        (t.is_map, "map"),
+    )
+    for check, kind in checks:
+        if check(arrow_type):
+            return kind
+    return str(arrow_type)
+
+
+_AVRO_PRIMITIVES = {
+    "string": "string",
+    "int": "integer",
+    "long": "integer",
+    "float": "float",
+    "double": "float",
+    "boolean": "boolean",
+    "bytes": "binary",
+    "null": "null",
+}
+_AVRO_LOGICAL = {"decimal": "decimal", "date": "date", "uuid": "string"}
+
+
+def avro_kind(schema: Any) -> str:
+    """The kind of an Avro field type (unions with null are their other member)."""
+    if isinstance(schema, list):
+        members = [m for m in schema if m != "null"]
+        if not members:
+            return "null"
+        kinds = {avro_kind(m) for m in members}
+        return kinds.pop() if len(kinds) == 1 else "union"
+    if isinstance(schema, dict):
+        logical = schema.get("logicalType", "")
+        if logical in _AVRO_LOGICAL:
+            return _AVRO_LOGICAL[logical]
+        if logical.startswith("timestamp"):
+            return "timestamp"
+        if logical.startswith("time"):
+            return "time"
+        complex_kinds = {
+            "record": "struct",
+            "array": "list",
+            "map": "map",
+            "enum": "string",
+            "fixed": "binary",
+        }
+        if schema.get("type") in complex_kinds:
+            return complex_kinds[schema["type"]]
+        return avro_kind(schema.get("type"))
+    return _AVRO_PRIMITIVES.get(str(schema), f"named type {schema}")
+
+
+# ---------------------------------------------------------------------------- rows
+
+
+def primary_key_of(values: Values, width: int) -> str | None:
+    """The row's key as text; None when a key cell is null (such a row cannot be tracked)."""
+    key = values[:width]
+    if any(v is None for v in key):
+        return None
+    if width == 1 and isinstance(key[0], str):
+        return key[0]
+    return json.dumps([_json_value(v) for v in key], separators=(",", ":"))
+
+
+def fingerprint(digest: str, values: Values) -> Fingerprint:
+    blob = digest + "\x1f" + "\x1f".join(map(repr, values))
+    return hashlib.blake2b(blob.encode(), digest_size=FINGERPRINT_BYTES).digest()
+
+
+def row_record(spec: SnapshotSpec, values: Values) -> dict[str, Any]:
+    """The row as JSON-able column -> value, for dead letters and dry-run plans."""
+    return {c: _json_value(v) for c, v in zip(spec.columns, values, strict=True)}
+
+
+def request_for(spec: SnapshotSpec, values: Values, key: str) -> UpsertRequest:
+    """The row as a normalised request (SPEC §3); null cells are "no value". Raises `BadEvent`."""
+    cells = dict(zip(spec.columns, values, strict=True))
+    raw: dict[str, Any] = {name: cells[column] for name, column in spec.fields.items()}
+    for name, cfs in spec.custom_fields.items():
+        raw[name] = {cf: _json_value(cells[column]) for cf, column in cfs.items()}
+    return request_from_values(raw, spec.flags, event_ids=(f"row:{key}",))
+
+
+def _json_value(value: Any) -> Any:
+    """Warehouse cell -> JSON type: dates as ISO text, decimals as numbers, lists item by item."""
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, list | tuple):
+        return [_json_value(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------------------- diff
+
+
+def classify(new: Sequence[Fingerprint], old: Sequence[Fingerprint], *, full: bool = False) -> DiffKind:
+    """One primary key's fate from its fingerprints in the snapshot (new) and the state (old)."""
+    if not new:
+        return "gone"
+    if len(new) > 1:
+        return "duplicate"
+    if not old:
+        return "new"
+    if new[0] == old[0]:
+        return "resync" if full else "unchanged"
+    return "changed"
+
+
+def diff_states(
+    snapshot: Mapping[str, Fingerprint], state: Mapping[str, Fingerprint], *, full: bool = False
+) -> dict[str, DiffKind]:
+    """Reference diff of two whole states (for tests and reasoning; the job does this in Beam)."""
+    return {
+        key: classify(
+            [snapshot[key]] if key in snapshot else [], [state[key]] if key in state else [], full=full
+        )
+        for key in snapshot.keys() | state.keys()
+    }
+
+
+def next_state(
+    state: Mapping[str, Fingerprint],
+    snapshot: Mapping[str, Fingerprint],
+    kinds: Mapping[str, DiffKind],
+    failed: frozenset[str] = frozenset(),
+) -> dict[str, Fingerprint]:
+    """What the state becomes: applied rows take their new fingerprint, failed ones keep the old, gone ones leave."""
+    out: dict[str, Fingerprint] = {}
+    for key, kind in kinds.items():
+        if kind == "gone":
+            continue
+        if kind == "unchanged" or key in failed or kind == "duplicate":
+            if key in state:
+                out[key] = state[key]
+            continue
+        out[key] = snapshot[key]
+    return out
