@@ -48,6 +48,14 @@ class CloseEnv:
 
         return self.run(go, **engine_kw)
 
+    def fresh_org(self) -> None:
+        """Empty the simulator and recreate the two lookup custom fields (new ids, same names)."""
+        self.sim.reset()
+        self.sim.configure(**FAST)
+        company_cf = self.sim.create_custom_field("lead", "Company ID")
+        user_cf = self.sim.create_custom_field("contact", "User ID")
+        self.settings = Settings(company_cf, user_cf, self.settings.default_lead_status_id)
+
     # -------------------------------------------------------------- state
 
     @property
@@ -72,21 +80,39 @@ class CloseEnv:
 
     def projection(self) -> list[Any]:
         """Close's state without ids and dates: what two equivalent runs must agree on."""
+        store = self.sim.simulator.store
+        names = {f"custom.{f['id']}": f["name"] for t in ("lead", "contact") for f in store.custom_fields(t)}
+
+        def custom(record: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+            return tuple(
+                sorted((names.get(k, k), str(v)) for k, v in record.items() if k.startswith("custom."))
+            )
+
         out = []
         for lead in self.sim.leads():
             contacts = sorted(
-                (
-                    c.get("name"),
-                    c.get("title"),
-                    tuple(email_key(e["email"]) for e in c["emails"]),
-                    tuple(phone_key(p["phone"]) for p in c["phones"]),
-                    tuple(url_key(u["url"]) for u in c["urls"]),
-                    tuple(sorted((k, str(v)) for k, v in c.items() if k.startswith("custom."))),
-                )
-                for c in lead["contacts"]
+                [
+                    (
+                        c.get("name"),
+                        c.get("title"),
+                        tuple(email_key(e["email"]) for e in c["emails"]),
+                        tuple(phone_key(p["phone"]) for p in c["phones"]),
+                        tuple(url_key(u["url"]) for u in c["urls"]),
+                        custom(c),
+                    )
+                    for c in lead["contacts"]
+                ],
+                key=repr,
             )
-            custom = tuple(sorted((k, str(v)) for k, v in lead.items() if k.startswith("custom.")))
-            out.append((lead.get("name"), lead.get("description"), lead.get("status_id"), custom, tuple(contacts)))
+            out.append(
+                (
+                    lead.get("name"),
+                    lead.get("description"),
+                    lead.get("status_label"),
+                    custom(lead),
+                    tuple(contacts),
+                )
+            )
         return sorted(out, key=repr)
 
 

@@ -146,7 +146,9 @@ def test_429_waits_as_told_and_counts_throttled_time() -> None:
 
     def handler(request: httpx.Request) -> httpx.Response:
         status = next(answers)
-        headers = {"ratelimit": "limit=16; remaining=0; reset=0.2", "retry-after": "0.2"} if status == 429 else {}
+        headers = (
+            {"ratelimit": "limit=16; remaining=0; reset=0.2", "retry-after": "0.2"} if status == 429 else {}
+        )
         return ok({"data": [], "cursor": None}, status, **headers)
 
     async def go() -> CloseClient:

@@ -42,7 +42,9 @@ def test_request_without_company_user_or_email_is_skipped_without_calls(close: C
 
 
 def test_company_id_counts_as_identity_only_when_its_custom_field_is_configured(close: CloseEnv) -> None:
-    close.settings = Settings(contact_custom_field_id_for_user_id=close.settings.contact_custom_field_id_for_user_id)
+    close.settings = Settings(
+        contact_custom_field_id_for_user_id=close.settings.contact_custom_field_id_for_user_id
+    )
     [out] = close.one(UpsertRequest(lead_company_id="acme", contact_name="Ann"))
     assert out.label == "skipped:no_identity"
 
@@ -89,7 +91,9 @@ def test_default_lead_status_applies_to_created_leads_unless_the_request_has_one
     won = close.sim.create_status("Won")
     lost = close.sim.create_status("Lost")
     close.settings = Settings(
-        close.settings.lead_custom_field_id_for_company_id, close.settings.contact_custom_field_id_for_user_id, won
+        close.settings.lead_custom_field_id_for_company_id,
+        close.settings.contact_custom_field_id_for_user_id,
+        won,
     )
     close.one(UpsertRequest(lead_company_id="a"), UpsertRequest(lead_company_id="b", lead_status_id=lost))
     assert [lead["status_id"] for lead in close.leads()] == [won, lost]
@@ -116,7 +120,9 @@ def test_nothing_found_respects_the_creation_flags(close: CloseEnv, flags: Flags
 def test_lead_found_by_company_id_is_updated_and_its_contact_matched_by_user_id(close: CloseEnv) -> None:
     close.seed_leads(lead(close, "acme", contact(close, "u1", "ann@acme.com", name="Ann"), name="Old"))
     [out] = close.one(
-        UpsertRequest(lead_company_id="acme", lead_name="Acme", contact_user_id="u1", contact_emails=("ann2@acme.com",))
+        UpsertRequest(
+            lead_company_id="acme", lead_name="Acme", contact_user_id="u1", contact_emails=("ann2@acme.com",)
+        )
     )
     assert out.label == "updated" and out.branch == "lead_by_company_id"
     [found] = close.leads()
@@ -139,7 +145,9 @@ def test_several_leads_with_the_company_id_update_the_oldest(close: CloseEnv) ->
 
 def test_contact_missing_from_the_lead_is_created_under_it(close: CloseEnv) -> None:
     close.seed_leads(lead(close, "acme", contact(close, "u1", "ann@acme.com")))
-    [out] = close.one(UpsertRequest(lead_company_id="acme", contact_user_id="u2", contact_emails=("bob@acme.com",)))
+    [out] = close.one(
+        UpsertRequest(lead_company_id="acme", contact_user_id="u2", contact_emails=("bob@acme.com",))
+    )
     assert out.label == "created"
     assert writes(close) == {"POST /contact/": 1}
     [found] = close.leads()
@@ -148,7 +156,9 @@ def test_contact_missing_from_the_lead_is_created_under_it(close: CloseEnv) -> N
 
 def test_contact_matched_by_email_case_insensitively_gets_the_user_id(close: CloseEnv) -> None:
     close.seed_leads(lead(close, "acme", contact(close, None, "Ann@Acme.COM")))
-    [out] = close.one(UpsertRequest(lead_company_id="acme", contact_user_id="u1", contact_emails=("ann@acme.com",)))
+    [out] = close.one(
+        UpsertRequest(lead_company_id="acme", contact_user_id="u1", contact_emails=("ann@acme.com",))
+    )
     assert out.label == "updated"
     [c] = close.leads()[0]["contacts"]
     assert c[close.user_cf] == "u1"
@@ -161,7 +171,9 @@ def test_contact_under_another_lead_is_duplicated_only_when_allowed(close: Close
         lead(close, "other", contact(close, "u1", "ann@acme.com")),
     )
     req = UpsertRequest(lead_company_id="acme", contact_user_id="u1", contact_name="Ann")
-    [out] = close.one(UpsertRequest(**{**req.__dict__, "flags": Flags(allow_creating_duplicate_contacts=False)}))
+    [out] = close.one(
+        UpsertRequest(**{**req.__dict__, "flags": Flags(allow_creating_duplicate_contacts=False)})
+    )
     assert out.label == "skipped:creating_duplicate_contacts_not_allowed"
     assert close.leads_of("acme")[0]["contacts"] == []
     [out] = close.one(req)
@@ -172,7 +184,9 @@ def test_contact_under_another_lead_is_duplicated_only_when_allowed(close: Close
 def test_new_contacts_disallowed_under_a_found_lead_is_skipped(close: CloseEnv) -> None:
     close.seed_leads(lead(close, "acme"))
     [out] = close.one(
-        UpsertRequest(lead_company_id="acme", contact_user_id="u9", flags=Flags(allow_creating_new_contacts=False))
+        UpsertRequest(
+            lead_company_id="acme", contact_user_id="u9", flags=Flags(allow_creating_new_contacts=False)
+        )
     )
     assert out.label == "skipped:creating_new_contacts_not_allowed"
 
@@ -186,7 +200,13 @@ def test_request_without_contact_fields_only_touches_the_lead(close: CloseEnv) -
 
 def test_at_most_ten_matching_contacts_are_updated_oldest_first(close: CloseEnv) -> None:
     contacts = [
-        contact(close, None, "shared@acme.com", name=f"c{i:02d}", date_created=f"2020-01-{i + 1:02d}T00:00:00+00:00")
+        contact(
+            close,
+            None,
+            "shared@acme.com",
+            name=f"c{i:02d}",
+            date_created=f"2020-01-{i + 1:02d}T00:00:00+00:00",
+        )
         for i in range(12)
     ]
     close.seed_leads(lead(close, "acme", *reversed(contacts)))
@@ -242,7 +262,9 @@ def test_equal_phone_and_url_in_another_format_are_not_appended(close: CloseEnv)
 def test_updating_existing_leads_disallowed_leaves_the_lead(close: CloseEnv) -> None:
     close.seed_leads(lead(close, "acme", name="Old"))
     [out] = close.one(
-        UpsertRequest(lead_company_id="acme", lead_name="New", flags=Flags(allow_updating_existing_leads=False))
+        UpsertRequest(
+            lead_company_id="acme", lead_name="New", flags=Flags(allow_updating_existing_leads=False)
+        )
     )
     assert out.label == "skipped:updating_existing_leads_not_allowed"
     assert close.leads()[0]["name"] == "Old"
@@ -266,7 +288,10 @@ def test_custom_fields_are_written_and_compared(close: CloseEnv) -> None:
     plan = close.sim.create_custom_field("lead", "Plan")
     seats = close.sim.create_custom_field("contact", "Seats", type="number")
     req = UpsertRequest(
-        lead_company_id="acme", lead_custom_fields={plan: "pro"}, contact_user_id="u1", contact_custom_fields={seats: 5}
+        lead_company_id="acme",
+        lead_custom_fields={plan: "pro"},
+        contact_user_id="u1",
+        contact_custom_fields={seats: 5},
     )
     first, second = close.one(req, req)
     assert (first.label, second.label) == ("created", "unchanged")
@@ -302,7 +327,9 @@ def test_user_id_match_wins_over_email_match(close: CloseEnv) -> None:
 def test_company_id_adopts_the_oldest_contacts_lead_when_it_has_no_company_id(close: CloseEnv) -> None:
     close.seed_leads(lead(close, None, contact(close, None, "ann@acme.com"), name="Unowned"))
     [out] = close.one(
-        UpsertRequest(lead_company_id="acme", lead_name="Acme", contact_emails=("ann@acme.com",), contact_user_id="u1")
+        UpsertRequest(
+            lead_company_id="acme", lead_name="Acme", contact_emails=("ann@acme.com",), contact_user_id="u1"
+        )
     )
     assert out.label == "updated" and out.branch == "adopt_lead"
     [adopted] = close.leads()
@@ -326,7 +353,9 @@ def test_company_id_with_the_contact_under_another_company_creates_lead_and_cont
         (Flags(allow_creating_new_contacts=False), "creating_new_contacts_not_allowed"),
     ],
 )
-def test_moving_to_a_new_company_needs_all_three_creation_flags(close: CloseEnv, flags: Flags, reason: str) -> None:
+def test_moving_to_a_new_company_needs_all_three_creation_flags(
+    close: CloseEnv, flags: Flags, reason: str
+) -> None:
     close.seed_leads(lead(close, "old-co", contact(close, "u1", "ann@x.com")))
     [out] = close.one(UpsertRequest(lead_company_id="new-co", contact_user_id="u1", flags=flags))
     assert out.label == f"skipped:{reason}"
@@ -349,7 +378,9 @@ def test_dry_run_reads_only_and_reports_the_field_changes(close: CloseEnv) -> No
     close.seed_leads(lead(close, "acme", contact(close, "u1", "ann@acme.com"), name="Old"))
     before = close.projection()
     [plan] = close.one(
-        UpsertRequest(lead_company_id="acme", lead_name="New", contact_user_id="u1", contact_emails=("b@acme.com",)),
+        UpsertRequest(
+            lead_company_id="acme", lead_name="New", contact_user_id="u1", contact_emails=("b@acme.com",)
+        ),
         UpsertRequest(lead_company_id="zeta", contact_user_id="u9"),
         dry_run=True,
     )[:1]

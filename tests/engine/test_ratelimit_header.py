@@ -12,7 +12,11 @@ from closecrm.ratelimit import GroupPacer, RateLimit, parse_ratelimit, retry_aft
 
 @pytest.mark.parametrize(
     "value",
-    ["limit=160, remaining=159, reset=8", "limit=160; remaining=159; reset=8", "limit=160,remaining=159,reset=8.0"],
+    [
+        "limit=160, remaining=159, reset=8",
+        "limit=160; remaining=159; reset=8",
+        "limit=160,remaining=159,reset=8.0",
+    ],
 )
 def test_header_parses_with_either_separator(value: str) -> None:
     assert parse_ratelimit(value) == RateLimit(limit=160, remaining=159, reset=8.0)
