@@ -19,7 +19,6 @@ log = logging.getLogger(__name__)
 DEFAULT_BASE_URL = "https://api.close.com/api/v1/"
 GROUPS = ("search", "lead_write", "contact_write", "read", "other")
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
-DEFAULT_LIMITS = httpx.Limits(max_connections=32, max_keepalive_connections=32, keepalive_expiry=30.0)
 # A 502/504 or a lost connection after the request went out: the write may or may not have happened.
 AMBIGUOUS_STATUSES = frozenset({502, 504})
 
@@ -79,7 +78,7 @@ class CloseClient:
         backoff_base: float = 0.25,
         backoff_max: float = 8.0,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
-        limits: httpx.Limits = DEFAULT_LIMITS,
+        limits: httpx.Limits | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         if api_key is None:
@@ -95,7 +94,12 @@ class CloseClient:
             base_url=self.base_url,
             auth=httpx.BasicAuth(key.reveal(), ""),
             timeout=timeout,
-            limits=limits,
+            # httpcore scans every pooled connection per request: a pool no larger than what can be
+            # in flight keeps that scan cheap.
+            limits=limits
+            or httpx.Limits(
+                max_connections=max_in_flight, max_keepalive_connections=max_in_flight, keepalive_expiry=30.0
+            ),
             transport=transport,
             headers={"accept": "application/json"},
         )

@@ -240,6 +240,8 @@ class UpsertEngine:
                 for i in members:
                     outcomes[i] = await self._apply(reqs[i], view, dry_run, shares[i])
 
+        # Longest chains first, so a batch does not end waiting on one long group.
+        groups.sort(key=len, reverse=True)
         await asyncio.gather(*(run_group(g) for g in groups))
         return [o for o in outcomes if o is not None]
 
