@@ -35,7 +35,7 @@ class JobShape:
     batch_size: int = 200
     flush_seconds: float = 5.0
     shards: int = 16
-    window_kind: str = "fixed"
+    window_kind: str = "processing"
     window_seconds: float = 10.0
     suppress_identical: bool = True
 

@@ -243,11 +243,16 @@ class SnapshotConfig(FlagsConfig):
 
 
 class WindowConfig(_Strict):
-    kind: Literal["fixed", "session", "global"] = Field(
-        default="fixed",
-        description="How streaming requests are grouped before collapsing (batch runs use global).",
+    kind: Literal["processing", "fixed", "session", "global"] = Field(
+        default="processing",
+        description=(
+            "How streaming requests are grouped before collapsing (batch runs use global). "
+            "processing: panes of `seconds` of processing time in the global window (works on every "
+            "runner); fixed/session: event-time windows, which need a runner with real watermarks "
+            "(Dataflow, Flink); global: same as processing on unbounded input."
+        ),
     )
-    seconds: float = Field(default=10.0, gt=0, description="Window size, or the session gap.")
+    seconds: float = Field(default=10.0, gt=0, description="Pane or window size, or the session gap.")
 
 
 class DedupeConfig(_Strict):

@@ -99,17 +99,8 @@ def pipeline_options(request: RunRequest, streaming: bool) -> PipelineOptions:
     return options
 
 
-def run(config: JobConfig, request: RunRequest, *, validate: bool = True, show_summary: bool = True) -> int:
-    """Runs the job; returns the number of events dead-lettered (the CLI's exit status decides on it)."""
-    from pipeline import plan, progress
-
-    local = is_direct(pipeline_options(request, streaming=False))
-    if request.dry_run and show_summary and local and not request.audit_log:
-        # the plan is printed from the audit lines; a dry run without --audit-log gets a private one
-        import tempfile
-        from dataclasses import replace
-
-        request = replace(request, audit_log=str(Path(tempfile.mkdtemp(prefix="close-sync-plan-")) / "audit.jsonl"))
+def launch(config: JobConfig, request: RunRequest, *, validate: bool = True):  # noqa: ANN201
+    """Checks Close, builds and starts the job; returns Beam's PipelineResult without waiting."""
     streaming = request.source.source == "pubsub"
     options = pipeline_options(request, streaming)
     source = request.source
@@ -123,8 +114,22 @@ def run(config: JobConfig, request: RunRequest, *, validate: bool = True, show_s
         asyncio.run(check_close(shape.engine))
     p = beam.Pipeline(runner=local_runner(options, streaming), options=options)
     build(p, shape)
+    return p.run()
+
+
+def run(config: JobConfig, request: RunRequest, *, validate: bool = True, show_summary: bool = True) -> int:
+    """Runs the job to its end; returns the number of events dead-lettered (the CLI's exit status)."""
+    from pipeline import plan, progress
+
+    local = is_direct(pipeline_options(request, streaming=False))
+    if request.dry_run and show_summary and local and not request.audit_log:
+        # the plan is printed from the audit lines; a dry run without --audit-log gets a private one
+        import tempfile
+        from dataclasses import replace
+
+        request = replace(request, audit_log=str(Path(tempfile.mkdtemp(prefix="close-sync-plan-")) / "audit.jsonl"))
     with progress.reporting(request.progress and show_summary and local, request.source.input):
-        result = p.run()
+        result = launch(config, request, validate=validate)
         result.wait_until_finish()
     values = summary.collect(result)
     if show_summary:

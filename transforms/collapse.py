@@ -8,7 +8,7 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.coders import StrUtf8Coder
-from apache_beam.transforms import window
+from apache_beam.transforms import trigger, window
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Duration, Timestamp
@@ -72,29 +72,36 @@ class _Explode(beam.DoFn):
             yield Pending(person=person, request=request, events=events)
 
 
-def _window_fn(kind: str, seconds: float):
+def _windowing(kind: str, seconds: float) -> beam.WindowInto:
+    """Event-time windows (fixed, session), processing-time panes, or one global window (batch)."""
     if kind == "session":
-        return window.Sessions(seconds)
+        return beam.WindowInto(window.Sessions(seconds))
     if kind == "fixed":
-        return window.FixedWindows(seconds)
-    return window.GlobalWindows()
+        return beam.WindowInto(window.FixedWindows(seconds))
+    if kind == "processing":
+        return beam.WindowInto(
+            window.GlobalWindows(),
+            trigger=trigger.Repeatedly(trigger.AfterProcessingTime(max(1, round(seconds)))),
+            accumulation_mode=trigger.AccumulationMode.DISCARDING,
+        )
+    return beam.WindowInto(window.GlobalWindows())
 
 
 class CollapsePerPerson(beam.PTransform):
     """(person, (request, event)) → Pending, one per run of equivalent requests per window."""
 
-    def __init__(self, streaming: bool, window_kind: str = "fixed", window_seconds: float = 10.0) -> None:
+    def __init__(self, streaming: bool, window_kind: str = "processing", window_seconds: float = 10.0) -> None:
         super().__init__()
-        # A global window never closes on unbounded input, so streaming always windows.
+        # A global window never closes on unbounded input, so streaming fires processing-time panes.
         self._kind = window_kind if streaming else "global"
         if streaming and self._kind == "global":
-            self._kind = "fixed"
+            self._kind = "processing"
         self._seconds = window_seconds
 
     def expand(self, keyed):
         return (
             keyed
-            | "Window" >> beam.WindowInto(_window_fn(self._kind, self._seconds))
+            | "Window" >> _windowing(self._kind, self._seconds)
             | "Collapse" >> beam.CombinePerKey(_CollapseFn())
             | "Explode" >> beam.ParDo(_Explode())
         )

@@ -1,0 +1,77 @@
+"""The same graphs build for Dataflow (dry run, no network, no credentials) in batch and streaming."""
+
+from __future__ import annotations
+
+import apache_beam as beam
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from closecrm.mapping import DEFAULT_MAPPING, GROUP_PRESET
+from closecrm.model import Settings
+from pipeline.assemble import JobShape, build
+from pipeline.sources import SourceOptions
+from transforms.upsert import EngineSpec, KeySource
+
+DATAFLOW_ARGS = [
+    "--runner=DataflowRunner",
+    "--dry_run=True",
+    "--no_auth",
+    "--project=close-sync-test",
+    "--region=us-central1",
+    "--temp_location=gs://close-sync-test/tmp",
+    "--staging_location=gs://close-sync-test/staging",
+]
+
+
+def shape(source: SourceOptions, streaming: bool) -> JobShape:
+    return JobShape(
+        source=source,
+        engine=EngineSpec("https://api.close.com/api/v1/", KeySource(path="gs://close-sync-test/key"), Settings()),
+        mappings=(DEFAULT_MAPPING, GROUP_PRESET),
+        streaming=streaming,
+        dead_letter_dir="gs://close-sync-test/dead",
+        audit_log="gs://close-sync-test/audit",
+    )
+
+
+def dry_run(job: JobShape, extra: list[str]) -> beam.runners.runner.PipelineResult:
+    p = beam.Pipeline(options=PipelineOptions(DATAFLOW_ARGS + extra))
+    build(p, job)
+    return p.run()
+
+
+def step_names(result) -> str:  # noqa: ANN001
+    """The transforms of the portable pipeline Dataflow would have been sent."""
+    return " ".join(t.unique_name for t in result.job.proto_pipeline.components.transforms.values())
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        SourceOptions(source="files", input="gs://close-sync-test/events/*.jsonl"),
+        SourceOptions(source="files", input="gs://close-sync-test/events/*.parquet"),
+    ],
+)
+def test_batch_graph_builds_for_dataflow(source):
+    result = dry_run(shape(source, streaming=False), [])
+    assert "JOB_TYPE_BATCH" in str(result.job.proto)
+    graph = step_names(result)
+    for stage in ("ParseEvents", "MapToUpserts", "CollapsePerPerson", "UpsertToClose", "WriteDeadLetters"):
+        assert stage in graph
+
+
+def test_streaming_graph_builds_for_dataflow_from_pubsub():
+    source = SourceOptions(source="pubsub", subscription="projects/close-sync-test/subscriptions/events")
+    result = dry_run(shape(source, streaming=True), ["--streaming"])
+    assert "JOB_TYPE_STREAMING" in str(result.job.proto)
+    graph = step_names(result)
+    assert "UpsertToClose" in graph
+    assert "ReadFromPubSub" in graph or "PubSub" in graph
+
+
+def test_api_key_is_not_a_pipeline_option(monkeypatch):
+    monkeypatch.setenv("CLOSE_API_KEY", "secret_key_value_123")
+    source = SourceOptions(source="files", input="gs://close-sync-test/events/*.jsonl")
+    result = dry_run(shape(source, streaming=False), [])
+    assert "secret_key_value_123" not in str(result.job.proto)
+    assert "secret_key_value_123" not in str(result.job.proto_pipeline)
