@@ -162,7 +162,7 @@ def test_empty_mappings_list_means_no_mappings() -> None:
         ),
         (
             {"pipeline": {"window": {"kind": "hourly"}}},
-            "pipeline.window.kind: Input should be 'fixed', 'session' or",
+            "pipeline.window.kind: Input should be 'processing', 'fixed', 'session' or",
         ),
         ({"pipeline": {"batch_size": 0}}, "pipeline.batch_size: Input should be greater than or equal to 1"),
         ({"extra": 1}, "extra: unknown key"),
