@@ -211,6 +211,11 @@ class _ApplyBatches(beam.DoFn):
             if delta:
                 metrics.counter(name).inc(int(delta))
             self._seen_counts[name] = value
+        # This DoFn owns its client, so it may drain the client's latency samples into Beam.
+        samples = getattr(self._client, "latencies_ms", None)
+        latency = metrics.distribution(metrics.LATENCY_MS)
+        while samples:
+            latency.update(int(samples.popleft()))
 
 
 class _ApplyBatchesStreaming(_ApplyBatches):

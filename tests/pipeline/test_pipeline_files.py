@@ -131,3 +131,28 @@ def test_upsert_failures_are_dead_lettered_with_event_request_error_and_attempts
     assert letter["error"]["http_status"] == 400
     assert letter["attempts"] >= 1
     assert sim.api_key not in json.dumps(letter)
+
+
+def test_replay_resends_dead_letters_once_the_cause_is_fixed(sim, tmp_path, monkeypatch):
+    from pipeline.replay import replay_file
+    from transforms.upsert import EngineSpec, KeySource
+
+    config, cf = sim_config(
+        sim,
+        tmp_path,
+        {"mappings": [{"name": "plan", "trigger": 'type = "identify"', "fields": {"lead_custom_fields": {"cf_plan_later": "$.traits.plan"}}}]},
+    )
+    at = datetime(2026, 11, 1, tzinfo=UTC)
+    path = write_jsonl(tmp_path / "events.jsonl", [identify(u, 1, 0, at, plan="pro") for u in range(3)])
+    assert run_files(sim, config, str(path), tmp_path, monkeypatch) == 3
+    letters = tmp_path / "dead" / "dead-letters.jsonl"
+    assert {letter["stage"] for letter in read_lines(letters)} == {"upsert"}
+    assert sim.contacts() == []
+    # the fix: the custom field the mapping names now exists
+    sim.seed({"custom_fields": {"lead": [{"id": "cf_plan_later", "name": "Plan", "type": "text"}]}})
+    spec = EngineSpec(sim.base_url, KeySource(), config.settings_model())
+    report = replay_file(config, spec, str(letters), str(tmp_path / "still.jsonl"))
+    assert report.failed == 0
+    assert report.outcomes["created"] + report.outcomes["updated"] == 3
+    assert len(sim.contacts()) == 3
+    assert {lead["custom.cf_plan_later"] for lead in sim.leads()} == {"pro"}
