@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test test-fast lint demo bench clean
+.PHONY: test test-fast lint demo bench bench-pipeline clean
 
 $(STAMP): setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -27,6 +27,11 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/sim_throughput.py
 	$(PY) bench/engine_calls.py
+
+bench-pipeline: $(STAMP)
+	$(PY) bench/pipeline_bench.py W1 --scale 0.05 --time-scale 20
+	$(PY) bench/pipeline_bench.py W2 --scale 0.05 --time-scale 20
+	$(PY) bench/pipeline_bench.py W4 --scale 0.02 --time-scale 20
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
