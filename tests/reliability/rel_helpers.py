@@ -118,7 +118,9 @@ def run_job(
 def applied_ids(workdir: Path) -> list[str]:
     """Event ids of the audit lines whose request Close accepted (failed ones are dead letters)."""
     lines = read_lines(workdir / "audit.jsonl")
-    return [e for line in lines if line.get("outcome") != "failed" for e in line["event_ids"]]
+    return [
+        e for line in lines if not str(line.get("outcome")).startswith("failed") for e in line["event_ids"]
+    ]
 
 
 def dead_letters(workdir: Path) -> list[dict[str, Any]]:

@@ -40,7 +40,12 @@ def wait_for(predicate, timeout_s: float = 60.0) -> bool:  # noqa: ANN001
 
 
 def audit_ids(path: Path) -> set[str]:
-    return {e for line in read_lines(path) if line.get("outcome") != "failed" for e in line["event_ids"]}
+    return {
+        e
+        for line in read_lines(path)
+        if not str(line.get("outcome")).startswith("failed")
+        for e in line["event_ids"]
+    }
 
 
 def streaming_run(sim, config, subscription: str, work: Path, audit: Path, until) -> None:  # noqa: ANN001
