@@ -85,8 +85,12 @@ def local_runner(options: PipelineOptions, streaming: bool):  # noqa: ANN201
         from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 
         return BundleBasedDirectRunner()
-    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner, worker_handlers
 
+    # The in-process worker's state cache weighs every value it caches with objsize, which walks
+    # all module globals per call: measured 85% of a 10,000-event run (43 s vs 5 s without it).
+    # State here is already in memory, so the cache buys nothing locally.
+    worker_handlers.STATE_CACHE_SIZE_MB = 0
     return FnApiRunner()
 
 
