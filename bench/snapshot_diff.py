@@ -36,7 +36,13 @@ from pipeline import summary  # noqa: E402
 from pipeline.config import parse_config  # noqa: E402
 from pipeline.snapshot_job import SnapshotRequest, run_snapshot  # noqa: E402
 from pipeline.snapshot_state import SnapshotState  # noqa: E402
-from transforms.snapshot import KEEP, DiffSnapshot, WriteFingerprints  # noqa: E402
+from transforms.snapshot import (  # noqa: E402
+    DEFAULT_BUCKETS,
+    KEEP,
+    DiffSnapshot,
+    FingerprintTables,
+    WriteFingerprints,
+)
 from transforms.upsert import KeySource  # noqa: E402
 
 COLUMNS = ("user_id", "email", "full_name", "title", "account_id", "account_name", "plan")
@@ -61,13 +67,22 @@ def export(path: Path, rows: int, changed_every: int, changed: bool, files: int 
 
 
 def diff_stage(
-    spec: SnapshotSpec, pattern: str, state_pattern: str | None, out_dir: str, beam_args: list[str]
+    spec: SnapshotSpec,
+    pattern: str,
+    state_pattern: str | None,
+    out_dir: str,
+    beam_args: list[str],
+    buckets: int = DEFAULT_BUCKETS,
 ):
     """The diff as snapshot-sync runs it, with every change taken as applied (no Close)."""
     started = time.perf_counter()
     p = beam.Pipeline(options=PipelineOptions(beam_args))
-    out = p | "DiffSnapshot" >> DiffSnapshot(spec, pattern, "parquet", state_pattern)
-    applied = out["changes"] | "AsApplied" >> beam.Map(lambda c: (c.key, c.fingerprint))
+    out = p | "DiffSnapshot" >> DiffSnapshot(spec, pattern, "parquet", state_pattern, buckets=buckets)
+    applied = (
+        out["changes"]
+        | "AsApplied" >> beam.Map(lambda c: (c.key, c.fingerprint))
+        | "AppliedTables" >> FingerprintTables()
+    )
     _ = (applied, out[KEEP]) | "NextState" >> beam.Flatten() | "WriteState" >> WriteFingerprints(out_dir)
     result = p.run()
     result.wait_until_finish()
@@ -103,6 +118,7 @@ def main() -> None:
         "--api-rows", type=int, default=None, help="Cap on changed rows sent to the simulator."
     )
     parser.add_argument("--skip-api", action="store_true")
+    parser.add_argument("--buckets", type=int, default=DEFAULT_BUCKETS, help="Hash buckets of the diff.")
     parser.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
     args, beam_args = parser.parse_known_args()
     changed_every = round(1 / args.changed)
@@ -143,11 +159,11 @@ def main() -> None:
 
         state = SnapshotState(str(root / "state"))
         first = state.new_generation()
-        secs1, counts1 = diff_stage(spec, a, None, first.path, beam_args)
+        secs1, counts1 = diff_stage(spec, a, None, first.path, beam_args, args.buckets)
         state.commit(first, {"primary_key": list(spec.primary_key)})
         print(f"first run diff (all new): {secs1:.1f}s, {args.rows / secs1:,.0f} rows/s, {counts1}")
 
-        secs2, counts2 = diff_stage(spec, b, first.pattern, str(root / "diff-only"), beam_args)
+        secs2, counts2 = diff_stage(spec, b, first.pattern, str(root / "diff-only"), beam_args, args.buckets)
         changed = counts2.get("snapshot_changed", 0)
         print(
             f"second run diff ({changed:,} changed): {secs2:.1f}s, {args.rows / secs2:,.0f} rows/s, {counts2}"
@@ -179,6 +195,7 @@ def main() -> None:
                     state=str(root / "state"),
                     close_url=sim.base_url,
                     key_source=KeySource(),
+                    buckets=args.buckets,
                     beam_args=tuple(beam_args),
                 ),
                 show_summary=False,

@@ -49,6 +49,12 @@ _KEY_FILE = click.option(
 @click.option(
     "--budget-share", type=float, default=1.0, help="Share of the key's rate budget for each worker."
 )
+@click.option(
+    "--buckets",
+    type=click.IntRange(min=1),
+    default=128,
+    help="Hash buckets of the primary key: the diff joins one bucket at a time (more for bigger tables).",
+)
 @click.pass_context
 def snapshot_sync(ctx: click.Context, config_path: str, **opts: object) -> None:
     """Send the rows of a table export that changed since the last run. Extra arguments are Beam options.
@@ -71,6 +77,7 @@ def snapshot_sync(ctx: click.Context, config_path: str, **opts: object) -> None:
             dead_letter_dir=opts["dead_letter"],  # type: ignore[arg-type]
             plan_dir=opts["plan_dir"],  # type: ignore[arg-type]
             budget_share=float(opts["budget_share"]),  # type: ignore[arg-type]
+            buckets=int(opts["buckets"]),  # type: ignore[arg-type]
             beam_args=tuple(ctx.args),
         )
         report = run_snapshot(config, request)

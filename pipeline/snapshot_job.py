@@ -23,6 +23,7 @@ from pipeline.snapshot_state import SnapshotState
 from transforms import metrics as m
 from transforms.deadletter import DEAD, WriteDeadLetters
 from transforms.snapshot import (
+    DEFAULT_BUCKETS,
     DIFF_PREFIX,
     GONE,
     KEEP,
@@ -31,6 +32,7 @@ from transforms.snapshot import (
     STATE_ROWS,
     ChangesToRequests,
     DiffSnapshot,
+    FingerprintTables,
     WriteFingerprints,
     WriteSample,
     settled_fingerprint,
@@ -56,6 +58,7 @@ class SnapshotRequest:
     plan_dir: str | None = None  # where --dry-run writes its plan (default: a new local temp dir)
     budget_share: float = 1.0
     sample_size: int = 20
+    buckets: int = DEFAULT_BUCKETS  # hash buckets of the primary key the diff joins in
     beam_args: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -144,6 +147,7 @@ class SnapshotShape:
     flush_seconds: float = 5.0
     shards: int = 16
     sample_size: int = 20
+    buckets: int = DEFAULT_BUCKETS
 
 
 def plan_line(pending: Any) -> str:
@@ -163,11 +167,16 @@ def build(p: beam.Pipeline, shape: SnapshotShape) -> None:
     """read → diff against state → requests → upsert → next state / dead letters (or a plan, in dry runs)."""
     out = shape.out_dir.rstrip("/")
     diff = p | "DiffSnapshot" >> DiffSnapshot(
-        shape.spec, shape.input, shape.file_format, shape.state_pattern, full=shape.full
+        shape.spec,
+        shape.input,
+        shape.file_format,
+        shape.state_pattern,
+        full=shape.full,
+        buckets=shape.buckets,
     )
     requests = diff["changes"] | "ChangesToRequests" >> ChangesToRequests(shape.spec)
     deads = [diff[DEAD], requests[DEAD]]
-    keeps = [diff[KEEP], requests[KEEP]]
+    settled = [requests[KEEP]]  # (key, fingerprint) pairs of the rows that went through requests
     _ = diff[GONE] | "GoneSample" >> WriteSample(f"{out}/{GONE_SAMPLE}", shape.sample_size)
     _ = (
         requests.pending
@@ -186,8 +195,13 @@ def build(p: beam.Pipeline, shape: SnapshotShape) -> None:
             shape.engine, shards=shape.shards, batch_size=shape.batch_size, flush_seconds=shape.flush_seconds
         )
         deads.append(applied[DEAD])
-        keeps.append(applied.outcomes | "SettledFingerprints" >> beam.FlatMap(settled_fingerprint))
-        _ = keeps | "NextState" >> beam.Flatten() | "WriteState" >> WriteFingerprints(out)
+        settled.append(applied.outcomes | "SettledFingerprints" >> beam.FlatMap(settled_fingerprint))
+        settled_tables = settled | "SettledPairs" >> beam.Flatten() | "SettledTables" >> FingerprintTables()
+        _ = (
+            (diff[KEEP], settled_tables)
+            | "NextState" >> beam.Flatten()
+            | "WriteState" >> WriteFingerprints(out)
+        )
     dead = deads | "AllDeadLetters" >> beam.Flatten()
     if shape.dead_letter_dir:
         _ = dead | "WriteDeadLetters" >> WriteDeadLetters(shape.dead_letter_dir)
@@ -246,6 +260,7 @@ def run_snapshot(
         batch_size=tuning.batch_size,
         flush_seconds=tuning.flush_seconds,
         sample_size=request.sample_size,
+        buckets=request.buckets,
     )
     options = PipelineOptions(list(request.beam_args))
     options.view_as(SetupOptions).save_main_session = False

@@ -1,7 +1,16 @@
-"""DiffSnapshot and friends: read a warehouse snapshot, join it with the prior fingerprints, route the changes."""
+"""DiffSnapshot and friends: read a warehouse snapshot, join it with the prior fingerprints, route the changes.
+
+Per-element Beam overhead is the limit of a per-row join, so the diff moves chunks: each batch of
+rows read is keyed (primary key, fingerprint) in one loop and split by a hash bucket of the key; the
+state is read and split the same way; CoGroupByKey on the bucket brings one bucket's snapshot chunks
+and prior fingerprints to one worker, which joins them with pyarrow (`closecrm.snapshot.diff_bucket`).
+Only new and changed rows become single elements; unchanged fingerprints stay tables to the state sink.
+"""
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -16,9 +25,10 @@ from closecrm.snapshot import (
     Fingerprint,
     SnapshotSpec,
     Values,
-    classify,
-    fingerprint,
-    primary_key_of,
+    buckets_of,
+    diff_bucket,
+    fingerprints,
+    primary_keys,
     request_for,
     row_record,
 )
@@ -26,7 +36,7 @@ from transforms import metrics
 from transforms.collapse import Pending
 from transforms.deadletter import DEAD
 
-KEEP = "keep"  # tag: (key, fingerprint) that goes into the next state as it was
+KEEP = "keep"  # tag: state entries that go into the next state as they were (tables from the diff, pairs after it)
 GONE = "gone"  # tag: keys in the state that the snapshot no longer has
 
 ROWS_READ = "snapshot_rows_read"
@@ -36,6 +46,10 @@ STATE_ROWS = "snapshot_state_rows"
 
 STATE_PREFIX = "state"
 STATE_SUFFIX = ".parquet"
+
+DEFAULT_BUCKETS = 128  # hash buckets of the primary key: the unit the join moves and holds in memory
+AVRO_BATCH_ROWS = 50_000
+STATE_ROW_GROUP_ROWS = 100_000
 
 
 @dataclass(frozen=True)
@@ -58,13 +72,8 @@ def _snapshot_letter(reason: str, event: Any, error: Any = None, key: str | None
 # ---------------------------------------------------------------------------- reading
 
 
-def table_rows(table: Any, columns: Sequence[str]) -> Iterator[Values]:
-    """A pyarrow table's rows as value tuples, converted a column at a time (much cheaper than per cell)."""
-    return zip(*(table.column(c).to_pylist() for c in columns), strict=True)
-
-
-class ReadSnapshotRows(beam.PTransform):
-    """Files of one table export → value tuples in `columns` order (Parquet read in batches)."""
+class ReadSnapshotBatches(beam.PTransform):
+    """Files of one table export → batches of rows: pyarrow Tables (Parquet row groups) or lists of value tuples (Avro)."""
 
     def __init__(self, pattern: str, file_format: str, columns: Sequence[str]) -> None:
         super().__init__()
@@ -73,45 +82,78 @@ class ReadSnapshotRows(beam.PTransform):
         self._columns = tuple(columns)
 
     def expand(self, pbegin):
-        columns = self._columns
         if self._format == "parquet":
-            return (
-                pbegin
-                | "ReadParquet" >> beam.io.ReadFromParquetBatched(self._pattern, columns=list(columns))
-                | "Rows" >> beam.FlatMap(table_rows, columns)
+            return pbegin | "ReadParquet" >> beam.io.ReadFromParquetBatched(
+                self._pattern, columns=list(self._columns)
             )
         return (
             pbegin
-            | "ReadAvro" >> beam.io.ReadFromAvro(self._pattern)
-            | "Rows" >> beam.Map(lambda record: tuple(record.get(c) for c in columns))
+            | "MatchAvro" >> beam.io.fileio.MatchFiles(self._pattern)
+            | "OpenAvro" >> beam.io.fileio.ReadMatches()
+            | "SpreadFiles" >> beam.Reshuffle()
+            | "ReadAvro" >> beam.ParDo(_ReadAvroBatches(self._columns))
         )
 
 
-class ReadFingerprints(beam.PTransform):
-    """The prior state's (key, fingerprint) pairs; nothing when there is no prior state."""
+class _ReadAvroBatches(beam.DoFn):
+    """One Avro file → lists of up to AVRO_BATCH_ROWS value tuples."""
 
-    def __init__(self, pattern: str | None) -> None:
-        super().__init__()
-        self._pattern = pattern
+    def __init__(self, columns: tuple[str, ...]) -> None:
+        self._columns = columns
 
-    def expand(self, pbegin):
-        if self._pattern is None:
-            return pbegin | "NoState" >> beam.Create([]).with_output_types(tuple[str, bytes])
-        return (
-            pbegin
-            | "ReadState" >> beam.io.ReadFromParquetBatched(self._pattern, columns=["key", "fingerprint"])
-            | "Pairs" >> beam.FlatMap(table_rows, ("key", "fingerprint")).with_output_types(tuple[str, bytes])
-        )
+    def process(self, readable: Any) -> Iterator[list[Values]]:
+        import fastavro
+
+        columns = self._columns
+        with readable.open() as fh:
+            batch: list[Values] = []
+            for record in fastavro.reader(fh):
+                batch.append(tuple(record.get(c) for c in columns))
+                if len(batch) >= AVRO_BATCH_ROWS:
+                    yield batch
+                    batch = []
+            if batch:
+                yield batch
 
 
-# ---------------------------------------------------------------------------- diff
+@dataclass(frozen=True)
+class RowChunk:
+    """Snapshot rows of one bucket from one read batch, columnar: keys, fingerprints and the mapped values."""
+
+    keys: Any  # pyarrow string array
+    fingerprints: Any  # pyarrow binary array
+    values: Any  # pyarrow Table in `SnapshotSpec.columns` order (Parquet) or a list of value tuples (Avro)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def row(self, i: int) -> Values:
+        if isinstance(self.values, list):
+            return self.values[i]
+        return tuple(column[i].as_py() for column in self.values.columns)
 
 
-class _KeyRows(beam.DoFn):
-    """Value tuple → (key, (fingerprint, values)); a row without a whole key is dead-lettered."""
+def _split_by_bucket(keys: Sequence[str], buckets: int) -> Iterator[tuple[int, Any]]:
+    """(bucket, row numbers as a pyarrow array) for every bucket the keys fall into."""
+    import numpy as np
+    import pyarrow as pa
 
-    def __init__(self, spec: SnapshotSpec) -> None:
+    ids = np.fromiter(buckets_of(keys, buckets), dtype=np.int32, count=len(keys))
+    order = np.argsort(ids, kind="stable")
+    bounds = np.cumsum(np.bincount(ids, minlength=buckets))
+    start = 0
+    for bucket, end in enumerate(bounds.tolist()):
+        if end > start:
+            yield bucket, pa.array(order[start:end], pa.int64())
+        start = end
+
+
+class BucketRows(beam.DoFn):
+    """A batch of rows → (bucket, RowChunk) per hash bucket of the primary key; rows without a whole key are dead-lettered."""
+
+    def __init__(self, spec: SnapshotSpec, buckets: int) -> None:
         self._spec = spec
+        self._buckets = buckets
 
     def setup(self) -> None:
         self._digest = self._spec.digest
@@ -119,20 +161,69 @@ class _KeyRows(beam.DoFn):
         self._read = metrics.counter(ROWS_READ)
         self._invalid = metrics.counter(ROWS_INVALID)
 
-    def process(self, values: Values):
-        self._read.inc()
-        key = primary_key_of(values, self._width)
-        if key is None:
-            self._invalid.inc()
-            yield beam.pvalue.TaggedOutput(
-                DEAD, _snapshot_letter("null_primary_key", row_record(self._spec, values))
-            )
-            return
-        yield key, (fingerprint(self._digest, values), values)
+    def process(self, batch: Any):
+        import pyarrow as pa
+
+        columns_names = self._spec.columns
+        if isinstance(batch, list):
+            columns = list(zip(*batch, strict=True)) if batch else [() for _ in columns_names]
+            values: Any = batch
+        else:
+            values = batch.select(list(columns_names))
+            columns = [column.to_pylist() for column in values.columns]
+        n = len(columns[0])
+        self._read.inc(n)
+        keys = primary_keys(columns, self._width)
+        fps = fingerprints(self._digest, zip(*columns, strict=True))
+        if None in keys:
+            usable = [i for i, key in enumerate(keys) if key is not None]
+            self._invalid.inc(n - len(usable))
+            for i in sorted(set(range(n)) - set(usable)):
+                row = tuple(column[i] for column in columns)
+                letter = _snapshot_letter("null_primary_key", row_record(self._spec, row))
+                yield beam.pvalue.TaggedOutput(DEAD, letter)
+            keys = [keys[i] for i in usable]
+            fps = [fps[i] for i in usable]
+            values = [batch[i] for i in usable] if isinstance(batch, list) else values.take(usable)
+        key_array, fp_array = pa.array(keys, pa.string()), pa.array(fps, pa.binary())
+        for bucket, rows in _split_by_bucket(keys, self._buckets):
+            if isinstance(values, list):
+                chunk_values: Any = [values[i] for i in rows.to_pylist()]
+            else:
+                chunk_values = values.take(rows)
+            yield bucket, RowChunk(key_array.take(rows), fp_array.take(rows), chunk_values)
 
 
-class _Classify(beam.DoFn):
-    """One key's snapshot rows and prior fingerprint → a Change, a KEEP, a GONE or dead letters."""
+class ReadFingerprints(beam.PTransform):
+    """The prior state as (bucket, pyarrow Table of key and fingerprint); nothing when there is no prior state."""
+
+    def __init__(self, pattern: str | None, buckets: int) -> None:
+        super().__init__()
+        self._pattern = pattern
+        self._buckets = buckets
+
+    def expand(self, pbegin):
+        if self._pattern is None:
+            return pbegin | "NoState" >> beam.Create([])
+        return (
+            pbegin
+            | "ReadState" >> beam.io.ReadFromParquetBatched(self._pattern, columns=["key", "fingerprint"])
+            | "BucketState" >> beam.FlatMap(bucket_state, self._buckets)
+        )
+
+
+def bucket_state(table: Any, buckets: int) -> Iterator[tuple[int, Any]]:
+    """A table of (key, fingerprint) → (bucket, the rows of that bucket)."""
+    table = table.cast(state_schema())
+    for bucket, rows in _split_by_bucket(table.column("key").to_pylist(), buckets):
+        yield bucket, table.take(rows)
+
+
+# ---------------------------------------------------------------------------- diff
+
+
+class DiffBucket(beam.DoFn):
+    """One bucket's snapshot chunks and prior state → Changes, a KEEP table, GONE keys and dead letters."""
 
     def __init__(self, spec: SnapshotSpec, full: bool) -> None:
         self._spec = spec
@@ -145,39 +236,65 @@ class _Classify(beam.DoFn):
         }
         self._invalid = metrics.counter(ROWS_INVALID)
 
-    def process(self, item: tuple[str, dict[str, Iterable[Any]]]):
-        key, grouped = item
-        rows = list(grouped["snapshot"])
-        old = list(grouped["state"])
-        kind = classify([fp for fp, _ in rows], old, full=self._full)
-        self._counters[kind].inc()
-        previous = old[0] if old else None
-        if kind == "unchanged":
-            yield beam.pvalue.TaggedOutput(KEEP, (key, previous))
-        elif kind == "gone":
-            yield beam.pvalue.TaggedOutput(GONE, key)
-        elif kind == "duplicate":
+    def process(self, item: tuple[int, dict[str, Iterable[Any]]]):
+        import pyarrow as pa
+
+        _, grouped = item
+        chunks: list[RowChunk] = [c for c in grouped["snapshot"] if len(c)]
+        state = [t for t in grouped["state"] if t.num_rows]
+        keys = _concat([c.keys for c in chunks], pa.string())
+        fps = _concat([c.fingerprints for c in chunks], pa.binary())
+        old = pa.concat_tables(state) if state else state_schema().empty_table()
+        old_keys = old.column("key").combine_chunks()
+        old_fps = old.column("fingerprint").combine_chunks()
+        diff = diff_bucket(keys, fps, old_keys, old_fps, full=self._full)
+        for kind, count in diff.counts.items():
+            if count:
+                self._counters[kind].inc(count)
+
+        starts = list(itertools.accumulate((len(c) for c in chunks), initial=0))
+
+        def row(i: int) -> Values:
+            at = bisect.bisect_right(starts, i) - 1
+            return chunks[at].row(i - starts[at])
+
+        for i, kind, previous in diff.changes:
+            yield Change(keys[i].as_py(), kind, row(i), fps[i].as_py(), previous)
+        for key, rows in diff.duplicates.items():
             self._invalid.inc(len(rows))
-            for _, values in rows:
+            for i in rows:
                 letter = _snapshot_letter(
                     "duplicate_primary_key",
-                    row_record(self._spec, values),
+                    row_record(self._spec, row(i)),
                     f"{len(rows)} rows share this key",
                     key,
                 )
                 yield beam.pvalue.TaggedOutput(DEAD, letter)
-            if previous is not None:
-                yield beam.pvalue.TaggedOutput(KEEP, (key, previous))
-        else:
-            fp, values = rows[0]
-            yield Change(key, kind, values, fp, previous)  # type: ignore[arg-type]
+        if len(diff.keep_keys):
+            yield beam.pvalue.TaggedOutput(KEEP, _keep_table(diff.keep_keys, diff.keep_fingerprints))
+        for key in diff.gone:
+            yield beam.pvalue.TaggedOutput(GONE, key)
+
+
+def _concat(arrays: list[Any], arrow_type: Any) -> Any:
+    import pyarrow as pa
+
+    return pa.concat_arrays(arrays) if arrays else pa.array([], arrow_type)
+
+
+def _keep_table(keys: Any, fps: Any) -> Any:
+    import pyarrow as pa
+
+    return pa.Table.from_arrays([keys, fps], schema=state_schema())
 
 
 class DiffSnapshot(beam.PTransform):
-    """Root transform: read the snapshot and the prior state, CoGroupByKey them by primary key, classify.
+    """Root transform: read the snapshot and the prior state in chunks per hash bucket of the primary key,
+    CoGroupByKey them by bucket, and join each bucket's keys with its prior fingerprints.
 
-    Returns a dict: ``changes`` (Change), ``keep`` ((key, fingerprint) carried as is), ``gone`` (key),
-    ``dead`` (DeadLetter for rows without a usable key).
+    Returns a dict: ``changes`` (one Change per new, changed or resynced row), ``keep`` (pyarrow Tables of
+    key and fingerprint carried into the next state as they were), ``gone`` (key), ``dead`` (DeadLetter for
+    rows without a usable key).
     """
 
     def __init__(
@@ -188,25 +305,33 @@ class DiffSnapshot(beam.PTransform):
         state_pattern: str | None,
         *,
         full: bool = False,
+        buckets: int = DEFAULT_BUCKETS,
     ) -> None:
         super().__init__()
+        if buckets < 1:
+            raise ValueError(f"buckets must be at least 1, not {buckets}")
         self._spec = spec
         self._pattern = pattern
         self._format = file_format
         self._state_pattern = state_pattern
         self._full = full
+        self._buckets = buckets
 
     def expand(self, pbegin):
-        rows = pbegin | "ReadSnapshot" >> ReadSnapshotRows(self._pattern, self._format, self._spec.columns)
-        keyed = rows | "KeyByPrimaryKey" >> beam.ParDo(_KeyRows(self._spec)).with_outputs(DEAD, main="keyed")
-        state = pbegin | "ReadPriorState" >> ReadFingerprints(self._state_pattern)
-        diff = (
-            {"snapshot": keyed.keyed, "state": state}
-            | "JoinWithState" >> beam.CoGroupByKey()
-            | "Classify"
-            >> beam.ParDo(_Classify(self._spec, self._full)).with_outputs(KEEP, GONE, DEAD, main="changes")
+        batches = pbegin | "ReadSnapshot" >> ReadSnapshotBatches(
+            self._pattern, self._format, self._spec.columns
         )
-        dead = (keyed[DEAD], diff[DEAD]) | "DiffDeadLetters" >> beam.Flatten()
+        chunks = batches | "BucketRows" >> beam.ParDo(BucketRows(self._spec, self._buckets)).with_outputs(
+            DEAD, main="chunks"
+        )
+        state = pbegin | "ReadPriorState" >> ReadFingerprints(self._state_pattern, self._buckets)
+        diff = (
+            {"snapshot": chunks.chunks, "state": state}
+            | "JoinWithStateByBucket" >> beam.CoGroupByKey()
+            | "DiffBuckets"
+            >> beam.ParDo(DiffBucket(self._spec, self._full)).with_outputs(KEEP, GONE, DEAD, main="changes")
+        )
+        dead = (chunks[DEAD], diff[DEAD]) | "DiffDeadLetters" >> beam.Flatten()
         return {"changes": diff.changes, KEEP: diff[KEEP], GONE: diff[GONE], DEAD: dead}
 
 
@@ -279,6 +404,50 @@ def state_schema() -> Any:
     return pa.schema([("key", pa.string()), ("fingerprint", pa.binary())])
 
 
+def state_pairs(table: Any) -> Iterator[tuple[str, bytes]]:
+    """A state table's rows as (key, fingerprint) pairs (for tests and small outputs)."""
+    return zip(table.column("key").to_pylist(), table.column("fingerprint").to_pylist(), strict=True)
+
+
+class FingerprintTables(beam.PTransform):
+    """(key, fingerprint) pairs → state tables, for the few rows settled one by one (changes, failures)."""
+
+    def expand(self, pairs):
+        return (
+            pairs
+            | "Batch" >> beam.BatchElements(min_batch_size=1_000, max_batch_size=100_000)
+            | "ToTable" >> beam.Map(_state_table)
+        )
+
+
+class _Rebatch(beam.DoFn):
+    """Small state tables → tables of at least ``rows`` rows (the last of a bundle may be smaller)."""
+
+    def __init__(self, rows: int) -> None:
+        self._rows = rows
+
+    def start_bundle(self) -> None:
+        self._tables: list[Any] = []
+        self._size = 0
+
+    def process(self, table: Any):
+        self._tables.append(table.cast(state_schema()))
+        self._size += table.num_rows
+        if self._size >= self._rows:
+            yield self._flush()
+
+    def finish_bundle(self):
+        if self._tables:
+            yield beam.transforms.window.GlobalWindows.windowed_value(self._flush())
+
+    def _flush(self) -> Any:
+        import pyarrow as pa
+
+        table = pa.concat_tables(self._tables).combine_chunks()
+        self._tables, self._size = [], 0
+        return table
+
+
 class _CountState(beam.DoFn):
     def setup(self) -> None:
         self._rows = metrics.counter(STATE_ROWS)
@@ -289,17 +458,17 @@ class _CountState(beam.DoFn):
 
 
 class WriteFingerprints(beam.PTransform):
-    """(key, fingerprint) pairs → Parquet files ``DIR/state-*.parquet``, finalised by the sink at the end."""
+    """State tables (key, fingerprint) → Parquet files ``DIR/state-*.parquet``, finalised by the sink at the end."""
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, row_group_rows: int = STATE_ROW_GROUP_ROWS) -> None:
         super().__init__()
         self._directory = directory
+        self._row_group_rows = row_group_rows
 
-    def expand(self, pairs):
+    def expand(self, tables):
         return (
-            pairs
-            | "Batch" >> beam.BatchElements(min_batch_size=10_000, max_batch_size=200_000)
-            | "ToTable" >> beam.Map(_state_table)
+            tables
+            | "Rebatch" >> beam.ParDo(_Rebatch(self._row_group_rows))
             | "Count" >> beam.ParDo(_CountState())
             | "Write"
             >> beam.io.WriteToParquetBatched(
