@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 import phonenumbers
@@ -15,6 +16,9 @@ def email_key(email: str) -> str:
     return email.strip().lower()
 
 
+# Event streams repeat the same people's emails and phones over and over; both checks are pure and
+# cost tens of microseconds each, so they are memoised (bounded).
+@lru_cache(maxsize=65_536)
 def is_valid_email(email: str) -> bool:
     try:
         validate_email(email.strip(), check_deliverability=False)
@@ -23,6 +27,7 @@ def is_valid_email(email: str) -> bool:
     return True
 
 
+@lru_cache(maxsize=65_536)
 def to_e164(phone: str, region: str = DEFAULT_PHONE_REGION) -> str | None:
     """E.164 form of a phone number, or None when it cannot be a phone number."""
     try:
