@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from closecrm.client import CloseClient  # noqa: E402
-from closecrm.engine import UpsertEngine  # noqa: E402
+from closecrm.engine import STREAM_DEPTH, UpsertEngine  # noqa: E402
 from closecrm.model import Settings, UpsertRequest  # noqa: E402
 
 API_KEY = "bench_key"
@@ -98,13 +98,23 @@ def fresh_org(base_url: str) -> Settings:
     return Settings(company.json()["id"], user.json()["id"])
 
 
-async def run_batches(base_url: str, settings: Settings, reqs: list[UpsertRequest], size: int) -> dict[str, Any]:
-    async with CloseClient(base_url, API_KEY, max_in_flight=16) as client:
-        engine = UpsertEngine(client, settings, max_concurrency=16)
+async def run_batches(
+    base_url: str,
+    settings: Settings,
+    reqs: list[UpsertRequest],
+    size: int,
+    depth: int = STREAM_DEPTH,
+    concurrency: int = 16,
+) -> dict[str, Any]:
+    async with CloseClient(base_url, API_KEY, max_in_flight=16, http_backend="aiohttp") as client:
+        engine = UpsertEngine(client, settings, max_concurrency=concurrency)
         t0 = time.monotonic()
         outs = []
-        for i in range(0, len(reqs), size):
-            outs += await engine.upsert_batch(reqs[i : i + size])
+        # upsert_stream = upsert_batch batch after batch, with each batch's searches overlapping the
+        # previous batch's writes (same calls, same end state).
+        batches = (reqs[i : i + size] for i in range(0, len(reqs), size))
+        async for batch_outs in engine.upsert_stream(batches, depth=depth):
+            outs += batch_outs
         elapsed = time.monotonic() - t0
         return {"outcomes": outs, "elapsed": elapsed, "client": client.counters()}
 
@@ -150,6 +160,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--time-scale", type=float, default=10.0)
     ap.add_argument("--batch-size", type=int, default=200)
     ap.add_argument("--one-sample", type=int, default=500, help="requests through upsert_one")
+    ap.add_argument("--depth", type=int, default=STREAM_DEPTH, help="batches in flight in upsert_stream (1: none)")
+    ap.add_argument("--concurrency", type=int, default=16, help="the engine's max_concurrency (groups at once)")
     args = ap.parse_args(argv)
 
     reqs = workload(args.requests, args.companies)
@@ -159,7 +171,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         settings = fresh_org(base_url)
         base = admin(base_url, "GET", "stats")
-        batch = asyncio.run(run_batches(base_url, settings, reqs, args.batch_size))
+        batch = asyncio.run(
+            run_batches(base_url, settings, reqs, args.batch_size, args.depth, args.concurrency)
+        )
         stats = admin(base_url, "GET", "stats")
         stats = {
             "by_group": {g: v - base["by_group"].get(g, 0) for g, v in stats["by_group"].items()},
@@ -194,6 +208,8 @@ def main(argv: list[str] | None = None) -> None:
                 "requests": args.requests,
                 "companies": args.companies,
                 "batch_size": args.batch_size,
+                "depth": args.depth,
+                "concurrency": args.concurrency,
                 "calls_per_request_batch": batch_row["calls_per_request"],
                 "calls_per_request_one_at_a_time": one_row["calls_per_request"],
                 "write_budget_share": batch_row["write_budget_share"],

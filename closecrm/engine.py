@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import count
 from typing import Any
@@ -22,6 +24,7 @@ Record = dict[str, Any]
 MAX_CONTACTS_PER_REQUEST = 10  # SPEC §3: act on at most 10 matched contacts, oldest first
 MAX_CREATE_ATTEMPTS = 3
 DRY_RUN_PREFIX = "dryrun_"
+STREAM_DEPTH = 4  # batches in flight at once in upsert_stream
 
 
 class SettingsError(Exception):
@@ -213,19 +216,202 @@ class UpsertEngine:
         """Same end state as ``upsert_one`` on each request in order, with far fewer calls."""
         return await self._run(list(reqs), dry_run=dry_run)
 
+    async def upsert_stream(
+        self,
+        batches: Iterable[Sequence[UpsertRequest]],
+        *,
+        dry_run: bool = False,
+        depth: int = STREAM_DEPTH,
+    ) -> AsyncIterator[list[Outcome]]:
+        """``upsert_batch`` on each batch in turn, yielding each batch's outcomes in order, pipelined.
+
+        Calling ``upsert_batch`` batch after batch leaves the write budget idle while a batch
+        searches and while it waits for its longest group, and a first sync spends its first
+        batches on lead creates alone. Here up to ``depth`` batches are in flight: a batch searches
+        while earlier ones write, and each of its groups starts as soon as nothing it may touch is
+        still in flight in an earlier batch. A group waits for every earlier group (of a batch that
+        was still running when this batch searched) that claimed one of its lookup keys or records,
+        joins with the other groups of its batch that wait for the same one, takes those groups'
+        copies of the records it may touch, and confirms the rest as ``upsert_batch`` would.
+        Requests that share a key or record stay serialised in input order across batches, so the
+        end state and the calls are those of ``upsert_batch`` batch after batch. ``dry_run`` streams
+        without overlap (a dry run writes nothing that a later batch could find).
+        """
+        if dry_run or depth <= 1:
+            for batch in batches:
+                yield await self.upsert_batch(batch, dry_run=dry_run)
+            return
+        it = iter(batches)
+        gate = _OrderedGate(self.max_concurrency)  # shared: the stream as a whole keeps the bound
+        in_flight: deque[_Running] = deque()
+        launched = count()
+
+        def search_next() -> tuple[asyncio.Future[_Prepared], list[_Running]] | None:
+            batch = next(it, None)
+            if batch is None:
+                return None
+            # The batches still writing when this search starts: what it may miss, so what to wait for.
+            running = [r for r in in_flight if not r.done()]
+            return asyncio.ensure_future(self._prepare(list(batch))), running
+
+        following = search_next()
+        try:
+            while following is not None or in_flight:
+                if following is not None and len(in_flight) < depth:
+                    prepared, running = following
+                    following = None
+                    in_flight.append(self._launch(await prepared, running, gate, next(launched)))
+                    following = search_next()
+                else:
+                    yield await in_flight[0].result()
+                    in_flight.popleft()
+        finally:
+            futures = [following[0]] if following is not None else []
+            for r in in_flight:
+                futures.extend(r.tasks)
+            for fut in futures:
+                if not fut.done():
+                    fut.cancel()
+
+    def _launch(self, prep: _Prepared, running: list[_Running], gate: _OrderedGate, number: int) -> _Running:
+        """Start a streamed batch's groups; each waits for the earlier groups it depends on."""
+        reqs, outcomes, active, view = prep.reqs, prep.outcomes, prep.active, prep.view
+        if not active:
+            return _Running(outcomes, [], {})
+        if prep.error is not None:
+            for i in active:
+                outcomes[i] = _Op(reqs[i], False).failed(prep.error)
+            return _Running(outcomes, [], {})
+        parent: dict[str, str] = {}
+
+        def find(x: str) -> str:
+            parent.setdefault(x, x)
+            while parent[x] != x:
+                parent[x] = parent[parent[x]]
+                x = parent[x]
+            return x
+
+        def union(a: str, b: str) -> None:
+            ra, rb = find(a), find(b)
+            if ra != rb:
+                parent[rb] = ra
+
+        def claimant(node: str) -> tuple[int, int] | None:
+            """The latest group of a running batch that claimed this key or record: (batch, group)."""
+            for b in range(len(running) - 1, -1, -1):
+                g = running[b].claims.get(node)
+                if g is not None:
+                    return b, g
+            return None
+
+        nodes_of: dict[int, set[str]] = {}
+        keys_of: dict[int, list[str]] = {}
+        for i in active:
+            me = f"req:{i}"
+            find(me)
+            keys = keys_of[i] = self._lookup_keys(reqs[i])
+            nodes = nodes_of[i] = self._claim_nodes(view, keys)
+            for node in nodes:
+                union(me, node)
+                if running and (c := claimant(node)) is not None:
+                    union(me, f"earlier:{c[0]}:{c[1]}")
+        members: dict[str, list[int]] = {}
+        for i in active:
+            members.setdefault(find(f"req:{i}"), []).append(i)
+        groups = sorted(members.values(), key=len, reverse=True)  # longest chains first
+        shares = {i: _share(prep.lookup_calls, len(active), n) for n, i in enumerate(active)}
+        claims: dict[str, int] = {}
+        tasks: list[asyncio.Task[None]] = []
+        for g, group in enumerate(groups):
+            nodes = set().union(*(nodes_of[i] for i in group))
+            keys = {k for i in group for k in keys_of[i]}
+            found = {c for n in nodes if running and (c := claimant(n)) is not None}
+            deps = {running[b].tasks[g2] for b, g2 in found}
+            views = [running[b].view for b in sorted({b for b, _ in found})]
+            for node in nodes:
+                claims[node] = g
+            tasks.append(
+                asyncio.ensure_future(
+                    self._run_streamed_group(
+                        group, reqs, outcomes, view, shares, keys, nodes, deps, views, gate, (number, g)
+                    )
+                )
+            )
+        return _Running(outcomes, tasks, claims, view)
+
+    def _claim_nodes(self, view: View, keys: list[str]) -> set[str]:
+        """The lookup keys of a request and every record id they lead to (view or id cache), with contacts' leads."""
+        nodes = set(keys)
+        for key in keys:
+            for record_id in view.ids_for(key) | set(self.ids.ids(key)):
+                nodes.add(record_id)
+                record = view.contacts.get(record_id) or self.records.get(record_id)
+                if record is not None and record.get("lead_id"):
+                    nodes.add(record["lead_id"])
+        return nodes
+
+    async def _run_streamed_group(
+        self,
+        group: list[int],
+        reqs: list[UpsertRequest],
+        outcomes: list[Outcome | None],
+        view: View,
+        shares: dict[int, int],
+        keys: set[str],
+        nodes: set[str],
+        deps: set[asyncio.Task[None]],
+        earlier: list[View | None],
+        gate: _OrderedGate,
+        priority: tuple[int, int],
+    ) -> None:
+        if deps:
+            await asyncio.wait(deps)
+        await gate.acquire(priority)
+        try:
+            for previous in earlier:  # oldest first: a later batch's copy is newer
+                if previous is not None:
+                    _carry_over(view, previous, keys, nodes)
+            try:
+                confirm_calls = await self._confirm_cached(view, keys)
+            except CloseAPIError as exc:
+                for i in group:
+                    outcomes[i] = _Op(reqs[i], False).failed(exc, shares[i])
+                return
+            for n, i in enumerate(group):
+                outcomes[i] = await self._apply(
+                    reqs[i], view, False, shares[i] + (confirm_calls if n == 0 else 0)
+                )
+        finally:
+            gate.release()
+
     async def _run(self, reqs: list[UpsertRequest], *, dry_run: bool) -> list[Outcome]:
-        outcomes: list[Outcome | None] = [None] * len(reqs)
-        active = []
+        return await self._finish(await self._prepare(reqs), dry_run=dry_run)
+
+    async def _prepare(self, reqs: list[UpsertRequest]) -> _Prepared:
+        """The part of a batch that only reads: which requests can be looked up, and the batched searches."""
+        prep = _Prepared(reqs, [None] * len(reqs), [], View(self.settings))
         for i, req in enumerate(reqs):
             if not self._identity_keys(req):
-                outcomes[i] = Outcome(kind="skipped", reason="no_identity", branch="identity")
+                prep.outcomes[i] = Outcome(kind="skipped", reason="no_identity", branch="identity")
             else:
-                active.append(i)
+                prep.active.append(i)
+        if prep.active:
+            try:
+                prep.lookup_calls = await self._search_into(prep.view, [reqs[i] for i in prep.active])
+            except CloseAPIError as exc:
+                prep.error = exc
+        return prep
+
+    async def _finish(self, prep: _Prepared, *, dry_run: bool) -> list[Outcome]:
+        reqs, outcomes, active, view = prep.reqs, prep.outcomes, prep.active, prep.view
         if not active:
             return [o for o in outcomes if o is not None]
-        view = View(self.settings)
+        lookup_calls = prep.lookup_calls
         try:
-            lookup_calls = await self._load(view, [reqs[i] for i in active])
+            if prep.error is not None:
+                raise prep.error
+            keys = {k for i in active for k in self._lookup_keys(reqs[i])}
+            lookup_calls += await self._confirm_cached(view, keys)
         except CloseAPIError as exc:
             # Nothing can be decided without the lookup (Close unavailable): every request fails with the reason.
             for i in active:
@@ -265,8 +451,8 @@ class UpsertEngine:
         keys.extend(email_lookup_key(e) for e in req.contact_emails[1:] if e)
         return list(dict.fromkeys(keys))
 
-    async def _load(self, view: View, reqs: Sequence[UpsertRequest]) -> int:
-        """Fill the view for these requests: batched searches, then confirm cached ids the search missed."""
+    async def _search_into(self, view: View, reqs: Sequence[UpsertRequest]) -> int:
+        """Fill the view for these requests with batched searches (``_confirm_cached`` then adds what search missed)."""
         before = self._search.calls
         company_ids = {c for r in reqs if (c := diff.company_id_of(r, self.settings))}
         user_ids = {u for r in reqs if (u := diff.user_id_of(r, self.settings))}
@@ -284,10 +470,7 @@ class UpsertEngine:
             self._search.contacts_by_keys(user_ids, emails, contact_cfs),
         )
         self._take_hits(view, leads, contacts)
-        calls = self._search.calls - before + known_before
-        keys = {k for r in reqs for k in self._lookup_keys(r)}
-        calls += await self._confirm_cached(view, keys)
-        return calls
+        return self._search.calls - before + known_before
 
     async def _known_custom_fields(self, mentioned: set[str]) -> int:
         """Custom field ids per object type, read once (and again, at most once a minute, for unknown ids)."""
@@ -677,6 +860,103 @@ class UpsertEngine:
         if remember and not contact["id"].startswith(DRY_RUN_PREFIX):
             self.records.put(contact)
             self.ids.add_all(view.contact_keys(contact), contact["id"])
+
+
+@dataclass
+class _Prepared:
+    """A batch after its searches, before any decision: outcomes so far, the requests to apply, the view."""
+
+    reqs: list[UpsertRequest]
+    outcomes: list[Outcome | None]
+    active: list[int]
+    view: View
+    lookup_calls: int = 0
+    error: CloseAPIError | None = None
+
+
+class _OrderedGate:
+    """A semaphore whose waiters get in by priority (lowest first), then arrival.
+
+    In a stream, a group of an older batch that had to wait for an earlier group goes before the
+    groups of newer batches queued meanwhile: the oldest batch finishes first and the work that was
+    waiting on a lead's creation is not starved by newer batches' creates.
+    """
+
+    def __init__(self, slots: int) -> None:
+        self._free = slots
+        self._waiters: list[tuple[tuple[int, int], int, asyncio.Future[None]]] = []
+        self._seq = count()
+
+    async def acquire(self, priority: tuple[int, int]) -> None:
+        if self._free > 0 and not self._waiters:
+            self._free -= 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (priority, next(self._seq), fut))
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # the slot was handed over just as we were cancelled
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            _, _, fut = heapq.heappop(self._waiters)
+            if not fut.done():
+                fut.set_result(None)  # the slot passes straight to the next waiter
+                return
+        self._free += 1
+
+
+@dataclass
+class _Running:
+    """A streamed batch whose groups are under way: their tasks, and what each claimed (key or id -> group)."""
+
+    outcomes: list[Outcome | None]
+    tasks: list[asyncio.Task[None]]
+    claims: dict[str, int]
+    view: View | None = None
+
+    def done(self) -> bool:
+        return all(t.done() for t in self.tasks)
+
+    async def result(self) -> list[Outcome]:
+        if self.tasks:
+            await asyncio.gather(*self.tasks)
+        return [o for o in self.outcomes if o is not None]
+
+
+def _carry_over(view: View, previous: View, keys: set[str], nodes: set[str]) -> None:
+    """Give `view` the previous batch's copy of the records these keys and ids lead to.
+
+    Called once the previous batch's groups that claimed them are done. This batch's searches may
+    have run while they were still writing, so a hit can predate (or miss) a write; the previous
+    batch's copy is the newest state. Copies go in as search hits would (not fresh: a list merge
+    still reads the record first), and never over a record this batch has itself written or read.
+    """
+    wanted = set(nodes)
+    for key in keys:
+        wanted |= previous.ids_for(key)
+    for record_id in list(wanted):
+        contact = previous.contacts.get(record_id)
+        if contact is not None and contact.get("lead_id"):
+            wanted.add(contact["lead_id"])
+    for record_id in wanted:
+        if record_id.startswith(DRY_RUN_PREFIX) or record_id in view.fresh:
+            continue
+        for theirs, ours, put in (
+            (previous.leads, view.leads, view.put_lead),
+            (previous.contacts, view.contacts, view.put_contact),
+        ):
+            record = theirs.get(record_id)
+            if record is None:
+                continue
+            hit = ours.get(record_id)
+            if hit is None or str(hit.get("date_updated") or "") <= str(record.get("date_updated") or ""):
+                view.drop(record_id)
+                put(record, fresh=False)
+            break
 
 
 def _share(total: int, n: int, position: int) -> int:

@@ -53,6 +53,9 @@ def retry_after_seconds(headers: Mapping[str, str], default: float = 1.0) -> flo
     return default
 
 
+PROBE_POLL = 0.002  # seconds between looks while the first request of a group is out
+
+
 class GroupPacer:
     """Paces one endpoint group: a token bucket at `share` of the announced rate, guarded by `remaining`.
 
@@ -86,8 +89,14 @@ class GroupPacer:
         self._remaining: float | None = None  # the server's count minus what we sent since
         self._reset_at = 0.0
         self._blocked_until = 0.0  # set by a 429
-        self.in_flight = 0
+        self._seq = 0
+        self._answered = False  # any answer (or failure) seen yet
+        self._flying: set[int] = set()  # tickets of requests sent and not answered yet
         self._lock = asyncio.Lock()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._flying)
 
     @property
     def rate(self) -> float | None:
@@ -104,6 +113,10 @@ class GroupPacer:
         self._stamp = now
 
     def _wait_needed(self, now: float) -> float:
+        if not self._answered and self._flying:
+            # Nothing is known about the budget until the first answer: send one request and wait
+            # for it, rather than let every waiting request through unpaced (each a likely 429).
+            return PROBE_POLL
         if now < self._blocked_until:
             return self._blocked_until - now
         if self._remaining is not None and self._remaining < 1 and now < self._reset_at:
@@ -115,7 +128,12 @@ class GroupPacer:
 
     async def acquire(self) -> float:
         """Wait for a slot; returns the seconds spent waiting (throttled time)."""
+        return (await self.acquire_ticket())[0]
+
+    async def acquire_ticket(self) -> tuple[float, int]:
+        """Wait for a slot; returns the seconds spent waiting and a ticket to hand back to ``done``."""
         waited = 0.0
+        window_used_up = False
         async with self._lock:  # one waiter at a time keeps the order fair and the arithmetic simple
             while True:
                 now = self._clock()
@@ -125,29 +143,68 @@ class GroupPacer:
                 wait = self._wait_needed(now)
                 if wait <= 0:
                     break
+                if self._remaining is not None and self._remaining < 1 and now < self._reset_at:
+                    window_used_up = True
                 await self._sleep(wait)
                 waited += wait
+            if window_used_up:
+                # Waiting out a used-up window must not fill the bucket: the burst it would allow
+                # when the window resets uses that window up early too, so the client bursts and
+                # stalls every window, losing each time the gap between its estimate of the reset
+                # (taken when an answer arrives) and the real one. Resume at the steady rate instead.
+                self._tokens = min(self._tokens, 1.0)
             if self.rate is not None:
                 self._tokens -= 1
             if self._remaining is not None:
                 self._remaining -= 1
-            self.in_flight += 1
-        return waited
+            self._seq += 1
+            self._flying.add(self._seq)
+        return waited, self._seq
 
-    def done(self, rl: RateLimit | None, *, throttled: bool = False, retry_after: float = 0.0) -> None:
+    def _land(self, ticket: int | None) -> int:
+        """Forget an answered request; returns how many requests sent after it are still unanswered.
+
+        The server counted a request, and (nearly always) the ones sent before it, when it answered
+        with `remaining`; only those sent after it may still be uncounted. Subtracting every request
+        in flight counted some twice and stopped a busy client ~20 % short of each window.
+        Without a ticket (old callers), the oldest request is taken and all others count.
+        """
+        self._answered = True
+        if not self._flying:
+            return 0
+        if ticket is None or ticket not in self._flying:
+            self._flying.discard(min(self._flying))
+            return len(self._flying)
+        self._flying.discard(ticket)
+        return sum(1 for t in self._flying if t > ticket)
+
+    def done(
+        self,
+        rl: RateLimit | None,
+        *,
+        throttled: bool = False,
+        retry_after: float = 0.0,
+        ticket: int | None = None,
+    ) -> None:
         """Record a response: its header, and whether it was a 429 (then wait `retry_after`)."""
-        self.in_flight = max(0, self.in_flight - 1)
+        uncounted = self._land(ticket)
         now = self._clock()
         if rl is not None and rl.limit > 0:
             self._limit = rl.limit
             if rl.reset > 0:
                 self._window = max(self._window or 0.0, rl.reset)
             reset_at = now + rl.reset
-            if reset_at > self._reset_at + 1e-3 or self._remaining is None:
-                self._reset_at = reset_at
-                self._remaining = rl.remaining - self.in_flight
-            else:
-                self._remaining = min(self._remaining, rl.remaining - self.in_flight)
+            # Which window is this answer about? Answers arrive late and out of order: one sent near
+            # the end of the last window can land after the next began. Taking its `remaining` for
+            # the new window stopped a busy client until the new window's end (a window in two lost).
+            tolerance = 0.5 * (self._window or rl.reset)
+            if not self._reset_at or reset_at > self._reset_at + tolerance:
+                self._reset_at = reset_at  # the first answer, or one from a newer window
+                self._remaining = rl.remaining - uncounted
+            elif reset_at >= self._reset_at - tolerance:
+                if self._remaining is not None:  # the current window (None: it has ended, ignore)
+                    self._remaining = min(self._remaining, rl.remaining - uncounted)
+            # else: an answer from a window that has ended
         if throttled:
             self.factor = max(self.MIN_FACTOR, self.factor * 0.7)
             self._blocked_until = max(self._blocked_until, now + retry_after)
@@ -155,6 +212,6 @@ class GroupPacer:
         else:
             self.factor = min(1.0, self.factor + 0.01)
 
-    def cancelled(self) -> None:
+    def cancelled(self, ticket: int | None = None) -> None:
         """A request that got no response at all (timeout, dropped connection)."""
-        self.in_flight = max(0, self.in_flight - 1)
+        self._land(ticket)

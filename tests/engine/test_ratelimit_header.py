@@ -105,3 +105,37 @@ def test_a_429_cuts_the_rate_and_blocks_until_retry_after() -> None:
 def test_share_must_be_a_fraction() -> None:
     with pytest.raises(ValueError):
         GroupPacer(0)
+
+
+def test_a_late_answer_from_the_last_window_does_not_stall_the_new_one() -> None:
+    clock = FakeClock()
+    pacer = GroupPacer(1.0, clock=clock, sleep=clock.sleep)
+
+    async def go() -> float:
+        _, first = await pacer.acquire_ticket()
+        pacer.done(RateLimit(40, 39, 0.1), ticket=first)  # window 1 ends at 0.1
+        _, late = await pacer.acquire_ticket()  # sent at the end of window 1, answered after 0.1
+        clock.now = 0.12
+        _, fresh = await pacer.acquire_ticket()
+        pacer.done(RateLimit(40, 39, 0.1), ticket=fresh)  # window 2 (ends at 0.22) has room
+        pacer.done(RateLimit(40, 0, 0.001), ticket=late)  # window 1 was full: old news
+        start = clock.now
+        await pacer.acquire()
+        return clock.now - start
+
+    assert asyncio.run(go()) < 0.01
+
+
+def test_only_requests_sent_after_an_answer_are_taken_off_its_remaining() -> None:
+    clock = FakeClock()
+    pacer = GroupPacer(1.0, clock=clock, sleep=clock.sleep)
+
+    async def go() -> float | None:
+        _, first = await pacer.acquire_ticket()
+        pacer.done(RateLimit(40, 39, 1.0), ticket=first)
+        tickets = [(await pacer.acquire_ticket())[1] for _ in range(5)]
+        # the server counted the first four (remaining 40 - 4); two sent after the fourth are in flight
+        pacer.done(RateLimit(40, 36, 1.0), ticket=tickets[2])
+        return pacer._remaining
+
+    assert asyncio.run(go()) == 34  # subtracting all in flight would say 32

@@ -1,0 +1,141 @@
+"""upsert_stream: batches pipelined (searches and writes of several batches overlapping) end exactly as
+applying each request one at a time, with no duplicate leads, and with the calls of upsert_batch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from closecrm.engine import UpsertEngine
+from closecrm.model import UpsertRequest
+from tests.engine.conftest import CloseEnv
+from tests.engine.test_engine_property import leads_per_company, requests, seed, seeds
+
+pytestmark = pytest.mark.integration
+
+
+def chunks(reqs: list[UpsertRequest], sizes: list[int]) -> list[list[UpsertRequest]]:
+    out, i = [], 0
+    for n in sizes:
+        if i >= len(reqs):
+            break
+        out.append(reqs[i : i + n])
+        i += n
+    if i < len(reqs):
+        out.append(reqs[i:])
+    return out
+
+
+@settings(max_examples=35, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    leads=seeds,
+    reqs=st.lists(requests, min_size=1, max_size=10),
+    sizes=st.lists(st.integers(1, 4), min_size=1, max_size=6),
+    depth=st.integers(2, 5),
+    concurrency=st.sampled_from([1, 4, 16]),
+)
+def test_stream_equals_one_at_a_time_and_never_duplicates_a_company(
+    close: CloseEnv,
+    leads: list[Any],
+    reqs: list[UpsertRequest],
+    sizes: list[int],
+    depth: int,
+    concurrency: int,
+) -> None:
+    close.fresh_org()
+    seed(close, leads)
+    one_outcomes = close.one(*reqs)
+    expected = close.projection()
+
+    close.fresh_org()
+    seeded = seed(close, leads)
+    batches = chunks(reqs, sizes)
+
+    async def stream(engine: UpsertEngine) -> list[list[Any]]:
+        return [outs async for outs in engine.upsert_stream(batches, depth=depth)]
+
+    per_batch = close.run(stream, max_concurrency=concurrency)
+    assert [len(o) for o in per_batch] == [len(b) for b in batches]
+    stream_outcomes = [o for outs in per_batch for o in outs]
+    assert close.projection() == expected
+    assert [o.kind for o in stream_outcomes] == [o.kind for o in one_outcomes]
+    for company_id, count in leads_per_company(close).items():
+        assert count == max(1, seeded[company_id]), company_id
+
+
+def _workload(n: int) -> list[UpsertRequest]:
+    """A first sync where later batches hold more people of the companies earlier batches create."""
+    out = []
+    for i in range(n):
+        c = (i * 7) % (n // 3)
+        out.append(
+            UpsertRequest(
+                lead_company_id=f"co{c}",
+                lead_name=f"Company {c}",
+                contact_user_id=f"u{i % (n - 5)}",  # a few repeats: updates of contacts just created
+                contact_emails=(f"p{i % (n - 5)}@co{c}.example.com",),
+                contact_title="CEO" if i % 2 else "CTO",
+            )
+        )
+    return out
+
+
+def test_stream_makes_the_same_calls_and_state_as_batch_after_batch(close: CloseEnv) -> None:
+    reqs = _workload(60)
+    batches = [reqs[i : i + 8] for i in range(0, len(reqs), 8)]
+
+    async def one_by_one(engine: UpsertEngine) -> list[Any]:
+        return [o for b in batches for o in await engine.upsert_batch(b)]
+
+    close.fresh_org()
+    batch_outs = close.run(one_by_one, max_concurrency=8)
+    expected, batch_calls = close.projection(), close.sim.stats()["requests_total"]
+
+    async def stream(engine: UpsertEngine) -> list[Any]:
+        return [o async for outs in engine.upsert_stream(batches, depth=4) for o in outs]
+
+    close.fresh_org()
+    stream_outs = close.run(stream, max_concurrency=8)
+    assert close.projection() == expected
+    assert [o.kind for o in stream_outs] == [o.kind for o in batch_outs]
+    assert close.sim.stats()["requests_total"] == batch_calls
+    assert sum(o.calls for o in stream_outs) == batch_calls
+    assert len(close.leads()) == 20
+
+
+def test_stream_with_search_lag_ends_as_one_at_a_time(close: CloseEnv) -> None:
+    """Search lags 0.5 s behind writes: later batches' searches miss what earlier ones created."""
+    reqs = _workload(45)
+    close.fresh_org()
+    close.one(*reqs)
+    expected = close.projection()
+
+    close.fresh_org()
+    close.sim.configure(search_lag=0.5)
+    batches = [reqs[i : i + 5] for i in range(0, len(reqs), 5)]
+
+    async def stream(engine: UpsertEngine) -> list[Any]:
+        return [o async for outs in engine.upsert_stream(batches, depth=3) for o in outs]
+
+    outs = close.run(stream, max_concurrency=4)
+    assert not [o for o in outs if o.kind == "failed"]
+    assert close.projection() == expected
+    assert sorted(leads_per_company(close).values()) == [1] * 15
+
+
+def test_an_empty_stream_and_a_dry_run_stream(close: CloseEnv) -> None:
+    async def empty(engine: UpsertEngine) -> list[Any]:
+        return [outs async for outs in engine.upsert_stream([])]
+
+    assert close.run(empty) == []
+
+    async def dry(engine: UpsertEngine) -> list[Any]:
+        return [
+            outs async for outs in engine.upsert_stream([[UpsertRequest(lead_company_id="x")]], dry_run=True)
+        ]
+
+    [[out]] = close.run(dry)
+    assert out.kind == "created" and close.leads() == []
