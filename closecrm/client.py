@@ -296,7 +296,7 @@ class CloseClient:
                 status = None
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 pacer.cancelled(ticket)
-                if method == "POST":
+                if method == "POST" and group != "search":
                     raise AmbiguousWriteError(None, type(exc).__name__, method, "/" + path) from None
                 last, status = exc, None
             else:
@@ -317,7 +317,8 @@ class CloseClient:
                 status = response.status_code
                 if status < 500:
                     raise CloseAPIError(status, _body(response), method, "/" + path)
-                if method == "POST" and status in AMBIGUOUS_STATUSES:
+                # A search is a POST that writes nothing: retrying it is always safe.
+                if method == "POST" and group != "search" and status in AMBIGUOUS_STATUSES:
                     raise AmbiguousWriteError(status, _body(response), method, "/" + path)
                 last = CloseAPIError(status, _body(response), method, "/" + path)
             if attempt >= self.max_attempts:

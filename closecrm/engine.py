@@ -6,7 +6,7 @@ import asyncio
 import heapq
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import count
@@ -109,8 +109,11 @@ class UpsertEngine:
     ``upsert_one`` is the reference path (its own searches); ``upsert_batch`` resolves a whole
     batch with a few searches, then applies requests that may touch the same lead one after the
     other (input order) and independent ones concurrently, up to ``max_concurrency`` at a time.
-    ``settle_seconds`` is how long search may lag behind a write: after an ambiguous create the
-    engine keeps looking for the record that long before it creates it again.
+    ``settle_seconds`` is the bound on how long search may lag behind a write. After an ambiguous
+    create the engine searches until the record shows up, or until a search started that long after
+    the failed POST has not found it either; only then does it send the create again. If every
+    attempt is ambiguous the request fails as ``ambiguous_write`` and, for ``unsettled_seconds``,
+    any create for the same identity first makes that same post-lag search.
     """
 
     def __init__(
@@ -121,11 +124,15 @@ class UpsertEngine:
         max_concurrency: int = 8,
         id_cache_size: int = 100_000,
         settle_seconds: float = 3.0,
+        unsettled_seconds: float = 120.0,
     ) -> None:
         self.client = client
         self.settings = settings
         self.max_concurrency = max(1, max_concurrency)
         self.settle_seconds = settle_seconds
+        self.unsettled_seconds = unsettled_seconds
+        # identity -> when an ambiguous create for it was left unconfirmed (bounded, oldest dropped)
+        self._unsettled: OrderedDict[str, float] = OrderedDict()
         self.ids = IdCache(id_cache_size)
         self.records = RecordCache(max(1_000, id_cache_size // 5))
         self._search = Search(client, settings)
@@ -764,16 +771,26 @@ class UpsertEngine:
                 op.touch(contact_id=c["id"])
             op.created = True
             return
+        key = self._create_key(op.req)
+        since = self._unsettled_since(key)
+        if since is not None:
+            # An earlier create for this identity may have happened without search showing it yet.
+            if await self._appeared(op, view, since):
+                raise _Redo()
+            self._unsettled.pop(key, None)  # searched after the lag bound: it does not exist
         for attempt in range(1, MAX_CREATE_ATTEMPTS + 1):
+            failed_at = time.monotonic()
             try:
                 lead = await self._call(op, "POST", "lead/", body)
             except AmbiguousWriteError:
-                if attempt == MAX_CREATE_ATTEMPTS:
-                    raise
-                if await self._appeared(op, view):
+                if await self._appeared(op, view, failed_at):
                     op.created = True
                     raise _Redo() from None
-                continue
+                if attempt == MAX_CREATE_ATTEMPTS:
+                    if key is not None:
+                        self._mark_unsettled(key, failed_at)
+                    raise
+                continue  # a search made after the lag bound did not find it: it was not created
             self._put_lead(view, lead)
             op.touch(lead_id=lead["id"])
             for c in lead.get("contacts") or []:
@@ -781,14 +798,45 @@ class UpsertEngine:
             op.created = True
             return
 
-    async def _appeared(self, op: _Op, view: View) -> bool:
-        """After an ambiguous POST /lead/: search (which lags) until the record shows up or settle time passes."""
+    def _create_key(self, req: UpsertRequest) -> str | None:
+        company_id = diff.company_id_of(req, self.settings)
+        if company_id:
+            return "company:" + company_id
+        user_id = diff.user_id_of(req, self.settings)
+        if user_id:
+            return "user:" + user_id
+        return "email:" + diff.email_key(req.contact_email) if req.contact_email else None
+
+    def expect_unconfirmed(self, req: UpsertRequest) -> None:
+        """Treat ``req``'s identity as possibly created just now (e.g. replaying an ``ambiguous_write``
+        dead letter): before creating it, look for it with a search made after the lag bound."""
+        key = self._create_key(req)
+        if key is not None:
+            self._mark_unsettled(key, time.monotonic())
+
+    def _mark_unsettled(self, key: str, since: float) -> None:
+        self._unsettled[key] = since
+        self._unsettled.move_to_end(key)
+        while len(self._unsettled) > 10_000:
+            self._unsettled.popitem(last=False)
+
+    def _unsettled_since(self, key: str | None) -> float | None:
+        since = self._unsettled.get(key) if key is not None else None
+        if since is not None and time.monotonic() - since > self.unsettled_seconds:
+            del self._unsettled[key]
+            return None
+        return since
+
+    async def _appeared(self, op: _Op, view: View, since: float) -> bool:
+        """After an ambiguous POST /lead/ at ``since``: search (which lags) until the record shows up,
+        or until a search *started* ``settle_seconds`` after ``since`` has not found it either."""
         req = op.req
         company_id = diff.company_id_of(req, self.settings)
         user_id = diff.user_id_of(req, self.settings)
-        deadline = time.monotonic() + self.settle_seconds
+        deadline = since + self.settle_seconds
         pause = max(0.05, self.settle_seconds / 6)
         while True:
+            started = time.monotonic()
             before = self._search.calls
             leads, contacts = await asyncio.gather(
                 self._search.leads_by_company_ids([company_id] if company_id else [], req.lead_custom_fields),
@@ -803,9 +851,9 @@ class UpsertEngine:
                 return True
             if not company_id and view.match_contacts(user_id, req.contact_email):
                 return True
-            if time.monotonic() >= deadline:
+            if started >= deadline:
                 return False
-            await asyncio.sleep(pause)
+            await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())) or 0.01)
 
     def _is_ours(self, op: _Op, contact: Record) -> bool:
         """Does a contact that appeared after an ambiguous POST look like the one this request sent?"""

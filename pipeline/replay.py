@@ -64,7 +64,8 @@ def replay_file(config: JobConfig, spec: EngineSpec, path: str, out_path: str | 
                                event_ids=tuple(letter.get("event_ids") or ()))
                 )
     report.requests = len(pending)
-    outcomes = asyncio.run(_apply(spec, [r for _, r in pending]))
+    unconfirmed = [r for letter, r in pending if _was_ambiguous(letter)]
+    outcomes = asyncio.run(_apply(spec, [r for _, r in pending], unconfirmed))
     for (letter, request), outcome in zip(pending, outcomes, strict=True):
         report.outcomes[outcome.kind] += 1
         if outcome.kind == "failed":
@@ -87,8 +88,15 @@ def replay_file(config: JobConfig, spec: EngineSpec, path: str, out_path: str | 
     return report
 
 
-async def _apply(spec: EngineSpec, requests: list[UpsertRequest]):
+def _was_ambiguous(letter: dict[str, Any]) -> bool:
+    """A create whose answer was lost may have happened: the replay must look before creating."""
+    return str(letter.get("reason", "")).startswith("ambiguous")
+
+
+async def _apply(spec: EngineSpec, requests: list[UpsertRequest], unconfirmed: list[UpsertRequest]):
     client, engine = spec.build()
+    for request in unconfirmed:
+        engine.expect_unconfirmed(request)
     try:
         outcomes = []
         for start in range(0, len(requests), BATCH):

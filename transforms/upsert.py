@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import hashlib
 import os
-import threading
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -129,17 +126,13 @@ def letter_for(pending: Pending, outcome: Outcome) -> DeadLetter:
 class _ApplyBatches(beam.DoFn):
     """Buffers requests per shard (bag state) and flushes on size, on a timer, or at window end.
 
-    A flush hands its batch to the DoFn's event loop, which runs in a thread of its own, so
-    the batches of different shards are applied concurrently (that is what fills the rate
-    budget); the batches of one shard are chained, so a shard never has two in flight, and
-    inside a batch the engine serialises requests that may touch the same lead. Outcomes are
-    emitted as batches complete, at the latest in finish_bundle.
+    Beam serialises the processing of one key, so one shard never has two batches in
+    flight; inside a batch the engine serialises requests that may touch the same lead.
     """
 
     BUFFER = BagStateSpec("buffer", PickleCoder())
     COUNT = CombiningValueStateSpec("count", combine_fn=CountCombineFn())
     WINDOW_END = TimerSpec("window_end", TimeDomain.WATERMARK)
-    MAX_BATCHES_IN_FLIGHT = 32  # bounds memory when a whole bounded input arrives in one bundle
 
     def __init__(self, spec: EngineSpec, batch_size: int, flush_seconds: float, dry_run: bool):
         self._spec = spec
@@ -148,21 +141,12 @@ class _ApplyBatches(beam.DoFn):
         self._dry_run = dry_run
 
     def setup(self) -> None:
-        # One loop, one thread and one HTTP client per DoFn instance (HARD-PARTS 7).
+        # One loop and one HTTP client per DoFn instance (HARD-PARTS 7), never one per element.
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="close-sync-writer", daemon=True)
-        self._thread.start()
-        self._client, self._engine = self._on_loop(self._build())
-        self._tails: dict[int, asyncio.Future] = {}  # shard -> its last batch; loop thread only
+        self._client, self._engine = self._spec.build()
         self._seen_counts: dict[str, int] = {}
         self._sent = metrics.counter(metrics.REQUESTS_SENT)
         self._batch_sizes = metrics.distribution(metrics.BATCH_SIZE)
-
-    async def _build(self):  # noqa: ANN202 - built on the loop that will use it
-        return self._spec.build()
-
-    def _on_loop(self, coro):  # noqa: ANN001, ANN202
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     def teardown(self) -> None:
         loop = getattr(self, "_loop", None)
@@ -170,13 +154,8 @@ class _ApplyBatches(beam.DoFn):
             return
         client = getattr(self, "_client", None)
         if client is not None:
-            self._on_loop(client.aclose())
-        loop.call_soon_threadsafe(loop.stop)
-        self._thread.join(timeout=10)
+            loop.run_until_complete(client.aclose())
         loop.close()
-
-    def start_bundle(self) -> None:
-        self._in_flight: deque[tuple[list[Pending], concurrent.futures.Future]] = deque()
 
     def process(
         self,
@@ -195,63 +174,36 @@ class _ApplyBatches(beam.DoFn):
         if n == 1:
             window_end.set(w.max_timestamp())
         if n >= self._batch_size:
-            yield from self._flush(item[0], buffer, count)
+            yield from self._flush(buffer, count)
 
     @on_timer(WINDOW_END)
-    def on_window_end(
-        self, key=beam.DoFn.KeyParam, buffer=beam.DoFn.StateParam(BUFFER), count=beam.DoFn.StateParam(COUNT)
-    ):
-        yield from self._flush(key, buffer, count)
+    def on_window_end(self, buffer=beam.DoFn.StateParam(BUFFER), count=beam.DoFn.StateParam(COUNT)):
+        yield from self._flush(buffer, count)
 
-    def _flush(self, shard: int, buffer, count) -> Iterable[Any]:
+    def _flush(self, buffer, count) -> Iterable[Any]:
         batch: list[Pending] = list(buffer.read())
         buffer.clear()
         count.clear()
-        if batch:
-            self._batch_sizes.update(len(batch))
-            self._sent.inc(len(batch))
-            requests = [p.request for p in batch]
-            future = asyncio.run_coroutine_threadsafe(self._after_previous(shard, requests), self._loop)
-            self._in_flight.append((batch, future))
-        yield from self._harvest(block=len(self._in_flight) > self.MAX_BATCHES_IN_FLIGHT)
+        if not batch:
+            return
+        self._batch_sizes.update(len(batch))
+        self._sent.inc(len(batch))
+        outcomes = self._apply([p.request for p in batch])
+        self._report_client_counters()
+        for pending, outcome in zip(batch, outcomes, strict=True):
+            yield from emit_outcome(pending, outcome)
 
-    def finish_bundle(self):
-        for out in self._harvest(block=True, drain=True):
-            if isinstance(out, beam.pvalue.TaggedOutput):
-                yield beam.pvalue.TaggedOutput(out.tag, window.GlobalWindows.windowed_value(out.value))
-            else:
-                yield window.GlobalWindows.windowed_value(out)
-
-    def _harvest(self, block: bool, drain: bool = False) -> Iterable[Any]:
-        """Emits the outcomes of completed batches, oldest first; blocks on the oldest if asked."""
-        while self._in_flight and (self._in_flight[0][1].done() or block):
-            batch, future = self._in_flight.popleft()
-            outcomes = self._outcomes(future, batch)
-            self._report_client_counters()
-            for pending, outcome in zip(batch, outcomes, strict=True):
-                yield from emit_outcome(pending, outcome)
-            block = drain
-
-    @staticmethod
-    def _outcomes(future: concurrent.futures.Future, batch: list[Pending]) -> list[Outcome]:
+    def _apply(self, requests: list[UpsertRequest]) -> list[Outcome]:
         try:
-            return future.result()
+            if self._dry_run:
+                return self._loop.run_until_complete(self._dry(requests))
+            return self._loop.run_until_complete(self._engine.upsert_batch(requests))
         except Exception as exc:  # noqa: BLE001 - an engine crash must become dead letters, not a dead job
             reason = f"engine_error:{type(exc).__name__}"
-            return [Outcome(kind="failed", reason=reason, error_body=str(exc)) for _ in batch]
+            return [Outcome(kind="failed", reason=reason, error_body=str(exc)) for _ in requests]
 
-    async def _after_previous(self, shard: int, requests: list[UpsertRequest]) -> list[Outcome]:
-        previous = self._tails.get(shard)
-        current = asyncio.ensure_future(self._apply_after(previous, requests))
-        self._tails[shard] = current
-        return await current
-
-    async def _apply_after(self, previous: asyncio.Future | None, requests: list[UpsertRequest]) -> list[Outcome]:
-        if previous is not None:
-            await asyncio.gather(previous, return_exceptions=True)
-        if self._dry_run:
-            return [await self._engine.upsert_one(r, dry_run=True) for r in requests]
-        return await self._engine.upsert_batch(requests)
+    async def _dry(self, requests: list[UpsertRequest]) -> list[Outcome]:
+        return [await self._engine.upsert_one(r, dry_run=True) for r in requests]
 
     def _report_client_counters(self) -> None:
         for name, value in client_counters(self._client).items():
@@ -287,11 +239,10 @@ class _ApplyBatchesStreaming(_ApplyBatches):
     @on_timer(FLUSH)
     def on_flush(
         self,
-        key=beam.DoFn.KeyParam,
         buffer=beam.DoFn.StateParam(_ApplyBatches.BUFFER),
         count=beam.DoFn.StateParam(_ApplyBatches.COUNT),
     ):
-        yield from self._flush(key, buffer, count)
+        yield from self._flush(buffer, count)
 
 
 def client_counters(client: Any) -> dict[str, float]:
