@@ -779,10 +779,12 @@ class UpsertEngine:
                 raise _Redo()
             self._unsettled.pop(key, None)  # searched after the lag bound: it does not exist
         for attempt in range(1, MAX_CREATE_ATTEMPTS + 1):
-            failed_at = time.monotonic()
             try:
                 lead = await self._call(op, "POST", "lead/", body)
             except AmbiguousWriteError:
+                # Whatever Close committed, it committed before this moment (the call may have
+                # waited on pacing or 429s before it was sent): the lag bound counts from here.
+                failed_at = time.monotonic()
                 if await self._appeared(op, view, failed_at):
                     op.created = True
                     raise _Redo() from None
