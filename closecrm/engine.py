@@ -7,7 +7,7 @@ import heapq
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import count
 from typing import Any
@@ -33,6 +33,25 @@ class SettingsError(Exception):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("; ".join(problems))
+
+
+def _union_find() -> tuple[Callable[[str], str], Callable[[str, str], None]]:
+    """Disjoint sets over strings (path halving): the ``find`` and ``union`` of one grouping."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def union(a: str, b: str) -> None:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[rb] = ra
+
+    return find, union
 
 
 class _Redo(Exception):
@@ -289,19 +308,7 @@ class UpsertEngine:
             for i in active:
                 outcomes[i] = _Op(reqs[i], False).failed(prep.error)
             return _Running(outcomes, [], {})
-        parent: dict[str, str] = {}
-
-        def find(x: str) -> str:
-            parent.setdefault(x, x)
-            while parent[x] != x:
-                parent[x] = parent[parent[x]]
-                x = parent[x]
-            return x
-
-        def union(a: str, b: str) -> None:
-            ra, rb = find(a), find(b)
-            if ra != rb:
-                parent[rb] = ra
+        find, union = _union_find()
 
         def claimant(node: str) -> tuple[int, int] | None:
             """The latest group of a running batch that claimed this key or record: (batch, group)."""
@@ -549,19 +556,7 @@ class UpsertEngine:
 
     def _groups(self, view: View, indexed: list[tuple[int, UpsertRequest]]) -> list[list[int]]:
         """Union-find over everything two requests could both touch; each group keeps input order."""
-        parent: dict[str, str] = {}
-
-        def find(x: str) -> str:
-            parent.setdefault(x, x)
-            while parent[x] != x:
-                parent[x] = parent[parent[x]]
-                x = parent[x]
-            return x
-
-        def union(a: str, b: str) -> None:
-            ra, rb = find(a), find(b)
-            if ra != rb:
-                parent[rb] = ra
+        find, union = _union_find()
 
         for i, req in indexed:
             me = f"req:{i}"
