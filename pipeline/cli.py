@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from pipeline.runjob import DEFAULT_CLOSE_URL
+from pipeline.cli_options import API_KEY_FILE, CLOSE_URL
 from transforms.upsert import EngineSpec, KeySource
 
 
@@ -108,14 +108,6 @@ def explain(exc: BaseException, close_url: str | None = None) -> str:
     return _one_line(f"{type(exc).__name__}: {exc}")
 
 
-_CLOSE_URL = click.option(
-    "--close-url", default=DEFAULT_CLOSE_URL, show_default=True, help="Base URL of the Close API."
-)
-_KEY_FILE = click.option(
-    "--api-key-file", type=click.Path(dir_okay=False), help="Read the API key from this file instead of $CLOSE_API_KEY."
-)
-
-
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML/JSON config; none = the default identify mapping.")
 @click.option("--source", type=click.Choice(["files", "pubsub", "kafka"]), required=True, help="Where events come from.")
@@ -125,8 +117,8 @@ _KEY_FILE = click.option(
 @click.option("--timestamp-attribute", help="Pub/Sub attribute holding the event time.")
 @click.option("--bootstrap-servers", help="Kafka bootstrap servers, host:port[,host:port].")
 @click.option("--kafka-topic", help="Kafka topic to read.")
-@_CLOSE_URL
-@_KEY_FILE
+@CLOSE_URL
+@API_KEY_FILE
 @click.option("--dead-letter", "dead_letter", help="Directory for dead-letter JSON lines.")
 @click.option("--dead-letter-topic", help="Optional Pub/Sub topic for dead letters.")
 @click.option("--audit-log", type=click.Path(dir_okay=False), help="One JSON line per request applied.")
@@ -183,8 +175,8 @@ def run(ctx: click.Context, config_path: str | None, **opts: object) -> None:
 
 @main.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML/JSON config; none = the default identify mapping.")
-@_CLOSE_URL
-@_KEY_FILE
+@CLOSE_URL
+@API_KEY_FILE
 @click.pass_context
 def validate(ctx: click.Context, config_path: str | None, close_url: str, api_key_file: str | None) -> None:
     """Check the config and the settings against Close without running anything.
@@ -212,8 +204,8 @@ def validate(ctx: click.Context, config_path: str | None, close_url: str, api_ke
 @main.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML/JSON config; none = the default identify mapping.")
 @click.option("--dead-letter", "dead_letter", required=True, type=click.Path(exists=True), help="Dead-letter file.")
-@_CLOSE_URL
-@_KEY_FILE
+@CLOSE_URL
+@API_KEY_FILE
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Write still-failing letters here.")
 @click.pass_context
 def replay(

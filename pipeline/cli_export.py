@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.runjob import DEFAULT_CLOSE_URL
+from pipeline.cli_options import API_KEY_FILE, CLOSE_URL
 
 
 @click.command()
@@ -23,12 +23,8 @@ from pipeline.runjob import DEFAULT_CLOSE_URL
 @click.option(
     "--config", "config_path", type=click.Path(exists=True, dir_okay=False), help="Config for settings."
 )
-@click.option("--close-url", default=DEFAULT_CLOSE_URL, show_default=True, help="Base URL of the Close API.")
-@click.option(
-    "--api-key-file",
-    type=click.Path(dir_okay=False),
-    help="Read the API key from this file instead of $CLOSE_API_KEY.",
-)
+@CLOSE_URL
+@API_KEY_FILE
 @click.option(
     "--slices", type=click.IntRange(1, 64), default=4, show_default=True, help="Time slices read at once."
 )

@@ -4,15 +4,7 @@ from __future__ import annotations
 
 import click
 
-from pipeline.runjob import DEFAULT_CLOSE_URL
-
-# Declared here rather than imported from pipeline.cli, which imports this module at its end.
-_CLOSE_URL = click.option("--close-url", default=DEFAULT_CLOSE_URL, help="Base URL of the Close API.")
-_KEY_FILE = click.option(
-    "--api-key-file",
-    type=click.Path(dir_okay=False),
-    help="Read the API key from this file instead of $CLOSE_API_KEY.",
-)
+from pipeline.cli_options import API_KEY_FILE, CLOSE_URL
 
 
 @click.command(
@@ -43,8 +35,8 @@ _KEY_FILE = click.option(
     "--dry-run", is_flag=True, help="List what would change; write nothing to Close or to the state."
 )
 @click.option("--plan-dir", help="Where --dry-run writes its plan (default: a new temp directory).")
-@_CLOSE_URL
-@_KEY_FILE
+@CLOSE_URL
+@API_KEY_FILE
 @click.option("--dead-letter", "dead_letter", help="Directory for dead-letter JSON lines.")
 @click.option(
     "--budget-share", type=float, default=1.0, help="Share of the key's rate budget for each worker."
