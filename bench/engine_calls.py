@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from closecrm.client import CloseClient  # noqa: E402
-from closecrm.engine import STREAM_DEPTH, UpsertEngine  # noqa: E402
+from closecrm.engine import MAX_CONCURRENCY, STREAM_BATCH, STREAM_DEPTH, UpsertEngine  # noqa: E402
 from closecrm.model import Settings, UpsertRequest  # noqa: E402
 
 API_KEY = "bench_key"
@@ -104,17 +104,14 @@ async def run_batches(
     reqs: list[UpsertRequest],
     size: int,
     depth: int = STREAM_DEPTH,
-    concurrency: int = 16,
+    concurrency: int = MAX_CONCURRENCY,
 ) -> dict[str, Any]:
     async with CloseClient(base_url, API_KEY, max_in_flight=16, http_backend="aiohttp") as client:
         engine = UpsertEngine(client, settings, max_concurrency=concurrency)
         t0 = time.monotonic()
-        outs = []
-        # upsert_stream = upsert_batch batch after batch, with each batch's searches overlapping the
-        # previous batch's writes (same calls, same end state).
-        batches = (reqs[i : i + size] for i in range(0, len(reqs), size))
-        async for batch_outs in engine.upsert_stream(batches, depth=depth):
-            outs += batch_outs
+        # upsert_many = upsert_batch on each slice of `size` in turn, streamed: each batch's searches
+        # overlap earlier batches' writes (same calls, same end state). The pipeline's writer calls it.
+        outs = await engine.upsert_many(reqs, batch_size=size, depth=depth)
         elapsed = time.monotonic() - t0
         return {"outcomes": outs, "elapsed": elapsed, "client": client.counters()}
 
@@ -158,10 +155,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--requests", type=int, default=10_000)
     ap.add_argument("--companies", type=int, default=2_000)
     ap.add_argument("--time-scale", type=float, default=10.0)
-    ap.add_argument("--batch-size", type=int, default=200)
+    ap.add_argument("--batch-size", type=int, default=STREAM_BATCH)
     ap.add_argument("--one-sample", type=int, default=500, help="requests through upsert_one")
     ap.add_argument("--depth", type=int, default=STREAM_DEPTH, help="batches in flight in upsert_stream (1: none)")
-    ap.add_argument("--concurrency", type=int, default=16, help="the engine's max_concurrency (groups at once)")
+    ap.add_argument(
+        "--concurrency", type=int, default=MAX_CONCURRENCY, help="the engine's max_concurrency (groups at once)"
+    )
     args = ap.parse_args(argv)
 
     reqs = workload(args.requests, args.companies)

@@ -24,7 +24,14 @@ Record = dict[str, Any]
 MAX_CONTACTS_PER_REQUEST = 10  # SPEC §3: act on at most 10 matched contacts, oldest first
 MAX_CREATE_ATTEMPTS = 3
 DRY_RUN_PREFIX = "dryrun_"
-STREAM_DEPTH = 4  # batches in flight at once in upsert_stream
+# upsert_stream: batches in flight at once, and the size of each batch's round of searches
+STREAM_DEPTH = 10
+STREAM_BATCH = 200
+# Groups (requests that may touch the same lead, applied in order) running at once. Not what bounds
+# the HTTP calls: the client's max_in_flight and the per-group pacers do. A group that waits for the
+# lead_write pacer holds its slot, so a small bound here idles the contact_write budget while a first
+# sync creates leads (bench/engine_calls.py: 0.86 of the budget at 16, 0.92-0.94 at 1024).
+MAX_CONCURRENCY = 1024
 
 
 class SettingsError(Exception):
@@ -140,7 +147,7 @@ class UpsertEngine:
         client: CloseClient,
         settings: Settings,
         *,
-        max_concurrency: int = 8,
+        max_concurrency: int = MAX_CONCURRENCY,
         id_cache_size: int = 100_000,
         settle_seconds: float = 3.0,
         unsettled_seconds: float = 120.0,
@@ -241,6 +248,27 @@ class UpsertEngine:
     async def upsert_batch(self, reqs: Sequence[UpsertRequest], *, dry_run: bool = False) -> list[Outcome]:
         """Same end state as ``upsert_one`` on each request in order, with far fewer calls."""
         return await self._run(list(reqs), dry_run=dry_run)
+
+    async def upsert_many(
+        self,
+        reqs: Sequence[UpsertRequest],
+        *,
+        dry_run: bool = False,
+        batch_size: int = STREAM_BATCH,
+        depth: int = STREAM_DEPTH,
+    ) -> list[Outcome]:
+        """``upsert_stream`` over ``reqs`` cut into batches of ``batch_size``: one outcome per request, in order.
+
+        What a writer with many requests in hand calls: the same calls and end state as
+        ``upsert_batch`` on each ``batch_size`` slice in turn, with searches overlapping writes and
+        up to ``depth × batch_size`` requests of lookahead for the write budget.
+        """
+        size = max(1, batch_size)
+        batches = (reqs[i : i + size] for i in range(0, len(reqs), size))
+        out: list[Outcome] = []
+        async for outs in self.upsert_stream(batches, dry_run=dry_run, depth=depth):
+            out.extend(outs)
+        return out
 
     async def upsert_stream(
         self,

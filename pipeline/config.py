@@ -262,7 +262,15 @@ class DedupeConfig(_Strict):
 
 class PipelineConfig(_Strict):
     max_event_bytes: int = Field(default=65536, ge=1024, description="Larger events are dead-lettered.")
-    batch_size: int = Field(default=200, ge=1, le=10000, description="Requests per writer flush.")
+    batch_size: int = Field(
+        default=2000,
+        ge=1,
+        le=10000,
+        description=(
+            "Requests per writer flush (per shard). A flush is applied as a stream of 200-request lookups; "
+            "larger flushes give the writer more lookahead to keep Close's write budget busy."
+        ),
+    )
     flush_seconds: float = Field(default=5.0, gt=0, description="Longest a request waits for its batch.")
     window: WindowConfig = WindowConfig()
     dedupe: DedupeConfig = DedupeConfig()

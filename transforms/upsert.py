@@ -23,6 +23,7 @@ from apache_beam.transforms.userstate import (
 )
 from apache_beam.utils.timestamp import Duration, Timestamp
 
+from closecrm.engine import MAX_CONCURRENCY
 from closecrm.model import DeadLetter, Outcome, Settings, UpsertRequest
 from closecrm.secret import ApiKey
 from transforms import metrics
@@ -71,7 +72,7 @@ class EngineSpec:
     close_url: str
     key_source: KeySource
     settings: Settings
-    max_concurrency: int = 8
+    max_concurrency: int = MAX_CONCURRENCY
     budget_share: float = 1.0
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -197,7 +198,10 @@ class _ApplyBatches(beam.DoFn):
         try:
             if self._dry_run:
                 return self._loop.run_until_complete(self._dry(requests))
-            return self._loop.run_until_complete(self._engine.upsert_batch(requests))
+            # A flush is applied as a stream of lookup batches (engine.STREAM_BATCH requests each):
+            # the next batch's searches overlap this one's writes, and the whole flush is the
+            # lookahead that keeps the write budget busy while a first sync creates leads.
+            return self._loop.run_until_complete(self._engine.upsert_many(requests))
         except Exception as exc:  # noqa: BLE001 - an engine crash must become dead letters, not a dead job
             reason = f"engine_error:{type(exc).__name__}"
             return [Outcome(kind="failed", reason=reason, error_body=str(exc)) for _ in requests]

@@ -35,7 +35,7 @@ def chunks(reqs: list[UpsertRequest], sizes: list[int]) -> list[list[UpsertReque
     reqs=st.lists(requests, min_size=1, max_size=10),
     sizes=st.lists(st.integers(1, 4), min_size=1, max_size=6),
     depth=st.integers(2, 5),
-    concurrency=st.sampled_from([1, 4, 16]),
+    concurrency=st.sampled_from([1, 4, 16, 1024]),
 )
 def test_stream_equals_one_at_a_time_and_never_duplicates_a_company(
     close: CloseEnv,
@@ -103,6 +103,30 @@ def test_stream_makes_the_same_calls_and_state_as_batch_after_batch(close: Close
     assert [o.kind for o in stream_outs] == [o.kind for o in batch_outs]
     assert close.sim.stats()["requests_total"] == batch_calls
     assert sum(o.calls for o in stream_outs) == batch_calls
+    assert len(close.leads()) == 20
+
+
+def test_upsert_many_is_the_stream_of_its_slices_at_the_engine_defaults(close: CloseEnv) -> None:
+    """What the pipeline's writer calls: one outcome per request in order, the calls and state of
+    upsert_batch on each slice in turn, with the default (large) group concurrency."""
+    reqs = _workload(60)
+
+    async def slices(engine: UpsertEngine) -> list[Any]:
+        return [o for i in range(0, len(reqs), 8) for o in await engine.upsert_batch(reqs[i : i + 8])]
+
+    close.fresh_org()
+    batch_outs = close.run(slices)
+    expected, batch_calls = close.projection(), close.sim.stats()["requests_total"]
+
+    async def many(engine: UpsertEngine) -> list[Any]:
+        return await engine.upsert_many(reqs, batch_size=8)
+
+    close.fresh_org()
+    many_outs = close.run(many)
+    assert len(many_outs) == len(reqs)
+    assert [o.kind for o in many_outs] == [o.kind for o in batch_outs]
+    assert close.projection() == expected
+    assert close.sim.stats()["requests_total"] == batch_calls
     assert len(close.leads()) == 20
 
 
