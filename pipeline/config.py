@@ -263,7 +263,7 @@ class DedupeConfig(_Strict):
 class PipelineConfig(_Strict):
     max_event_bytes: int = Field(default=65536, ge=1024, description="Larger events are dead-lettered.")
     batch_size: int = Field(
-        default=2000,
+        default=5000,
         ge=1,
         le=10000,
         description=(

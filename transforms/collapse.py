@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.coders import StrUtf8Coder
+from apache_beam.coders import PickleCoder, StrUtf8Coder
 from apache_beam.transforms import trigger, window
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
@@ -37,6 +37,10 @@ class _CollapseFn(beam.CombineFn):
 
     def create_accumulator(self) -> list[tuple[UpsertRequest, Any]]:
         return []
+
+    def get_accumulator_coder(self):  # noqa: ANN201
+        # One pickle per accumulator: the default coder pickles each request on its own (2-3x slower).
+        return PickleCoder()
 
     def add_input(self, acc, item):
         acc.append(item)

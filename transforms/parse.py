@@ -75,6 +75,29 @@ class _DropRedeliveries(beam.DoFn):
         yield item[1]
 
 
+class _FirstOfGroup(beam.DoFn):
+    """Bounded input, after a GroupByKey on messageId: the first copy passes, later copies are dropped.
+
+    Same result as `_DropRedeliveries` on bounded input (state that lives until the end of the
+    input), without per-key state reads, writes and commits.
+    """
+
+    def __init__(self) -> None:
+        self._dupes = metrics.counter(metrics.EVENTS_DUPLICATE)
+
+    def process(self, item: tuple[str, Iterable[Event]]):
+        message_id, copies = item
+        first = True
+        for event in copies:
+            if first:
+                first = False
+                yield event
+                continue
+            self._dupes.inc()
+            # A redelivered copy ends as skipped, under a ledger key of its own.
+            yield beam.pvalue.TaggedOutput(LEDGER, (f"dup:{message_id}:{uuid.uuid4().hex}", SKIPPED))
+
+
 class _DropRedeliveriesWithTtl(_DropRedeliveries):
     """Unbounded input: a messageId is remembered for the TTL, then its state is cleared."""
 
@@ -111,11 +134,19 @@ class ParseEvents(beam.PTransform):
         parsed = raw | "Parse" >> beam.ParDo(_Parse(self._max_bytes)).with_outputs(DEAD, LEDGER, main="events")
         if self._ttl is None:  # dedupe switched off in the config
             return {"events": parsed.events, DEAD: parsed[DEAD], LEDGER: parsed[LEDGER]}
-        dedupe = _DropRedeliveriesWithTtl(self._ttl) if self._streaming else _DropRedeliveries(self._ttl)
-        unique = (
-            parsed.events
-            | "KeyByMessageId" >> beam.Map(lambda e: (e.message_id, e)).with_output_types(tuple[str, Any])
-            | "DropRedeliveries" >> beam.ParDo(dedupe).with_outputs(LEDGER, main="events")
+        keyed = parsed.events | "KeyByMessageId" >> beam.Map(lambda e: (e.message_id, e)).with_output_types(
+            tuple[str, Any]
         )
+        if self._streaming:
+            unique = keyed | "DropRedeliveries" >> beam.ParDo(_DropRedeliveriesWithTtl(self._ttl)).with_outputs(
+                LEDGER, main="events"
+            )
+        else:
+            # Bounded input: group the copies of each messageId once instead of per-key state.
+            unique = (
+                keyed
+                | "GroupByMessageId" >> beam.GroupByKey()
+                | "DropRedeliveries" >> beam.ParDo(_FirstOfGroup()).with_outputs(LEDGER, main="events")
+            )
         ledger = (parsed[LEDGER], unique[LEDGER]) | "MergeLedger" >> beam.Flatten()
         return {"events": unique.events, DEAD: parsed[DEAD], LEDGER: ledger}
