@@ -105,8 +105,9 @@ async def run_batches(
     size: int,
     depth: int = STREAM_DEPTH,
     concurrency: int = MAX_CONCURRENCY,
+    http_backend: str = "aiohttp",
 ) -> dict[str, Any]:
-    async with CloseClient(base_url, API_KEY, max_in_flight=16, http_backend="aiohttp") as client:
+    async with CloseClient(base_url, API_KEY, http_backend=http_backend) as client:
         engine = UpsertEngine(client, settings, max_concurrency=concurrency)
         t0 = time.monotonic()
         # upsert_many = upsert_batch on each slice of `size` in turn, streamed: each batch's searches
@@ -161,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--concurrency", type=int, default=MAX_CONCURRENCY, help="the engine's max_concurrency (groups at once)"
     )
+    ap.add_argument("--http", choices=["httpx", "aiohttp"], default="aiohttp", help="the client's HTTP backend")
     args = ap.parse_args(argv)
 
     reqs = workload(args.requests, args.companies)
@@ -171,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
         settings = fresh_org(base_url)
         base = admin(base_url, "GET", "stats")
         batch = asyncio.run(
-            run_batches(base_url, settings, reqs, args.batch_size, args.depth, args.concurrency)
+            run_batches(base_url, settings, reqs, args.batch_size, args.depth, args.concurrency, args.http)
         )
         stats = admin(base_url, "GET", "stats")
         stats = {
@@ -209,6 +211,7 @@ def main(argv: list[str] | None = None) -> None:
                 "batch_size": args.batch_size,
                 "depth": args.depth,
                 "concurrency": args.concurrency,
+                "http": args.http,
                 "calls_per_request_batch": batch_row["calls_per_request"],
                 "calls_per_request_one_at_a_time": one_row["calls_per_request"],
                 "write_budget_share": batch_row["write_budget_share"],
