@@ -14,6 +14,11 @@ Four runs, each against a fresh in-process simulator (`closecrm.sim.SimServer`):
 4. cpu: the job again with the simulator effectively unlimited (x1000) -> events/s (the job's own CPU cost, the in-process
    simulator included).
 
+``--only-cpu`` runs step 4 alone (no naive runs, the input never read into this process) and reports
+events/s and peak RSS: the way to measure a large input, e.g. 1,000,000 W1-style events:
+
+    .venv/bin/python bench/pipeline_bench.py W1 --scale 5 --only-cpu
+
 Lower bound = max over endpoint groups of (job calls in the group / (group rate x time scale)); budget use =
 bound / wall. Peak RSS is this process's (pipeline + simulators). Prints a table and one JSON line.
 """
@@ -73,7 +78,10 @@ def new_sim(time_scale: float, limits: bool) -> SimServer:
 
 
 def sim_job_config(sim: SimServer, workdir: Path, name: str) -> tuple[JobConfig, dict[str, str]]:
-    cf = {"company": sim.create_custom_field("lead", "Company ID"), "user": sim.create_custom_field("contact", "User ID")}
+    cf = {
+        "company": sim.create_custom_field("lead", "Company ID"),
+        "user": sim.create_custom_field("contact", "User ID"),
+    }
     doc = {
         "settings": {
             "lead_custom_field_id_for_company_id": cf["company"],
@@ -222,6 +230,55 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def peak_rss_children_mb() -> float:
+    """Largest peak RSS of any waited-for child process (0 when the job ran in this process)."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+def only_cpu(
+    args: argparse.Namespace, input_path: Path, n_lines: int, workdir: Path, console: Console
+) -> None:
+    """Step 4 alone: the job against the unlimited simulator; events/s and peak RSS."""
+    sim = new_sim(UNLIMITED_SCALE, limits=True)
+    try:
+        config, _ = sim_job_config(sim, workdir, "cpu")
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = run_job(config, sim, input_path, workdir, "cpu")
+        after = resource.getrusage(resource.RUSAGE_SELF)
+    finally:
+        sim.stop()
+    cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    eps = cpu["events_read"] / cpu["wall_s"] if cpu["wall_s"] else None
+    row = {
+        "events": n_lines,
+        "events_read": cpu["events_read"],
+        "wall_s": cpu["wall_s"],
+        "cpu_s": cpu_s,
+        "cpu_events_per_s": eps,
+        "api_calls": cpu["calls"],
+        "responses_429": cpu["responses_429"],
+        "dead_lettered": cpu["dead_lettered"],
+        "outcomes": cpu["outcomes"],
+        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_children_mb": peak_rss_children_mb(),
+    }
+    table = Table(title=f"pipeline bench {args.workload} scale {args.scale}: job only, simulator unlimited")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, value in row.items():
+        table.add_row(
+            key,
+            f"{value:,.3f}"
+            if isinstance(value, float)
+            else f"{value:,}"
+            if isinstance(value, int)
+            else str(value),
+        )
+    console.print(table)
+    out = {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}
+    print(json.dumps({"bench": "pipeline-cpu", "workload": args.workload, "scale": args.scale, **out}))
+
+
 # ------------------------------------------------------------------ main
 
 
@@ -232,14 +289,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--time-scale", type=float, default=20.0)
     ap.add_argument("--baseline-sample", type=int, default=1000, help="events in the timed baseline sample")
     ap.add_argument("--skip-cpu", action="store_true")
+    ap.add_argument(
+        "--only-cpu",
+        action="store_true",
+        help="only the job against the unlimited simulator: events/s, peak RSS",
+    )
     args = ap.parse_args(argv)
 
     workdir = Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
     input_path = workdir / f"{args.workload}.jsonl"
     n_lines = workloads.write(args.workload, input_path, args.scale)
-    lines = input_path.read_text().splitlines()
     console = Console(stderr=True)
     console.print(f"{args.workload} scale {args.scale}: {n_lines:,} lines in {input_path}")
+    if args.only_cpu:
+        only_cpu(args, input_path, n_lines, workdir, console)
+        return
+    lines = input_path.read_text().splitlines()
 
     sims: list[SimServer] = []
     try:

@@ -6,7 +6,7 @@ import base64
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -61,16 +61,47 @@ def parse_event(
 
     ``now`` is the parse time used when the event carries no timestamp at all.
     """
-    obj = _load(raw, max_bytes)
+    if isinstance(raw, dict):
+        return _parse(raw, max_bytes, now, plain=False)
+    try:
+        # JSON text holds plain JSON values only, so the walk that converts Avro/Parquet values is
+        # skipped; a float that overflows to infinity (1e999) is the one thing it would reject, and
+        # such an event is parsed again the thorough way to get the very same error.
+        return _parse(raw, max_bytes, now, plain=True)
+    except _NonFinite:
+        return _parse(raw, max_bytes, now, plain=False)
+
+
+class _NonFinite(Exception):
+    """A JSON number that overflowed to infinity (not a ValueError: json.loads must not swallow it)."""
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NonFinite(text)
+    return value
+
+
+# canonical_json(data) of an event parsed from N bytes of JSON text is at most about 5 N + 100 bytes
+# (a number can grow from "1e15" to "1000000000000000.0", a timestamp from 0 to 27 characters, and a
+# generated messageId adds 50); text this much smaller than the limit needs no re-encoding to check it.
+_SIZE_GROWTH = 8
+_SIZE_SLACK = 512
+
+
+def _parse(raw: Any, max_bytes: int, now: datetime | None, *, plain: bool) -> Event:
+    obj, size = _load(raw, max_bytes, float_hook=_finite_float if plain else None)
     data = {k: v for k, v in obj.items() if v is not None}
     for key in OBJECT_KEYS:
         if key in data:
-            data[key] = _decode_object(data[key], key)
+            data[key] = _decode_object(data[key], key, float_hook=_finite_float if plain else None)
     context = data.get("context")
     if context is not None and context.get("traits") is not None:
         if not isinstance(context["traits"], dict):
             raise BadEvent("wrong_type:context.traits")
-    data = _jsonable(data, "event")
+    if not plain:
+        data = _jsonable(data, "event")
 
     etype = data.get("type")
     if etype is None or etype == "":
@@ -106,7 +137,8 @@ def parse_event(
     if timestamp is None:
         data["timestamp"] = format_timestamp(now or datetime.now(UTC))
 
-    if len(canonical_json(data).encode()) > max_bytes:
+    bounded = plain and size is not None and size * _SIZE_GROWTH + _SIZE_SLACK <= max_bytes
+    if not bounded and len(canonical_json(data).encode()) > max_bytes:
         raise BadEvent("too_large", f"more than {max_bytes} bytes")
     return Event(
         type=etype,
@@ -187,12 +219,17 @@ def _reject_constant(token: str) -> Any:
     raise ValueError(f"{token} is not JSON")
 
 
-def _load(raw: bytes | str | dict[str, Any], max_bytes: int) -> dict[str, Any]:
+def _load(
+    raw: bytes | str | dict[str, Any], max_bytes: int, float_hook: Callable[[str], float] | None = None
+) -> tuple[dict[str, Any], int | None]:
+    """The event object and the size of its text in bytes: 0 for a row that was never text, None
+    when the text has \\u escapes (they may decode to lone surrogates, which only encoding reveals)."""
     if isinstance(raw, dict):
-        return raw
+        return raw, 0
     if isinstance(raw, bytes | bytearray | memoryview):
         raw = bytes(raw)
-        if len(raw) > max_bytes:
+        size = len(raw)
+        if size > max_bytes:
             raise BadEvent("too_large", f"{len(raw)} bytes > {max_bytes}")
         try:
             text = raw.decode("utf-8-sig")
@@ -200,25 +237,28 @@ def _load(raw: bytes | str | dict[str, Any], max_bytes: int) -> dict[str, Any]:
             raise BadEvent("unparseable_json", f"not UTF-8: {exc}") from None
     elif isinstance(raw, str):
         text = raw
-        if len(text) > max_bytes or len(text.encode()) > max_bytes:
+        if len(text) > max_bytes:
+            raise BadEvent("too_large", f"> {max_bytes} bytes")
+        size = len(text.encode())
+        if size > max_bytes:
             raise BadEvent("too_large", f"> {max_bytes} bytes")
     else:
         raise BadEvent("not_an_object", type(raw).__name__)
     try:
-        obj = json.loads(text, parse_constant=_reject_constant)
+        obj = json.loads(text, parse_constant=_reject_constant, parse_float=float_hook)
     except (ValueError, RecursionError) as exc:
         raise BadEvent("unparseable_json", str(exc)[:200]) from None
     if not isinstance(obj, dict):
         raise BadEvent("not_an_object", type(obj).__name__)
-    return obj
+    return obj, (None if "\\u" in text else size)
 
 
-def _decode_object(value: Any, key: str) -> dict[str, Any]:
+def _decode_object(value: Any, key: str, float_hook: Callable[[str], float] | None = None) -> dict[str, Any]:
     if isinstance(value, str | bytes):
         if not value.strip():
             return {}
         try:
-            value = json.loads(value, parse_constant=_reject_constant)
+            value = json.loads(value, parse_constant=_reject_constant, parse_float=float_hook)
         except (ValueError, RecursionError):
             raise BadEvent(f"wrong_type:{key}", "a string that is not a JSON object") from None
         if value is None:

@@ -91,7 +91,10 @@ def build(p: beam.Pipeline, shape: JobShape) -> dict[str, beam.PCollection]:
     all_outcomes = outcomes | "AllOutcomes" >> beam.Flatten()
     dead = deads | "AllDeadLetters" >> beam.Flatten()
     if shape.streaming:
-        ledgers = [lg | f"LedgerWindow{i}" >> beam.WindowInto(beam.window.GlobalWindows()) for i, lg in enumerate(ledgers)]
+        ledgers = [
+            lg | f"LedgerWindow{i}" >> beam.WindowInto(beam.window.GlobalWindows())
+            for i, lg in enumerate(ledgers)
+        ]
     # Bounded input: every stage is in the global window already (CollapsePerPerson uses it in batch).
     settled_ledger = ledgers | "AllLedger" >> beam.Flatten() | "SettleLedger" >> SettleLedger(shape.streaming)
     dead_lines = dead | "WriteDeadLetters" >> WriteDeadLetters(

@@ -91,7 +91,22 @@ def local_runner(options: PipelineOptions, streaming: bool):  # noqa: ANN201
     # all module globals per call: measured 85% of a 10,000-event run (43 s vs 5 s without it).
     # State here is already in memory, so the cache buys nothing locally.
     worker_handlers.STATE_CACHE_SIZE_MB = 0
+    _shorten_state_sampling()
     return FnApiRunner()
+
+
+# Longest wait, in ms, of the in-process worker's state sampler. Each bundle ends by joining the
+# sampler's thread, which sleeps up to its sampling period (Beam's default: 200 ms): measured
+# ~0.5 s of a 7 s, 20,000-event run spent idle there. It only feeds the msec counters.
+LOCAL_STATE_SAMPLING_MS = 10
+
+
+def _shorten_state_sampling() -> None:
+    from apache_beam.runners.worker import statesampler
+
+    init = statesampler.StateSampler.__init__
+    if init.__defaults__ and init.__defaults__[-1] != LOCAL_STATE_SAMPLING_MS:
+        init.__defaults__ = (*init.__defaults__[:-1], LOCAL_STATE_SAMPLING_MS)
 
 
 def pipeline_options(request: RunRequest, streaming: bool) -> PipelineOptions:
@@ -131,7 +146,9 @@ def run(config: JobConfig, request: RunRequest, *, validate: bool = True, show_s
         import tempfile
         from dataclasses import replace
 
-        request = replace(request, audit_log=str(Path(tempfile.mkdtemp(prefix="close-sync-plan-")) / "audit.jsonl"))
+        request = replace(
+            request, audit_log=str(Path(tempfile.mkdtemp(prefix="close-sync-plan-")) / "audit.jsonl")
+        )
     with progress.reporting(request.progress and show_summary and local, request.source.input):
         result = launch(config, request, validate=validate)
         result.wait_until_finish()

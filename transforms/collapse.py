@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import pickle
+import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +14,9 @@ from apache_beam.coders import PickleCoder, StrUtf8Coder
 from apache_beam.transforms import trigger, window
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
-from apache_beam.utils.timestamp import Duration, Timestamp
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MAX_TIMESTAMP, Duration, Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
 
 from closecrm.collapse import collapse
 from closecrm.model import Outcome, UpsertRequest
@@ -59,9 +64,64 @@ class _CollapseFn(beam.CombineFn):
                 events_by_id.setdefault(event_id, event)
         out = []
         for request in collapse(r for r, _ in acc):
-            carried = tuple(events_by_id[i] for i in request.event_ids[:MAX_EVENTS_CARRIED] if i in events_by_id)
+            carried = tuple(
+                events_by_id[i] for i in request.event_ids[:MAX_EVENTS_CARRIED] if i in events_by_id
+            )
             out.append((request, carried))
         return out
+
+
+# Bounded input collapses in bulk: persons are spread over this many shards, and each bundle ships its
+# requests to a shard as one pickled list, not one shuffled element (and accumulator) per request.
+COLLAPSE_SHARDS = 32
+_PACK_LIMIT = 20_000  # requests a bundle holds before it ships them
+
+
+def person_shard(person: str) -> int:
+    return zlib.crc32(person.encode("utf-8", errors="surrogatepass")) % COLLAPSE_SHARDS
+
+
+class _PackPerShard(beam.DoFn):
+    """(person, (request, event)) → (shard, pickled [(person, request, event), ...]) per bundle."""
+
+    def start_bundle(self) -> None:
+        self._rows: dict[int, list[tuple[str, UpsertRequest, Any]]] = {}
+        self._count = 0
+
+    def process(self, item):
+        person, (request, event) = item
+        self._rows.setdefault(person_shard(person), []).append((person, request, event))
+        self._count += 1
+        if self._count >= _PACK_LIMIT:
+            yield from self._ship()
+
+    def finish_bundle(self):
+        for shard_blob in self._ship():
+            yield WindowedValue(shard_blob, MAX_TIMESTAMP, (GlobalWindow(),))
+
+    def _ship(self) -> list[tuple[int, bytes]]:
+        rows, self._rows, self._count = self._rows, {}, 0
+        return [
+            (shard, pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL))
+            for shard, part in sorted(rows.items())
+        ]
+
+
+class _CollapseShard(beam.DoFn):
+    """All packs of one shard → (person, collapsed) per person: what `_CollapseFn` gives per key."""
+
+    def process(self, item: tuple[int, Iterable[bytes]]):
+        _, packs = item
+        per_person: dict[str, list[tuple[UpsertRequest, Any]]] = {}
+        for blob in packs:
+            for person, request, event in pickle.loads(blob):
+                acc = per_person.get(person)
+                if acc is None:
+                    per_person[person] = acc = []
+                acc.append((request, event))
+        combine = _CollapseFn()
+        for person, acc in per_person.items():
+            yield (person, combine.extract_output(acc))
 
 
 class _Explode(beam.DoFn):
@@ -94,7 +154,9 @@ def _windowing(kind: str, seconds: float) -> beam.WindowInto:
 class CollapsePerPerson(beam.PTransform):
     """(person, (request, event)) → Pending, one per run of equivalent requests per window."""
 
-    def __init__(self, streaming: bool, window_kind: str = "processing", window_seconds: float = 10.0) -> None:
+    def __init__(
+        self, streaming: bool, window_kind: str = "processing", window_seconds: float = 10.0
+    ) -> None:
         super().__init__()
         # A global window never closes on unbounded input, so streaming fires processing-time panes.
         self._kind = window_kind if streaming else "global"
@@ -103,12 +165,21 @@ class CollapsePerPerson(beam.PTransform):
         self._seconds = window_seconds
 
     def expand(self, keyed):
-        return (
-            keyed
-            | "Window" >> _windowing(self._kind, self._seconds)
-            | "Collapse" >> beam.CombinePerKey(_CollapseFn())
-            | "Explode" >> beam.ParDo(_Explode())
-        )
+        if self._kind == "global":
+            # Bounded input (already in the global window): the same fold per person, in bulk.
+            collapsed = (
+                keyed
+                | "Pack" >> beam.ParDo(_PackPerShard()).with_output_types(tuple[int, bytes])
+                | "GroupShards" >> beam.GroupByKey()
+                | "Collapse" >> beam.ParDo(_CollapseShard())
+            )
+        else:
+            collapsed = (
+                keyed
+                | "Window" >> _windowing(self._kind, self._seconds)
+                | "Collapse" >> beam.CombinePerKey(_CollapseFn())
+            )
+        return collapsed | "Explode" >> beam.ParDo(_Explode())
 
 
 def _content_digest(request: UpsertRequest) -> str:
