@@ -272,6 +272,15 @@ class PipelineConfig(_Strict):
         ),
     )
     flush_seconds: float = Field(default=5.0, gt=0, description="Longest a request waits for its batch.")
+    writer_shards: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description=(
+            "Keys the writer is split into (requests for one lead always share a key). "
+            "Absent: 1 on the local DirectRunner (one worker), 16 on distributed runners."
+        ),
+    )
     window: WindowConfig = WindowConfig()
     dedupe: DedupeConfig = DedupeConfig()
 

@@ -16,6 +16,8 @@ from pipeline.sources import SourceOptions
 from transforms import metrics as m
 from transforms.upsert import EngineSpec, KeySource
 
+DISTRIBUTED_WRITER_SHARDS = 16  # writer keys on Dataflow/Flink unless pipeline.writer_shards says otherwise
+
 DEFAULT_CLOSE_URL = "https://api.close.com/api/v1/"
 
 
@@ -40,8 +42,11 @@ def is_direct(options: PipelineOptions) -> bool:
     return runner is None or "direct" in str(runner).lower()
 
 
-def shape_for(config: JobConfig, request: RunRequest, streaming: bool) -> JobShape:
+def shape_for(config: JobConfig, request: RunRequest, streaming: bool, local: bool = False) -> JobShape:
     tuning = config.pipeline
+    # The local runner has one worker that flushes shard after shard: more shards only cut its
+    # lookahead (each flush starts lead-bound). Elsewhere shards are what workers share out.
+    shards = tuning.writer_shards or (1 if local else DISTRIBUTED_WRITER_SHARDS)
     engine = EngineSpec(
         close_url=request.close_url,
         key_source=request.key_source,
@@ -63,6 +68,7 @@ def shape_for(config: JobConfig, request: RunRequest, streaming: bool) -> JobSha
         flush_seconds=tuning.flush_seconds,
         window_kind=tuning.window.kind,
         window_seconds=tuning.window.seconds,
+        shards=shards,
     )
 
 
@@ -128,7 +134,7 @@ def launch(config: JobConfig, request: RunRequest, *, validate: bool = True):  #
 
         source = replace(source, direct_runner=is_direct(options))
         request = replace(request, source=source)
-    shape = shape_for(config, request, streaming)
+    shape = shape_for(config, request, streaming, local=is_direct(options))
     if validate:
         asyncio.run(check_close(shape.engine))
     p = beam.Pipeline(runner=local_runner(options, streaming), options=options)

@@ -256,3 +256,16 @@ def test_job_config_is_immutable() -> None:
     with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen error type is an implementation detail
         config.settings = None  # type: ignore[misc]
     assert isinstance(config, JobConfig)
+
+
+def test_writer_shards_are_one_locally_and_sixteen_elsewhere_unless_configured() -> None:
+    from pipeline.runjob import DISTRIBUTED_WRITER_SHARDS, RunRequest, shape_for
+    from pipeline.sources import SourceOptions
+
+    request = RunRequest(source=SourceOptions(source="files", input="events.jsonl"))
+    config = default_config()
+    assert shape_for(config, request, streaming=False, local=True).shards == 1
+    assert shape_for(config, request, streaming=True, local=False).shards == DISTRIBUTED_WRITER_SHARDS == 16
+    tuned = parse_config({"pipeline": {"writer_shards": 4}})
+    assert shape_for(tuned, request, streaming=False, local=True).shards == 4
+    assert shape_for(tuned, request, streaming=False, local=False).shards == 4
