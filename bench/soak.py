@@ -89,6 +89,7 @@ def main() -> None:
     parser.add_argument("--every", type=float, default=10.0, help="seconds between samples")
     parser.add_argument("--time-scale", type=float, default=1.0, help="simulator rate limits × this")
     parser.add_argument("--no-faults", action="store_true", help="run without the simulator's faults")
+    parser.add_argument("--drain-minutes", type=float, default=10.0, help="longest wait, after publishing stops, for the backlog")
     args = parser.parse_args()
 
     work = Path(mkdtemp(prefix="close-sync-soak-"))
@@ -149,10 +150,11 @@ def main() -> None:
         print(json.dumps(samples[-1]), flush=True)
     stop.set()
     publisher.join()
-    drain_deadline = time.monotonic() + 120
+    drain_deadline = time.monotonic() + args.drain_minutes * 60
     while len(accounted(audit, dead)) < published and time.monotonic() < drain_deadline:
         time.sleep(1)
     final = accounted(audit, dead)
+    drained_in = time.monotonic() - (drain_deadline - args.drain_minutes * 60)
     result.cancel()
     gc.collect()
 
@@ -177,6 +179,7 @@ def main() -> None:
         "rss_first_mb": samples[0]["rss_mb"] if samples else None, "rss_last_mb": samples[-1]["rss_mb"] if samples else None,
         "rss_growth_after_warmup_mb": round(warm[-1] - warm[0], 1), "max_backlog": max(s["backlog"] for s in samples),
         "max_lag_s_est": round(max(s["backlog"] for s in samples) / args.rate, 1),
+        "drain_s": round(drained_in, 1),
         "duplicate_leads": dup_leads, "duplicate_contacts": dup_contacts,
         "sim_5xx": stats.get("faults_injected"), "sim_ambiguous": stats.get("ambiguous_injected"),
         "sim_429": stats.get("responses_429"), "dead_letter_file": str(dead),

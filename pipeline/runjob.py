@@ -90,6 +90,9 @@ def local_runner(options: PipelineOptions, streaming: bool):  # noqa: ANN201
     if streaming:
         from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 
+        from pipeline.local_pubsub import raise_pull_size
+
+        raise_pull_size()  # its Pub/Sub reader pulls 10 messages per bundle otherwise (~20 events/s)
         return BundleBasedDirectRunner()
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner, worker_handlers
 
