@@ -190,32 +190,39 @@ FILE_READERS: dict[str, type[_ReadFile]] = {
 }
 
 
+class ReadAnyFile(beam.DoFn):
+    """Each file through the reader of its format (`FILE_READERS`), or skipped and counted.
+
+    One DoFn rather than a partition per format and a flatten: the flatten broke fusion on the local
+    runner, which then held every line read in memory before the parser saw the first one.
+    """
+
+    def __init__(self) -> None:
+        self._readers: dict[str, _ReadFile] = {fmt: reader() for fmt, reader in FILE_READERS.items()}
+        self._skip = SkipUnsupportedFile()
+
+    def process(self, readable_file: fileio.ReadableFile) -> Iterator[Any]:
+        reader = self._readers.get(file_format(readable_file.metadata.path) or "")
+        if reader is None:
+            return self._skip.process(readable_file)
+        return reader.process(readable_file)
+
+
 class ReadEventFiles(beam.PTransform):
-    """Payloads of every file the glob matches, one reader per format, flattened."""
+    """Payloads of every file the glob matches, each file read by the reader of its format."""
 
     def __init__(self, options: SourceOptions) -> None:
         super().__init__()
         self._pattern = options.input
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
-        formats = list(FILE_READERS)
-        files = (
+        return (
             pbegin
             | "Match" >> fileio.MatchFiles(self._pattern)
             | "Spread files" >> beam.Reshuffle()
             | "Open" >> fileio.ReadMatches()
-            | "By format" >> beam.Partition(_format_index, len(formats) + 1, formats)
+            | "Read files" >> beam.ParDo(ReadAnyFile())
         )
-        files[len(formats)] | "Skip unsupported" >> beam.ParDo(SkipUnsupportedFile())
-        per_format = [
-            files[i] | f"Read {fmt}" >> beam.ParDo(FILE_READERS[fmt]()) for i, fmt in enumerate(formats)
-        ]
-        return per_format | "Flatten formats" >> beam.Flatten()
-
-
-def _format_index(readable_file: fileio.ReadableFile, num_partitions: int, formats: list[str]) -> int:
-    fmt = file_format(readable_file.metadata.path)
-    return formats.index(fmt) if fmt in formats else num_partitions - 1
 
 
 # --- Pub/Sub -----------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ from collections.abc import Iterable
 
 import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindow
-from apache_beam.utils.timestamp import MAX_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms import metrics
@@ -65,7 +64,7 @@ class _FoldInBundle(beam.DoFn):
 
     def finish_bundle(self):
         for shard, part in self._parts():
-            yield WindowedValue((shard, part), MAX_TIMESTAMP, (GlobalWindow(),))
+            yield WindowedValue((shard, part), GlobalWindow().max_timestamp(), (GlobalWindow(),))
 
     def _parts(self) -> Iterable[tuple[int, dict[str, str]]]:
         parts: dict[int, dict[str, str]] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import pickle
 import uuid
+import zlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -12,7 +13,9 @@ import apache_beam as beam
 from apache_beam.coders import BooleanCoder
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Duration, Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
 
 from closecrm.events import BadEvent, Event, opted_out, parse_event
 from closecrm.model import DeadLetter
@@ -28,16 +31,37 @@ def raw_id(raw: Any) -> str:
     return "raw:" + hashlib.sha256(blob).hexdigest()[:24]
 
 
-class _Parse(beam.DoFn):
-    """Main output: Event, or with ``keyed`` (bounded input, dedupe on) (messageId, pickled Event):
-    the grouping buffer of the local runner then holds bytes, not decoded events, and the events
-    are pickled once instead of once per encoding on the way through the shuffle."""
+# Bounded input with dedupe on: events travel to the dedupe in packs, one compressed pickled list per
+# shard of messageIds and bundle (the local runner keeps a stage's whole output in memory, and a shuffled
+# element per event costs more CPU than the event's own parsing).
+DEDUPE_SHARDS = 16
+_PACK_LIMIT = 20_000  # events a bundle holds before it ships them
 
-    def __init__(self, max_bytes: int, keyed: bool = False) -> None:
+
+def pack(items: list[Any]) -> bytes:
+    return zlib.compress(pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL), 1)
+
+
+def unpack(blob: bytes) -> list[Any]:
+    return pickle.loads(zlib.decompress(blob))
+
+
+def message_shard(message_id: str) -> int:
+    return zlib.crc32(message_id.encode("utf-8", errors="surrogatepass")) % DEDUPE_SHARDS
+
+
+class _Parse(beam.DoFn):
+    """Main output: Event, or with ``packed`` (shard, packed [Event, ...]) per bundle and shard."""
+
+    def __init__(self, max_bytes: int, packed: bool = False) -> None:
         self._max_bytes = max_bytes
-        self._keyed = keyed
+        self._packed = packed
         self._read = metrics.counter(metrics.EVENTS_READ)
         self._opted_out = metrics.counter(metrics.EVENTS_OPTED_OUT)
+
+    def start_bundle(self) -> None:
+        self._packs: dict[int, list[Event]] = {}
+        self._held = 0
 
     def process(self, raw: Any):
         self._read.inc()
@@ -56,15 +80,27 @@ class _Parse(beam.DoFn):
             self._opted_out.inc()
             yield beam.pvalue.TaggedOutput(LEDGER, (event.message_id, SKIPPED))
             return
-        if self._keyed:
-            yield (event.message_id, pickle.dumps(event, protocol=pickle.HIGHEST_PROTOCOL))
+        if self._packed:
+            self._packs.setdefault(message_shard(event.message_id), []).append(event)
+            self._held += 1
+            if self._held >= _PACK_LIMIT:
+                yield from self._ship()
             return
         yield event
+
+    def finish_bundle(self):
+        if self._packed:
+            for shard_pack in self._ship():
+                yield WindowedValue(shard_pack, GlobalWindow().max_timestamp(), (GlobalWindow(),))
+
+    def _ship(self) -> list[tuple[int, bytes]]:
+        packs, self._packs, self._held = self._packs, {}, 0
+        return [(shard, pack(events)) for shard, events in sorted(packs.items())]
 
 
 class _DropRedeliveries(beam.DoFn):
     """Keyed by messageId: the first copy passes, later copies are dropped (the state-based form;
-    bounded input uses `_FirstOfGroup`, unbounded input the TTL subclass)."""
+    bounded input uses `_FirstOfShard`, unbounded input the TTL subclass)."""
 
     SEEN = ReadModifyWriteStateSpec("seen", BooleanCoder())
 
@@ -85,27 +121,28 @@ class _DropRedeliveries(beam.DoFn):
         yield item[1]
 
 
-class _FirstOfGroup(beam.DoFn):
-    """Bounded input, after a GroupByKey on messageId: the first copy passes, later copies are dropped.
-
-    Same result as `_DropRedeliveries` on bounded input (state that lives until the end of the
-    input), without per-key state reads, writes and commits.
-    """
+class _FirstOfShard(beam.DoFn):
+    """Bounded input, all packs of one messageId shard: the first copy of each messageId passes, later
+    copies are dropped. Same result as `_DropRedeliveries` with state that lives until the end of the
+    input, without per-key state or a shuffled element per event."""
 
     def __init__(self) -> None:
         self._dupes = metrics.counter(metrics.EVENTS_DUPLICATE)
 
-    def process(self, item: tuple[str, Iterable[bytes]]):
-        message_id, copies = item
-        first = True
-        for blob in copies:
-            if first:
-                first = False
-                yield pickle.loads(blob)
-                continue
-            self._dupes.inc()
-            # A redelivered copy ends as skipped, under a ledger key of its own.
-            yield beam.pvalue.TaggedOutput(LEDGER, (f"dup:{message_id}:{uuid.uuid4().hex}", SKIPPED))
+    def process(self, item: tuple[int, Iterable[bytes]]):
+        _, packs = item
+        seen: set[str] = set()
+        for blob in packs:
+            for event in unpack(blob):
+                if event.message_id not in seen:
+                    seen.add(event.message_id)
+                    yield event
+                    continue
+                self._dupes.inc()
+                # A redelivered copy ends as skipped, under a ledger key of its own.
+                yield beam.pvalue.TaggedOutput(
+                    LEDGER, (f"dup:{event.message_id}:{uuid.uuid4().hex}", SKIPPED)
+                )
 
 
 class _DropRedeliveriesWithTtl(_DropRedeliveries):
@@ -142,14 +179,14 @@ class ParseEvents(beam.PTransform):
 
     def expand(self, raw):
         if self._ttl is not None and not self._streaming:
-            # Bounded input: the copies of each messageId are grouped once (no per-key state), the
-            # parser emitting (messageId, pickled event) straight into the grouping.
-            parse = beam.ParDo(_Parse(self._max_bytes, keyed=True)).with_output_types(tuple[str, bytes])
+            # Bounded input: events are grouped by messageId shard in packs, and each shard drops the
+            # later copies of a messageId in one pass (no per-key state, no element per event).
+            parse = beam.ParDo(_Parse(self._max_bytes, packed=True)).with_output_types(tuple[int, bytes])
             parsed = raw | "Parse" >> parse.with_outputs(DEAD, LEDGER, main="events")
             unique = (
                 parsed.events
-                | "GroupByMessageId" >> beam.GroupByKey()
-                | "DropRedeliveries" >> beam.ParDo(_FirstOfGroup()).with_outputs(LEDGER, main="events")
+                | "GroupByMessageShard" >> beam.GroupByKey()
+                | "DropRedeliveries" >> beam.ParDo(_FirstOfShard()).with_outputs(LEDGER, main="events")
             )
             ledger = (parsed[LEDGER], unique[LEDGER]) | "MergeLedger" >> beam.Flatten()
             return {"events": unique.events, DEAD: parsed[DEAD], LEDGER: ledger}
