@@ -265,7 +265,7 @@ class PipelineConfig(_Strict):
     batch_size: int = Field(
         default=5000,
         ge=1,
-        le=10000,
+        le=200_000,
         description=(
             "Requests per writer flush (per shard). A flush is applied as a stream of 200-request lookups; "
             "larger flushes give the writer more lookahead to keep Close's write budget busy."
