@@ -42,7 +42,7 @@ def test_no_config_means_the_default_mapping_only() -> None:
     assert config.settings_model() == Settings()
     assert (config.pipeline.max_event_bytes, config.pipeline.batch_size, config.pipeline.flush_seconds) == (
         65536,
-        5000,
+        20_000,
         5.0,
     )
     assert config.snapshot is None
