@@ -1,0 +1,154 @@
+"""Budget use of the whole job over time: the pipeline alone against a rate-limited simulator.
+
+Where ``pipeline_bench.py`` compares the job with the naive path (and so cannot run large inputs: the
+naive reference makes ~2-3 calls per event), this runs only the job, samples the simulator's calls per
+endpoint group every second, and prints when the budget was idle: start-up and the CPU stages (no
+calls yet), a first sync's lead-bound start, flush boundaries, the tail. State equality and duplicates
+are checked by ``pipeline_bench.py`` at smaller sizes; duplicates are counted here too.
+
+    .venv/bin/python bench/pipeline_budget.py W2 --scale 1 --time-scale 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import httpx  # noqa: E402
+import pipeline_bench as pb  # noqa: E402
+import yaml  # noqa: E402
+
+from pipeline.config import load_config  # noqa: E402
+
+
+class RemoteSim:
+    """The simulator in its own process, as Close is to a real job: it does not share this process's
+    CPU and GIL with the pipeline (``--in-process`` uses ``SimServer`` in a thread, as pipeline_bench does)."""
+
+    def __init__(self, time_scale: float) -> None:
+        self.api_key = pb.API_KEY
+        cmd = [sys.executable, "-m", "pipeline.cli", "sim", "--port", "0", "--api-key", self.api_key,
+               "--time-scale", str(time_scale)]  # fmt: skip
+        self._proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert self._proc.stdout is not None
+        self.base_url = json.loads(self._proc.stdout.readline())["base_url"]
+        self._admin = self.base_url.split("/api/v1/")[0] + "/_sim/"
+
+    def create_custom_field(self, object_type: str, name: str) -> str:
+        url = f"{self.base_url}custom_field/{object_type}/"
+        return httpx.post(url, json={"name": name, "type": "text"}, auth=(self.api_key, "")).json()["id"]
+
+    def stats(self) -> dict[str, Any]:
+        return httpx.get(self._admin + "stats", timeout=30).json()
+
+    def leads(self) -> list[dict[str, Any]]:
+        return httpx.get(self._admin + "state", timeout=300).json()["leads"]
+
+    def contacts(self) -> list[dict[str, Any]]:
+        return [c for lead in self.leads() for c in lead.get("contacts") or []]
+
+    def stop(self) -> None:
+        self._proc.terminate()
+        self._proc.wait(timeout=10)
+
+
+def job_config(sim: Any, work: Path) -> tuple[Any, dict[str, str]]:
+    cf = {"company": sim.create_custom_field("lead", "Company ID"), "user": sim.create_custom_field("contact", "User ID")}
+    doc = {"settings": {"lead_custom_field_id_for_company_id": cf["company"],
+                        "contact_custom_field_id_for_user_id": cf["user"]}}  # fmt: skip
+    path = work / "config.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return load_config(str(path)), cf
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("workload", choices=["W1", "W2", "W4"])
+    ap.add_argument("--scale", type=float, default=0.2)
+    ap.add_argument("--time-scale", type=float, default=5.0)
+    ap.add_argument("--batch-size", type=int, default=None, help="pipeline.batch_size (default: the config's)")
+    ap.add_argument("--every", type=float, default=1.0, help="seconds between samples")
+    ap.add_argument("--in-process", action="store_true", help="the simulator in a thread of this process")
+    args = ap.parse_args(argv)
+
+    work = Path(tempfile.mkdtemp(prefix="pipeline-budget-"))
+    input_path = work / f"{args.workload}.jsonl"
+    gen = [sys.executable, str(ROOT / "bench" / "workloads.py"), args.workload, "--scale", str(args.scale)]
+    subprocess.run([*gen, "--out", str(input_path)], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    events = sum(1 for _ in input_path.open())
+
+    sim: Any = pb.new_sim(args.time_scale, True) if args.in_process else RemoteSim(args.time_scale)
+    config, cf = job_config(sim, work)
+    if args.batch_size:
+        pipeline = config.pipeline.model_copy(update={"batch_size": args.batch_size})
+        config = config.model_copy(update={"pipeline": pipeline})
+
+    samples: list[tuple[float, dict[str, int]]] = []
+    stop = threading.Event()
+    t0 = time.monotonic()
+
+    def sample() -> None:
+        while not stop.is_set():
+            samples.append((time.monotonic() - t0, dict(sim.stats()["by_group"])))
+            stop.wait(args.every)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    job = pb.run_job(config, sim, input_path, work, "job")
+    stop.set()
+    sampler.join()
+    dupes = pb.duplicates(sim, cf)
+    sim.stop()
+
+    rates = {g: (pb.SEARCH_RATE if g == "search" else pb.OTHER_RATE) * args.time_scale for g in job["by_group"]}
+    bound = pb.lower_bound(job["by_group"], args.time_scale)
+    busiest = max(job["by_group"], key=lambda g: job["by_group"][g] / rates[g])
+    writes = ("lead_write", "contact_write")
+    first_call = next((t for t, g in samples if any(g.get(w, 0) for w in writes)), None)
+    timeline: list[dict[str, Any]] = []
+    previous: dict[str, int] = samples[0][1] if samples else {}
+    last_t = 0.0
+    for t, groups in samples[1:]:
+        delta = {g: n - previous.get(g, 0) for g, n in groups.items() if n - previous.get(g, 0)}
+        span = max(t - last_t, 1e-9)
+        timeline.append({"t": round(t, 1), "calls": delta, "busiest_share": round(delta.get(busiest, 0) / (rates[busiest] * span), 2)})
+        previous, last_t = groups, t
+    for row in timeline:
+        print(json.dumps(row))
+    result = {
+        "bench": "pipeline_budget",
+        "workload": args.workload,
+        "scale": args.scale,
+        "time_scale": args.time_scale,
+        "simulator": "in-process" if args.in_process else "own process",
+        "events": events,
+        "batch_size": config.pipeline.batch_size,
+        "by_group": job["by_group"],
+        "responses_429": job["responses_429"],
+        "busiest_group": busiest,
+        "wall_s": round(job["wall_s"], 2),
+        "first_write_s": round(first_call, 1) if first_call is not None else None,
+        "bound_s": round(bound, 2),
+        "budget_use": round(bound / job["wall_s"], 3),
+        "wall_over_bound": round(job["wall_s"] / bound, 3) if bound else None,
+        "budget_use_after_first_write": round(bound / (job["wall_s"] - first_call), 3) if first_call else None,
+        "dead_lettered": job["dead_lettered"],
+        "outcomes": job["outcomes"],
+        **dupes,
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
