@@ -59,6 +59,9 @@ class _Parse(beam.DoFn):
         self._read = metrics.counter(metrics.EVENTS_READ)
         self._opted_out = metrics.counter(metrics.EVENTS_OPTED_OUT)
 
+    def setup(self) -> None:
+        self._by_type: dict[str, metrics._Counter] = {}
+
     def start_bundle(self) -> None:
         self._packs: dict[int, list[Event]] = {}
         self._held = 0
@@ -75,7 +78,10 @@ class _Parse(beam.DoFn):
             )
             yield beam.pvalue.TaggedOutput(LEDGER, (rid, LEDGER_DEAD))
             return
-        metrics.counter(metrics.EVENTS_BY_TYPE + event.type).inc()
+        by_type = self._by_type.get(event.type)
+        if by_type is None:
+            by_type = self._by_type[event.type] = metrics.counter(metrics.EVENTS_BY_TYPE + event.type)
+        by_type.inc()
         if opted_out(event):
             self._opted_out.inc()
             yield beam.pvalue.TaggedOutput(LEDGER, (event.message_id, SKIPPED))
