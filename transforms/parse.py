@@ -10,17 +10,14 @@ from collections.abc import Iterable
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.coders import BooleanCoder
-from apache_beam.transforms.timeutil import TimeDomain
-from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import GlobalWindow
-from apache_beam.utils.timestamp import Duration, Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from closecrm.events import BadEvent, Event, opted_out, parse_event
 from closecrm.model import DeadLetter
 from transforms import metrics
 from transforms.deadletter import DEAD, raw_for_letter
+from transforms.dedupe import DropRedeliveriesWithTtl, dedupe_bucket
 from transforms.ledger import DEAD as LEDGER_DEAD
 from transforms.ledger import LEDGER, SKIPPED
 
@@ -104,32 +101,9 @@ class _Parse(beam.DoFn):
         return [(shard, pack(events)) for shard, events in sorted(packs.items())]
 
 
-class _DropRedeliveries(beam.DoFn):
-    """Keyed by messageId: the first copy passes, later copies are dropped (the state-based form;
-    bounded input uses `_FirstOfShard`, unbounded input the TTL subclass)."""
-
-    SEEN = ReadModifyWriteStateSpec("seen", BooleanCoder())
-
-    def __init__(self, ttl_seconds: float) -> None:
-        self._ttl = ttl_seconds
-        self._dupes = metrics.counter(metrics.EVENTS_DUPLICATE)
-
-    def process(self, item: tuple[str, Event], seen=beam.DoFn.StateParam(SEEN)):
-        yield from self._first_copy_only(item, seen)
-
-    def _first_copy_only(self, item: tuple[str, Event], seen) -> Iterable[Any]:
-        if seen.read():
-            self._dupes.inc()
-            # A redelivered copy ends as skipped, under a ledger key of its own.
-            yield beam.pvalue.TaggedOutput(LEDGER, (f"dup:{item[0]}:{uuid.uuid4().hex}", SKIPPED))
-            return
-        seen.write(True)
-        yield item[1]
-
-
 class _FirstOfShard(beam.DoFn):
     """Bounded input, all packs of one messageId shard: the first copy of each messageId passes, later
-    copies are dropped. Same result as `_DropRedeliveries` with state that lives until the end of the
+    copies are dropped. Same result as `DropRedeliveriesWithTtl` with a TTL that lasts until the end of the
     input, without per-key state or a shuffled element per event."""
 
     def __init__(self) -> None:
@@ -149,27 +123,6 @@ class _FirstOfShard(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(
                     LEDGER, (f"dup:{event.message_id}:{uuid.uuid4().hex}", SKIPPED)
                 )
-
-
-class _DropRedeliveriesWithTtl(_DropRedeliveries):
-    """Unbounded input: a messageId is remembered for the TTL, then its state is cleared."""
-
-    EXPIRY = TimerSpec("expiry", TimeDomain.REAL_TIME)
-
-    def process(
-        self,
-        item: tuple[str, Event],
-        seen=beam.DoFn.StateParam(_DropRedeliveries.SEEN),
-        expiry=beam.DoFn.TimerParam(EXPIRY),
-    ):
-        first = seen.read() is None
-        yield from self._first_copy_only(item, seen)
-        if first:
-            expiry.set(Timestamp.now() + Duration(seconds=self._ttl))
-
-    @on_timer(EXPIRY)
-    def expire(self, seen=beam.DoFn.StateParam(_DropRedeliveries.SEEN)):
-        seen.clear()
 
 
 class ParseEvents(beam.PTransform):
@@ -201,11 +154,13 @@ class ParseEvents(beam.PTransform):
         )
         if self._ttl is None:  # dedupe switched off in the config
             return {"events": parsed.events, DEAD: parsed[DEAD], LEDGER: parsed[LEDGER]}
+        # Unbounded input: messageIds in a bounded number of keyed buckets, each pruned at expiry.
         unique = (
             parsed.events
-            | "KeyByMessageId" >> beam.Map(lambda e: (e.message_id, e)).with_output_types(tuple[str, Any])
+            | "KeyByMessageBucket"
+            >> beam.Map(lambda e: (dedupe_bucket(e.message_id), e)).with_output_types(tuple[int, Any])
             | "DropRedeliveries"
-            >> beam.ParDo(_DropRedeliveriesWithTtl(self._ttl)).with_outputs(LEDGER, main="events")
+            >> beam.ParDo(DropRedeliveriesWithTtl(self._ttl)).with_outputs(LEDGER, main="events")
         )
         ledger = (parsed[LEDGER], unique[LEDGER]) | "MergeLedger" >> beam.Flatten()
         return {"events": unique.events, DEAD: parsed[DEAD], LEDGER: ledger}
