@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import workloads  # noqa: E402
+from remote_sim import RemoteSim  # noqa: E402
 
 from closecrm.client import CloseClient  # noqa: E402
 from closecrm.engine import UpsertEngine  # noqa: E402
@@ -239,7 +240,7 @@ def only_cpu(
     args: argparse.Namespace, input_path: Path, n_lines: int, workdir: Path, console: Console
 ) -> None:
     """Step 4 alone: the job against the unlimited simulator; events/s and peak RSS."""
-    sim = new_sim(UNLIMITED_SCALE, limits=True)
+    sim = RemoteSim(UNLIMITED_SCALE, API_KEY) if args.sim_process else new_sim(UNLIMITED_SCALE, limits=True)
     try:
         config, _ = sim_job_config(sim, workdir, "cpu")
         before = resource.getrusage(resource.RUSAGE_SELF)
@@ -276,7 +277,8 @@ def only_cpu(
         )
     console.print(table)
     out = {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}
-    print(json.dumps({"bench": "pipeline-cpu", "workload": args.workload, "scale": args.scale, **out}))
+    sim_where = "own process" if args.sim_process else "in-process"
+    print(json.dumps({"bench": "pipeline-cpu", "workload": args.workload, "scale": args.scale, "simulator": sim_where, **out}))
 
 
 # ------------------------------------------------------------------ main
@@ -293,6 +295,11 @@ def main(argv: list[str] | None = None) -> None:
         "--only-cpu",
         action="store_true",
         help="only the job against the unlimited simulator: events/s, peak RSS",
+    )
+    ap.add_argument(
+        "--sim-process",
+        action="store_true",
+        help="with --only-cpu: the simulator in its own process (as Close is remote), not a thread of the job's",
     )
     args = ap.parse_args(argv)
 

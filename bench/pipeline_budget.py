@@ -25,42 +25,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import httpx  # noqa: E402
 import pipeline_bench as pb  # noqa: E402
 import yaml  # noqa: E402
+from remote_sim import RemoteSim  # noqa: E402
 
 from pipeline.config import load_config  # noqa: E402
-
-
-class RemoteSim:
-    """The simulator in its own process, as Close is to a real job: it does not share this process's
-    CPU and GIL with the pipeline (``--in-process`` uses ``SimServer`` in a thread, as pipeline_bench does)."""
-
-    def __init__(self, time_scale: float) -> None:
-        self.api_key = pb.API_KEY
-        cmd = [sys.executable, "-m", "pipeline.cli", "sim", "--port", "0", "--api-key", self.api_key,
-               "--time-scale", str(time_scale)]  # fmt: skip
-        self._proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        assert self._proc.stdout is not None
-        self.base_url = json.loads(self._proc.stdout.readline())["base_url"]
-        self._admin = self.base_url.split("/api/v1/")[0] + "/_sim/"
-
-    def create_custom_field(self, object_type: str, name: str) -> str:
-        url = f"{self.base_url}custom_field/{object_type}/"
-        return httpx.post(url, json={"name": name, "type": "text"}, auth=(self.api_key, "")).json()["id"]
-
-    def stats(self) -> dict[str, Any]:
-        return httpx.get(self._admin + "stats", timeout=30).json()
-
-    def leads(self) -> list[dict[str, Any]]:
-        return httpx.get(self._admin + "state", timeout=300).json()["leads"]
-
-    def contacts(self) -> list[dict[str, Any]]:
-        return [c for lead in self.leads() for c in lead.get("contacts") or []]
-
-    def stop(self) -> None:
-        self._proc.terminate()
-        self._proc.wait(timeout=10)
 
 
 def job_config(sim: Any, work: Path) -> tuple[Any, dict[str, str]]:
@@ -88,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     subprocess.run([*gen, "--out", str(input_path)], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     events = sum(1 for _ in input_path.open())
 
-    sim: Any = pb.new_sim(args.time_scale, True) if args.in_process else RemoteSim(args.time_scale)
+    sim: Any = pb.new_sim(args.time_scale, True) if args.in_process else RemoteSim(args.time_scale, pb.API_KEY)
     config, cf = job_config(sim, work)
     if args.batch_size:
         pipeline = config.pipeline.model_copy(update={"batch_size": args.batch_size})
