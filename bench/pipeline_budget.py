@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> None:
 
     def sample() -> None:
         while not stop.is_set():
-            samples.append((time.monotonic() - t0, dict(sim.stats()["by_group"])))
+            stats = sim.stats()
+            samples.append((time.monotonic() - t0, {**stats["by_group"], "429s": stats["responses_429"]}))
             stop.wait(args.every)
 
     sampler = threading.Thread(target=sample, daemon=True)

@@ -60,14 +60,20 @@ class GroupPacer:
     """Paces one endpoint group: a token bucket at `share` of the announced rate, guarded by `remaining`.
 
     The bucket refills at ``factor * share * limit / window`` (window = the longest `reset` seen)
-    and holds at most ``share * limit`` tokens, so idle time can be used in a burst. The guard stops
+    and holds at most ``BURST * share * limit`` tokens, so idle time can be used in a small burst. The guard stops
     sending when the server says the window is used up (minus what we have in flight) until it resets,
     which is what matters when several workers share one key. ``factor`` is the adaptive part (the
-    idea of Beam's AdaptiveThrottler, done as AIMD): a 429 cuts it, every success grows it back.
+    idea of Beam's AdaptiveThrottler, done as AIMD): a 429 cuts it, at most once a window (a burst
+    of 429s is one event, not thirty), and every success grows it back.
     """
 
     SAFETY = 0.97  # aim just under the announced rate: clocks and windows never line up exactly
     MIN_FACTOR = 0.1
+    # The bucket holds a quarter of a window. A full window was too much: when the client stalls (a
+    # long GC pause, a busy worker) the server keeps counting what was in flight in its window, the
+    # bucket refills meanwhile, and a full window's burst then met that count: bursts of 20-50 429s
+    # every few seconds in a 300 s first sync (bench/pipeline_budget.py W2 --scale 1).
+    BURST = 0.25
 
     def __init__(
         self,
@@ -89,6 +95,7 @@ class GroupPacer:
         self._remaining: float | None = None  # the server's count minus what we sent since
         self._reset_at = 0.0
         self._blocked_until = 0.0  # set by a 429
+        self._last_cut = float("-inf")  # when a 429 last cut `factor`
         self._seq = 0
         self._answered = False  # any answer (or failure) seen yet
         self._flying: set[int] = set()  # tickets of requests sent and not answered yet
@@ -108,7 +115,7 @@ class GroupPacer:
     def _refill(self, now: float) -> None:
         rate = self.rate
         if rate is not None and self._limit:
-            cap = max(1.0, self.share * self._limit)
+            cap = max(1.0, self.BURST * self.share * self._limit)
             self._tokens = min(cap, self._tokens + (now - self._stamp) * rate)
         self._stamp = now
 
@@ -206,7 +213,9 @@ class GroupPacer:
                     self._remaining = min(self._remaining, rl.remaining - uncounted)
             # else: an answer from a window that has ended
         if throttled:
-            self.factor = max(self.MIN_FACTOR, self.factor * 0.7)
+            if now - self._last_cut >= (self._window or retry_after or 1.0):
+                self.factor = max(self.MIN_FACTOR, self.factor * 0.7)
+                self._last_cut = now
             self._blocked_until = max(self._blocked_until, now + retry_after)
             self._tokens = min(self._tokens, 0.0)
         else:

@@ -139,3 +139,32 @@ def test_only_requests_sent_after_an_answer_are_taken_off_its_remaining() -> Non
         return pacer._remaining
 
     assert asyncio.run(go()) == 34  # subtracting all in flight would say 32
+
+
+def test_a_burst_of_429s_cuts_the_rate_once_a_window() -> None:
+    clock = FakeClock()
+    pacer = GroupPacer(1.0, clock=clock, sleep=clock.sleep)
+    pacer.done(RateLimit(40, 39, 1.0))  # window 1 s
+    for _ in range(30):  # one burst: thirty answers of the same window
+        pacer.done(RateLimit(40, 0, 0.5), throttled=True, retry_after=0.5)
+    assert pacer.factor == pytest.approx(0.7)
+    clock.now = 1.2  # a 429 in a later window is a new event
+    pacer.done(RateLimit(40, 0, 0.5), throttled=True, retry_after=0.5)
+    assert pacer.factor == pytest.approx(0.49)
+
+
+def test_after_a_stall_the_pacer_bursts_a_quarter_window_not_a_whole_one() -> None:
+    clock = FakeClock()
+    pacer = GroupPacer(1.0, clock=clock, sleep=clock.sleep)
+
+    async def go() -> int:
+        _, ticket = await pacer.acquire_ticket()
+        pacer.done(RateLimit(40, 39, 1.0), ticket=ticket)
+        clock.now = 10.0  # the client stalled (a GC pause, a busy worker): the bucket refills
+        start, sent = clock.now, 0
+        while clock.now == start:  # what goes out at once, before any wait
+            await pacer.acquire()
+            sent += 1
+        return sent - 1
+
+    assert asyncio.run(go()) == int(GroupPacer.BURST * 40)
