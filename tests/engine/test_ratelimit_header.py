@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 
 import httpx
 import pytest
@@ -168,3 +169,23 @@ def test_after_a_stall_the_pacer_bursts_a_quarter_window_not_a_whole_one() -> No
         return sent - 1
 
     assert asyncio.run(go()) == int(GroupPacer.BURST * 40)
+
+
+def test_whole_second_resets_do_not_idle_the_pacer_for_a_window() -> None:
+    """Close rounds `reset` up to whole seconds: `now + reset` overshoots the window's end by up to a second."""
+    clock = FakeClock()
+    pacer = GroupPacer(1.0, clock=clock, sleep=clock.sleep)
+    window_start = [0.0]
+    used = [0]
+
+    def server(_: int) -> RateLimit:
+        # a fixed-window server, 40 per second, that reports reset rounded up to whole seconds
+        if clock.now >= window_start[0] + 1.0:
+            window_start[0], used[0] = clock.now, 0
+        used[0] += 1
+        assert used[0] <= 40, "the pacer went over the window"
+        left = window_start[0] + 1.0 - clock.now
+        return RateLimit(40, 40 - used[0], float(max(1, math.ceil(left - 1e-9))))
+
+    n = sent_in(pacer, clock, 30.0, server)
+    assert n >= 0.9 * 40 * 30
