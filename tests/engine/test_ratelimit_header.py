@@ -71,21 +71,27 @@ def test_pacer_holds_a_share_of_the_announced_rate() -> None:
     assert 0.2 * 40 * 10 <= n <= 0.25 * 40 * 10 + 10
 
 
-def test_pacer_waits_for_the_reset_when_the_window_is_used_up() -> None:
-    clock = FakeClock()
-    pacer = GroupPacer(1.0, clock=clock, sleep=clock.sleep)
+def fixed_window_server(clock: FakeClock, limit: int, *, whole_seconds: bool = False) -> callable:  # type: ignore[valid-type]
+    """A server with `limit` requests per 1 s fixed window (opened by the first request after the last
+    one ended); `reset` exact, or rounded up to whole seconds as Close sends it."""
     window_start = [0.0]
     used = [0]
 
     def server(_: int) -> RateLimit:
-        # a fixed-window server: 10 per second
         if clock.now >= window_start[0] + 1.0:
             window_start[0], used[0] = clock.now, 0
         used[0] += 1
-        assert used[0] <= 10, "the pacer went over the window"
-        return RateLimit(10, 10 - used[0], window_start[0] + 1.0 - clock.now)
+        assert used[0] <= limit, "the pacer went over the window"
+        left = window_start[0] + 1.0 - clock.now
+        return RateLimit(limit, limit - used[0], float(max(1, math.ceil(left - 1e-9))) if whole_seconds else left)
 
-    n = sent_in(pacer, clock, 5.0, server)
+    return server
+
+
+def test_pacer_waits_for_the_reset_when_the_window_is_used_up() -> None:
+    clock = FakeClock()
+    pacer = GroupPacer(1.0, clock=clock, sleep=clock.sleep)
+    n = sent_in(pacer, clock, 5.0, fixed_window_server(clock, 10))
     assert n >= 40
 
 
@@ -175,17 +181,5 @@ def test_whole_second_resets_do_not_idle_the_pacer_for_a_window() -> None:
     """Close rounds `reset` up to whole seconds: `now + reset` overshoots the window's end by up to a second."""
     clock = FakeClock()
     pacer = GroupPacer(1.0, clock=clock, sleep=clock.sleep)
-    window_start = [0.0]
-    used = [0]
-
-    def server(_: int) -> RateLimit:
-        # a fixed-window server, 40 per second, that reports reset rounded up to whole seconds
-        if clock.now >= window_start[0] + 1.0:
-            window_start[0], used[0] = clock.now, 0
-        used[0] += 1
-        assert used[0] <= 40, "the pacer went over the window"
-        left = window_start[0] + 1.0 - clock.now
-        return RateLimit(40, 40 - used[0], float(max(1, math.ceil(left - 1e-9))))
-
-    n = sent_in(pacer, clock, 30.0, server)
+    n = sent_in(pacer, clock, 30.0, fixed_window_server(clock, 40, whole_seconds=True))
     assert n >= 0.9 * 40 * 30
