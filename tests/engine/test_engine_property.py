@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -10,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from closecrm.engine import UpsertEngine
-from closecrm.model import Flags, UpsertRequest
+from closecrm.model import Flags, Outcome, UpsertRequest
 from tests.engine.conftest import CloseEnv
 
 pytestmark = pytest.mark.integration
@@ -87,24 +88,40 @@ def leads_per_company(env: CloseEnv) -> Counter[str]:
     return Counter(lead[env.company_cf] for lead in env.leads() if lead.get(env.company_cf))
 
 
+@dataclass
+class Reference:
+    """What applying each request one at a time did to a seeded org: outcomes and the end state."""
+
+    outcomes: list[Outcome]
+    state: Any
+    seeded: Counter[str]
+
+    def assert_matched_by(self, env: CloseEnv, outcomes: list[Outcome]) -> None:
+        """The same end state and outcome kinds, and no company with more leads than it was seeded with (or 1)."""
+        assert env.projection() == self.state
+        assert [o.kind for o in outcomes] == [o.kind for o in self.outcomes]
+        for company_id, count in leads_per_company(env).items():
+            assert count == max(1, self.seeded[company_id]), company_id
+
+
+def one_at_a_time_reference(env: CloseEnv, leads: list[Any], reqs: list[UpsertRequest]) -> Reference:
+    """Seed, apply each request alone, record; then leave a fresh org seeded the same way for the path under test."""
+    env.fresh_org()
+    seed(env, leads)
+    outcomes = env.one(*reqs)
+    state = env.projection()
+    env.fresh_org()
+    return Reference(outcomes, state, seed(env, leads))
+
+
 @settings(max_examples=35, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(leads=seeds, reqs=st.lists(requests, min_size=1, max_size=8), split=st.integers(0, 8))
 def test_batch_equals_one_at_a_time_and_never_duplicates_a_company(
     close: CloseEnv, leads: list[Any], reqs: list[UpsertRequest], split: int
 ) -> None:
-    close.fresh_org()
-    seed(close, leads)
-    one_outcomes = close.one(*reqs)
-    expected = close.projection()
-
-    close.fresh_org()
-    seeded = seed(close, leads)
+    reference = one_at_a_time_reference(close, leads, reqs)
 
     async def batches(engine: UpsertEngine) -> list[Any]:
         return await engine.upsert_batch(reqs[:split]) + await engine.upsert_batch(reqs[split:])
 
-    batch_outcomes = close.run(batches)
-    assert close.projection() == expected
-    assert [o.kind for o in batch_outcomes] == [o.kind for o in one_outcomes]
-    for company_id, count in leads_per_company(close).items():
-        assert count == max(1, seeded[company_id]), company_id
+    reference.assert_matched_by(close, close.run(batches))

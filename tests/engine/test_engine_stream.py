@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from closecrm.engine import UpsertEngine
 from closecrm.model import UpsertRequest
 from tests.engine.conftest import CloseEnv
-from tests.engine.test_engine_property import leads_per_company, requests, seed, seeds
+from tests.engine.test_engine_property import leads_per_company, one_at_a_time_reference, requests, seeds
 
 pytestmark = pytest.mark.integration
 
@@ -45,13 +45,7 @@ def test_stream_equals_one_at_a_time_and_never_duplicates_a_company(
     depth: int,
     concurrency: int,
 ) -> None:
-    close.fresh_org()
-    seed(close, leads)
-    one_outcomes = close.one(*reqs)
-    expected = close.projection()
-
-    close.fresh_org()
-    seeded = seed(close, leads)
+    reference = one_at_a_time_reference(close, leads, reqs)
     batches = chunks(reqs, sizes)
 
     async def stream(engine: UpsertEngine) -> list[list[Any]]:
@@ -59,11 +53,7 @@ def test_stream_equals_one_at_a_time_and_never_duplicates_a_company(
 
     per_batch = close.run(stream, max_concurrency=concurrency)
     assert [len(o) for o in per_batch] == [len(b) for b in batches]
-    stream_outcomes = [o for outs in per_batch for o in outs]
-    assert close.projection() == expected
-    assert [o.kind for o in stream_outcomes] == [o.kind for o in one_outcomes]
-    for company_id, count in leads_per_company(close).items():
-        assert count == max(1, seeded[company_id]), company_id
+    reference.assert_matched_by(close, [o for outs in per_batch for o in outs])
 
 
 def _workload(n: int) -> list[UpsertRequest]:
