@@ -26,19 +26,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import pipeline_bench as pb  # noqa: E402
-import yaml  # noqa: E402
 from remote_sim import RemoteSim  # noqa: E402
-
-from pipeline.config import load_config  # noqa: E402
-
-
-def job_config(sim: Any, work: Path) -> tuple[Any, dict[str, str]]:
-    cf = {"company": sim.create_custom_field("lead", "Company ID"), "user": sim.create_custom_field("contact", "User ID")}
-    doc = {"settings": {"lead_custom_field_id_for_company_id": cf["company"],
-                        "contact_custom_field_id_for_user_id": cf["user"]}}  # fmt: skip
-    path = work / "config.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return load_config(str(path)), cf
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     events = sum(1 for _ in input_path.open())
 
     sim: Any = pb.new_sim(args.time_scale, True) if args.in_process else RemoteSim(args.time_scale, pb.API_KEY)
-    config, cf = job_config(sim, work)
+    config, cf = pb.sim_job_config(sim, work, "job")
     if args.batch_size:
         pipeline = config.pipeline.model_copy(update={"batch_size": args.batch_size})
         config = config.model_copy(update={"pipeline": pipeline})

@@ -150,11 +150,12 @@ def main() -> None:
         print(json.dumps(samples[-1]), flush=True)
     stop.set()
     publisher.join()
-    drain_deadline = time.monotonic() + args.drain_minutes * 60
+    drain_start = time.monotonic()
+    drain_deadline = drain_start + args.drain_minutes * 60
     while len(accounted(audit, dead)) < published and time.monotonic() < drain_deadline:
         time.sleep(1)
     final = accounted(audit, dead)
-    drained_in = time.monotonic() - (drain_deadline - args.drain_minutes * 60)
+    drained_in = time.monotonic() - drain_start
     result.cancel()
     gc.collect()
 

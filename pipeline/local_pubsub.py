@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Any
 
 LOCAL_PULL_MESSAGES = 200
-_PATCHED = "_close_sync_pull_size"
 
 
 class _LargerPulls:
@@ -37,9 +36,7 @@ def raise_pull_size(size: int = LOCAL_PULL_MESSAGES) -> None:
         from apache_beam.runners.direct.transform_evaluator import _PubSubReadEvaluator
     except ImportError:  # pragma: no cover - another Beam layout: leave its reader alone
         return
-    current = getattr(_PubSubReadEvaluator, _PATCHED, None)
-    if current == size:
-        return
+    # Always wrap Beam's own getter (kept aside the first time), so a second call re-sizes, never nests.
     original = getattr(_PubSubReadEvaluator, "_close_sync_original", None)
     if original is None:
         original = _PubSubReadEvaluator.__dict__.get("_get_subscriber_client")
@@ -52,4 +49,3 @@ def raise_pull_size(size: int = LOCAL_PULL_MESSAGES) -> None:
         return _LargerPulls(getter(cls, transform), size)
 
     _PubSubReadEvaluator._get_subscriber_client = classmethod(_get_subscriber_client)
-    setattr(_PubSubReadEvaluator, _PATCHED, size)
