@@ -98,7 +98,10 @@ class GroupPacer:
         self._last_cut = float("-inf")  # when a 429 last cut `factor`
         self._seq = 0
         self._answered = False  # any answer (or failure) seen yet
-        self._flying: set[int] = set()  # tickets of requests sent and not answered yet
+        self._flying: dict[int, float] = {}  # tickets of requests sent and not answered yet -> sent at
+        self._win_ticket = 0  # the earliest request known to be in the current window
+        self._win_low: int | None = None  # the lowest `remaining` the server gave in the current window
+        self._fine = False  # the server sends fractional resets (a time-scaled simulator): trust them
         self._lock = asyncio.Lock()
 
     @property
@@ -165,11 +168,12 @@ class GroupPacer:
             if self._remaining is not None:
                 self._remaining -= 1
             self._seq += 1
-            self._flying.add(self._seq)
+            self._flying[self._seq] = self._clock()
         return waited, self._seq
 
-    def _land(self, ticket: int | None) -> int:
-        """Forget an answered request; returns how many requests sent after it are still unanswered.
+    def _land(self, ticket: int | None) -> tuple[int, float | None]:
+        """Forget an answered request; returns how many requests sent after it are still unanswered,
+        and when it was sent (None when unknown).
 
         The server counted a request, and (nearly always) the ones sent before it, when it answered
         with `remaining`; only those sent after it may still be uncounted. Subtracting every request
@@ -178,12 +182,12 @@ class GroupPacer:
         """
         self._answered = True
         if not self._flying:
-            return 0
+            return 0, None
         if ticket is None or ticket not in self._flying:
-            self._flying.discard(min(self._flying))
-            return len(self._flying)
-        self._flying.discard(ticket)
-        return sum(1 for t in self._flying if t > ticket)
+            sent = self._flying.pop(min(self._flying))
+            return len(self._flying), sent
+        sent = self._flying.pop(ticket)
+        return sum(1 for t in self._flying if t > ticket), sent
 
     def done(
         self,
@@ -194,31 +198,10 @@ class GroupPacer:
         ticket: int | None = None,
     ) -> None:
         """Record a response: its header, and whether it was a 429 (then wait `retry_after`)."""
-        uncounted = self._land(ticket)
+        uncounted, sent = self._land(ticket)
         now = self._clock()
         if rl is not None and rl.limit > 0:
-            self._limit = rl.limit
-            if rl.reset > 0:
-                self._window = max(self._window or 0.0, rl.reset)
-            reset_at = now + rl.reset
-            # Which window is this answer about? Answers arrive late and out of order: one sent near
-            # the end of the last window can land after the next began. Taking its `remaining` for
-            # the new window stopped a busy client until the new window's end (a window in two lost).
-            tolerance = 0.5 * (self._window or rl.reset)
-            if rl.remaining == rl.limit - 1 and self._window:
-                # This request opened a window: it ends one window from about now. Close rounds
-                # `reset` up to whole seconds, so `now + reset` can be up to a second late, and a
-                # pacer that waited for it idled up to a window each time (W1 at Close's real rates:
-                # 0.60 of the budget, 0 429s, against 0.96 with millisecond resets).
-                self._reset_at = now + self._window
-                self._remaining = rl.remaining - uncounted
-            elif not self._reset_at or reset_at > self._reset_at + tolerance:
-                self._reset_at = reset_at  # the first answer, or one from a newer window
-                self._remaining = rl.remaining - uncounted
-            elif reset_at >= self._reset_at - tolerance:
-                if self._remaining is not None:  # the current window (None: it has ended, ignore)
-                    self._remaining = min(self._remaining, rl.remaining - uncounted)
-            # else: an answer from a window that has ended
+            self._window_news(rl, now if sent is None else sent, now, uncounted, ticket)
         if throttled:
             if now - self._last_cut >= (self._window or retry_after or 1.0):
                 self.factor = max(self.MIN_FACTOR, self.factor * 0.7)
@@ -231,3 +214,55 @@ class GroupPacer:
     def cancelled(self, ticket: int | None = None) -> None:
         """A request that got no response at all (timeout, dropped connection)."""
         self._land(ticket)
+
+    def _window_news(
+        self, rl: RateLimit, sent: float, now: float, uncounted: int, ticket: int | None
+    ) -> None:
+        """Place an answer in the server's windows and update where the current one ends and what is left.
+
+        Answers arrive late and out of order: one sent near the end of the last window can land after
+        the next began, and taking its small `remaining` for the new window stopped a busy client until
+        the new window's end (a window in two lost). Two clues say which window an answer is about:
+        - the order of sending: a request sent before the first known request of the current window
+          belongs to an older one;
+        - the request that opened a window is answered with ``remaining = limit - 1``; the server counted
+          it between its sending and its answer, so the window ends one window after the middle of that.
+        A fractional `reset` (a time-scaled simulator) also places the end to the millisecond. Close
+        rounds `reset` up to whole seconds, which says nothing within a one-second window: a pacer that
+        took ``answer + reset`` for the end (or moved the end whenever ``answer + reset`` passed it) idled
+        for most of a window whenever its estimate ran late (0.60-0.64 of the budget at 40/s, 0 429s).
+        """
+        self._limit = rl.limit
+        if rl.reset > 0:
+            self._window = max(self._window or 0.0, rl.reset)
+            self._fine = self._fine or not float(rl.reset).is_integer()
+        seen = (sent + now) / 2  # when the server most likely counted it
+        newest = ticket is None or ticket >= self._win_ticket
+        if not newest:
+            return  # from a window that has ended
+        opener = rl.remaining == rl.limit - 1
+        if opener and self._window:
+            self._start_window(seen + (rl.reset if self._fine else self._window), rl, uncounted, ticket)
+            return
+        if not self._reset_at:
+            self._start_window(seen + rl.reset, rl, uncounted, ticket)  # the first answer
+            return
+        if self._fine:
+            newer = seen + rl.reset > self._reset_at + 0.5 * (self._window or rl.reset)
+        else:  # a much larger `remaining` than the window has shown: the server started counting again
+            newer = self._win_low is not None and rl.remaining > self._win_low + max(2, rl.limit // 4)
+        if newer:
+            # A window whose opening answer we missed. With whole-second resets its end is within a
+            # second before `seen + reset`: take the middle.
+            self._start_window(seen + rl.reset - (0.0 if self._fine else 0.5), rl, uncounted, ticket)
+            return
+        self._win_low = rl.remaining if self._win_low is None else min(self._win_low, rl.remaining)
+        if self._remaining is not None:  # the current window (None: it has ended, ignore)
+            self._remaining = min(self._remaining, rl.remaining - uncounted)
+
+    def _start_window(self, ends: float, rl: RateLimit, uncounted: int, ticket: int | None) -> None:
+        self._reset_at = ends
+        self._remaining = rl.remaining - uncounted
+        self._win_low = rl.remaining
+        if ticket is not None:
+            self._win_ticket = ticket
