@@ -289,6 +289,7 @@ class CloseClient:
             started = time.monotonic()
             try:
                 async with self._slots:
+                    pacer.sending(ticket)
                     self.calls_by_group[group] += 1
                     self.calls_by_endpoint[f"{method} /{_shape(path)}"] += 1
                     response = await self._http.request(method, path, json=json, params=params)

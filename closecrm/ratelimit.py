@@ -171,6 +171,11 @@ class GroupPacer:
             self._flying[self._seq] = self._clock()
         return waited, self._seq
 
+    def sending(self, ticket: int) -> None:
+        """The request behind `ticket` leaves now (it may have waited for a connection since its ticket)."""
+        if ticket in self._flying:
+            self._flying[ticket] = self._clock()
+
     def _land(self, ticket: int | None) -> tuple[int, float | None]:
         """Forget an answered request; returns how many requests sent after it are still unanswered,
         and when it was sent (None when unknown).

@@ -183,3 +183,18 @@ def test_whole_second_resets_do_not_idle_the_pacer_for_a_window() -> None:
     pacer = GroupPacer(1.0, clock=clock, sleep=clock.sleep)
     n = sent_in(pacer, clock, 30.0, fixed_window_server(clock, 40, whole_seconds=True))
     assert n >= 0.9 * 40 * 30
+
+
+def test_a_window_is_placed_by_when_its_opener_left_not_when_it_got_its_ticket() -> None:
+    clock = FakeClock()
+    pacer = GroupPacer(1.0, clock=clock, sleep=clock.sleep)
+
+    async def go() -> float:
+        _, ticket = await pacer.acquire_ticket()
+        clock.now = 0.5  # it waited for a free connection
+        pacer.sending(ticket)
+        clock.now = 0.6
+        pacer.done(RateLimit(40, 39, 1.0), ticket=ticket)  # the server counted it at about 0.55
+        return pacer._reset_at
+
+    assert asyncio.run(go()) == pytest.approx(1.55)
