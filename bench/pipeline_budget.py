@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -27,6 +28,15 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import pipeline_bench as pb  # noqa: E402
 from remote_sim import RemoteSim  # noqa: E402
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds of a process (this one by default), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid or 'self'}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -51,14 +61,17 @@ def main(argv: list[str] | None = None) -> None:
         pipeline = config.pipeline.model_copy(update={"batch_size": args.batch_size})
         config = config.model_copy(update={"pipeline": pipeline})
 
-    samples: list[tuple[float, dict[str, int]]] = []
+    sim_pid = None if args.in_process else sim._proc.pid
+    samples: list[tuple[float, dict[str, float]]] = []
     stop = threading.Event()
     t0 = time.monotonic()
 
     def sample() -> None:
         while not stop.is_set():
             stats = sim.stats()
-            samples.append((time.monotonic() - t0, {**stats["by_group"], "429s": stats["responses_429"]}))
+            throttled = {f"429 {g}": n for g, n in stats.get("429_by_group", {}).items()}
+            cpu = {"cpu job": cpu_seconds(), "cpu sim": cpu_seconds(sim_pid) if sim_pid else 0.0}
+            samples.append((time.monotonic() - t0, {**stats["by_group"], **throttled, **cpu}))
             stop.wait(args.every)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -78,9 +91,12 @@ def main(argv: list[str] | None = None) -> None:
     previous: dict[str, int] = samples[0][1] if samples else {}
     last_t = 0.0
     for t, groups in samples[1:]:
-        delta = {g: n - previous.get(g, 0) for g, n in groups.items() if n - previous.get(g, 0)}
         span = max(t - last_t, 1e-9)
-        timeline.append({"t": round(t, 1), "calls": delta, "busiest_share": round(delta.get(busiest, 0) / (rates[busiest] * span), 2)})
+        delta = {g: n - previous.get(g, 0) for g, n in groups.items() if n - previous.get(g, 0)}
+        cpu = {g.split()[1]: round(delta.pop(g, 0.0) / span, 2) for g in ("cpu job", "cpu sim")}
+        throttled = {g.split()[1]: delta.pop(g) for g in list(delta) if g.startswith("429 ")}
+        share = round(delta.get(busiest, 0) / (rates[busiest] * span), 2)
+        timeline.append({"t": round(t, 1), "calls": delta, "429s": throttled, "cpu": cpu, "busiest_share": share})
         previous, last_t = groups, t
     for row in timeline:
         print(json.dumps(row))

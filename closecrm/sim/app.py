@@ -185,6 +185,7 @@ async def _api_middleware(request: web.Request, handler: Handler) -> web.StreamR
         reset = headers["RateLimit"].rpartition("reset=")[2]
         headers["Retry-After"] = reset
         sim.stats.response(429)
+        sim.stats.throttled(group)
         body = {
             "error": f"API limit exceeded for endpoint group {group!r}. Retry after {reset} seconds.",
             "rate_reset": round(decision.reset, 3),

@@ -76,6 +76,52 @@ class Related:
         return [(related_type, item) for item in doc.get(key) or []]
 
 
+RELATED_TERMS = {"emails": ("contact_email", "email"), "phones": ("contact_phone", "phone"), "urls": ("contact_url", "url")}
+
+
+def _doc_terms(doc: Doc) -> set[tuple[str, str]]:
+    """The (key, term) pairs under which a document is indexed: ids, custom fields, and a contact's
+    emails, phones and urls (as ``contact_email.email`` etc.), each term as a term condition compares it."""
+    out: set[tuple[str, str]] = set()
+    for key, value in doc.items():
+        if key in RELATED_TERMS:
+            related_type, field = RELATED_TERMS[key]
+            fold = (related_type, field) in CASE_INSENSITIVE
+            for item in value or ():
+                if item.get(field) not in (None, ""):
+                    out.add((f"{related_type}.{field}", _term(item[field], fold)))
+        elif key in ("id", "lead_id") or key.startswith("custom."):
+            for v in value if isinstance(value, list) else [value]:
+                if v is not None and v != "":
+                    out.add((key, _term(v, False)))
+    return out
+
+
+class TermIndex:
+    """Document ids by indexed term, per object type: lets a search with term conditions look at the few
+    documents that can match instead of every one (a first sync's lookups scanned 50,000 contacts each).
+    Candidates only narrow the scan: every candidate is still checked by the full predicate."""
+
+    def __init__(self) -> None:
+        self._ids: dict[str, dict[tuple[str, str], set[str]]] = {"lead": {}, "contact": {}}
+
+    def put(self, object_type: str, doc_id: str, old: Doc | None, new: Doc | None) -> None:
+        table = self._ids[object_type]
+        before = _doc_terms(old) if old else set()
+        after = _doc_terms(new) if new else set()
+        for term in before - after:
+            ids = table.get(term)
+            if ids is not None:
+                ids.discard(doc_id)
+                if not ids:
+                    del table[term]
+        for term in after - before:
+            table.setdefault(term, set()).add(doc_id)
+
+    def ids(self, object_type: str, key: str, term: str) -> set[str]:
+        return self._ids[object_type].get((key, term), set())
+
+
 class Query:
     """A validated search body, ready to run over documents."""
 
@@ -94,6 +140,7 @@ class Query:
                 field_errors={"query": "The query must contain an object_type clause at its top level."}
             )
         self.predicate = self._compile(body["query"], "query")
+        self._root = body["query"]
         self.limit = _limit(body.get("_limit", DEFAULT_LIMIT))
         self.sort = self._compile_sort(body.get("sort") or [])
         self.fields = self._compile_fields(body.get("_fields"))
@@ -104,14 +151,16 @@ class Query:
 
     # ------------------------------------------------------------------ run
 
-    def run(self, leads: dict[str, Doc], contacts: dict[str, Doc]) -> dict[str, Any]:
+    def run(
+        self, leads: dict[str, Doc], contacts: dict[str, Doc], index: TermIndex | None = None
+    ) -> dict[str, Any]:
         related = Related(leads, contacts)
         pools = {"lead": leads, "contact": contacts}
         hits = [
             (object_type, doc)
             for object_type in ("lead", "contact")
             if object_type in self.object_types
-            for doc in pools[object_type].values()
+            for doc in self._scan(pools[object_type], object_type, index)
             if self.predicate(object_type, doc, related)
         ]
         keyed: Iterable[tuple[list[Any], str, Doc]] = ((self._sort_key(t, d), t, d) for t, d in hits)
@@ -124,6 +173,51 @@ class Query:
         page = first[: self.limit]
         next_cursor = self._encode_cursor(page[-1][0]) if len(first) > self.limit and page else None
         return {"data": [self._project(t, d) for _, t, d in page], "cursor": next_cursor}
+
+    def _scan(self, pool: dict[str, Doc], object_type: str, index: TermIndex | None) -> Iterable[Doc]:
+        ids = None if index is None else self._candidates(self._root, object_type, index)
+        if ids is None:
+            return pool.values()
+        return (pool[i] for i in ids if i in pool)
+
+    def _candidates(self, node: Doc, object_type: str, index: TermIndex) -> set[str] | None:
+        """Ids of `object_type` documents that can match `node` (a superset), or None when any may."""
+        kind = node["type"]
+        if kind in ("and", "or"):
+            parts = [self._candidates(q, object_type, index) for q in node["queries"]]
+            if kind == "and":
+                known = [p for p in parts if p is not None]
+                return set.intersection(*known) if known else None
+            if any(p is None for p in parts):
+                return None
+            return set().union(*parts)  # type: ignore[arg-type]
+        if kind == "object_type":
+            return None if node["object_type"] == object_type else set()
+        if kind == "field_condition":
+            field_type, key, fold = self._field(node["field"], "query")
+            if field_type != object_type:
+                return set()
+            return self._term_ids(node, object_type, key, fold, index)
+        # has_related
+        if node["this_object_type"] != object_type:
+            return set()
+        inner = node["related_query"]
+        related_type = node["related_object_type"]
+        if related_type in ("contact_email", "contact_phone", "contact_url") and inner["type"] == "field_condition":
+            field_type, name, fold = self._field(inner["field"], "query")
+            if field_type == related_type:
+                return self._term_ids(inner, object_type, f"{field_type}.{name}", fold, index)
+        return None
+
+    @staticmethod
+    def _term_ids(node: Doc, object_type: str, key: str, fold: bool, index: TermIndex) -> set[str] | None:
+        condition = node["condition"]
+        if condition.get("type") != "term":
+            return None
+        found: set[str] = set()
+        for value in condition["values"]:
+            found |= index.ids(object_type, key, _term(value, fold))
+        return found
 
     def _project(self, object_type: str, doc: Doc) -> Doc:
         out: Doc = {"__object_type": object_type, "id": doc["id"]}

@@ -15,6 +15,7 @@ from typing import Any
 from closecrm.normalize import is_valid_email, phone_formatted, to_e164
 from closecrm.sim.config import SimConfig
 from closecrm.sim.errors import NotFound, ValidationFailed
+from closecrm.sim.search import TermIndex
 
 ORGANIZATION_ID = "orga_simulatedOrganization0000000000000000000000"
 USER_ID = "user_simulatedUser00000000000000000000000000000"
@@ -62,6 +63,7 @@ class Store:
             self._statuses: dict[str, Record] = {}
             self._last_time = datetime(2000, 1, 1, tzinfo=UTC)
             self._index: dict[str, dict[str, Record]] = {"lead": {}, "contact": {}}
+            self._terms = TermIndex()
             self._pending: deque[tuple[float, str, str, Record | None]] = deque()
             for label in DEFAULT_STATUSES:
                 self._add_status({"label": label})
@@ -561,13 +563,16 @@ class Store:
             self._pending.append((time.monotonic() + lag, object_type, object_id, doc))
 
     def _index_put(self, object_type: str, object_id: str, doc: Record | None) -> None:
+        old = self._index[object_type].get(object_id)
         if doc is None:
             self._index[object_type].pop(object_id, None)
         else:
             self._index[object_type][object_id] = doc
+        self._terms.put(object_type, object_id, old, doc)
 
-    def search(self, run: Callable[[dict[str, Record], dict[str, Record]], Any]) -> Any:
-        """Call ``run(leads, contacts)`` on the index as search sees it now (documents keyed by id).
+    def search(self, run: Callable[[dict[str, Record], dict[str, Record], TermIndex], Any]) -> Any:
+        """Call ``run(leads, contacts, terms)`` on the index as search sees it now (documents keyed by id,
+        and their ids by indexed term).
 
         It runs under the store's lock, so it sees a consistent index without copying it.
         """
@@ -576,7 +581,7 @@ class Store:
             while self._pending and self._pending[0][0] <= now:
                 _, object_type, object_id, doc = self._pending.popleft()
                 self._index_put(object_type, object_id, doc)
-            return run(self._index["lead"], self._index["contact"])
+            return run(self._index["lead"], self._index["contact"], self._terms)
 
     # --------------------------------------------------------- seed, snapshot
 

@@ -18,6 +18,7 @@ class Stats:
             self._endpoints: Counter[str] = Counter()
             self._statuses: Counter[int] = Counter()
             self._events: Counter[str] = Counter()
+            self._throttled: Counter[str] = Counter()  # 429s by endpoint group
 
     def request(self, group: str, endpoint: str) -> None:
         with self._lock:
@@ -27,6 +28,10 @@ class Stats:
     def response(self, status: int) -> None:
         with self._lock:
             self._statuses[status] += 1
+
+    def throttled(self, group: str) -> None:
+        with self._lock:
+            self._throttled[group] += 1
 
     def event(self, name: str) -> None:
         with self._lock:
@@ -40,6 +45,7 @@ class Stats:
                 "by_endpoint": dict(self._endpoints),
                 "by_status": {str(k): v for k, v in sorted(self._statuses.items())},
                 "responses_429": self._statuses[429],
+                "429_by_group": dict(self._throttled),
                 "rate_limited": self._events["rate_limited"],
                 "storm_429": self._events["storm_429"],
                 "faults_injected": self._events["faults_injected"],

@@ -35,6 +35,7 @@ def test_headers_count_down_then_429_with_retry_after(sim, api, separator):
     body = r.json()
     assert "API limit exceeded" in body["error"] and 0 < body["rate_reset"] <= 10
     assert sim.stats()["rate_limited"] == 1
+    assert sim.stats()["429_by_group"] == {"read": 1}
 
 
 def test_at_time_scale_one_reset_and_retry_after_are_whole_seconds(sim, api):
