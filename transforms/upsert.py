@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import threading
 from collections.abc import Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +23,9 @@ from apache_beam.transforms.userstate import (
     TimerSpec,
     on_timer,
 )
+from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Duration, Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
 
 from closecrm.engine import MAX_CONCURRENCY
 from closecrm.model import DeadLetter, Outcome, Settings, UpsertRequest
@@ -127,13 +131,24 @@ def letter_for(pending: Pending, outcome: Outcome) -> DeadLetter:
 class _ApplyBatches(beam.DoFn):
     """Buffers requests per shard (bag state) and flushes on size, on a timer, or at window end.
 
-    Beam serialises the processing of one key, so one shard never has two batches in
-    flight; inside a batch the engine serialises requests that may touch the same lead.
+    Beam serialises the processing of one key, so one shard never has two batches in flight;
+    inside a batch the engine serialises requests that may touch the same lead. A flush is
+    sorted by lead identity (stable), so a lead's requests sit together in the engine's lookup
+    batches: in a first sync a lookahead of shuffled people was mostly lead creations (one per
+    company), and contact_write idled until the leads existed. The order of different people in
+    a flush is whatever the shuffle gave, so sorting it changes no outcome.
+
+    On bounded input a flush is applied in the background (the engine's loop has its own
+    thread) while the next one is buffered: the upstream stages' work for the next flush, and
+    the emission of the last one's outcomes, overlap the writes instead of idling the budget
+    between flushes. At most one flush per DoFn instance is ever in flight, and every flush is
+    settled, its outcomes emitted, before the bundle finishes.
     """
 
     BUFFER = BagStateSpec("buffer", PickleCoder())
     COUNT = CombiningValueStateSpec("count", combine_fn=CountCombineFn())
     WINDOW_END = TimerSpec("window_end", TimeDomain.WATERMARK)
+    OVERLAP = True  # apply a flush in the background while buffering the next (bounded input)
 
     def __init__(self, spec: EngineSpec, batch_size: int, flush_seconds: float, dry_run: bool):
         self._spec = spec
@@ -143,8 +158,12 @@ class _ApplyBatches(beam.DoFn):
 
     def setup(self) -> None:
         # One loop and one HTTP client per DoFn instance (HARD-PARTS 7), never one per element.
+        # The loop runs in its own thread; every coroutine of this instance runs there.
         self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self._loop.run_forever, name="close-writer", daemon=True)
+        self._loop_thread.start()
         self._client, self._engine = self._spec.build()
+        self._in_flight: tuple[list[Pending], Future[list[Outcome]]] | None = None
         self._seen_counts: dict[str, int] = {}
         self._sent = metrics.counter(metrics.REQUESTS_SENT)
         self._batch_sizes = metrics.distribution(metrics.BATCH_SIZE)
@@ -154,8 +173,10 @@ class _ApplyBatches(beam.DoFn):
         if loop is None:
             return
         client = getattr(self, "_client", None)
-        if client is not None:
-            loop.run_until_complete(client.aclose())
+        if client is not None and loop.is_running():
+            asyncio.run_coroutine_threadsafe(client.aclose(), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
+        self._loop_thread.join()
         loop.close()
 
     def process(
@@ -180,6 +201,15 @@ class _ApplyBatches(beam.DoFn):
     @on_timer(WINDOW_END)
     def on_window_end(self, buffer=beam.DoFn.StateParam(BUFFER), count=beam.DoFn.StateParam(COUNT)):
         yield from self._flush(buffer, count)
+        yield from self._settle()
+
+    def finish_bundle(self) -> Iterable[Any]:
+        # A flush still in flight belongs to this bundle: its requests left the state already.
+        for out in self._settle():
+            if isinstance(out, beam.pvalue.TaggedOutput):
+                yield beam.pvalue.TaggedOutput(out.tag, _in_global_window(out.value))
+            else:
+                yield _in_global_window(out)
 
     def _flush(self, buffer, count) -> Iterable[Any]:
         batch: list[Pending] = list(buffer.read())
@@ -187,24 +217,46 @@ class _ApplyBatches(beam.DoFn):
         count.clear()
         if not batch:
             return
+        batch.sort(key=lambda p: lead_identity(p.request))
         self._batch_sizes.update(len(batch))
         self._sent.inc(len(batch))
-        outcomes = self._apply([p.request for p in batch])
+        previous, self._in_flight = self._in_flight, None
+        if previous is not None:
+            previous_outcomes = self._outcomes(*previous)  # waits: one flush in flight at a time
+        self._in_flight = (batch, self._submit([p.request for p in batch]))
+        if previous is not None:
+            yield from self._emit(previous[0], previous_outcomes)  # while the new flush writes
+        if not self.OVERLAP:
+            yield from self._settle()
+
+    def _settle(self) -> Iterable[Any]:
+        """Wait for the flush in flight, if any, and emit its outcomes."""
+        if self._in_flight is None:
+            return
+        batch, future = self._in_flight
+        self._in_flight = None
+        yield from self._emit(batch, self._outcomes(batch, future))
+
+    def _emit(self, batch: list[Pending], outcomes: list[Outcome]) -> Iterable[Any]:
         self._report_client_counters()
         for pending, outcome in zip(batch, outcomes, strict=True):
             yield from emit_outcome(pending, outcome)
 
-    def _apply(self, requests: list[UpsertRequest]) -> list[Outcome]:
+    def _submit(self, requests: list[UpsertRequest]) -> Future[list[Outcome]]:
+        if self._dry_run:
+            return asyncio.run_coroutine_threadsafe(self._dry(requests), self._loop)
+        # A flush is applied as a stream of lookup batches (engine.STREAM_BATCH requests each):
+        # the next batch's searches overlap this one's writes, and the whole flush is the
+        # lookahead that keeps the write budget busy while a first sync creates leads.
+        return asyncio.run_coroutine_threadsafe(self._engine.upsert_many(requests), self._loop)
+
+    @staticmethod
+    def _outcomes(batch: list[Pending], future: Future[list[Outcome]]) -> list[Outcome]:
         try:
-            if self._dry_run:
-                return self._loop.run_until_complete(self._dry(requests))
-            # A flush is applied as a stream of lookup batches (engine.STREAM_BATCH requests each):
-            # the next batch's searches overlap this one's writes, and the whole flush is the
-            # lookahead that keeps the write budget busy while a first sync creates leads.
-            return self._loop.run_until_complete(self._engine.upsert_many(requests))
+            return future.result()
         except Exception as exc:  # noqa: BLE001 - an engine crash must become dead letters, not a dead job
             reason = f"engine_error:{type(exc).__name__}"
-            return [Outcome(kind="failed", reason=reason, error_body=str(exc)) for _ in requests]
+            return [Outcome(kind="failed", reason=reason, error_body=str(exc)) for _ in batch]
 
     async def _dry(self, requests: list[UpsertRequest]) -> list[Outcome]:
         return [await self._engine.upsert_one(r, dry_run=True) for r in requests]
@@ -223,9 +275,11 @@ class _ApplyBatches(beam.DoFn):
 
 
 class _ApplyBatchesStreaming(_ApplyBatches):
-    """Unbounded input also flushes a partial batch after flush_seconds of processing time."""
+    """Unbounded input also flushes a partial batch after flush_seconds of processing time, and
+    settles each flush before going on (small flushes; their outcomes should not wait for the next)."""
 
     FLUSH = TimerSpec("flush", TimeDomain.REAL_TIME)
+    OVERLAP = False
 
     def process(
         self,
@@ -247,6 +301,10 @@ class _ApplyBatchesStreaming(_ApplyBatches):
         count=beam.DoFn.StateParam(_ApplyBatches.COUNT),
     ):
         yield from self._flush(buffer, count)
+
+
+def _in_global_window(value: Any) -> WindowedValue:
+    return WindowedValue(value, GlobalWindow().max_timestamp(), [GlobalWindow()])
 
 
 def client_counters(client: Any) -> dict[str, float]:

@@ -1,0 +1,60 @@
+"""The bounded writer applies a flush in the background while it buffers the next, and settles all of them."""
+
+from __future__ import annotations
+
+import apache_beam as beam
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+from closecrm.model import UpsertRequest
+from tests.pipeline.helpers import sim_config
+from transforms.collapse import Pending
+from transforms.upsert import EngineSpec, KeySource, UpsertToClose, lead_identity
+
+_OUT: list = []
+
+
+def _keep(item) -> None:  # noqa: ANN001 - FnApiRunner runs in this process
+    _OUT.append(item)
+
+
+def test_every_flush_is_settled_with_each_request_paired_to_its_own_outcome(sim, tmp_path, monkeypatch):
+    config, cf = sim_config(sim, tmp_path)
+    monkeypatch.setenv("CLOSE_API_KEY", sim.api_key)
+    spec = EngineSpec(sim.base_url, KeySource(), config.settings_model())
+    # 23 companies, people arriving shuffled across them; 7-request flushes: many flushes, most overlapping.
+    pendings = [
+        Pending(
+            f"u{i}",
+            UpsertRequest(
+                lead_name=f"Co {i % 23}",
+                lead_company_id=f"c{i % 23}",
+                contact_name=f"Person {i}",
+                contact_emails=(f"p{i}@x.io",),
+                contact_user_id=f"u{i}",
+            ),
+            (),
+        )
+        for i in range(150)
+    ]
+    _OUT.clear()
+    p = beam.Pipeline(runner=FnApiRunner())
+    applied = p | beam.Create(pendings) | UpsertToClose(spec, shards=3, batch_size=7)
+    _ = applied.outcomes | beam.Map(_keep)
+    p.run().wait_until_finish()
+
+    assert sorted(pending.person for pending, _ in _OUT) == sorted(x.person for x in pendings)
+    assert {outcome.kind for _, outcome in _OUT} == {"created"}
+    contacts = {c["custom." + cf["user"]]: c for c in sim.contacts()}
+    leads = {lead["id"]: lead for lead in sim.leads()}
+    assert len(contacts) == 150 and len(leads) == 23  # no duplicate lead per company
+    for pending, outcome in _OUT:
+        contact = contacts[pending.request.contact_user_id]
+        assert contact["name"] == pending.request.contact_name
+        assert outcome.contact_ids == (contact["id"],)
+        assert leads[contact["lead_id"]]["custom." + cf["company"]] == pending.request.lead_company_id
+
+
+def test_lead_identity_keeps_a_leads_requests_together():
+    reqs = [UpsertRequest(lead_company_id=c, contact_user_id=u) for c, u in [("b", "1"), ("a", "2"), ("b", "3")]]
+    ordered = sorted(reqs, key=lead_identity)
+    assert [r.contact_user_id for r in ordered] == ["2", "1", "3"]  # stable within a lead
