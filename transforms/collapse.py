@@ -11,9 +11,9 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.coders import PickleCoder, StrUtf8Coder
-from apache_beam.transforms import trigger, window
+from apache_beam.transforms import window
 from apache_beam.transforms.timeutil import TimeDomain
-from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Duration, Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
@@ -193,18 +193,56 @@ class _Explode(beam.DoFn):
 
 
 def _windowing(kind: str, seconds: float) -> beam.WindowInto:
-    """Event-time windows (fixed, session), processing-time panes, or one global window (batch)."""
+    """Event-time windows (fixed, session), or one global window (batch)."""
     if kind == "session":
         return beam.WindowInto(window.Sessions(seconds))
     if kind == "fixed":
         return beam.WindowInto(window.FixedWindows(seconds))
-    if kind == "processing":
-        return beam.WindowInto(
-            window.GlobalWindows(),
-            trigger=trigger.Repeatedly(trigger.AfterProcessingTime(max(1, round(seconds)))),
-            accumulation_mode=trigger.AccumulationMode.DISCARDING,
-        )
     return beam.WindowInto(window.GlobalWindows())
+
+
+def _now() -> Timestamp:
+    """Processing time, as the runner's real-time timers count it (a test replaces it by its clock)."""
+    return Timestamp.now()
+
+
+class _CollapsePanes(beam.DoFn):
+    """Processing-time panes per person: the first (request, event) of a pane starts a ``seconds`` timer,
+    and the timer emits what arrived since, collapsed, then clears the person's state.
+
+    What ``Repeatedly(AfterProcessingTime(seconds))`` with discarding panes on the global window gives,
+    in state that is empty between panes. The trigger form kept, per person, one pane-index entry for
+    every pane it ever fired (Beam's trigger driver appends a count to a list in the global window,
+    which never closes), and the local runner copied that list on every bundle that touched the person.
+    """
+
+    BUFFER = BagStateSpec("buffer", PickleCoder())  # (request, event) pairs of the open pane
+    PERSON = ReadModifyWriteStateSpec("person", StrUtf8Coder())  # set while a pane is open
+    FIRE = TimerSpec("fire", TimeDomain.REAL_TIME)
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = max(1, round(seconds))
+
+    def process(
+        self,
+        item: tuple[str, tuple[UpsertRequest, Any]],
+        buffer=beam.DoFn.StateParam(BUFFER),
+        person=beam.DoFn.StateParam(PERSON),
+        fire=beam.DoFn.TimerParam(FIRE),
+    ):
+        if person.read() is None:
+            person.write(item[0])
+            fire.set(_now() + Duration(seconds=self._seconds))
+        buffer.add(item[1])
+
+    @on_timer(FIRE)
+    def emit(self, buffer=beam.DoFn.StateParam(BUFFER), person=beam.DoFn.StateParam(PERSON)):
+        who = person.read()
+        acc = list(buffer.read())
+        buffer.clear()
+        person.clear()
+        if who is not None and acc:
+            yield (who, _CollapseFn().extract_output(acc))
 
 
 class CollapsePerPerson(beam.PTransform):
@@ -228,6 +266,13 @@ class CollapsePerPerson(beam.PTransform):
                 | "Pack" >> beam.ParDo(_PackPerShard()).with_output_types(tuple[int, bytes])
                 | "GroupShards" >> beam.GroupByKey()
                 | "Collapse" >> beam.ParDo(_CollapseShard())
+            )
+        elif self._kind == "processing":
+            # Unbounded input, processing-time panes: a stateful DoFn whose state empties at each pane.
+            collapsed = (
+                keyed
+                | "Window" >> beam.WindowInto(window.GlobalWindows())
+                | "Collapse" >> beam.ParDo(_CollapsePanes(self._seconds))
             )
         else:
             collapsed = (
