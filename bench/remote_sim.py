@@ -26,6 +26,14 @@ class RemoteSim:
         self.base_url = json.loads(self._proc.stdout.readline())["base_url"]
         self._admin = self.base_url.split("/api/v1/")[0] + "/_sim/"
 
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def configure(self, **knobs: Any) -> None:
+        """As ``SimServer.configure``: the simulator's knobs (faults, storms, seed) through its admin route."""
+        httpx.patch(self._admin + "config", json=knobs, timeout=30).raise_for_status()
+
     def create_custom_field(self, object_type: str, name: str) -> str:
         url = f"{self.base_url}custom_field/{object_type}/"
         return httpx.post(url, json={"name": name, "type": "text"}, auth=(self.api_key, "")).json()["id"]
