@@ -93,9 +93,10 @@ def local_runner(options: PipelineOptions, streaming: bool):  # noqa: ANN201
     if streaming:
         from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 
-        from pipeline.local_pubsub import raise_pull_size
+        from pipeline.local_pubsub import forget_consumed_empty_bundles, raise_pull_size
 
         raise_pull_size()  # its Pub/Sub reader pulls 10 messages per bundle otherwise (~20 events/s)
+        forget_consumed_empty_bundles()  # and leaves one empty bundle per pull behind otherwise
         return BundleBasedDirectRunner()
     from apache_beam.runners.portability.fn_api_runner import FnApiRunner, worker_handlers
 

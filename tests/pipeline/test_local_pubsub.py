@@ -43,3 +43,54 @@ def test_pulls_ask_for_the_local_size_and_everything_else_is_delegated(monkeypat
     _PubSubReadEvaluator._get_subscriber_client(object()).pull(subscription="s", max_messages=10)
     assert fake.pulls[-1]["max_messages"] == 10
     raise_pull_size()
+
+
+def _reader_pending(result) -> int:  # noqa: ANN001
+    """Bundles the local runner's watermark manager holds as pending for the Pub/Sub read step."""
+    manager = result._evaluation_context._watermark_manager
+    return max(
+        len(tw._pending)
+        for transform, tw in manager._transform_to_watermarks.items()
+        if "ReadFromPubSub" in transform.full_label
+    )
+
+
+def test_the_reader_leaves_no_pending_bundle_behind_per_pull(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+    from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
+
+    pulls = [0]
+
+    class EmptySubscriber:
+        def pull(self, **kwargs: Any) -> Any:
+            pulls[0] += 1
+            time.sleep(0.002)  # an empty pull, answered at once
+            return SimpleNamespace(received_messages=[])
+
+    monkeypatch.setattr(
+        _PubSubReadEvaluator,
+        "_get_subscriber_client_state_unlocked",
+        classmethod(lambda cls, transform: SimpleNamespace(client=EmptySubscriber())),
+    )
+    from pipeline.runjob import local_runner
+
+    options = PipelineOptions()
+    options.view_as(StandardOptions).streaming = True
+    runner = local_runner(options, streaming=True)
+    assert isinstance(runner, BundleBasedDirectRunner)
+    p = beam.Pipeline(runner=runner, options=options)
+    _ = p | beam.io.ReadFromPubSub(subscription="projects/close-sync-test/subscriptions/events") | beam.Map(len)
+    result = p.run()
+    try:
+        deadline = time.monotonic() + 30
+        while pulls[0] < 300 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pulls[0] >= 300
+        # Each pull's reader bundle hands the next one an empty "unprocessed" bundle; Beam adds it to the
+        # step's pending set and, as it has no elements, never takes it out (one _Bundle + PBegin per pull).
+        assert _reader_pending(result) <= 5, (_reader_pending(result), pulls[0])
+    finally:
+        result.cancel()
