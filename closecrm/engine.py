@@ -7,7 +7,7 @@ import heapq
 import logging
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import count
 from typing import Any
@@ -43,6 +43,17 @@ class SettingsError(Exception):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("; ".join(problems))
+
+
+async def _batches_of(
+    batches: Iterable[Sequence[UpsertRequest]] | AsyncIterable[Sequence[UpsertRequest]],
+) -> AsyncIterator[Sequence[UpsertRequest]]:
+    if isinstance(batches, AsyncIterable):
+        async for batch in batches:
+            yield batch
+    else:
+        for batch in batches:
+            yield batch
 
 
 def _union_find() -> tuple[Callable[[str], str], Callable[[str, str], None]]:
@@ -275,7 +286,7 @@ class UpsertEngine:
 
     async def upsert_stream(
         self,
-        batches: Iterable[Sequence[UpsertRequest]],
+        batches: Iterable[Sequence[UpsertRequest]] | AsyncIterable[Sequence[UpsertRequest]],
         *,
         dry_run: bool = False,
         depth: int = STREAM_DEPTH,
@@ -294,36 +305,48 @@ class UpsertEngine:
         end state and the calls are those of ``upsert_batch`` batch after batch. ``dry_run`` streams
         without overlap (a dry run writes nothing that a later batch could find).
         """
+        source = _batches_of(batches)
         if dry_run or depth <= 1:
-            for batch in batches:
+            async for batch in source:
                 yield await self.upsert_batch(batch, dry_run=dry_run)
             return
-        it = iter(batches)
         gate = _OrderedGate(self.max_concurrency)  # shared: the stream as a whole keeps the bound
         in_flight: deque[_Running] = deque()
         launched = count()
-
-        def search_next() -> tuple[asyncio.Future[_Prepared], list[_Running]] | None:
-            batch = next(it, None)
-            if batch is None:
-                return None
-            # The batches still writing when this search starts: what it may miss, so what to wait for.
-            running = [r for r in in_flight if not r.done()]
-            return asyncio.ensure_future(self._prepare(list(batch))), running
-
-        following = search_next()
+        # The next batch from the source, read ahead. An async source (a writer feeding the stream as
+        # its input arrives) may be slow to give one: meanwhile launched batches go on writing and
+        # finished ones are yielded, so a feeder waiting for outcomes never waits on itself.
+        fetch: asyncio.Future[Sequence[UpsertRequest] | None] | None = asyncio.ensure_future(anext(source, None))
+        following: tuple[asyncio.Future[_Prepared], list[_Running]] | None = None
+        head: asyncio.Future[list[Outcome]] | None = None
         try:
-            while following is not None or in_flight:
+            while True:
+                if following is None and fetch is not None and fetch.done():
+                    batch, fetch = fetch.result(), None
+                    if batch is not None:
+                        # The batches still writing when this search starts: what it may miss, so what to wait for.
+                        running = [r for r in in_flight if not r.done()]
+                        following = asyncio.ensure_future(self._prepare(list(batch))), running
+                        fetch = asyncio.ensure_future(anext(source, None))
                 if following is not None and len(in_flight) < depth:
                     prepared, running = following
                     following = None
                     in_flight.append(self._launch(await prepared, running, gate, next(launched)))
-                    following = search_next()
-                else:
-                    yield await in_flight[0].result()
+                    continue
+                if following is None and fetch is None and not in_flight:
+                    return
+                if in_flight and head is None:
+                    head = asyncio.ensure_future(in_flight[0].result())
+                awaited = [f for f in (head, fetch if following is None else None) if f is not None]
+                await asyncio.wait(awaited, return_when=asyncio.FIRST_COMPLETED)
+                if head is not None and head.done():
+                    outs, head = head.result(), None
                     in_flight.popleft()
+                    yield outs
         finally:
-            futures = [following[0]] if following is not None else []
+            futures = [f for f in (fetch, head) if f is not None]
+            if following is not None:
+                futures.append(following[0])
             for r in in_flight:
                 futures.extend(r.tasks)
             for fut in futures:

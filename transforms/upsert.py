@@ -33,6 +33,7 @@ from closecrm.secret import ApiKey
 from transforms import metrics
 from transforms.collapse import Pending
 from transforms.deadletter import DEAD
+from transforms.feed import EngineFeed
 from transforms.ledger import APPLIED, LEDGER, SKIPPED
 from transforms.ledger import DEAD as LEDGER_DEAD
 
@@ -131,24 +132,24 @@ def letter_for(pending: Pending, outcome: Outcome) -> DeadLetter:
 class _ApplyBatches(beam.DoFn):
     """Buffers requests per shard (bag state) and flushes on size, on a timer, or at window end.
 
-    Beam serialises the processing of one key, so one shard never has two batches in flight;
-    inside a batch the engine serialises requests that may touch the same lead. A flush is
-    sorted by lead identity (stable), so a lead's requests sit together in the engine's lookup
-    batches: in a first sync a lookahead of shuffled people was mostly lead creations (one per
-    company), and contact_write idled until the leads existed. The order of different people in
-    a flush is whatever the shuffle gave, so sorting it changes no outcome.
+    Beam serialises the processing of one key, and each DoFn instance has one engine stream
+    (``EngineFeed``) that every flush joins, so requests that may touch the same lead are applied
+    in order across flushes and shards. A flush is sorted by lead identity (stable), so a lead's
+    requests sit together in the engine's lookup batches: in a first sync a lookahead of shuffled
+    people was mostly lead creations (one per company), and contact_write idled until the leads
+    existed. The order of different people in a flush is whatever the shuffle gave, so sorting it
+    changes no outcome.
 
-    On bounded input a flush is applied in the background (the engine's loop has its own
-    thread) while the next one is buffered: the upstream stages' work for the next flush, and
-    the emission of the last one's outcomes, overlap the writes instead of idling the budget
-    between flushes. At most one flush per DoFn instance is ever in flight, and every flush is
-    settled, its outcomes emitted, before the bundle finishes.
+    On bounded input a flush joins the stream and the writer goes on buffering the next while it
+    writes: outcomes are emitted as each lookup batch finishes, and a flush waits only until the
+    earlier ones are down to the stream's lookahead. Streaming input settles each flush before going
+    on. Either way every outcome is emitted before the bundle finishes.
     """
 
     BUFFER = BagStateSpec("buffer", PickleCoder())
     COUNT = CombiningValueStateSpec("count", combine_fn=CountCombineFn())
     WINDOW_END = TimerSpec("window_end", TimeDomain.WATERMARK)
-    OVERLAP = True  # apply a flush in the background while buffering the next (bounded input)
+    OVERLAP = True  # keep buffering while a flush writes (bounded input)
 
     def __init__(self, spec: EngineSpec, batch_size: int, flush_seconds: float, dry_run: bool):
         self._spec = spec
@@ -163,7 +164,7 @@ class _ApplyBatches(beam.DoFn):
         self._loop_thread = threading.Thread(target=self._loop.run_forever, name="close-writer", daemon=True)
         self._loop_thread.start()
         self._client, self._engine = self._spec.build()
-        self._in_flight: tuple[list[Pending], Future[list[Outcome]]] | None = None
+        self._feed = EngineFeed(self._loop, self._engine)
         self._seen_counts: dict[str, int] = {}
         self._sent = metrics.counter(metrics.REQUESTS_SENT)
         self._batch_sizes = metrics.distribution(metrics.BATCH_SIZE)
@@ -172,11 +173,11 @@ class _ApplyBatches(beam.DoFn):
         loop = getattr(self, "_loop", None)
         if loop is None:
             return
-        client = getattr(self, "_client", None)
-        if client is not None and loop.is_running():
-            asyncio.run_coroutine_threadsafe(client.aclose(), loop).result()
-        loop.call_soon_threadsafe(loop.stop)
-        self._loop_thread.join()
+        if loop.is_running():
+            self._feed.close()
+            asyncio.run_coroutine_threadsafe(self._client.aclose(), loop).result()
+            loop.call_soon_threadsafe(loop.stop)
+            self._loop_thread.join()
         loop.close()
 
     def process(
@@ -197,15 +198,17 @@ class _ApplyBatches(beam.DoFn):
             window_end.set(w.max_timestamp())
         if n >= self._batch_size:
             yield from self._flush(buffer, count)
+        elif self._feed.outstanding:
+            yield from self._emit(self._feed.ready())
 
     @on_timer(WINDOW_END)
     def on_window_end(self, buffer=beam.DoFn.StateParam(BUFFER), count=beam.DoFn.StateParam(COUNT)):
         yield from self._flush(buffer, count)
-        yield from self._settle()
+        yield from self._emit(self._feed.wait_until(0))
 
     def finish_bundle(self) -> Iterable[Any]:
-        # A flush still in flight belongs to this bundle: its requests left the state already.
-        for out in self._settle():
+        # What is still writing belongs to this bundle: its requests left the state already.
+        for out in self._emit(self._feed.wait_until(0)):
             if isinstance(out, beam.pvalue.TaggedOutput):
                 yield beam.pvalue.TaggedOutput(out.tag, _in_global_window(out.value))
             else:
@@ -215,40 +218,26 @@ class _ApplyBatches(beam.DoFn):
         batch: list[Pending] = list(buffer.read())
         buffer.clear()
         count.clear()
-        if not batch:
-            return
-        batch.sort(key=lambda p: lead_identity(p.request))
-        self._batch_sizes.update(len(batch))
-        self._sent.inc(len(batch))
-        previous, self._in_flight = self._in_flight, None
-        if previous is not None:
-            previous_outcomes = self._outcomes(*previous)  # waits: one flush in flight at a time
-        self._in_flight = (batch, self._submit([p.request for p in batch]))
-        if previous is not None:
-            yield from self._emit(previous[0], previous_outcomes)  # while the new flush writes
-        if not self.OVERLAP:
-            yield from self._settle()
+        if batch:
+            batch.sort(key=lambda p: lead_identity(p.request))
+            self._batch_sizes.update(len(batch))
+            self._sent.inc(len(batch))
+            if self._dry_run:
+                dry = asyncio.run_coroutine_threadsafe(self._dry([p.request for p in batch]), self._loop)
+                yield from self._emit(zip(batch, self._outcomes(batch, dry), strict=True))
+                return
+            # Earlier flushes go on writing; keep no more than the stream's lookahead of them ahead.
+            yield from self._emit(self._feed.wait_until(MAX_CONCURRENCY))
+            self._feed.submit(batch)
+        yield from self._emit(self._feed.wait_until(0) if not self.OVERLAP else self._feed.ready())
 
-    def _settle(self) -> Iterable[Any]:
-        """Wait for the flush in flight, if any, and emit its outcomes."""
-        if self._in_flight is None:
-            return
-        batch, future = self._in_flight
-        self._in_flight = None
-        yield from self._emit(batch, self._outcomes(batch, future))
-
-    def _emit(self, batch: list[Pending], outcomes: list[Outcome]) -> Iterable[Any]:
-        self._report_client_counters()
-        for pending, outcome in zip(batch, outcomes, strict=True):
+    def _emit(self, pairs: Iterable[tuple[Pending, Outcome]]) -> Iterable[Any]:
+        emitted = False
+        for pending, outcome in pairs:
+            emitted = True
             yield from emit_outcome(pending, outcome)
-
-    def _submit(self, requests: list[UpsertRequest]) -> Future[list[Outcome]]:
-        if self._dry_run:
-            return asyncio.run_coroutine_threadsafe(self._dry(requests), self._loop)
-        # A flush is applied as a stream of lookup batches (engine.STREAM_BATCH requests each):
-        # the next batch's searches overlap this one's writes, and the whole flush is the
-        # lookahead that keeps the write budget busy while a first sync creates leads.
-        return asyncio.run_coroutine_threadsafe(self._engine.upsert_many(requests), self._loop)
+        if emitted:
+            self._report_client_counters()
 
     @staticmethod
     def _outcomes(batch: list[Pending], future: Future[list[Outcome]]) -> list[Outcome]:
@@ -276,7 +265,7 @@ class _ApplyBatches(beam.DoFn):
 
 class _ApplyBatchesStreaming(_ApplyBatches):
     """Unbounded input also flushes a partial batch after flush_seconds of processing time, and
-    settles each flush before going on (small flushes; their outcomes should not wait for the next)."""
+    settles each flush before going on (small flushes, whose outcomes should not wait for the next)."""
 
     FLUSH = TimerSpec("flush", TimeDomain.REAL_TIME)
     OVERLAP = False

@@ -3,6 +3,7 @@ applying each request one at a time, with no duplicate leads, and with the calls
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -153,3 +154,39 @@ def test_an_empty_stream_and_a_dry_run_stream(close: CloseEnv) -> None:
 
     [[out]] = close.run(dry)
     assert out.kind == "created" and close.leads() == []
+
+
+def test_an_async_source_that_waits_for_outcomes_gets_them(close: CloseEnv) -> None:
+    """A writer feeds the stream as input arrives and may wait for outcomes before feeding more: the
+    stream must yield what is done while its source has nothing to give, and end as batch after batch."""
+    reqs = _workload(60)
+    batches = [reqs[i : i + 8] for i in range(0, len(reqs), 8)]
+
+    async def slices(engine: UpsertEngine) -> list[Any]:
+        return [o for b in batches for o in await engine.upsert_batch(b)]
+
+    close.fresh_org()
+    batch_outs = close.run(slices, max_concurrency=8)
+    expected, batch_calls = close.projection(), close.sim.stats()["requests_total"]
+
+    async def fed(engine: UpsertEngine) -> list[Any]:
+        received = asyncio.Event()
+
+        async def source():  # noqa: ANN202
+            for i, b in enumerate(batches):
+                if i % 3 == 2:  # every third batch only once an outcome came back since the last one
+                    await received.wait()
+                    received.clear()
+                yield b
+
+        out = []
+        async for outs in engine.upsert_stream(source(), depth=4):
+            out.extend(outs)
+            received.set()
+        return out
+
+    close.fresh_org()
+    fed_outs = close.run(fed, max_concurrency=8)
+    assert [o.kind for o in fed_outs] == [o.kind for o in batch_outs]
+    assert close.projection() == expected
+    assert close.sim.stats()["requests_total"] == batch_calls

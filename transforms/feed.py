@@ -1,0 +1,114 @@
+"""One long-lived engine stream per writer: fed batches from Beam's thread, its outcomes read back there."""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+from collections import deque
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+from closecrm.engine import STREAM_BATCH, UpsertEngine
+from closecrm.model import Outcome
+
+Pair = tuple[Any, Outcome]  # (what was submitted, e.g. a Pending; its outcome)
+
+
+class EngineFeed:
+    """Feeds ``UpsertEngine.upsert_stream`` from another thread, so a writer's flushes join one stream.
+
+    Each flush used to run a stream of its own: the budget idled while the last lookup batches of
+    one flush finished and the next flush searched its first (1-3 s a flush in a first sync), and
+    the last flush's outcomes were emitted while nothing was being written. Here the stream
+    outlives flushes: ``submit`` queues items (cut into lookup batches) and returns at once;
+    outcomes come back in submission order, paired with their items, through ``ready`` (what is
+    done now) and ``wait_until`` (block until at most ``n`` items are outstanding). The stream
+    keeps its per-lead ordering across everything submitted, as it does across one flush.
+
+    ``submit``, ``ready`` and ``wait_until`` are for one thread (Beam's); the stream runs on
+    ``loop``, which another thread runs. If the engine raises, every outstanding item fails with
+    ``engine_error:<type>`` and the next ``submit`` starts a new stream.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, engine: UpsertEngine, batch_size: int = STREAM_BATCH):
+        self._loop = loop
+        self._engine = engine
+        self._batch_size = max(1, batch_size)
+        self._results: queue.SimpleQueue[tuple[Sequence[Any], list[Outcome]]] = queue.SimpleQueue()
+        self._outstanding = 0  # items submitted whose outcomes were not handed back yet (Beam's thread)
+        self._input: asyncio.Queue[list[Any] | None] | None = None  # loop thread only
+        self._task: asyncio.Task[None] | None = None  # loop thread only
+
+    @property
+    def outstanding(self) -> int:
+        return self._outstanding
+
+    def submit(self, items: Sequence[Any], request_of: Any = lambda item: item.request) -> None:
+        """Queue items for the stream; `request_of(item)` is the UpsertRequest to apply."""
+        for i in range(0, len(items), self._batch_size):
+            chunk = list(items[i : i + self._batch_size])
+            self._loop.call_soon_threadsafe(self._accept, chunk, request_of)
+        self._outstanding += len(items)
+
+    def ready(self) -> Iterator[Pair]:
+        """Outcomes that are in, without waiting."""
+        while True:
+            try:
+                chunk, outs = self._results.get_nowait()
+            except queue.Empty:
+                return
+            yield from self._handed_back(chunk, outs)
+
+    def wait_until(self, n: int) -> Iterator[Pair]:
+        """Outcomes as they come in, until at most `n` items are outstanding."""
+        while self._outstanding > n:
+            chunk, outs = self._results.get()
+            yield from self._handed_back(chunk, outs)
+
+    def close(self) -> None:
+        """End the stream (after what was submitted); call from a thread other than the loop's."""
+        done = asyncio.run_coroutine_threadsafe(self._end(), self._loop)
+        done.result()
+
+    def _handed_back(self, chunk: Sequence[Any], outs: list[Outcome]) -> Iterator[Pair]:
+        self._outstanding -= len(chunk)
+        yield from zip(chunk, outs, strict=True)
+
+    # ------------------------------------------------------------ loop thread
+
+    def _accept(self, chunk: list[Any], request_of: Any) -> None:
+        if self._task is None or self._task.done():
+            self._input = asyncio.Queue()
+            self._task = self._loop.create_task(self._run(self._input))
+        assert self._input is not None
+        self._input.put_nowait((chunk, request_of))  # type: ignore[arg-type]
+
+    async def _end(self) -> None:
+        if self._task is not None and not self._task.done() and self._input is not None:
+            self._input.put_nowait(None)
+            await self._task
+
+    async def _run(self, inbox: asyncio.Queue[Any]) -> None:
+        taken: deque[list[Any]] = deque()
+
+        async def source() -> AsyncIterator[list[Any]]:
+            while True:
+                item = await inbox.get()
+                if item is None:
+                    return
+                chunk, request_of = item
+                taken.append(chunk)
+                yield [request_of(x) for x in chunk]
+
+        try:
+            async for outs in self._engine.upsert_stream(source()):
+                self._results.put((taken.popleft(), outs))
+        except Exception as exc:  # noqa: BLE001 - an engine crash must become dead letters, not a hung writer
+            failed = Outcome(kind="failed", reason=f"engine_error:{type(exc).__name__}", error_body=str(exc))
+            while not inbox.empty():
+                item = inbox.get_nowait()
+                if item is not None:
+                    taken.append(item[0])
+            while taken:
+                chunk = taken.popleft()
+                self._results.put((chunk, [failed] * len(chunk)))
