@@ -267,9 +267,9 @@ class PipelineConfig(_Strict):
         ge=1,
         le=200_000,
         description=(
-            "Most requests per writer flush (per shard). A flush is applied as a stream of 200-request "
-            "lookups with 5,000 requests of lookahead; each flush starts and drains that stream (1-2 s of "
-            "idle write budget), so large flushes suit bounded runs. Memory holds one flush per shard."
+            "Most requests per writer flush (per shard). A flush is sorted by lead identity and joins the "
+            "writer's one stream of 200-request lookups (5,000 requests of lookahead); on bounded input the "
+            "next flush is buffered while it writes. Memory holds up to two flushes per writer."
         ),
     )
     flush_seconds: float = Field(default=5.0, gt=0, description="Longest a request waits for its batch.")
