@@ -74,16 +74,21 @@ def _workload(n: int) -> list[UpsertRequest]:
     return out
 
 
-def test_stream_makes_the_same_calls_and_state_as_batch_after_batch(close: CloseEnv) -> None:
-    reqs = _workload(60)
-    batches = [reqs[i : i + 8] for i in range(0, len(reqs), 8)]
+def batch_after_batch(close: CloseEnv, batches: list[list[UpsertRequest]]) -> tuple[list[Any], Any, int]:
+    """``upsert_batch`` on each batch in turn on a fresh org: the outcomes, the end state and the calls."""
 
     async def one_by_one(engine: UpsertEngine) -> list[Any]:
         return [o for b in batches for o in await engine.upsert_batch(b)]
 
     close.fresh_org()
-    batch_outs = close.run(one_by_one, max_concurrency=8)
-    expected, batch_calls = close.projection(), close.sim.stats()["requests_total"]
+    outs = close.run(one_by_one, max_concurrency=8)
+    return outs, close.projection(), close.sim.stats()["requests_total"]
+
+
+def test_stream_makes_the_same_calls_and_state_as_batch_after_batch(close: CloseEnv) -> None:
+    reqs = _workload(60)
+    batches = [reqs[i : i + 8] for i in range(0, len(reqs), 8)]
+    batch_outs, expected, batch_calls = batch_after_batch(close, batches)
 
     async def stream(engine: UpsertEngine) -> list[Any]:
         return [o async for outs in engine.upsert_stream(batches, depth=4) for o in outs]
@@ -161,13 +166,7 @@ def test_an_async_source_that_waits_for_outcomes_gets_them(close: CloseEnv) -> N
     stream must yield what is done while its source has nothing to give, and end as batch after batch."""
     reqs = _workload(60)
     batches = [reqs[i : i + 8] for i in range(0, len(reqs), 8)]
-
-    async def slices(engine: UpsertEngine) -> list[Any]:
-        return [o for b in batches for o in await engine.upsert_batch(b)]
-
-    close.fresh_org()
-    batch_outs = close.run(slices, max_concurrency=8)
-    expected, batch_calls = close.projection(), close.sim.stats()["requests_total"]
+    batch_outs, expected, batch_calls = batch_after_batch(close, batches)
 
     async def fed(engine: UpsertEngine) -> list[Any]:
         received = asyncio.Event()

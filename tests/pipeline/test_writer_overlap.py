@@ -6,6 +6,7 @@ import apache_beam as beam
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from closecrm.model import UpsertRequest
+from tests.engine.test_engine_batch import people
 from tests.pipeline.helpers import sim_config
 from transforms.collapse import Pending
 from transforms.upsert import EngineSpec, KeySource, UpsertToClose, lead_identity
@@ -22,20 +23,7 @@ def test_every_flush_is_settled_with_each_request_paired_to_its_own_outcome(sim,
     monkeypatch.setenv("CLOSE_API_KEY", sim.api_key)
     spec = EngineSpec(sim.base_url, KeySource(), config.settings_model())
     # 23 companies, people arriving shuffled across them; 7-request flushes: many flushes, most overlapping.
-    pendings = [
-        Pending(
-            f"u{i}",
-            UpsertRequest(
-                lead_name=f"Co {i % 23}",
-                lead_company_id=f"c{i % 23}",
-                contact_name=f"Person {i}",
-                contact_emails=(f"p{i}@x.io",),
-                contact_user_id=f"u{i}",
-            ),
-            (),
-        )
-        for i in range(150)
-    ]
+    pendings = [Pending(r.contact_user_id, r, ()) for r in people(150, 23)]
     _OUT.clear()
     p = beam.Pipeline(runner=FnApiRunner())
     applied = p | beam.Create(pendings) | UpsertToClose(spec, shards=3, batch_size=7)
