@@ -273,7 +273,8 @@ class UpsertEngine:
     ) -> list[Outcome]:
         """``upsert_stream`` over ``reqs`` cut into batches of ``batch_size``: one outcome per request, in order.
 
-        What a writer with many requests in hand calls: the same calls and end state as
+        For a caller with all its requests in hand (the engine bench; the pipeline's writer feeds
+        ``upsert_stream`` directly, see transforms/feed.py): the same calls and end state as
         ``upsert_batch`` on each ``batch_size`` slice in turn, with searches overlapping writes and
         up to ``depth × batch_size`` requests of lookahead for the write budget.
         """

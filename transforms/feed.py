@@ -11,7 +11,12 @@ from typing import Any
 from closecrm.engine import STREAM_BATCH, UpsertEngine
 from closecrm.model import Outcome
 
-Pair = tuple[Any, Outcome]  # (what was submitted, e.g. a Pending; its outcome)
+Pair = tuple[Any, Outcome]  # (what was submitted: anything with a ``request``, e.g. a Pending; its outcome)
+
+
+def engine_failure(exc: Exception) -> Outcome:
+    """The outcome of a request the engine crashed on: it becomes a dead letter, not a dead job."""
+    return Outcome(kind="failed", reason=f"engine_error:{type(exc).__name__}", error_body=str(exc))
 
 
 class EngineFeed:
@@ -36,18 +41,17 @@ class EngineFeed:
         self._batch_size = max(1, batch_size)
         self._results: queue.SimpleQueue[tuple[Sequence[Any], list[Outcome]]] = queue.SimpleQueue()
         self._outstanding = 0  # items submitted whose outcomes were not handed back yet (Beam's thread)
-        self._input: asyncio.Queue[list[Any] | None] | None = None  # loop thread only
+        self._input: asyncio.Queue[list[Any] | None] | None = None  # chunks, then None; loop thread only
         self._task: asyncio.Task[None] | None = None  # loop thread only
 
     @property
     def outstanding(self) -> int:
         return self._outstanding
 
-    def submit(self, items: Sequence[Any], request_of: Any = lambda item: item.request) -> None:
-        """Queue items for the stream; `request_of(item)` is the UpsertRequest to apply."""
+    def submit(self, items: Sequence[Any]) -> None:
+        """Queue items for the stream; each item's ``request`` is the UpsertRequest to apply."""
         for i in range(0, len(items), self._batch_size):
-            chunk = list(items[i : i + self._batch_size])
-            self._loop.call_soon_threadsafe(self._accept, chunk, request_of)
+            self._loop.call_soon_threadsafe(self._accept, list(items[i : i + self._batch_size]))
         self._outstanding += len(items)
 
     def ready(self) -> Iterator[Pair]:
@@ -76,39 +80,38 @@ class EngineFeed:
 
     # ------------------------------------------------------------ loop thread
 
-    def _accept(self, chunk: list[Any], request_of: Any) -> None:
+    def _accept(self, chunk: list[Any]) -> None:
         if self._task is None or self._task.done():
             self._input = asyncio.Queue()
             self._task = self._loop.create_task(self._run(self._input))
         assert self._input is not None
-        self._input.put_nowait((chunk, request_of))  # type: ignore[arg-type]
+        self._input.put_nowait(chunk)
 
     async def _end(self) -> None:
         if self._task is not None and not self._task.done() and self._input is not None:
             self._input.put_nowait(None)
             await self._task
 
-    async def _run(self, inbox: asyncio.Queue[Any]) -> None:
+    async def _run(self, inbox: asyncio.Queue[list[Any] | None]) -> None:
         taken: deque[list[Any]] = deque()
 
         async def source() -> AsyncIterator[list[Any]]:
             while True:
-                item = await inbox.get()
-                if item is None:
+                chunk = await inbox.get()
+                if chunk is None:
                     return
-                chunk, request_of = item
                 taken.append(chunk)
-                yield [request_of(x) for x in chunk]
+                yield [item.request for item in chunk]
 
         try:
             async for outs in self._engine.upsert_stream(source()):
                 self._results.put((taken.popleft(), outs))
         except Exception as exc:  # noqa: BLE001 - an engine crash must become dead letters, not a hung writer
-            failed = Outcome(kind="failed", reason=f"engine_error:{type(exc).__name__}", error_body=str(exc))
+            failed = engine_failure(exc)
             while not inbox.empty():
-                item = inbox.get_nowait()
-                if item is not None:
-                    taken.append(item[0])
+                chunk = inbox.get_nowait()
+                if chunk is not None:
+                    taken.append(chunk)
             while taken:
                 chunk = taken.popleft()
                 self._results.put((chunk, [failed] * len(chunk)))

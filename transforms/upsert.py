@@ -33,7 +33,7 @@ from closecrm.secret import ApiKey
 from transforms import metrics
 from transforms.collapse import Pending
 from transforms.deadletter import DEAD
-from transforms.feed import EngineFeed
+from transforms.feed import EngineFeed, engine_failure
 from transforms.ledger import APPLIED, LEDGER, SKIPPED
 from transforms.ledger import DEAD as LEDGER_DEAD
 
@@ -244,8 +244,7 @@ class _ApplyBatches(beam.DoFn):
         try:
             return future.result()
         except Exception as exc:  # noqa: BLE001 - an engine crash must become dead letters, not a dead job
-            reason = f"engine_error:{type(exc).__name__}"
-            return [Outcome(kind="failed", reason=reason, error_body=str(exc)) for _ in batch]
+            return [engine_failure(exc) for _ in batch]
 
     async def _dry(self, requests: list[UpsertRequest]) -> list[Outcome]:
         return [await self._engine.upsert_one(r, dry_run=True) for r in requests]
