@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import click
 
-from pipeline.cli_options import API_KEY_FILE, CLOSE_URL
+from pipeline.cli_options import API_KEY_FILE, CLOSE_URL, refuse_secrets_in_args
 from transforms.upsert import EngineSpec, KeySource
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+class _RefuseSecretArgs(click.Group):
+    """Checks every argument for a secret before any subcommand parses, loads or starts anything."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # The simulator's --api-key is the made-up key its clients must send, not a Close key.
+        if next((a for a in args if not a.startswith("-")), None) != "sim":
+            refuse_secrets_in_args(args)
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_RefuseSecretArgs, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--verbose", is_flag=True, help="Show tracebacks and debug logs.")
 @click.pass_context
 def main(ctx: click.Context, verbose: bool) -> None:
