@@ -32,6 +32,10 @@ from typing import Any
 
 from closecrm.events import MISSING, resolve_path
 
+# Parentheses and negations the parser (and evaluation) will descend through; both recurse, and a
+# real trigger is a few levels deep, so a bound keeps a hostile one from overflowing the stack.
+MAX_TRIGGER_DEPTH = 32
+
 
 class TriggerError(ValueError):
     """A trigger that does not parse; says where (0-based ``position``, 1-based ``column``) and why."""
@@ -303,6 +307,12 @@ class _Parser:
     def __init__(self, text: str) -> None:
         self.tokens = _tokenize(text)
         self.index = 0
+        self.depth = 0
+
+    def descend(self, token: _Token) -> None:
+        self.depth += 1
+        if self.depth > MAX_TRIGGER_DEPTH:
+            raise TriggerError(f"nested more than {MAX_TRIGGER_DEPTH} levels", token.position)
 
     @property
     def token(self) -> _Token:
@@ -346,16 +356,19 @@ class _Parser:
 
     def parse_not(self) -> Node:
         if self.at_word("not"):
-            self.advance()
-            return Not(self.parse_not())
+            self.descend(self.advance())
+            node = Not(self.parse_not())
+            self.depth -= 1
+            return node
         return self.parse_primary()
 
     def parse_primary(self) -> Node:
         token = self.token
         if self.at_op("("):
-            self.advance()
+            self.descend(self.advance())
             node = self.parse_or()
             self.expect_op(")", f"expected ')' (to close the '(' of column {token.position + 1})")
+            self.depth -= 1
             return node
         if self.at_word("contains", "match") and self.tokens[self.index + 1].text == "(":
             return self.parse_call()
