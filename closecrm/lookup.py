@@ -276,7 +276,12 @@ class View:
     def match_contacts(
         self, user_id: str | None, email: str | None, lead_id: str | None = None
     ) -> list[Record]:
-        """SPEC's "match a contact": by user id; when none has it, by email (exact, case-insensitive)."""
+        """To "match a contact": by user id; when none has it, by email (exact, case-insensitive).
+
+        A contact that carries a different user id is another person, whatever its emails: the
+        email fallback of a request with a user id never matches it (so it is never renamed or
+        re-stamped). A request without a user id may match any contact by email.
+        """
 
         def within(records: list[Record]) -> list[Record]:
             return [c for c in records if lead_id is None or c.get("lead_id") == lead_id]
@@ -285,9 +290,17 @@ class View:
             by_user = within(self.contacts_with_user(user_id))
             if by_user:
                 return by_user
-        if email:
-            return within(self.contacts_with_email(email))
-        return []
+        if not email:
+            return []
+        by_email = within(self.contacts_with_email(email))
+        if user_id and self._user_cf:
+            by_email = [c for c in by_email if self.user_id_of(c) in (None, user_id)]
+        return by_email
+
+    def user_id_of(self, contact: Record) -> str | None:
+        """The user id a contact carries, or None (also when the user-id field is not configured)."""
+        value = contact.get(self._user_cf) if self._user_cf else None
+        return None if value in (None, "") else str(value)
 
     def matches(self, record_id: str, key: str) -> bool:
         return record_id in self._index.get(key, ())
