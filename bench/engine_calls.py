@@ -87,7 +87,7 @@ def start_sim(time_scale: float) -> tuple[subprocess.Popen[str], str]:
 
 def admin(base_url: str, method: str, path: str, body: Any = None) -> Any:
     root = base_url.split("/api/v1/")[0]
-    return httpx.request(method, f"{root}/_sim/{path}", json=body, timeout=30).json()
+    return httpx.request(method, f"{root}/_sim/{path}", json=body, auth=(API_KEY, ""), timeout=30).json()
 
 
 def fresh_org(base_url: str) -> Settings:

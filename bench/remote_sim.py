@@ -25,6 +25,7 @@ class RemoteSim:
         assert self._proc.stdout is not None
         self.base_url = json.loads(self._proc.stdout.readline())["base_url"]
         self._admin = self.base_url.split("/api/v1/")[0] + "/_sim/"
+        self._auth = (self.api_key, "")  # the admin routes take the API key too
 
     @property
     def pid(self) -> int:
@@ -32,17 +33,17 @@ class RemoteSim:
 
     def configure(self, **knobs: Any) -> None:
         """As ``SimServer.configure``: the simulator's knobs (faults, storms, seed) through its admin route."""
-        httpx.patch(self._admin + "config", json=knobs, timeout=30).raise_for_status()
+        httpx.patch(self._admin + "config", json=knobs, auth=self._auth, timeout=30).raise_for_status()
 
     def create_custom_field(self, object_type: str, name: str) -> str:
         url = f"{self.base_url}custom_field/{object_type}/"
         return httpx.post(url, json={"name": name, "type": "text"}, auth=(self.api_key, "")).json()["id"]
 
     def stats(self) -> dict[str, Any]:
-        return httpx.get(self._admin + "stats", timeout=30).json()
+        return httpx.get(self._admin + "stats", auth=self._auth, timeout=30).json()
 
     def leads(self) -> list[dict[str, Any]]:
-        return httpx.get(self._admin + "state", timeout=300).json()["leads"]
+        return httpx.get(self._admin + "state", auth=self._auth, timeout=300).json()["leads"]
 
     def contacts(self) -> list[dict[str, Any]]:
         return [c for lead in self.leads() for c in lead.get("contacts") or []]

@@ -1,4 +1,7 @@
-"""The aiohttp application: Close's routes under /api/v1/, the admin routes under /_sim/, and the request pipeline."""
+"""The aiohttp application: Close's routes under /api/v1/, the admin routes under /_sim/, and the request pipeline.
+
+Both take the same HTTP Basic auth: one of the simulator's API keys as the username.
+"""
 
 from __future__ import annotations
 
@@ -163,10 +166,7 @@ async def _api_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if api_key is None:
         sim.stats.event("unauthorized")
         sim.stats.response(401)
-        return _error(
-            Unauthorized("The API key is missing or invalid. Use HTTP Basic auth with the key as username."),
-            {"WWW-Authenticate": 'Basic realm="Close"'},
-        )
+        return _unauthorized()
     group = _group(method, template)
     sim.stats.request(group, endpoint)
 
@@ -235,7 +235,22 @@ async def _api_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return response
 
 
+ADMIN_PREFIX = "/_sim"
+_UNAUTHORIZED = "The API key is missing or invalid. Use HTTP Basic auth with the key as username."
+
+
+def _unauthorized() -> web.Response:
+    return _error(Unauthorized(_UNAUTHORIZED), {"WWW-Authenticate": 'Basic realm="Close"'})
+
+
 async def _admin(request: web.Request, handler: Handler) -> web.StreamResponse:
+    # The admin routes reset, seed and dump the organisation, so they take the same key as the API
+    # (a simulator bound to a shared interface must not be steerable by anyone who can reach it).
+    # They are not counted in the stats and not rate limited: they are the test harness, not Close.
+    path = request.path
+    if path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/"):
+        if _api_key(request, request.app[SIM].config.api_keys) is None:
+            return _unauthorized()
     if request.match_info.http_exception is not None:
         exc = request.match_info.http_exception
         return _json({"error": exc.reason}, exc.status)

@@ -43,21 +43,21 @@ def test_validation_error_shape(api):
     assert isinstance(body["errors"], list) and body["field-errors"] == {"name": "Not a valid string."}
 
 
-def test_admin_endpoints_need_no_auth_and_steer_the_sim(sim):
-    root = sim.base_url.replace("api/v1/", "")
-    r = httpx.patch(root + "_sim/config", json={"search_lag": 0.5, "fault_rate": 0.0})
-    assert r.status_code == 200 and sim.config.search_lag == 0.5
-    assert httpx.patch(root + "_sim/config", json={"no_such_knob": 1}).status_code == 400
-    assert httpx.patch(root + "_sim/config", json={"fault_rate": 2}).status_code == 400
-    assert "test_key" not in httpx.get(root + "_sim/config").text
-    seed = {"leads": [{"name": "Seeded", "contacts": [{"name": "C"}]}]}
-    assert httpx.post(root + "_sim/seed", json=seed).json()["leads"] == 1
-    state = httpx.get(root + "_sim/state").json()
-    assert [lead["name"] for lead in state["leads"]] == ["Seeded"]
-    httpx.get(sim.base_url + "lead/", auth=(sim.api_key, ""))
-    stats = httpx.get(root + "_sim/stats").json()
-    assert stats["by_endpoint"] == {"GET /lead/": 1} and stats["leads"] == 1
-    assert httpx.post(root + "_sim/storm", json={"seconds": 0.2}).status_code == 200
-    assert httpx.get(sim.base_url + "me/", auth=(sim.api_key, "")).status_code == 429
-    httpx.post(root + "_sim/reset")
-    assert sim.leads() == [] and sim.stats()["requests_total"] == 0
+def test_admin_endpoints_steer_the_sim(sim):
+    with httpx.Client(base_url=sim.root_url + "_sim/", auth=(sim.api_key, ""), timeout=10) as admin:
+        r = admin.patch("config", json={"search_lag": 0.5, "fault_rate": 0.0})
+        assert r.status_code == 200 and sim.config.search_lag == 0.5
+        assert admin.patch("config", json={"no_such_knob": 1}).status_code == 400
+        assert admin.patch("config", json={"fault_rate": 2}).status_code == 400
+        assert "test_key" not in admin.get("config").text
+        seed = {"leads": [{"name": "Seeded", "contacts": [{"name": "C"}]}]}
+        assert admin.post("seed", json=seed).json()["leads"] == 1
+        state = admin.get("state").json()
+        assert [lead["name"] for lead in state["leads"]] == ["Seeded"]
+        httpx.get(sim.base_url + "lead/", auth=(sim.api_key, ""))
+        stats = admin.get("stats").json()
+        assert stats["by_endpoint"] == {"GET /lead/": 1} and stats["leads"] == 1
+        assert admin.post("storm", json={"seconds": 0.2}).status_code == 200
+        assert httpx.get(sim.base_url + "me/", auth=(sim.api_key, "")).status_code == 429
+        admin.post("reset")
+        assert sim.leads() == [] and sim.stats()["requests_total"] == 0
