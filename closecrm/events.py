@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -21,6 +22,13 @@ OBJECT_KEYS = ("traits", "context", "properties", "integrations")
 TIMESTAMP_KEYS = ("timestamp", "receivedAt", "sentAt", "originalTimestamp")
 
 DEFAULT_MAX_BYTES = 64 * 1024
+
+# Containers an event may nest, the event object itself being level 1. Real events nest a handful of
+# levels; far deeper ones only exhaust the recursion of whatever walks them later (pickling, copying).
+MAX_DEPTH = 64
+
+# Longest path a reason names (keys come from the event, so they are clipped).
+_MAX_PATH_CHARS = 120
 
 MISSING: Any = object()  # a path that resolves to nothing (distinct from JSON null)
 
@@ -91,11 +99,13 @@ _SIZE_SLACK = 512
 
 
 def _parse(raw: Any, max_bytes: int, now: datetime | None, *, plain: bool) -> Event:
-    obj, size = _load(raw, max_bytes, float_hook=_finite_float if plain else None)
+    obj, size, simple = _load(raw, max_bytes, float_hook=_finite_float if plain else None)
     data = {k: v for k, v in obj.items() if v is not None}
     for key in OBJECT_KEYS:
         if key in data:
             data[key] = _decode_object(data[key], key, float_hook=_finite_float if plain else None)
+    if not (plain and simple):
+        check_value(data)
     context = data.get("context")
     if context is not None and context.get("traits") is not None:
         if not isinstance(context["traits"], dict):
@@ -192,10 +202,95 @@ def canonical_json(value: Any) -> str:
 
 
 def format_timestamp(moment: datetime) -> str:
-    """Fixed-width UTC form, so timestamps sort as strings."""
+    """Fixed-width UTC form (4-digit year, 6-digit fraction), so timestamps sort as strings.
+
+    Raises OverflowError when the moment falls outside years 1-9999 in UTC.
+    """
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat pads the year to four digits (strftime's %Y does not on every platform).
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+_SHORT_YEAR = re.compile(r"\d{1,3}-")
+
+
+def instant(value: Any) -> datetime | None:
+    """The aware UTC moment of a timestamp string, or None when it is not one.
+
+    Timestamps compare as moments, not as text: offsets, fraction lengths and short years all
+    order wrongly as strings.
+    """
+    if not isinstance(value, str):
+        return None
+    moment = _parse_time(value)
+    if moment is None and _SHORT_YEAR.match(value.strip()):
+        year, _, rest = value.strip().partition("-")
+        moment = _parse_time(f"{int(year):04d}-{rest}")
+    if moment is None:
+        return None
+    try:
+        return moment.astimezone(UTC)
+    except (OverflowError, ValueError):
+        return None
+
+
+# A path as a linked list (key, parent): pushing a child costs the same at any depth.
+_Path = tuple[Any, Any] | None
+
+
+def check_value(value: Any, where: str = "", max_depth: int = MAX_DEPTH) -> None:
+    """Raise `BadEvent` when ``value`` nests deeper than ``max_depth`` containers (``too_deep``) or a
+    key or string in it holds a lone surrogate (``invalid_unicode:<path>``): such text cannot be
+    encoded as UTF-8, so it could be neither hashed, written, nor sent to Close.
+
+    Iterative, so the check itself cannot exhaust the recursion limit it protects.
+    """
+    stack: list[tuple[Any, int, _Path]] = [(value, 1, (where, None) if where else None)]
+    if isinstance(value, str):
+        if not _encodable(value):
+            raise BadEvent(f"invalid_unicode:{_render(stack[0][2])}")
+        return
+    while stack:
+        node, depth, path = stack.pop()
+        if isinstance(node, dict):
+            items: Any = node.items()
+        elif isinstance(node, list | tuple):
+            items = enumerate(node)
+        else:
+            continue
+        if depth > max_depth:
+            raise BadEvent("too_deep", f"more than {max_depth} levels")
+        for key, item in items:
+            if isinstance(key, str) and not _encodable(key):
+                raise BadEvent(f"invalid_unicode:{_render((key, path))}")
+            if isinstance(item, str):
+                if not _encodable(item):
+                    raise BadEvent(f"invalid_unicode:{_render((key, path))}")
+            elif isinstance(item, dict | list | tuple):
+                stack.append((item, depth + 1, (key, path)))
+
+
+def _encodable(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _render(path: _Path) -> str:
+    parts: list[Any] = []
+    while path is not None:
+        key, path = path
+        parts.append(key)
+    text = ""
+    for key in reversed(parts):
+        text += f"[{key}]" if isinstance(key, int) else f".{key}" if text else str(key)
+    # The reason must itself be writable: a bad key is shown by its escape.
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")[:_MAX_PATH_CHARS]
 
 
 def _walk(data: Any, path: Sequence[str]) -> Any:
@@ -221,11 +316,13 @@ def _reject_constant(token: str) -> Any:
 
 def _load(
     raw: bytes | str | dict[str, Any], max_bytes: int, float_hook: Callable[[str], float] | None = None
-) -> tuple[dict[str, Any], int | None]:
-    """The event object and the size of its text in bytes: 0 for a row that was never text, None
-    when the text has \\u escapes (they may decode to lone surrogates, which only encoding reveals)."""
+) -> tuple[dict[str, Any], int | None, bool]:
+    """The event object; the size of its text in bytes (0 for a row that was never text, None when
+    the text has \\u escapes); and whether the text is simple: too few brackets to nest deeper than
+    `MAX_DEPTH`, and no \\u escape or surrogate that could leave a lone surrogate in a string. Only
+    an event that is not simple needs the walk of `check_value`."""
     if isinstance(raw, dict):
-        return raw, 0
+        return raw, 0, False
     if isinstance(raw, bytes | bytearray | memoryview):
         raw = bytes(raw)
         size = len(raw)
@@ -239,18 +336,28 @@ def _load(
         text = raw
         if len(text) > max_bytes:
             raise BadEvent("too_large", f"> {max_bytes} bytes")
-        size = len(text.encode())
+        # surrogatepass: a str may hold lone surrogates; they are reported by the walk, not here.
+        size = len(text.encode("utf-8", "surrogatepass"))
         if size > max_bytes:
             raise BadEvent("too_large", f"> {max_bytes} bytes")
     else:
         raise BadEvent("not_an_object", type(raw).__name__)
     try:
         obj = json.loads(text, parse_constant=_reject_constant, parse_float=float_hook)
-    except (ValueError, RecursionError) as exc:
+    except RecursionError:
+        raise BadEvent("too_deep", f"more than {MAX_DEPTH} levels") from None
+    except ValueError as exc:
         raise BadEvent("unparseable_json", str(exc)[:200]) from None
     if not isinstance(obj, dict):
         raise BadEvent("not_an_object", type(obj).__name__)
-    return obj, (None if "\\u" in text else size)
+    escaped = "\\u" in text
+    # Text decoded from UTF-8 bytes cannot hold a surrogate; a str can.
+    simple = (
+        not escaped
+        and text.count("[") + text.count("{") <= MAX_DEPTH
+        and (isinstance(raw, bytes) or _encodable(text))
+    )
+    return obj, (None if escaped else size), simple
 
 
 def _decode_object(value: Any, key: str, float_hook: Callable[[str], float] | None = None) -> dict[str, Any]:
@@ -259,7 +366,9 @@ def _decode_object(value: Any, key: str, float_hook: Callable[[str], float] | No
             return {}
         try:
             value = json.loads(value, parse_constant=_reject_constant, parse_float=float_hook)
-        except (ValueError, RecursionError):
+        except RecursionError:
+            raise BadEvent("too_deep", f"{key}: more than {MAX_DEPTH} levels") from None
+        except ValueError:
             raise BadEvent(f"wrong_type:{key}", "a string that is not a JSON object") from None
         if value is None:
             return {}
@@ -281,10 +390,15 @@ def _jsonable(value: Any, where: str) -> Any:
     if isinstance(value, list | tuple):
         return [_jsonable(v, where) for v in value]
     if isinstance(value, datetime):
-        return format_timestamp(value)
+        try:
+            return format_timestamp(value)
+        except (OverflowError, ValueError):
+            raise BadEvent("invalid_timestamp", f"{where}: outside years 1-9999 in UTC") from None
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise BadEvent(f"wrong_type:{where}", "NaN or infinity")
         return int(value) if value == value.to_integral_value() else float(value)
     if isinstance(value, bytes):
         try:
@@ -328,7 +442,10 @@ def _event_time(data: dict[str, Any]) -> str | None:
         moment = _parse_time(value)
         if moment is None:
             raise BadEvent("invalid_timestamp", f"{key}={value!r}")
-        return format_timestamp(moment)
+        try:
+            return format_timestamp(moment)
+        except (OverflowError, ValueError):
+            raise BadEvent("invalid_timestamp", f"{key}={value!r} is outside years 1-9999 in UTC") from None
     return None
 
 
@@ -349,6 +466,6 @@ def _parse_time(value: Any) -> datetime | None:
         text = text[:-1] + "+00:00"
     try:
         moment = datetime.fromisoformat(text)
-    except ValueError:
+    except (ValueError, OverflowError):
         return None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)

@@ -8,6 +8,7 @@ from typing import Any
 
 import apache_beam as beam
 
+from closecrm.events import MAX_DEPTH, BadEvent, check_value
 from closecrm.model import DeadLetter
 
 DEAD = "dead"  # tag of every stage's dead-letter output
@@ -17,11 +18,54 @@ def dead_letter_json(letter: DeadLetter) -> str:
     return json.dumps(letter.to_json(), sort_keys=True, default=str)
 
 
+TOO_DEEP_MARK = "<too deep>"
+
+
+def internal_error(exc: BaseException) -> str:
+    """The reason for an element a stage failed on unexpectedly: the exception's type only, since its
+    message may quote configuration or credentials."""
+    return f"internal_error:{type(exc).__name__}"
+
+
 def raw_for_letter(raw: Any) -> Any:
-    """The original input as it can be written back: text stays text, bytes are decoded."""
-    if isinstance(raw, bytes):
-        return raw.decode("utf-8", errors="replace")
+    """The original input as it can be written back: text stays text, bytes are decoded.
+
+    Whatever the input, the result can be pickled, written as JSON and encoded as UTF-8: a lone
+    surrogate becomes its escape (``\\ud800``), and a structure nested deeper than `MAX_DEPTH`
+    is cut there (`TOO_DEEP_MARK`), so no later stage exhausts its recursion on it.
+    """
+    if isinstance(raw, bytes | bytearray | memoryview):
+        return bytes(raw).decode("utf-8", errors="replace")
+    if isinstance(raw, str):
+        return _writable_text(raw)
+    try:
+        check_value(raw)
+    except BadEvent:
+        return _clipped(raw, 1)
     return raw
+
+
+def _writable_text(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def _clipped(value: Any, depth: int) -> Any:
+    """A copy with writable text and nothing below `MAX_DEPTH` (recursion bounded by it)."""
+    if isinstance(value, str):
+        return _writable_text(value)
+    if isinstance(value, dict | list | tuple) and depth > MAX_DEPTH:
+        return TOO_DEEP_MARK
+    if isinstance(value, dict):
+        return {
+            _writable_text(k) if isinstance(k, str) else k: _clipped(v, depth + 1) for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_clipped(v, depth + 1) for v in value]
+    return value
 
 
 class WriteDeadLetters(beam.PTransform):
