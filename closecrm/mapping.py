@@ -16,9 +16,9 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from closecrm.events import MISSING, BadEvent, Event, resolve_path
+from closecrm.events import MISSING, BadEvent, Event, check_value, resolve_path
 from closecrm.model import Flags, UpsertRequest
-from closecrm.normalize import is_valid_email, to_e164
+from closecrm.normalize import is_plausible_url, is_valid_email, to_e164
 from closecrm.trigger import Trigger, compile_trigger
 
 STRING_FIELDS = (
@@ -201,16 +201,18 @@ def request_from_values(
     event_ids: tuple[str, ...] = (),
     timestamp: str | None = None,
 ) -> UpsertRequest:
-    """Normalise raw action-field values (SPEC §3) into a request; shared with snapshot sync.
+    """Normalise raw action-field values into a request; shared with snapshot sync.
 
     Missing/null/empty values are dropped; numbers for string fields become strings; custom
-    field values keep their JSON type; emails must be valid and phones parseable.
+    field values keep their JSON type; emails must be valid, phones parseable and URLs plausible
+    http(s) URLs or bare hosts; text must be encodable as UTF-8 (no lone surrogates).
     """
     kwargs: dict[str, Any] = {}
     for name in STRING_FIELDS:
         text = _as_string(values.get(name, MISSING), name)
         if text is None:
             continue
+        check_value(text, name)
         if name == "contact_email":
             if not is_valid_email(text):
                 raise BadEvent("invalid_email", name)
@@ -220,12 +222,15 @@ def request_from_values(
                 raise BadEvent("invalid_phone", name)
             kwargs["contact_phones"] = (text,)
         elif name == "contact_url":
+            if not is_plausible_url(text):
+                raise BadEvent("invalid_url", name)
             kwargs["contact_urls"] = (text,)
         else:
             kwargs[name] = text
     for name in CUSTOM_FIELD_FIELDS:
         custom = _custom_fields(values.get(name, MISSING), name)
         if custom:
+            check_value(custom, name)
             kwargs[name] = custom
     return UpsertRequest(**kwargs, flags=flags, event_ids=event_ids, timestamp=timestamp)
 
