@@ -7,10 +7,12 @@ a person who moves company must still be applied as "old company, then new compa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
+from closecrm.events import instant
 from closecrm.model import UpsertRequest
 from closecrm.normalize import email_key, phone_key, url_key
 
@@ -36,18 +38,26 @@ def collapse_key(req: UpsertRequest) -> CollapseKey:
     with contact fields but neither user id nor email creates a new contact every time it is
     applied, so it is never merged (its key carries its own ids and content).
     """
-    email = email_key(req.contact_email) if req.contact_email else None
+    email = _key(email_key, req.contact_email) if req.contact_email else None
     unidentified: tuple[Any, ...] | None = None
     if req.contact_user_id is None and email is None and req.has_contact_fields():
         unidentified = (req.event_ids, req.fingerprint())
     return (req.lead_company_id, req.contact_user_id, email, req.flags, unidentified)
 
 
+def _key(key: Callable[[str], str], value: Any) -> Any:
+    """``key(value)``, or for a value it cannot take (not text) the value itself, tagged apart."""
+    try:
+        return key(value)
+    except Exception:  # noqa: BLE001 - a request is never refused here; odd values compare as themselves
+        return ("unkeyed", type(value).__name__, repr(value))
+
+
 def _accumulate(first: tuple[str, ...], then: tuple[str, ...], key: Callable[[str], str]) -> tuple[str, ...]:
-    seen = {key(value) for value in first}
+    seen = {_key(key, value) for value in first}
     out = list(first)
     for value in then:
-        k = key(value)
+        k = _key(key, value)
         if k not in seen:
             seen.add(k)
             out.append(value)
@@ -63,11 +73,14 @@ def merge(earlier: UpsertRequest, later: UpsertRequest) -> UpsertRequest:
     for name in _SCALARS:
         value = getattr(later, name)
         scalars[name] = value if value is not None else getattr(earlier, name)
+    for name in ("lead_custom_fields", "contact_custom_fields"):
+        before, after = getattr(earlier, name), getattr(later, name)
+        if not isinstance(before, Mapping) or not isinstance(after, Mapping):
+            raise TypeError(f"{name} is not a mapping")
+        scalars[name] = {**before, **after}
     return replace(
         later,
         **scalars,
-        lead_custom_fields={**earlier.lead_custom_fields, **later.lead_custom_fields},
-        contact_custom_fields={**earlier.contact_custom_fields, **later.contact_custom_fields},
         contact_emails=_accumulate(earlier.contact_emails, later.contact_emails, email_key),
         contact_phones=_accumulate(earlier.contact_phones, later.contact_phones, phone_key),
         contact_urls=_accumulate(earlier.contact_urls, later.contact_urls, url_key),
@@ -76,22 +89,45 @@ def merge(earlier: UpsertRequest, later: UpsertRequest) -> UpsertRequest:
     )
 
 
-def _time(req: UpsertRequest) -> str:
-    return req.timestamp or ""
+_UNTIMED = (0, datetime.min.replace(tzinfo=UTC))
+
+
+def _time(req: UpsertRequest) -> tuple[int, datetime]:
+    """Sort key: the request's moment in UTC. Text would misorder offsets (+05:00 vs Z), fractions of
+    different lengths and short years; requests without a usable timestamp come first."""
+    moment = instant(req.timestamp)
+    return _UNTIMED if moment is None else (1, moment)
+
+
+def _collapse_key_or_own(req: UpsertRequest) -> CollapseKey:
+    """`collapse_key`, or a key no other request has when the request's values defeat it."""
+    try:
+        key = collapse_key(req)
+        hash(key)
+    except Exception:  # noqa: BLE001 - such a request is applied on its own, not refused
+        return ("unmergeable", id(req))
+    return key
 
 
 def collapse(requests: Iterable[UpsertRequest]) -> list[UpsertRequest]:
-    """Sort by (timestamp, arrival order) and merge each run of consecutive equal-key requests."""
+    """Sort by (timestamp, arrival order) and merge each run of consecutive equal-key requests.
+
+    Never raises on a request's values: a request that cannot be merged is kept as it is, which
+    leaves the same result as merging (the requests are applied one after the other in order).
+    """
     ordered = sorted(requests, key=_time)  # stable: ties keep arrival order
     out: list[UpsertRequest] = []
     last_key: CollapseKey | None = None
     for req in ordered:
-        key = collapse_key(req)
+        key = _collapse_key_or_own(req)
         if out and key == last_key:
-            out[-1] = merge(out[-1], req)
-        else:
-            out.append(req)
-            last_key = key
+            try:
+                out[-1] = merge(out[-1], req)
+                continue
+            except Exception:  # noqa: BLE001 - unmergeable: applied on its own, after the run
+                key = ("unmergeable", id(req))
+        out.append(req)
+        last_key = key
     return out
 
 
