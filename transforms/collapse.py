@@ -114,17 +114,23 @@ class _CollapseFn(beam.CombineFn):
         return merged
 
     def extract_output(self, acc) -> list[tuple[UpsertRequest, tuple[Any, ...]]]:
-        events_by_id: dict[str, Any] = {}
-        for request, event in acc:
-            for event_id in request.event_ids:
-                events_by_id.setdefault(event_id, event)
-        out = []
-        for request in collapse(r for r, _ in acc):
-            carried = tuple(
-                events_by_id[i] for i in request.event_ids[:MAX_EVENTS_CARRIED] if i in events_by_id
-            )
-            out.append((request, carried))
-        return out
+        try:
+            return _collapsed(acc)
+        except Exception:  # noqa: BLE001 - this stage has no dead-letter output: the writer gets each
+            # request as it came, which Close ends up holding the same, and accounts for each of them.
+            return [(request, (event,)) for request, event in acc]
+
+
+def _collapsed(acc: list[tuple[UpsertRequest, Any]]) -> list[tuple[UpsertRequest, tuple[Any, ...]]]:
+    events_by_id: dict[str, Any] = {}
+    for request, event in acc:
+        for event_id in request.event_ids:
+            events_by_id.setdefault(event_id, event)
+    out = []
+    for request in collapse(r for r, _ in acc):
+        carried = tuple(events_by_id[i] for i in request.event_ids[:MAX_EVENTS_CARRIED] if i in events_by_id)
+        out.append((request, carried))
+    return out
 
 
 # Bounded input collapses in bulk: persons are spread over this many shards, and each bundle ships its
@@ -184,12 +190,18 @@ class _Explode(beam.DoFn):
 
     def process(self, item):
         person, collapsed = item
-        folded = sum(len(r.event_ids) for r, _ in collapsed)
+        folded = sum(len(r.event_ids or ()) for r, _ in collapsed)
         self._collapsed.inc(max(0, folded - len(collapsed)))
         for request, events in collapsed:
-            yield Pending(
-                person=person, request=request, events=PackedEvents.of(events) if self._packed else events
-            )
+            yield Pending(person=person, request=request, events=self._carried(events))
+
+    def _carried(self, events: Sequence[Any]) -> Sequence[Any]:
+        if not self._packed:
+            return events
+        try:
+            return PackedEvents.of(events)
+        except Exception:  # noqa: BLE001 - the events only feed a dead letter; the request still goes
+            return ()
 
 
 def _windowing(kind: str, seconds: float) -> beam.WindowInto:
@@ -305,7 +317,11 @@ class _SuppressIdentical(beam.DoFn):
 
     def _gate(self, item, last):
         _, pending = item
-        digest = _content_digest(pending.request)
+        try:
+            digest = _content_digest(pending.request)
+        except Exception:  # noqa: BLE001 - what cannot be compared is sent, never refused
+            yield pending
+            return
         if last.read() == digest:
             self._suppressed.inc()
             outcome = Outcome(kind="unchanged", branch="identical_to_last_applied")

@@ -10,7 +10,7 @@ from closecrm.events import BadEvent, Event
 from closecrm.mapping import MappingSpec, compile_mappings, map_event
 from closecrm.model import DeadLetter, UpsertRequest
 from transforms import metrics
-from transforms.deadletter import DEAD
+from transforms.deadletter import DEAD, internal_error, raw_for_letter
 from transforms.ledger import DEAD as LEDGER_DEAD
 from transforms.ledger import LEDGER, SKIPPED
 
@@ -34,22 +34,32 @@ class _Map(beam.DoFn):
         self._compiled = compile_mappings(self._specs)
 
     def process(self, event: Event):
+        # Everything that can fail runs before the first output, so a failed event ends as one dead
+        # letter and nothing else.
         try:
-            requests = map_event(event, self._compiled)
+            keyed = [(person_key(event, r), (r, event.raw)) for r in map_event(event, self._compiled)]
         except BadEvent as exc:
-            yield beam.pvalue.TaggedOutput(
-                DEAD,
-                DeadLetter(stage="map", reason=exc.reason, event=event.raw, event_ids=(event.message_id,)),
-            )
-            yield beam.pvalue.TaggedOutput(LEDGER, (event.message_id, LEDGER_DEAD))
+            yield from _dead(event, exc.reason)
             return
-        if not requests:
+        except Exception as exc:  # noqa: BLE001 - one bad event must not fail the bundle (and the job)
+            yield from _dead(event, internal_error(exc))
+            return
+        if not keyed:
             self._filtered.inc()
             yield beam.pvalue.TaggedOutput(LEDGER, (event.message_id, SKIPPED))
             return
-        for request in requests:
-            self._mapped.inc()
-            yield (person_key(event, request), (request, event.raw))
+        self._mapped.inc(len(keyed))
+        yield from keyed
+
+
+def _dead(event: Event, reason: str) -> list[beam.pvalue.TaggedOutput]:
+    letter = DeadLetter(
+        stage="map", reason=reason, event=raw_for_letter(event.raw), event_ids=(event.message_id,)
+    )
+    return [
+        beam.pvalue.TaggedOutput(DEAD, letter),
+        beam.pvalue.TaggedOutput(LEDGER, (event.message_id, LEDGER_DEAD)),
+    ]
 
 
 class MapToUpserts(beam.PTransform):

@@ -16,16 +16,39 @@ from apache_beam.utils.windowed_value import WindowedValue
 from closecrm.events import BadEvent, Event, opted_out, parse_event
 from closecrm.model import DeadLetter
 from transforms import metrics
-from transforms.deadletter import DEAD, raw_for_letter
+from transforms.deadletter import DEAD, internal_error, raw_for_letter
 from transforms.dedupe import DropRedeliveriesWithTtl, dedupe_bucket
 from transforms.ledger import DEAD as LEDGER_DEAD
 from transforms.ledger import LEDGER, SKIPPED
 
 
 def raw_id(raw: Any) -> str:
-    """A stable id for input that never became an event (so the ledger can still count it)."""
-    blob = raw if isinstance(raw, bytes) else repr(raw).encode("utf-8", errors="replace")
+    """A stable id for input that never became an event (it names the input in its dead letter)."""
+    if isinstance(raw, bytes):
+        blob = raw
+    else:
+        try:
+            text = repr(raw)
+        except RecursionError:  # a row nested too deep to print: named by its clipped form
+            text = repr(raw_for_letter(raw))
+        blob = text.encode("utf-8", errors="replace")
     return "raw:" + hashlib.sha256(blob).hexdigest()[:24]
+
+
+def dead_raw(raw: Any, reason: str) -> list[Any]:
+    """The dead letter and the ledger entry of input that did not become an event.
+
+    The ledger key is unique to this read: two identical bad lines are two events read, and the
+    ledger folds entries by key.
+    """
+    try:
+        rid, event = raw_id(raw), raw_for_letter(raw)
+    except Exception:  # noqa: BLE001 - input that cannot even be shown is still accounted for
+        rid, event = "raw:unprintable", None
+    return [
+        beam.pvalue.TaggedOutput(DEAD, DeadLetter(stage="parse", reason=reason, event=event, event_ids=(rid,))),
+        beam.pvalue.TaggedOutput(LEDGER, (f"{rid}:{uuid.uuid4().hex}", LEDGER_DEAD)),
+    ]
 
 
 # Bounded input with dedupe on: events travel to the dedupe in packs, one compressed pickled list per
@@ -67,19 +90,18 @@ class _Parse(beam.DoFn):
         self._read.inc()
         try:
             event = parse_event(raw, max_bytes=self._max_bytes)
+            skip = opted_out(event)
         except BadEvent as exc:
-            rid = raw_id(raw)
-            yield beam.pvalue.TaggedOutput(
-                DEAD,
-                DeadLetter(stage="parse", reason=exc.reason, event=raw_for_letter(raw), event_ids=(rid,)),
-            )
-            yield beam.pvalue.TaggedOutput(LEDGER, (rid, LEDGER_DEAD))
+            yield from dead_raw(raw, exc.reason)
+            return
+        except Exception as exc:  # noqa: BLE001 - bad input must not fail the bundle (and the job)
+            yield from dead_raw(raw, internal_error(exc))
             return
         by_type = self._by_type.get(event.type)
         if by_type is None:
             by_type = self._by_type[event.type] = metrics.counter(metrics.EVENTS_BY_TYPE + event.type)
         by_type.inc()
-        if opted_out(event):
+        if skip:
             self._opted_out.inc()
             yield beam.pvalue.TaggedOutput(LEDGER, (event.message_id, SKIPPED))
             return
