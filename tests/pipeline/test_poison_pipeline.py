@@ -1,0 +1,305 @@
+"""Poison events through the transforms and the whole job: each becomes one dead letter with a reason,
+good events still flow, and every event read is accounted for exactly once."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import threading
+from collections import Counter
+from itertools import zip_longest
+from typing import Any
+
+import pytest
+from apache_beam.pvalue import TaggedOutput
+
+from closecrm.events import parse_event
+from closecrm.mapping import DEFAULT_MAPPING
+from closecrm.model import DeadLetter, UpsertRequest
+from pipeline.sources import SourceOptions
+from tests.pipeline.helpers import sim_config, write_jsonl
+from tests.reliability.rel_helpers import applied_ids, dead_letters, identify, run_job
+from transforms import collapse as collapse_transforms
+from transforms import mapping as mapping_transforms
+from transforms import metrics as m
+from transforms import parse as parse_transforms
+from transforms.collapse import Pending, _CollapseFn, _CollapseShard, _Explode, _SuppressIdentical
+from transforms.collapse import pack as pack_rows
+from transforms.deadletter import DEAD, dead_letter_json
+from transforms.ledger import DEAD as LEDGER_DEAD
+from transforms.ledger import LEDGER
+from transforms.mapping import _Map
+from transforms.parse import _Parse, raw_id
+
+SURROGATE_LINE = (
+    r'{"type":"identify","userId":"u_s","messageId":"poison_surrogate","traits":{"name":"\ud800"}}'
+)
+
+
+def deep_line(depth: int, mid: str) -> str:
+    nest = "[" * depth + "]" * depth
+    return '{"type":"identify","userId":"u_d","messageId":"' + mid + '","traits":{"x":' + nest + "}}"
+
+
+def outputs(items: Any) -> tuple[list[Any], list[DeadLetter], list[tuple[str, str]]]:
+    main: list[Any] = []
+    dead: list[DeadLetter] = []
+    ledger: list[tuple[str, str]] = []
+    for item in items or ():
+        if isinstance(item, TaggedOutput):
+            (dead if item.tag == DEAD else ledger if item.tag == LEDGER else main).append(item.value)
+        else:
+            main.append(item)
+    return main, dead, ledger
+
+
+def parse_one(raw: Any, packed: bool = False) -> tuple[list[Any], list[DeadLetter], list[tuple[str, str]]]:
+    fn = _Parse(64 * 1024, packed=packed)
+    fn.setup()
+    fn.start_bundle()
+    return outputs(fn.process(raw))
+
+
+def written(letter: DeadLetter) -> dict:
+    """What WriteDeadLetters does with a letter, after a trip through a pickle (Beam's coders)."""
+    line = dead_letter_json(pickle.loads(pickle.dumps(letter)))
+    line.encode("utf-8")
+    return json.loads(line)
+
+
+# ---------------------------------------------------------------------------- ParseEvents
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (SURROGATE_LINE.encode(), "invalid_unicode:traits.name"),
+        (SURROGATE_LINE, "invalid_unicode:traits.name"),
+        (deep_line(1_000, "deep").encode(), "too_deep"),
+        ('{"type":"identify","userId":"u1","timestamp":"0001-01-01T00:00:00+01:00"}', "invalid_timestamp"),
+    ],
+)
+def test_parse_dead_letters_a_poison_event_with_its_reason_and_one_dead_ledger_entry(
+    raw: Any, expected: str
+) -> None:
+    main, dead, ledger = parse_one(raw)
+    assert main == []
+    assert [letter.reason for letter in dead] == [expected]
+    assert [status for _, status in ledger] == [LEDGER_DEAD]
+    written(dead[0])
+
+
+def test_a_too_deep_row_is_dead_lettered_and_its_letter_is_writable() -> None:
+    value: Any = 1
+    for _ in range(5_000):
+        value = [value]
+    row = {"type": "identify", "userId": "u1", "traits": {"x": value}}
+    raw_id(row)
+    main, dead, ledger = parse_one(row)
+    assert [letter.reason for letter in dead] == ["too_deep"]
+    assert len(ledger) == 1
+    written(dead[0])
+
+
+def test_an_unexpected_error_in_parsing_becomes_an_internal_error_dead_letter(monkeypatch) -> None:
+    def explode(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("secret=abc123 must not leak")
+
+    monkeypatch.setattr(parse_transforms, "parse_event", explode)
+    main, dead, ledger = parse_one(b'{"type":"identify","userId":"u1"}', packed=True)
+    assert main == []
+    assert [(letter.stage, letter.reason) for letter in dead] == [("parse", "internal_error:RuntimeError")]
+    assert "abc123" not in json.dumps(written(dead[0]))
+    assert [status for _, status in ledger] == [LEDGER_DEAD]
+
+
+def test_identical_bad_lines_are_each_accounted_for() -> None:
+    ledger_keys = [parse_one(b"{not json")[2][0][0] for _ in range(2)]
+    assert len(set(ledger_keys)) == 2
+
+
+# ---------------------------------------------------------------------------- MapToUpserts
+
+
+def map_one(event: Any) -> tuple[list[Any], list[DeadLetter], list[tuple[str, str]]]:
+    fn = _Map([DEFAULT_MAPPING])
+    fn.setup()
+    return outputs(fn.process(event))
+
+
+def test_map_dead_letters_a_bad_website_as_invalid_url() -> None:
+    event = parse_event(
+        {"type": "identify", "userId": "u1", "messageId": "m1", "traits": {"website": "javascript:alert(1)"}}
+    )
+    main, dead, ledger = map_one(event)
+    assert main == []
+    assert [(letter.stage, letter.reason) for letter in dead] == [("map", "invalid_url")]
+    assert ledger == [("m1", LEDGER_DEAD)]
+
+
+def test_an_unexpected_error_in_mapping_becomes_an_internal_error_dead_letter(monkeypatch) -> None:
+    def explode(*args: Any, **kwargs: Any) -> None:
+        raise KeyError("boom")
+
+    monkeypatch.setattr(mapping_transforms, "map_event", explode)
+    event = parse_event({"type": "identify", "userId": "u1", "messageId": "m1"})
+    main, dead, ledger = map_one(event)
+    assert main == []
+    assert [(letter.stage, letter.reason) for letter in dead] == [("map", "internal_error:KeyError")]
+    assert ledger == [("m1", LEDGER_DEAD)]
+    written(dead[0])
+
+
+def test_a_person_key_failure_yields_no_request_before_the_dead_letter(monkeypatch) -> None:
+    calls = {"n": 0}
+
+    def second_fails(event: Any, request: Any) -> str:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise ValueError("boom")
+        return "user:u1"
+
+    monkeypatch.setattr(mapping_transforms, "person_key", second_fails)
+    fn = _Map([DEFAULT_MAPPING, DEFAULT_MAPPING])
+    fn.setup()
+    main, dead, ledger = outputs(
+        fn.process(parse_event({"type": "identify", "userId": "u1", "messageId": "m1"}))
+    )
+    assert main == [] and len(dead) == 1 and ledger == [("m1", LEDGER_DEAD)]
+
+
+# ---------------------------------------------------------------------------- CollapsePerPerson
+
+
+def odd_requests() -> list[tuple[UpsertRequest, dict]]:
+    return [
+        (
+            UpsertRequest(
+                contact_user_id="u1",
+                contact_urls=("acme.com",),
+                event_ids=("e1",),
+                timestamp="2026-01-01T00:00:00Z",
+            ),
+            {"messageId": "e1"},
+        ),
+        (
+            UpsertRequest(
+                contact_user_id="u1",
+                contact_urls=("javascript:alert(1)",),
+                event_ids=("e2",),
+                timestamp="999-01-01",
+            ),
+            {"messageId": "e2"},
+        ),
+        (
+            UpsertRequest(
+                contact_user_id="u1", contact_emails=(None,), event_ids=None, lead_custom_fields=None
+            ),  # type: ignore[arg-type]
+            {"messageId": "e3"},
+        ),
+    ]
+
+
+def carried_ids(collapsed: list[tuple[UpsertRequest, Any]]) -> list[str]:
+    return sorted(e["messageId"] for _, events in collapsed for e in events)
+
+
+def test_collapse_keeps_every_request_of_a_person_with_odd_values() -> None:
+    collapsed = _CollapseFn().extract_output(odd_requests())
+    assert carried_ids(collapsed) == ["e1", "e2", "e3"]
+    ((person, from_shard),) = _CollapseShard().process(
+        (0, [pack_rows([("user:u1", r, e) for r, e in odd_requests()])])
+    )
+    assert person == "user:u1" and carried_ids(from_shard) == ["e1", "e2", "e3"]
+    pendings = list(_Explode(packed=True).process((person, from_shard)))
+    assert len(pendings) == len(from_shard)
+
+
+def test_an_unexpected_collapse_failure_sends_the_requests_uncollapsed(monkeypatch) -> None:
+    def explode(requests: Any) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(collapse_transforms, "collapse", explode)
+    collapsed = _CollapseFn().extract_output(odd_requests())
+    assert [r for r, _ in collapsed] == [r for r, _ in odd_requests()]
+    assert carried_ids(collapsed) == ["e1", "e2", "e3"]
+
+
+class _State:
+    def __init__(self) -> None:
+        self.value: Any = None
+
+    def read(self) -> Any:
+        return self.value
+
+    def write(self, value: Any) -> None:
+        self.value = value
+
+
+def test_suppress_identical_lets_through_a_request_it_cannot_digest() -> None:
+    undigestible = UpsertRequest(contact_user_id="u1", lead_custom_fields={"cf_x": threading.Lock()})
+    gate = _SuppressIdentical(60.0)
+    state = _State()
+    for _ in range(2):
+        main, _, _ = outputs(gate._gate(("user:u1", Pending("user:u1", undigestible)), state))
+        assert [p.request for p in main] == [undigestible]
+
+
+# ---------------------------------------------------------------------------- the whole job
+
+
+@pytest.mark.integration
+def test_poison_events_among_good_ones_are_each_dead_lettered_and_every_event_is_accounted(
+    sim, tmp_path, monkeypatch
+) -> None:
+    config, cf = sim_config(sim, tmp_path)
+    good = [identify(u, 0, 0) for u in range(5)]
+    later_title = identify(2, 0, 1, title="CTO")  # u_2's newest event
+    year_999 = {**identify(2, 0, 2, title="Intern"), "timestamp": "0999-01-01T00:00:00Z"}
+    first_of_u9 = identify(9, 0, 0, website="https://acme.example.com/")
+    poison: dict[str, tuple[str, str]] = {  # line -> (stage, reason)
+        SURROGATE_LINE: ("parse", "invalid_unicode:traits.name"),
+        r'{"type":"identify","userId":"u_k","messageId":"poison_key","traits":{"a\udc80":"x"}}': (
+            "parse",
+            "invalid_unicode:traits.a\\udc80",
+        ),
+        r'{"type":"identify","userId":"u_m","messageId":"\ud800"}': ("parse", "invalid_unicode:messageId"),
+        deep_line(600, "poison_deep_600"): ("parse", "too_deep"),
+        deep_line(1_000, "poison_deep_1000"): ("parse", "too_deep"),
+        json.dumps({**identify(8, 0, 0, website="http://example.com:abc/"), "messageId": "poison_port"}): (
+            "map",
+            "invalid_url",
+        ),
+        json.dumps(identify(9, 0, 1, website="javascript:alert(1)")): ("map", "invalid_url"),
+        json.dumps(
+            {**identify(7, 0, 0), "messageId": "poison_ts", "timestamp": "0001-01-01T00:00:00+01:00"}
+        ): ("parse", "invalid_timestamp"),
+    }
+    garbage = ["{not json", "{not json"]  # identical lines: two reads, two dead letters
+    good_lines = [json.dumps(e) for e in [*good, later_title, year_999, first_of_u9]]
+    mixed = zip_longest(good_lines, poison)  # poison spread through the stream
+    rows = [line for pair in mixed for line in pair if line is not None] + garbage
+    path = write_jsonl(tmp_path / "events.jsonl", rows)
+
+    values = run_job(sim, config, SourceOptions(source="files", input=str(path)), tmp_path, monkeypatch)
+
+    read = values.get(m.EVENTS_READ, 0)
+    applied, skipped, dead = (
+        values.get(m.EVENTS_APPLIED, 0),
+        values.get(m.EVENTS_SKIPPED, 0),
+        values.get(m.EVENTS_DEAD_LETTERED, 0),
+    )
+    assert read == len(rows)
+    assert applied + skipped + dead == read, values
+    letters = dead_letters(tmp_path)
+    assert dead == len(letters) == len(poison) + len(garbage)
+    expected = Counter([*poison.values(), ("parse", "unparseable_json"), ("parse", "unparseable_json")])
+    assert Counter((letter["stage"], letter["reason"]) for letter in letters) == expected
+    good_ids = [e["messageId"] for e in [*good, later_title, year_999, first_of_u9]]
+    assert sorted(applied_ids(tmp_path)) == sorted(good_ids)
+    assert applied == len(good_ids)
+    # the newest event wins, whatever the text of the older one's timestamp
+    contacts = {c.get(f"custom.{cf['user']}"): c for c in sim.contacts()}
+    assert contacts["u_2"]["title"] == "CTO"
+    assert [u["url"] for u in contacts["u_9"].get("urls") or []] == ["https://acme.example.com/"]
+    assert set(contacts) == {f"u_{u}" for u in (0, 1, 2, 3, 4, 9)}
