@@ -140,12 +140,20 @@ class CloseAPIError(Exception):
     """A request Close refused (4xx other than 429) or that kept failing after the retries."""
 
     def __init__(
-        self, status: int | None, body: Any, method: str, path: str, message: str | None = None
+        self,
+        status: int | None,
+        body: Any,
+        method: str,
+        path: str,
+        message: str | None = None,
+        *,
+        attempts: int = 1,
     ) -> None:
         self.status = status
         self.body = body
         self.method = method
         self.path = path
+        self.attempts = attempts  # times the call was sent (retries and waits after a 429 included)
         super().__init__(
             message or f"{method} {path} -> {status if status is not None else 'no response'}: {body!r}"
         )
@@ -282,8 +290,10 @@ class CloseClient:
         pacer = self.pacer(group)
         attempt = 0
         waits_429 = 0
+        sent = 0
         while True:
             attempt += 1
+            sent += 1
             waited, ticket = await pacer.acquire_ticket()
             self.throttled_seconds += waited
             started = time.monotonic()
@@ -300,8 +310,15 @@ class CloseClient:
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 pacer.cancelled(ticket)
                 if method == "POST" and group != "search":
-                    raise AmbiguousWriteError(None, type(exc).__name__, method, "/" + path) from None
+                    raise AmbiguousWriteError(
+                        None, type(exc).__name__, method, "/" + path, attempts=sent
+                    ) from None
                 last, status = exc, None
+            except BaseException:
+                # Not an HTTP failure (a body that cannot be encoded, a cancelled task): the call
+                # never got an answer, and a ticket left in flight would hold the pacer's probe forever.
+                pacer.cancelled(ticket)
+                raise
             else:
                 self.latencies_ms.append((time.monotonic() - started) * 1000)
                 rl = parse_ratelimit(response.headers.get("ratelimit"))
@@ -311,7 +328,7 @@ class CloseClient:
                     self.rate_limited += 1
                     waits_429 += 1
                     if waits_429 > self.max_rate_limited_waits:
-                        raise CloseAPIError(429, _body(response), method, "/" + path)
+                        raise CloseAPIError(429, _body(response), method, "/" + path, attempts=sent)
                     attempt -= 1  # waiting as told is not a failed attempt
                     continue
                 pacer.done(rl, ticket=ticket)
@@ -319,15 +336,15 @@ class CloseClient:
                     return _body(response)
                 status = response.status_code
                 if status < 500:
-                    raise CloseAPIError(status, _body(response), method, "/" + path)
+                    raise CloseAPIError(status, _body(response), method, "/" + path, attempts=sent)
                 # A search is a POST that writes nothing: retrying it is always safe.
                 if method == "POST" and group != "search" and status in AMBIGUOUS_STATUSES:
-                    raise AmbiguousWriteError(status, _body(response), method, "/" + path)
-                last = CloseAPIError(status, _body(response), method, "/" + path)
+                    raise AmbiguousWriteError(status, _body(response), method, "/" + path, attempts=sent)
+                last = CloseAPIError(status, _body(response), method, "/" + path, attempts=sent)
             if attempt >= self.max_attempts:
                 if isinstance(last, CloseAPIError):
                     raise last
-                raise CloseAPIError(status, type(last).__name__, method, "/" + path) from None
+                raise CloseAPIError(status, type(last).__name__, method, "/" + path, attempts=sent) from None
             self.retries += 1
             delay = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
             log.debug(

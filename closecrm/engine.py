@@ -17,6 +17,7 @@ from closecrm.cache import IdCache, RecordCache
 from closecrm.client import AmbiguousWriteError, CloseAPIError, CloseClient
 from closecrm.lookup import Search, View, age, company_key, email_lookup_key, user_key
 from closecrm.model import Outcome, Settings, UpsertRequest
+from closecrm.normalize import email_key
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,20 @@ class _Op:
             changes=tuple(self.changes),
         )
 
-    def failed(self, exc: CloseAPIError, shared_calls: int = 0) -> Outcome:
+    def failed(self, exc: Exception, shared_calls: int = 0) -> Outcome:
+        """How the request ended after ``exc``: Close's refusal, or an error of the engine itself
+        (``engine_error:<type>``, e.g. a value a helper could not handle), with what it did so far."""
+        if not isinstance(exc, CloseAPIError):
+            return Outcome(
+                kind="failed",
+                reason=f"engine_error:{type(exc).__name__}",
+                branch=self.branch,
+                lead_ids=tuple(self.lead_ids),
+                contact_ids=tuple(self.contact_ids),
+                error_body=_describe(exc),
+                calls=self.calls + shared_calls,
+                changes=tuple(self.changes),
+            )
         if isinstance(exc, AmbiguousWriteError):
             reason = "ambiguous_write"
         elif exc.status is None:
@@ -139,8 +153,15 @@ class _Op:
             http_status=exc.status,
             error_body=exc.body,
             calls=self.calls + shared_calls,
+            attempts=max(1, getattr(exc, "attempts", 1)),
             changes=tuple(self.changes),
         )
+
+
+def _describe(exc: BaseException, limit: int = 500) -> str:
+    """An engine error for a dead letter: its type and message, bounded."""
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class UpsertEngine:
@@ -378,7 +399,7 @@ class UpsertEngine:
         for i in active:
             me = f"req:{i}"
             find(me)
-            keys = keys_of[i] = self._lookup_keys(reqs[i])
+            keys = keys_of[i] = prep.keys[i]
             nodes = nodes_of[i] = self._claim_nodes(view, keys)
             for node in nodes:
                 union(me, node)
@@ -437,12 +458,12 @@ class UpsertEngine:
             await asyncio.wait(deps)
         await gate.acquire(priority)
         try:
-            for previous in earlier:  # oldest first: a later batch's copy is newer
-                if previous is not None:
-                    _carry_over(view, previous, keys, nodes)
             try:
+                for previous in earlier:  # oldest first: a later batch's copy is newer
+                    if previous is not None:
+                        _carry_over(view, previous, keys, nodes)
                 confirm_calls = await self._confirm_cached(view, keys)
-            except CloseAPIError as exc:
+            except Exception as exc:  # noqa: BLE001 - Close unavailable, or a bug: this group fails, the stream goes on
                 for i in group:
                     outcomes[i] = _Op(reqs[i], False).failed(exc, shares[i])
                 return
@@ -459,15 +480,24 @@ class UpsertEngine:
     async def _prepare(self, reqs: list[UpsertRequest]) -> _Prepared:
         """The part of a batch that only reads: which requests can be looked up, and the batched searches."""
         prep = _Prepared(reqs, [None] * len(reqs), [], View(self.settings))
+        terms: list[_Terms] = []
         for i, req in enumerate(reqs):
-            if not self._identity_keys(req):
+            try:
+                found = self._terms(req)
+            except Exception as exc:  # noqa: BLE001 - a value no lookup can use fails its own request only
+                log.warning("request not looked up: %s", _describe(exc))
+                prep.outcomes[i] = _Op(req, False).failed(exc)
+                continue
+            if found is None:
                 prep.outcomes[i] = Outcome(kind="skipped", reason="no_identity", branch="identity")
             else:
                 prep.active.append(i)
+                prep.keys[i] = list(found.keys)
+                terms.append(found)
         if prep.active:
             try:
-                prep.lookup_calls = await self._search_into(prep.view, [reqs[i] for i in prep.active])
-            except CloseAPIError as exc:
+                prep.lookup_calls = await self._search_into(prep.view, terms)
+            except Exception as exc:  # noqa: BLE001 - Close unavailable (or a bug): the batch fails with the reason
                 prep.error = exc
         return prep
 
@@ -479,14 +509,14 @@ class UpsertEngine:
         try:
             if prep.error is not None:
                 raise prep.error
-            keys = {k for i in active for k in self._lookup_keys(reqs[i])}
+            keys = {k for i in active for k in prep.keys[i]}
             lookup_calls += await self._confirm_cached(view, keys)
-        except CloseAPIError as exc:
+        except Exception as exc:  # noqa: BLE001
             # Nothing can be decided without the lookup (Close unavailable): every request fails with the reason.
             for i in active:
                 outcomes[i] = _Op(reqs[i], dry_run).failed(exc)
             return [o for o in outcomes if o is not None]
-        groups = self._groups(view, [(i, reqs[i]) for i in active])
+        groups = self._groups(view, [(i, prep.keys[i]) for i in active])
         shares = {i: _share(lookup_calls, len(active), n) for n, i in enumerate(active)}
         gate = asyncio.Semaphore(self.max_concurrency)
 
@@ -502,32 +532,35 @@ class UpsertEngine:
 
     # -------------------------------------------------------------- lookup
 
-    def _identity_keys(self, req: UpsertRequest) -> list[str]:
-        keys = []
+    def _terms(self, req: UpsertRequest) -> _Terms | None:
+        """What one request looks Close up by; None when it has no identity. Raises on a value no
+        lookup can use (e.g. an email that is not text): the caller fails that request alone."""
         company_id = diff.company_id_of(req, self.settings)
         user_id = diff.user_id_of(req, self.settings)
+        emails = tuple(email_key(e) for e in req.contact_emails if e)
+        lead_cfs = frozenset(cf for cf in req.lead_custom_fields if cf.removeprefix("custom."))
+        contact_cfs = frozenset(cf for cf in req.contact_custom_fields if cf.removeprefix("custom."))
+        identity = []
         if company_id:
-            keys.append(company_key(company_id))
+            identity.append(company_key(company_id))
         if user_id:
-            keys.append(user_key(user_id))
+            identity.append(user_key(user_id))
         if req.contact_email:
-            keys.append(email_lookup_key(req.contact_email))
-        return keys
+            identity.append(email_lookup_key(req.contact_email))
+        if not identity:
+            return None
+        # Every key whose records this request may read or change (all its emails, not just the first).
+        keys = tuple(dict.fromkeys([*identity, *(f"email:{e}" for e in emails)]))
+        return _Terms(keys, company_id, user_id, emails, lead_cfs, contact_cfs)
 
-    def _lookup_keys(self, req: UpsertRequest) -> list[str]:
-        """Every key whose records this request may read or change (all its emails, not just the first)."""
-        keys = self._identity_keys(req)
-        keys.extend(email_lookup_key(e) for e in req.contact_emails[1:] if e)
-        return list(dict.fromkeys(keys))
-
-    async def _search_into(self, view: View, reqs: Sequence[UpsertRequest]) -> int:
+    async def _search_into(self, view: View, terms: Sequence[_Terms]) -> int:
         """Fill the view for these requests with batched searches (``_confirm_cached`` then adds what search missed)."""
         before = self._search.calls
-        company_ids = {c for r in reqs if (c := diff.company_id_of(r, self.settings))}
-        user_ids = {u for r in reqs if (u := diff.user_id_of(r, self.settings))}
-        emails = {e for r in reqs for e in r.contact_emails if e}
-        lead_cfs = {cf for r in reqs for cf in r.lead_custom_fields}
-        contact_cfs = {cf for r in reqs for cf in r.contact_custom_fields}
+        company_ids = {t.company_id for t in terms if t.company_id}
+        user_ids = {t.user_id for t in terms if t.user_id}
+        emails = {e for t in terms for e in t.emails}
+        lead_cfs = {cf for t in terms for cf in t.lead_cfs}
+        contact_cfs = {cf for t in terms for cf in t.contact_cfs}
         known_before = await self._known_custom_fields(lead_cfs | contact_cfs)
         # Ask search only for custom fields that exist: one bad id in one request must not fail the batch.
         lead_cfs = {cf for cf in lead_cfs if cf.removeprefix("custom.") in self._custom_fields["lead"]}
@@ -609,14 +642,15 @@ class UpsertEngine:
 
     # ------------------------------------------------------------ grouping
 
-    def _groups(self, view: View, indexed: list[tuple[int, UpsertRequest]]) -> list[list[int]]:
-        """Union-find over everything two requests could both touch; each group keeps input order."""
+    def _groups(self, view: View, indexed: list[tuple[int, list[str]]]) -> list[list[int]]:
+        """Union-find over everything two requests could both touch (their lookup keys and the
+        records those lead to); each group keeps input order."""
         find, union = _union_find()
 
-        for i, req in indexed:
+        for i, keys in indexed:
             me = f"req:{i}"
             find(me)
-            for key in self._lookup_keys(req):
+            for key in keys:
                 union(me, key)
                 for record_id in view.ids_for(key):
                     union(me, record_id)
@@ -642,6 +676,9 @@ class UpsertEngine:
             return op.outcome(shared_calls)
         except CloseAPIError as exc:
             log.info("upsert failed: %s", exc)
+            return op.failed(exc, shared_calls)
+        except Exception as exc:  # noqa: BLE001 - one request's bad value must not fail the others
+            log.warning("upsert failed in the engine: %s", _describe(exc))
             return op.failed(exc, shared_calls)
 
     async def _decide(self, op: _Op, view: View) -> None:
@@ -774,12 +811,15 @@ class UpsertEngine:
             op.touch(lead_id=lead_id, contact_id=contact["id"])
             op.created = True
             return
+        sent = 0
         for attempt in range(1, MAX_CREATE_ATTEMPTS + 1):
             known = {cid for cid, c in view.contacts.items() if c.get("lead_id") == lead_id}
             try:
                 contact = await self._call(op, "POST", "contact/", body)
-            except AmbiguousWriteError:
+            except AmbiguousWriteError as exc:
+                sent += exc.attempts
                 if attempt == MAX_CREATE_ATTEMPTS:
+                    exc.attempts = sent  # the dead letter counts every POST, not just the last
                     raise
                 # The lead's own GET lists its contacts without lag: did the POST happen?
                 lead = await self._read(op, view, lead_id)
@@ -828,19 +868,22 @@ class UpsertEngine:
             if await self._appeared(op, view, since):
                 raise _Redo()
             self._unsettled.pop(key, None)  # searched after the lag bound: it does not exist
+        sent = 0
         for attempt in range(1, MAX_CREATE_ATTEMPTS + 1):
             try:
                 lead = await self._call(op, "POST", "lead/", body)
-            except AmbiguousWriteError:
+            except AmbiguousWriteError as exc:
                 # Whatever Close committed, it committed before this moment (the call may have
                 # waited on pacing or 429s before it was sent): the lag bound counts from here.
                 failed_at = time.monotonic()
+                sent += exc.attempts
                 if await self._appeared(op, view, failed_at):
                     op.created = True
                     raise _Redo() from None
                 if attempt == MAX_CREATE_ATTEMPTS:
                     if key is not None:
                         self._mark_unsettled(key, failed_at)
+                    exc.attempts = sent  # the dead letter counts every POST, not just the last
                     raise
                 continue  # a search made after the lag bound did not find it: it was not created
             self._put_lead(view, lead)
@@ -971,7 +1014,20 @@ class _Prepared:
     active: list[int]
     view: View
     lookup_calls: int = 0
-    error: CloseAPIError | None = None
+    error: Exception | None = None
+    keys: dict[int, list[str]] = field(default_factory=dict)  # each active request's lookup keys
+
+
+@dataclass(frozen=True)
+class _Terms:
+    """One request's lookup: its keys, and the values the batched searches ask for."""
+
+    keys: tuple[str, ...]
+    company_id: str | None
+    user_id: str | None
+    emails: tuple[str, ...]  # compared form (email_key)
+    lead_cfs: frozenset[str]
+    contact_cfs: frozenset[str]
 
 
 class _OrderedGate:
