@@ -255,7 +255,7 @@ def row_record(spec: SnapshotSpec, values: Values) -> dict[str, Any]:
 
 
 def request_for(spec: SnapshotSpec, values: Values, key: str) -> UpsertRequest:
-    """The row as a normalised request (SPEC §3); null cells are "no value". Raises `BadEvent`."""
+    """The row as a normalised request, as the action would build it; null cells are "no value". Raises `BadEvent`."""
     cells = dict(zip(spec.columns, values, strict=True))
     raw: dict[str, Any] = {name: cells[column] for name, column in spec.fields.items()}
     for name, cfs in spec.custom_fields.items():

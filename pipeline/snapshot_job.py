@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
+import logging
 import tempfile
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +21,7 @@ from closecrm.snapshot import SchemaDrift, SnapshotSpec, arrow_kind, avro_kind, 
 from pipeline import summary
 from pipeline.config import ConfigError, JobConfig
 from pipeline.runjob import DEFAULT_CLOSE_URL, check_close
-from pipeline.snapshot_state import SnapshotState
+from pipeline.snapshot_state import Generation, SnapshotState, StateCorrupt
 from transforms import metrics as m
 from transforms.deadletter import DEAD, WriteDeadLetters
 from transforms.snapshot import (
@@ -42,6 +44,8 @@ from transforms.upsert import EngineSpec, KeySource, UpsertToClose
 FORMATS = {".parquet": "parquet", ".parq": "parquet", ".avro": "avro"}
 GONE_SAMPLE = "_gone_sample.json"
 CHANGE_SAMPLE = "_change_sample.json"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -212,14 +216,20 @@ def build(p: beam.Pipeline, shape: SnapshotShape) -> None:
 
 def spec_for(config: JobConfig) -> SnapshotSpec:
     if config.snapshot is None:
-        raise ConfigError(["snapshot: required for snapshot-sync (primary_key and fields, see SPEC §10)"])
+        raise ConfigError(
+            ["snapshot: required for snapshot-sync (primary_key and fields; see the README's Configuration reference)"]
+        )
     return SnapshotSpec.from_section(config.snapshot, config.settings_model())
 
 
 def run_snapshot(
     config: JobConfig, request: SnapshotRequest, *, validate: bool = True, show_summary: bool = True
 ) -> SnapshotReport:
-    """Runs one snapshot sync; the state is committed only after the pipeline has finished."""
+    """Runs one snapshot sync; the state is committed only after the pipeline has finished.
+
+    A run that writes the state holds its lock from before it reads the state until it has
+    committed; a dry run writes no state and takes no lock.
+    """
     spec = spec_for(config)
     file_format = check_input(spec, request.input)
     engine = EngineSpec(
@@ -228,10 +238,43 @@ def run_snapshot(
         settings=config.settings_model(),
         budget_share=request.budget_share,
     )
-    if validate:
-        asyncio.run(check_close(engine))
     state = SnapshotState(request.state)
-    prior = state.current()
+    with contextlib.nullcontext() if request.dry_run else state.lock():
+        if validate:
+            asyncio.run(check_close(engine))
+        prior = prior_state(state, full=request.full)
+        report = _run_locked(config, request, spec, file_format, engine, state, prior)
+    if show_summary:
+        render(report)
+    return report
+
+
+def prior_state(state: SnapshotState, *, full: bool) -> Generation | None:
+    """The live generation, its files checked; with ``full``, a damaged one is passed over (None).
+
+    A generation named by a path that leaves the state directory is refused even with ``full``.
+    """
+    try:
+        prior = state.current()
+        if prior is not None:
+            state.check(prior)
+        return prior
+    except StateCorrupt as exc:
+        if not full:
+            raise
+        log.warning("--full: rebuilding the state without the damaged one: %s", exc)
+        return None
+
+
+def _run_locked(
+    config: JobConfig,
+    request: SnapshotRequest,
+    spec: SnapshotSpec,
+    file_format: str,
+    engine: EngineSpec,
+    state: SnapshotState,
+    prior: Generation | None,
+) -> SnapshotReport:
     if prior is not None and prior.manifest.get("primary_key") != list(spec.primary_key) and not request.full:
         raise ValueError(
             f"--state {request.state} was built with primary key {prior.manifest.get('primary_key')}, "
@@ -266,8 +309,12 @@ def run_snapshot(
     options.view_as(SetupOptions).save_main_session = False
     p = beam.Pipeline(options=options)
     build(p, shape)
-    result = p.run()
-    result.wait_until_finish()
+    try:
+        result = p.run()
+        result.wait_until_finish()
+    except StateCorrupt as exc:
+        # Beam re-raises a worker's exception with the step appended; the file and the fix are enough.
+        raise StateCorrupt(str(exc).split(" [while running", 1)[0]) from None
     counts = summary.collect(result)
     report = SnapshotReport(
         counts=counts,
@@ -287,9 +334,8 @@ def run_snapshot(
                 "full": request.full,
                 "counts": {k: v for k, v in counts.items() if k.startswith("snapshot_")},
             },
+            previous=prior,
         )
-    if show_summary:
-        render(report)
     return report
 
 

@@ -12,11 +12,13 @@ from __future__ import annotations
 import bisect
 import itertools
 import json
+import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.io import fileio
 
 from closecrm.events import BadEvent
 from closecrm.model import DeadLetter, Outcome
@@ -40,6 +42,7 @@ KEEP = "keep"  # tag: state entries that go into the next state as they were (ta
 GONE = "gone"  # tag: keys in the state that the snapshot no longer has
 
 ROWS_READ = "snapshot_rows_read"
+STATE_UNREADABLE = "snapshot_state_files_unreadable"
 DIFF_PREFIX = "snapshot_"  # + new, changed, resync, unchanged, gone, duplicate
 ROWS_INVALID = "snapshot_rows_invalid"
 STATE_ROWS = "snapshot_state_rows"
@@ -50,6 +53,25 @@ STATE_SUFFIX = ".parquet"
 DEFAULT_BUCKETS = 128  # hash buckets of the primary key: the unit the join moves and holds in memory
 AVRO_BATCH_ROWS = 50_000
 STATE_ROW_GROUP_ROWS = 100_000
+
+
+REBUILD = "re-run with --full to rebuild the state without it"
+
+
+class StateError(RuntimeError):
+    """The --state directory cannot be used as it is; the message names the file and what to do."""
+
+
+class StateCorrupt(StateError):
+    """A state file that cannot be read; `--full` rebuilds the state without reading it."""
+
+
+def unreadable(path: str, problem: Any) -> str:
+    """One line for a damaged state file: which file, what is wrong (first line only), and the way out."""
+    text = str(problem).strip().splitlines()[0] if str(problem).strip() else type(problem).__name__
+    if len(text) > 160:
+        text = text[:157] + "..."
+    return f"state file {path} is damaged ({text}): {REBUILD}"
 
 
 @dataclass(frozen=True)
@@ -88,8 +110,8 @@ class ReadSnapshotBatches(beam.PTransform):
             )
         return (
             pbegin
-            | "MatchAvro" >> beam.io.fileio.MatchFiles(self._pattern)
-            | "OpenAvro" >> beam.io.fileio.ReadMatches()
+            | "MatchAvro" >> fileio.MatchFiles(self._pattern)
+            | "OpenAvro" >> fileio.ReadMatches()
             | "SpreadFiles" >> beam.Reshuffle()
             | "ReadAvro" >> beam.ParDo(_ReadAvroBatches(self._columns))
         )
@@ -195,21 +217,64 @@ class BucketRows(beam.DoFn):
 
 
 class ReadFingerprints(beam.PTransform):
-    """The prior state as (bucket, pyarrow Table of key and fingerprint); nothing when there is no prior state."""
+    """The prior state as (bucket, pyarrow Table of key and fingerprint); nothing when there is no prior state.
 
-    def __init__(self, pattern: str | None, buckets: int) -> None:
+    A state file that cannot be read fails the run with an error naming it, unless ``tolerant``
+    (``--full``, which resends every row anyway): then the file's unread rows are skipped and counted.
+    """
+
+    def __init__(self, pattern: str | None, buckets: int, *, tolerant: bool = False) -> None:
         super().__init__()
         self._pattern = pattern
         self._buckets = buckets
+        self._tolerant = tolerant
 
     def expand(self, pbegin):
         if self._pattern is None:
             return pbegin | "NoState" >> beam.Create([])
         return (
             pbegin
-            | "ReadState" >> beam.io.ReadFromParquetBatched(self._pattern, columns=["key", "fingerprint"])
+            | "MatchState" >> fileio.MatchFiles(self._pattern)
+            | "OpenState" >> fileio.ReadMatches()
+            | "SpreadStateFiles" >> beam.Reshuffle()
+            | "ReadState" >> beam.ParDo(_ReadStateFile(self._tolerant))
             | "BucketState" >> beam.FlatMap(bucket_state, self._buckets)
         )
+
+
+class _ReadStateFile(beam.DoFn):
+    """One state Parquet file → one table of (key, fingerprint) per row group."""
+
+    def __init__(self, tolerant: bool) -> None:
+        self._tolerant = tolerant
+
+    def setup(self) -> None:
+        self._unreadable = metrics.counter(STATE_UNREADABLE)
+
+    def process(self, readable: Any) -> Iterator[Any]:
+        import pyarrow.parquet as pq
+
+        path = readable.metadata.path
+        with readable.open() as fh:
+            try:
+                parquet = pq.ParquetFile(fh)
+                groups = parquet.num_row_groups
+            except Exception as exc:  # noqa: BLE001 - any failure to read is a damaged file
+                self._damaged(path, exc)
+                return
+            for group in range(groups):
+                try:
+                    table = parquet.read_row_group(group, columns=["key", "fingerprint"])
+                except Exception as exc:  # noqa: BLE001
+                    self._damaged(path, exc)
+                    return
+                yield table
+
+    def _damaged(self, path: str, exc: Exception) -> None:
+        if not self._tolerant:
+            raise StateCorrupt(unreadable(path, exc)) from None
+        self._unreadable.inc()
+        logging.getLogger(__name__).warning("--full: skipping the rest of %s", unreadable(path, exc))
 
 
 def bucket_state(table: Any, buckets: int) -> Iterator[tuple[int, Any]]:
@@ -324,7 +389,9 @@ class DiffSnapshot(beam.PTransform):
         chunks = batches | "BucketRows" >> beam.ParDo(BucketRows(self._spec, self._buckets)).with_outputs(
             DEAD, main="chunks"
         )
-        state = pbegin | "ReadPriorState" >> ReadFingerprints(self._state_pattern, self._buckets)
+        state = pbegin | "ReadPriorState" >> ReadFingerprints(
+            self._state_pattern, self._buckets, tolerant=self._full
+        )
         diff = (
             {"snapshot": chunks.chunks, "state": state}
             | "JoinWithStateByBucket" >> beam.CoGroupByKey()
