@@ -28,9 +28,14 @@ from pipeline.cli_options import API_KEY_FILE, CLOSE_URL
     "--state",
     "state_dir",
     required=True,
-    help="Directory (local, gs://, ...) holding the fingerprints of the last run.",
+    help="Directory (local, gs://, ...) holding the fingerprints of the last run; "
+    "a local one is locked while a run uses it.",
 )
-@click.option("--full", is_flag=True, help="Resend every row, not only new and changed ones.")
+@click.option(
+    "--full",
+    is_flag=True,
+    help="Resend every row, not only new and changed ones; rebuilds a damaged state without reading it.",
+)
 @click.option(
     "--dry-run", is_flag=True, help="List what would change; write nothing to Close or to the state."
 )
