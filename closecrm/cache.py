@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -41,21 +41,37 @@ class LRU(Generic[K, V]):
         return key in self._data
 
 
+class Remembered(Protocol):
+    """What outlives one engine: ids recorded by earlier runs and other writers (the created-id ledger)."""
+
+    def ids(self, key: str) -> tuple[str, ...]: ...
+
+    def forget(self, key: str, record_id: str) -> None: ...
+
+
 class IdCache:
     """Lookup key (`company:…`, `user:…`, `email:…`) -> ids of the records it led to, newest last.
 
     Search lags behind writes; this cache is what lets the engine find a record it created a
     moment ago. Entries are hints: the engine confirms them with a GET by id, which does not lag.
+    A key this cache does not hold is looked up in ``remembered`` (what other engines created),
+    once; what is found there joins the cache.
     """
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, remembered: Remembered | None = None) -> None:
         self._lru: LRU[str, tuple[str, ...]] = LRU(size)
+        self.remembered = remembered
 
     def ids(self, key: str) -> tuple[str, ...]:
-        return self._lru.get(key) or ()
+        ids = self._lru.get(key)
+        if ids is None and self.remembered is not None:
+            ids = self.remembered.ids(key)[-MAX_IDS_PER_KEY:]
+            if ids:
+                self._lru.put(key, ids)
+        return ids or ()
 
     def add(self, key: str, record_id: str) -> None:
-        ids = self._lru.get(key) or ()
+        ids = self.ids(key)  # what is remembered for the key comes first: it is older than this
         if record_id in ids:
             return
         self._lru.put(key, (*ids, record_id)[-MAX_IDS_PER_KEY:])
@@ -73,6 +89,8 @@ class IdCache:
                     self._lru.put(key, rest)
                 else:
                     self._lru.pop(key)
+            if self.remembered is not None:
+                self.remembered.forget(key, record_id)
 
     def __len__(self) -> int:
         return len(self._lru)

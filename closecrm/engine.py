@@ -15,6 +15,7 @@ from typing import Any
 from closecrm import diff
 from closecrm.cache import IdCache, RecordCache
 from closecrm.client import AmbiguousWriteError, CloseAPIError, CloseClient
+from closecrm.created_ids import CreatedIdLedger
 from closecrm.lookup import Search, View, age, company_key, email_lookup_key, user_key
 from closecrm.model import Outcome, Settings, UpsertRequest
 from closecrm.normalize import email_key
@@ -175,6 +176,10 @@ class UpsertEngine:
     the failed POST has not found it either; only then does it send the create again. If every
     attempt is ambiguous the request fails as ``ambiguous_write`` and, for ``unsettled_seconds``,
     any create for the same identity first makes that same post-lag search.
+
+    ``ledger`` (optional) is the created-id ledger: the engine reads what other engines created
+    (an earlier run, the writer of an earlier bundle, the job before a restart) as id-cache hints,
+    confirmed by GET like its own, and records there the lookup keys its writes give records.
     """
 
     def __init__(
@@ -186,6 +191,7 @@ class UpsertEngine:
         id_cache_size: int = 100_000,
         settle_seconds: float = 3.0,
         unsettled_seconds: float = 120.0,
+        ledger: CreatedIdLedger | None = None,
     ) -> None:
         self.client = client
         self.settings = settings
@@ -194,7 +200,11 @@ class UpsertEngine:
         self.unsettled_seconds = unsettled_seconds
         # identity -> when an ambiguous create for it was left unconfirmed (bounded, oldest dropped)
         self._unsettled: OrderedDict[str, float] = OrderedDict()
-        self.ids = IdCache(id_cache_size)
+        # What earlier runs and other writers created, for the lookups search cannot answer yet.
+        self.ledger = ledger
+        if ledger is not None:
+            ledger.refresh()
+        self.ids = IdCache(id_cache_size, remembered=ledger)
         self.records = RecordCache(max(1_000, id_cache_size // 5))
         self._search = Search(client, settings)
         self._company_cf = (
@@ -766,7 +776,9 @@ class UpsertEngine:
         if op.dry_run:
             self._put_lead(view, {**lead, **body, "date_updated": _dry_now()}, remember=False)
         else:
-            self._put_lead(view, await self._call(op, "PUT", f"lead/{lead['id']}/", body))
+            updated = await self._call(op, "PUT", f"lead/{lead['id']}/", body)
+            self._put_lead(view, updated)
+            self._learned("lead", updated["id"], view.lead_keys(updated), before=view.lead_keys(lead))
         op.updated = True
 
     async def _update_contact(self, op: _Op, view: View, contact: Record) -> None:
@@ -795,7 +807,11 @@ class UpsertEngine:
         if op.dry_run:
             self._put_contact(view, {**contact, **body, "date_updated": _dry_now()}, remember=False)
         else:
-            self._put_contact(view, await self._call(op, "PUT", f"contact/{contact['id']}/", body))
+            updated = await self._call(op, "PUT", f"contact/{contact['id']}/", body)
+            self._put_contact(view, updated)
+            self._learned(
+                "contact", updated["id"], view.contact_keys(updated), before=view.contact_keys(contact)
+            )
         op.updated = True
 
     async def _create_contact(self, op: _Op, view: View, lead_id: str) -> None:
@@ -825,10 +841,13 @@ class UpsertEngine:
                 lead = await self._read(op, view, lead_id)
                 new = [c for c in lead.get("contacts") or [] if c["id"] not in known and self._is_ours(op, c)]
                 if new:
+                    for c in new:  # search may not show it for a while yet
+                        self._learned("contact", c["id"], view.contact_keys(c))
                     op.created = True
                     raise _Redo() from None
                 continue
             self._put_contact(view, contact)
+            self._learned("contact", contact["id"], view.contact_keys(contact))
             op.touch(lead_id=lead_id, contact_id=contact["id"])
             op.created = True
             return
@@ -887,8 +906,10 @@ class UpsertEngine:
                     raise
                 continue  # a search made after the lag bound did not find it: it was not created
             self._put_lead(view, lead)
+            self._learned("lead", lead["id"], view.lead_keys(lead))
             op.touch(lead_id=lead["id"])
             for c in lead.get("contacts") or []:
+                self._learned("contact", c["id"], view.contact_keys(c))
                 op.touch(contact_id=c["id"])
             op.created = True
             return
@@ -988,6 +1009,16 @@ class UpsertEngine:
     async def _call(self, op: _Op, method: str, path: str, body: Any = None) -> Any:
         op.calls += 1
         return await self.client.request(method, path, json=body)
+
+    def _learned(self, kind: str, record_id: str, keys: Iterable[str], before: Iterable[str] = ()) -> None:
+        """A write gave this record these lookup keys: the ledger keeps the new ones for other engines
+        (a re-run, a restart), whose searches may not show them for a while."""
+        if self.ledger is None:
+            return
+        had = set(before)
+        new = [k for k in keys if k not in had]
+        if new:
+            self.ledger.record(kind, record_id, new)
 
     def _put_lead(self, view: View, lead: Record, *, remember: bool = True) -> None:
         view.put_lead(lead, fresh=True)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from closecrm.created_ids import ledger_dir
 from closecrm.events import BadEvent, parse_event
 from closecrm.mapping import compile_mappings, map_event
 from closecrm.model import DeadLetter, UpsertRequest
@@ -43,6 +45,10 @@ def _requests_of(letter: dict[str, Any], compiled: list) -> list[UpsertRequest]:
 
 
 def replay_file(config: JobConfig, spec: EngineSpec, path: str, out_path: str | None) -> ReplayReport:
+    """Replays a dead-letter file. Without a ledger of its own, ``spec`` gets the created-id ledger
+    that sits next to the file (where the run that wrote it kept its own, by default)."""
+    if spec.created_ids is None:
+        spec = replace(spec, created_ids=ledger_dir(os.path.dirname(os.path.abspath(path)), spec.close_url))
     compiled = compile_mappings(config.mapping_specs())
     report = ReplayReport()
     pending: list[tuple[dict[str, Any], UpsertRequest]] = []

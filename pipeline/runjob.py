@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 
+from closecrm.created_ids import ledger_dir, user_cache_root
 from pipeline import summary
 from pipeline.assemble import JobShape, build
 from pipeline.config import JobConfig
@@ -22,6 +24,8 @@ from transforms.upsert import EngineSpec, KeySource
 DISTRIBUTED_WRITER_SHARDS = 16  # writer keys on Dataflow/Flink unless pipeline.writer_shards says otherwise
 
 DEFAULT_CLOSE_URL = "https://api.close.com/api/v1/"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -38,11 +42,33 @@ class RunRequest:
     budget_share: float = 1.0
     beam_args: tuple[str, ...] = field(default_factory=tuple)
     progress: bool = True  # a periodic progress line on stderr during local runs (--quiet turns it off)
+    # Root of the created-id ledger (see created_ids_location); None: the default place.
+    created_ids_dir: str | None = None
+    remember_created_ids: bool = True  # False: created ids live in each writer's memory only
 
 
 def is_direct(options: PipelineOptions) -> bool:
     runner = options.view_as(StandardOptions).runner
     return runner is None or "direct" in str(runner).lower()
+
+
+def created_ids_location(request: RunRequest, local: bool) -> str | None:
+    """The created-id ledger's directory for this run, or None when there is none.
+
+    Under ``--created-ids-dir`` if given, else next to the dead letters, else (local runs) in the
+    user's cache directory; always in a subdirectory ``created-ids/<hash of the Close URL>``. A
+    distributed run needs a place every worker reads: without either directory it has no ledger.
+    """
+    if not request.remember_created_ids:
+        return None
+    root = request.created_ids_dir or request.dead_letter_dir or (user_cache_root() if local else None)
+    if not root:
+        log.warning(
+            "no created-id ledger (give --dead-letter or --created-ids-dir): a re-run soon after "
+            "this one may duplicate what this one creates while Close's search lags"
+        )
+        return None
+    return ledger_dir(root, request.close_url)
 
 
 def shape_for(config: JobConfig, request: RunRequest, streaming: bool, local: bool = False) -> JobShape:
@@ -55,6 +81,7 @@ def shape_for(config: JobConfig, request: RunRequest, streaming: bool, local: bo
         key_source=request.key_source,
         settings=config.settings_model(),
         budget_share=request.budget_share,
+        created_ids=created_ids_location(request, local),
     )
     return JobShape(
         source=request.source,
@@ -77,7 +104,7 @@ def shape_for(config: JobConfig, request: RunRequest, streaming: bool, local: bo
 
 async def check_close(spec: EngineSpec) -> None:
     """Fail before the pipeline starts when the key, the URL or a configured field is wrong."""
-    client, engine = spec.build()
+    client, engine = spec.build(with_ledger=False)
     try:
         await engine.validate_settings()
     finally:

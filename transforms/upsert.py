@@ -72,7 +72,11 @@ def _key_from_file(path: str) -> ApiKey:
 
 @dataclass(frozen=True)
 class EngineSpec:
-    """Everything a worker needs to build its own client and engine (no secret inside)."""
+    """Everything a worker needs to build its own client and engine (no secret inside).
+
+    ``created_ids`` is the directory of the created-id ledger (closecrm/created_ids.py) for this
+    Close URL, or None to keep created ids in memory only.
+    """
 
     close_url: str
     key_source: KeySource
@@ -80,9 +84,11 @@ class EngineSpec:
     max_concurrency: int = MAX_CONCURRENCY
     budget_share: float = 1.0
     options: dict[str, Any] = field(default_factory=dict)
+    created_ids: str | None = None
 
-    def build(self):
+    def build(self, *, with_ledger: bool = True):
         from closecrm.client import CloseClient
+        from closecrm.created_ids import CreatedIdLedger
         from closecrm.engine import UpsertEngine
 
         client = CloseClient(
@@ -91,7 +97,8 @@ class EngineSpec:
             budget_share=self.budget_share,
             **self.options,
         )
-        engine = UpsertEngine(client, self.settings, max_concurrency=self.max_concurrency)
+        ledger = CreatedIdLedger.shared(self.created_ids) if with_ledger and self.created_ids else None
+        engine = UpsertEngine(client, self.settings, max_concurrency=self.max_concurrency, ledger=ledger)
         return client, engine
 
 
@@ -179,6 +186,13 @@ class _ApplyBatches(beam.DoFn):
             loop.call_soon_threadsafe(loop.stop)
             self._loop_thread.join()
         loop.close()
+        self._flush_ledger()
+
+    def _flush_ledger(self) -> None:
+        # Object stores get the ids created so far as one object; local ledgers are written as they come.
+        ledger = getattr(self._engine, "ledger", None)
+        if ledger is not None:
+            ledger.flush()
 
     def process(
         self,
@@ -213,6 +227,7 @@ class _ApplyBatches(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(out.tag, _in_global_window(out.value))
             else:
                 yield _in_global_window(out)
+        self._flush_ledger()
 
     def _flush(self, buffer, count) -> Iterable[Any]:
         batch: list[Pending] = list(buffer.read())
