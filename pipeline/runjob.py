@@ -169,6 +169,8 @@ def launch(config: JobConfig, request: RunRequest, *, validate: bool = True):  #
         source = replace(source, direct_runner=is_direct(options))
         request = replace(request, source=source)
     shape = shape_for(config, request, streaming, local=is_direct(options))
+    if shape.engine.created_ids:
+        log.info("created-id ledger: %s", shape.engine.created_ids)
     if validate:
         asyncio.run(check_close(shape.engine))
     runner = local_runner(options, streaming)
