@@ -119,7 +119,7 @@ class CreatedIdLedger:
         self._seq = 0
         self._buffer: list[str] = []
         self._buffered_since = 0.0
-        self._pruned = False
+        self._pruned_at = float("-inf")
         self._broken_read = False
         self._broken_write = False
 
@@ -146,9 +146,11 @@ class CreatedIdLedger:
         with self._lock:
             try:
                 names = self._list()
-                if not self._pruned:
-                    self._pruned = True
+                if self._clock() - self._pruned_at >= self.roll:  # at start, then hourly
+                    self._pruned_at = self._clock()
                     names = self._prune_files(names)
+                    listed = set(names)
+                    self._offsets = {n: o for n, o in self._offsets.items() if n in listed}
                 for name in names:
                     self._read(name)
             except Exception as exc:  # noqa: BLE001 - the ledger is an optimisation: never fail the job
