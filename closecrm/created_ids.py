@@ -164,7 +164,12 @@ class CreatedIdLedger:
         """Record ids remembered for this lookup key, newest last (expired ones left out)."""
         with self._lock:
             self._expire()
-            return tuple(self._ids.get(key_digest(key), ()))
+            ids = self._ids.get(key_digest(key))
+            if not ids:
+                return ()
+            # Files are read one after the other, so the expiry queue is only nearly in time order.
+            horizon = self._clock() - self.ttl
+            return tuple(record_id for record_id, at in ids.items() if at >= horizon)
 
     def forget(self, key: str, record_id: str) -> None:
         """This record no longer carries the key (or no longer exists): stop offering it for it."""
