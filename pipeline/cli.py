@@ -135,6 +135,12 @@ def explain(exc: BaseException, close_url: str | None = None) -> str:
 @click.option("--dry-run", is_flag=True, help="Read Close and decide, but write nothing; print the plan.")
 @click.option("--quiet", is_flag=True, help="No progress lines on stderr during a local run.")
 @click.option("--budget-share", type=float, default=1.0, help="Share of the key's rate budget for each worker.")
+@click.option(
+    "--created-ids-dir",
+    help="Where the ledger of records this job created is kept (default: the --dead-letter directory, "
+    "else ~/.cache/close-sync); a re-run reads it so search lag cannot make it create them twice.",
+)
+@click.option("--no-created-ids", is_flag=True, help="Keep no ledger of created records across runs.")
 @click.pass_context
 def run(ctx: click.Context, config_path: str | None, **opts: object) -> None:
     """Run the sync job. Extra arguments are Beam pipeline options (e.g. --runner DataflowRunner).
@@ -172,6 +178,8 @@ def run(ctx: click.Context, config_path: str | None, **opts: object) -> None:
             audit_log=opts["audit_log"],
             dry_run=bool(opts["dry_run"]),
             budget_share=float(opts["budget_share"]),
+            created_ids_dir=opts["created_ids_dir"],
+            remember_created_ids=not opts["no_created_ids"],
             beam_args=tuple(ctx.args),
             progress=not opts["quiet"],
         )
