@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test test-fast lint demo bench bench-pipeline clean
+.PHONY: test test-fast lint fuzz demo bench bench-pipeline clean
 
 $(STAMP): setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -17,6 +17,13 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(VENV)/bin/pytest -m "not integration"
+
+# The fuzz suite with FUZZ_SCALE times the examples `make test` runs, new random inputs each time,
+# and hypothesis' statistics (examples run per test) at the end.
+FUZZ_SCALE ?= 40
+fuzz: $(STAMP)
+	CLOSE_SYNC_FUZZ_EXAMPLES=$(FUZZ_SCALE) CLOSE_SYNC_FUZZ_RANDOM=1 $(VENV)/bin/pytest tests/fuzz \
+		--timeout=0 --hypothesis-show-statistics
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
