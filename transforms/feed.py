@@ -32,13 +32,22 @@ class EngineFeed:
 
     ``submit``, ``ready`` and ``wait_until`` are for one thread (Beam's); the stream runs on
     ``loop``, which another thread runs. If the engine raises, every outstanding item fails with
-    ``engine_error:<type>`` and the next ``submit`` starts a new stream.
+    ``engine_error:<type>`` and the next ``submit`` starts a new stream. With ``dry_run`` the
+    stream plans instead of writing (the engine's dry run).
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, engine: UpsertEngine, batch_size: int = STREAM_BATCH):
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        engine: UpsertEngine,
+        batch_size: int = STREAM_BATCH,
+        *,
+        dry_run: bool = False,
+    ):
         self._loop = loop
         self._engine = engine
         self._batch_size = max(1, batch_size)
+        self._dry_run = dry_run
         self._results: queue.SimpleQueue[tuple[Sequence[Any], list[Outcome]]] = queue.SimpleQueue()
         self._outstanding = 0  # items submitted whose outcomes were not handed back yet (Beam's thread)
         self._input: asyncio.Queue[list[Any] | None] | None = None  # chunks, then None; loop thread only
@@ -103,8 +112,14 @@ class EngineFeed:
                 taken.append(chunk)
                 yield [item.request for item in chunk]
 
+        # A dry run goes through the same stream, so it plans what the real run would write.
+        stream = (
+            self._engine.upsert_stream(source(), dry_run=True)
+            if self._dry_run
+            else self._engine.upsert_stream(source())
+        )
         try:
-            async for outs in self._engine.upsert_stream(source()):
+            async for outs in stream:
                 self._results.put((taken.popleft(), outs))
         except Exception as exc:  # noqa: BLE001 - an engine crash must become dead letters, not a hung writer
             failed = engine_failure(exc)

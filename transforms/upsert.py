@@ -7,7 +7,6 @@ import hashlib
 import os
 import threading
 from collections.abc import Iterable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +32,7 @@ from closecrm.secret import ApiKey
 from transforms import metrics
 from transforms.collapse import Pending
 from transforms.deadletter import DEAD
-from transforms.feed import EngineFeed, engine_failure
+from transforms.feed import EngineFeed
 from transforms.ledger import APPLIED, LEDGER, SKIPPED
 from transforms.ledger import DEAD as LEDGER_DEAD
 
@@ -171,7 +170,7 @@ class _ApplyBatches(beam.DoFn):
         self._loop_thread = threading.Thread(target=self._loop.run_forever, name="close-writer", daemon=True)
         self._loop_thread.start()
         self._client, self._engine = self._spec.build()
-        self._feed = EngineFeed(self._loop, self._engine)
+        self._feed = EngineFeed(self._loop, self._engine, dry_run=self._dry_run)
         self._seen_counts: dict[str, int] = {}
         self._sent = metrics.counter(metrics.REQUESTS_SENT)
         self._batch_sizes = metrics.distribution(metrics.BATCH_SIZE)
@@ -237,10 +236,6 @@ class _ApplyBatches(beam.DoFn):
             batch.sort(key=lambda p: lead_identity(p.request))
             self._batch_sizes.update(len(batch))
             self._sent.inc(len(batch))
-            if self._dry_run:
-                dry = asyncio.run_coroutine_threadsafe(self._dry([p.request for p in batch]), self._loop)
-                yield from self._emit(zip(batch, self._outcomes(batch, dry), strict=True))
-                return
             # Earlier flushes go on writing; keep no more than the stream's lookahead of them ahead.
             yield from self._emit(self._feed.wait_until(MAX_CONCURRENCY))
             self._feed.submit(batch)
@@ -253,16 +248,6 @@ class _ApplyBatches(beam.DoFn):
             yield from emit_outcome(pending, outcome)
         if emitted:
             self._report_client_counters()
-
-    @staticmethod
-    def _outcomes(batch: list[Pending], future: Future[list[Outcome]]) -> list[Outcome]:
-        try:
-            return future.result()
-        except Exception as exc:  # noqa: BLE001 - an engine crash must become dead letters, not a dead job
-            return [engine_failure(exc) for _ in batch]
-
-    async def _dry(self, requests: list[UpsertRequest]) -> list[Outcome]:
-        return [await self._engine.upsert_one(r, dry_run=True) for r in requests]
 
     def _report_client_counters(self) -> None:
         for name, value in client_counters(self._client).items():
