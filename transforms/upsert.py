@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.coders import PickleCoder
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms import window
 from apache_beam.transforms.combiners import CountCombineFn
 from apache_beam.transforms.timeutil import TimeDomain
@@ -26,79 +23,15 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Duration, Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
+from closecrm.credentials import ApiKey, EngineSpec, KeySource  # noqa: F401 - callers import them from here
 from closecrm.engine import MAX_CONCURRENCY
-from closecrm.model import DeadLetter, Outcome, Settings, UpsertRequest
-from closecrm.secret import ApiKey
+from closecrm.model import DeadLetter, Outcome, UpsertRequest
 from transforms import metrics
 from transforms.collapse import Pending
 from transforms.deadletter import DEAD
 from transforms.feed import EngineFeed
 from transforms.ledger import APPLIED, LEDGER, SKIPPED
 from transforms.ledger import DEAD as LEDGER_DEAD
-
-
-@dataclass(frozen=True)
-class KeySource:
-    """Where a worker reads the API key: a file given on the command line, else the env var, else
-    the config's file. Files may be on any Beam filesystem (e.g. gs://), which is how Dataflow
-    workers, who do not share the launcher's environment, get the key."""
-
-    env_var: str = "CLOSE_API_KEY"
-    path: str | None = None
-    fallback_path: str | None = None
-
-    def read(self) -> ApiKey:
-        if self.path:
-            return _key_from_file(self.path)
-        value = os.environ.get(self.env_var, "").strip()
-        if value:
-            return ApiKey(value)
-        if self.fallback_path:
-            return _key_from_file(self.fallback_path)
-        raise RuntimeError(f"no Close API key: set ${self.env_var} or give --api-key-file / settings.api_key_file")
-
-
-def _key_from_file(path: str) -> ApiKey:
-    try:
-        with FileSystems.open(path) as fh:
-            value = fh.read().decode("utf-8")
-    except Exception as exc:  # noqa: BLE001 - any filesystem's error, reported without the key
-        raise RuntimeError(f"cannot read the API key file {path}: {type(exc).__name__}") from None
-    if not value.strip():
-        raise RuntimeError(f"the API key file {path} is empty")
-    return ApiKey(value)
-
-
-@dataclass(frozen=True)
-class EngineSpec:
-    """Everything a worker needs to build its own client and engine (no secret inside).
-
-    ``created_ids`` is the directory of the created-id ledger (closecrm/created_ids.py) for this
-    Close URL, or None to keep created ids in memory only.
-    """
-
-    close_url: str
-    key_source: KeySource
-    settings: Settings
-    max_concurrency: int = MAX_CONCURRENCY
-    budget_share: float = 1.0
-    options: dict[str, Any] = field(default_factory=dict)
-    created_ids: str | None = None
-
-    def build(self, *, with_ledger: bool = True):
-        from closecrm.client import CloseClient
-        from closecrm.created_ids import CreatedIdLedger
-        from closecrm.engine import UpsertEngine
-
-        client = CloseClient(
-            self.close_url,
-            self.key_source.read(),
-            budget_share=self.budget_share,
-            **self.options,
-        )
-        ledger = CreatedIdLedger.shared(self.created_ids) if with_ledger and self.created_ids else None
-        engine = UpsertEngine(client, self.settings, max_concurrency=self.max_concurrency, ledger=ledger)
-        return client, engine
 
 
 def lead_identity(request: UpsertRequest) -> str:
