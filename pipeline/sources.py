@@ -22,7 +22,7 @@ from typing import Any, Literal
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.metrics import Metrics
-from apache_beam.transforms.window import TimestampedValue
+from apache_beam.transforms.window import GlobalWindow, TimestampedValue
 
 from pipeline.avro_io import iter_avro_records, record_to_event
 
@@ -354,6 +354,12 @@ class PlanKafkaPartitions(beam.DoFn):
             consumer.close()
 
 
+# A producer may stamp a message with any int64 of milliseconds (nanoseconds by mistake, say); Beam's
+# timestamps are int64 microseconds and end with the global window, and an element stamped later fails
+# the bundle, so a later message keeps the time of its read, like one without a timestamp.
+LATEST_KAFKA_MILLIS = GlobalWindow().max_timestamp().micros // 1000
+
+
 class ReadKafkaPartition(beam.DoFn):
     """The values of one partition range, stamped with their Kafka timestamps; tombstones are skipped."""
 
@@ -411,4 +417,5 @@ class ReadKafkaPartition(beam.DoFn):
             self._tombstones.inc()
             return
         kind, millis = message.timestamp()
-        yield TimestampedValue(value, millis / 1000.0) if kind and millis >= 0 else value
+        stamped = kind and 0 <= millis <= LATEST_KAFKA_MILLIS
+        yield TimestampedValue(value, millis / 1000.0) if stamped else value
