@@ -206,7 +206,9 @@ class BucketRows(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(DEAD, letter)
             keys = [keys[i] for i in usable]
             fps = [fps[i] for i in usable]
-            values = [batch[i] for i in usable] if isinstance(batch, list) else values.take(usable)
+            # Typed indices: a batch whose every key is null leaves none, and take() has no kernel for
+            # the null-typed array an empty list becomes.
+            values = [batch[i] for i in usable] if isinstance(batch, list) else values.take(pa.array(usable, pa.int64()))
         key_array, fp_array = pa.array(keys, pa.string()), pa.array(fps, pa.binary())
         for bucket, rows in _split_by_bucket(keys, self._buckets):
             if isinstance(values, list):
