@@ -94,3 +94,11 @@ class EngineSpec:
         bound = {} if self.max_concurrency is None else {"max_concurrency": self.max_concurrency}
         engine = UpsertEngine(client, self.settings, ledger=ledger, **bound)
         return client, engine
+
+    async def check(self) -> None:
+        """Fail before a job starts when the key, the URL or a configured field is wrong."""
+        client, engine = self.build(with_ledger=False)
+        try:
+            await engine.validate_settings()
+        finally:
+            await client.aclose()

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import click
 
+from closecrm.credentials import EngineSpec
+from pipeline.cli_common import fail, key_source
+from pipeline.cli_export import export
 from pipeline.cli_options import API_KEY_FILE, CLOSE_URL, refuse_secrets_in_args
-from transforms.upsert import EngineSpec, KeySource
+from pipeline.cli_snapshot import snapshot_sync
+from pipeline.demo import main as demo
 
 
 class _RefuseSecretArgs(click.Group):
@@ -59,63 +63,6 @@ def sim(**kwargs: object) -> None:
     from closecrm.sim.cli import run_from_cli
 
     run_from_cli(**kwargs)
-
-
-def _key_source(api_key_file: str | None, config) -> KeySource:  # noqa: ANN001
-    return KeySource(
-        env_var=config.settings.api_key_env, path=api_key_file, fallback_path=config.settings.api_key_file
-    )
-
-
-def _fail(ctx: click.Context, exc: BaseException) -> None:
-    """One line that says what and how to fix; the traceback only with --verbose."""
-    if ctx.find_root().obj and ctx.find_root().obj.get("verbose"):
-        raise exc
-    raise click.ClickException(explain(exc, ctx.params.get("close_url"))) from None
-
-
-def _one_line(text: str) -> str:
-    return " ".join(part.strip() for part in str(text).splitlines() if part.strip())
-
-
-def explain(exc: BaseException, close_url: str | None = None) -> str:
-    """The one line a user sees for a failure: what went wrong and how to fix it."""
-    import httpx
-
-    from closecrm.client import CloseAPIError
-    from closecrm.engine import SettingsError
-    from pipeline.config import ConfigError
-
-    where = close_url or "the --close-url given"
-    # the engine raises SettingsError `from None`; the Close error that caused it is still its context
-    cause = exc.__cause__ or exc.__context__
-    if isinstance(exc, SettingsError) and isinstance(cause, CloseAPIError):
-        if cause.status is None:
-            exc = cause  # no response at all: explained below as unreachable
-        elif cause.status == 404:
-            return f"Close at {where} answered 404 for GET /me/: check --close-url (it ends in /api/v1/)."
-    if isinstance(exc, ConfigError):
-        where_file = f" {exc.source}" if exc.source else ""
-        fix = "check the --config path" if any("cannot read" in p for p in exc.problems) else (
-            "fix the file; README, Configuration, lists every key"
-        )
-        return f"invalid config{where_file}: " + "; ".join(exc.problems) + f" ({fix})"
-    if isinstance(exc, SettingsError):
-        return _one_line(str(exc))
-    if isinstance(exc, CloseAPIError) and exc.status in (401, 403):
-        return f"Close rejected the API key ({exc.status}): set $CLOSE_API_KEY or --api-key-file to a valid key."
-    if isinstance(exc, CloseAPIError) and exc.status is None:
-        return (
-            f"cannot reach Close at {where} ({exc.body}): check --close-url and the network "
-            "(the simulator: close-sync sim --port 8765 --api-key KEY)."
-        )
-    if isinstance(exc, CloseAPIError):
-        return _one_line(f"Close answered {exc.status} to {exc.method} {exc.path}: {exc.body!r}")
-    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
-        return f"cannot reach Close at {where}: check --close-url and the network."
-    if isinstance(exc, RuntimeError | ValueError | OSError):
-        return _one_line(str(exc))
-    return _one_line(f"{type(exc).__name__}: {exc}")
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -172,7 +119,7 @@ def run(ctx: click.Context, config_path: str | None, **opts: object) -> None:
         request = RunRequest(
             source=source,
             close_url=str(opts["close_url"]),
-            key_source=_key_source(opts["api_key_file"], config),
+            key_source=key_source(opts["api_key_file"], config),
             dead_letter_dir=opts["dead_letter"],
             dead_letter_topic=opts["dead_letter_topic"],
             audit_log=opts["audit_log"],
@@ -185,7 +132,7 @@ def run(ctx: click.Context, config_path: str | None, **opts: object) -> None:
         )
         dead = run_job(config, request)
     except Exception as exc:  # noqa: BLE001
-        _fail(ctx, exc)
+        fail(ctx, exc)
         return
     if dead:
         raise click.ClickException(f"{dead} event(s) were dead-lettered; see --dead-letter output.")
@@ -206,15 +153,13 @@ def validate(ctx: click.Context, config_path: str | None, close_url: str, api_ke
     import asyncio
 
     from pipeline.config import load_config
-    from pipeline.runjob import check_close
-    from transforms.upsert import EngineSpec
 
     try:
         config = load_config(config_path)
-        spec = EngineSpec(close_url, _key_source(api_key_file, config), config.settings_model())
-        asyncio.run(check_close(spec))
+        spec = EngineSpec(close_url, key_source(api_key_file, config), config.settings_model())
+        asyncio.run(spec.check())
     except Exception as exc:  # noqa: BLE001
-        _fail(ctx, exc)
+        fail(ctx, exc)
         return
     click.echo(f"ok: config valid, {len(config.mapping_specs())} mapping(s), settings verified against Close")
 
@@ -245,25 +190,18 @@ def replay(
 
     try:
         config = load_config(config_path)
-        spec = EngineSpec(close_url, _key_source(api_key_file, config), config.settings_model())
+        spec = EngineSpec(close_url, key_source(api_key_file, config), config.settings_model())
         report = replay_file(config, spec, dead_letter, out_path)
     except Exception as exc:  # noqa: BLE001
-        _fail(ctx, exc)
+        fail(ctx, exc)
         return
     click.echo(report.line())
     if report.failed:
         raise click.ClickException(f"{report.failed} letter(s) failed again")
 
 
-from pipeline.cli_export import export as _export  # noqa: E402 - registered after main exists
-
-main.add_command(_export)
-from pipeline.demo import main as _demo  # noqa: E402 - registered after main exists
-
-main.add_command(_demo, name="demo")
-
-from pipeline.cli_snapshot import snapshot_sync  # noqa: E402 - registers after main exists
-
+main.add_command(export)
+main.add_command(demo, name="demo")
 main.add_command(snapshot_sync)
 
 if __name__ == "__main__":

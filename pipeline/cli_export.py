@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from pipeline.cli_common import fail, key_source
 from pipeline.cli_options import API_KEY_FILE, CLOSE_URL
 
 
@@ -52,7 +53,6 @@ def export(
     from closecrm.client import CloseClient
     from closecrm.export import ExportRequest, parse_moment
     from closecrm.export import export as run_export
-    from pipeline.cli import _fail, _key_source
     from pipeline.config import load_config
 
     try:
@@ -65,7 +65,7 @@ def export(
             user_id_field=config.settings.contact_custom_field_id_for_user_id,
             slices=slices,
         )
-        key = _key_source(api_key_file, config).read()
+        key = key_source(api_key_file, config).read()
 
         async def go() -> str:
             async with CloseClient(close_url, key, budget_share=budget_share) as client:
@@ -73,6 +73,6 @@ def export(
 
         line = asyncio.run(go())
     except Exception as exc:  # noqa: BLE001
-        _fail(ctx, exc)
+        fail(ctx, exc)
         return
     click.echo(line)

@@ -6,7 +6,7 @@ import re
 
 import click
 
-from pipeline.runjob import DEFAULT_CLOSE_URL
+from closecrm.credentials import DEFAULT_CLOSE_URL
 
 CLOSE_URL = click.option(
     "--close-url", default=DEFAULT_CLOSE_URL, show_default=True, help="Base URL of the Close API."

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from pipeline.cli_common import fail, key_source
 from pipeline.cli_options import API_KEY_FILE, CLOSE_URL
 
 
@@ -58,7 +59,6 @@ def snapshot_sync(ctx: click.Context, config_path: str, **opts: object) -> None:
 
     Example: CLOSE_API_KEY=... close-sync snapshot-sync --config close.yaml --input 'export/*.parquet' --state state/
     """
-    from pipeline.cli import _fail, _key_source
     from pipeline.config import load_config
     from pipeline.snapshot_job import SnapshotRequest, run_snapshot
 
@@ -70,7 +70,7 @@ def snapshot_sync(ctx: click.Context, config_path: str, **opts: object) -> None:
             full=bool(opts["full"]),
             dry_run=bool(opts["dry_run"]),
             close_url=str(opts["close_url"]),
-            key_source=_key_source(opts["api_key_file"], config),  # type: ignore[arg-type]
+            key_source=key_source(opts["api_key_file"], config),  # type: ignore[arg-type]
             dead_letter_dir=opts["dead_letter"],  # type: ignore[arg-type]
             plan_dir=opts["plan_dir"],  # type: ignore[arg-type]
             budget_share=float(opts["budget_share"]),  # type: ignore[arg-type]
@@ -79,7 +79,7 @@ def snapshot_sync(ctx: click.Context, config_path: str, **opts: object) -> None:
         )
         report = run_snapshot(config, request)
     except Exception as exc:  # noqa: BLE001
-        _fail(ctx, exc)
+        fail(ctx, exc)
         return
     if report.failed:
         raise click.ClickException(

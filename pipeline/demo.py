@@ -133,10 +133,10 @@ def main(
 
     Example: python -m pipeline.demo --snapshot /tmp/demo-state.json
     """
+    from closecrm.credentials import KeySource
     from pipeline.config import load_config
     from pipeline.runjob import RunRequest, run
     from pipeline.sources import SourceOptions
-    from transforms.upsert import KeySource
 
     if regenerate:
         click.echo(f"wrote {write_samples(Path(events_path)):,} lines to {events_path}")

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from closecrm.created_ids import ledger_dir
+from closecrm.credentials import EngineSpec
 from closecrm.events import BadEvent, parse_event
 from closecrm.mapping import compile_mappings, map_event
 from closecrm.model import DeadLetter, UpsertRequest
 from pipeline.config import JobConfig
-from transforms.upsert import EngineSpec
 
 BATCH = 200
 

@@ -14,16 +14,14 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 
 from closecrm.created_ids import ledger_dir, user_cache_root
+from closecrm.credentials import DEFAULT_CLOSE_URL, EngineSpec, KeySource
 from pipeline import summary
 from pipeline.assemble import JobShape, build
 from pipeline.config import JobConfig
 from pipeline.sources import SourceOptions
 from transforms import metrics as m
-from transforms.upsert import EngineSpec, KeySource
 
 DISTRIBUTED_WRITER_SHARDS = 16  # writer keys on Dataflow/Flink unless pipeline.writer_shards says otherwise
-
-DEFAULT_CLOSE_URL = "https://api.close.com/api/v1/"
 
 log = logging.getLogger(__name__)
 
@@ -102,15 +100,6 @@ def shape_for(config: JobConfig, request: RunRequest, streaming: bool, local: bo
     )
 
 
-async def check_close(spec: EngineSpec) -> None:
-    """Fail before the pipeline starts when the key, the URL or a configured field is wrong."""
-    client, engine = spec.build(with_ledger=False)
-    try:
-        await engine.validate_settings()
-    finally:
-        await client.aclose()
-
-
 def local_runner(options: PipelineOptions, streaming: bool):  # noqa: ANN201
     """On the DirectRunner, pick its engine ourselves: batch runs on the FnApiRunner (the default
     DirectRunner would first try Prism, which downloads a binary), streaming on the bundle-based
@@ -172,7 +161,7 @@ def launch(config: JobConfig, request: RunRequest, *, validate: bool = True):  #
     if shape.engine.created_ids:
         log.info("created-id ledger: %s", shape.engine.created_ids)
     if validate:
-        asyncio.run(check_close(shape.engine))
+        asyncio.run(shape.engine.check())
     runner = local_runner(options, streaming)
     p = beam.Pipeline(runner=runner, options=options)
     build(p, shape)

@@ -17,10 +17,10 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 from rich.console import Console
 from rich.table import Table
 
+from closecrm.credentials import DEFAULT_CLOSE_URL, EngineSpec, KeySource
 from closecrm.snapshot import SchemaDrift, SnapshotSpec, arrow_kind, avro_kind, check_schema
 from pipeline import summary
 from pipeline.config import ConfigError, JobConfig
-from pipeline.runjob import DEFAULT_CLOSE_URL, check_close
 from pipeline.snapshot_state import Generation, SnapshotState, StateCorrupt
 from transforms import metrics as m
 from transforms.deadletter import DEAD, WriteDeadLetters
@@ -39,7 +39,7 @@ from transforms.snapshot import (
     WriteSample,
     settled_fingerprint,
 )
-from transforms.upsert import EngineSpec, KeySource, UpsertToClose
+from transforms.upsert import UpsertToClose
 
 FORMATS = {".parquet": "parquet", ".parq": "parquet", ".avro": "avro"}
 GONE_SAMPLE = "_gone_sample.json"
@@ -241,7 +241,7 @@ def run_snapshot(
     state = SnapshotState(request.state)
     with contextlib.nullcontext() if request.dry_run else state.lock():
         if validate:
-            asyncio.run(check_close(engine))
+            asyncio.run(engine.check())
         prior = prior_state(state, full=request.full)
         report = _run_locked(config, request, spec, file_format, engine, state, prior)
     if show_summary:

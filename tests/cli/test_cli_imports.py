@@ -1,0 +1,56 @@
+"""The CLI starts without Beam: help, and the commands that only talk to Close, do not pay for loading it."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Runs the command's --help in a fresh interpreter and prints the Beam modules it loaded.
+PROBE = """
+import sys
+from pipeline.cli import main
+try:
+    main(sys.argv[1:], standalone_mode=False)
+finally:
+    print("BEAM:" + ",".join(sorted(m for m in sys.modules if m.split(".")[0] == "apache_beam")))
+"""
+
+
+def beam_modules_loaded(*args: str) -> list[str]:
+    result = subprocess.run(
+        [sys.executable, "-c", PROBE, *args], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+    )
+    line = next(line for line in result.stdout.splitlines() if line.startswith("BEAM:"))
+    return [m for m in line[len("BEAM:") :].split(",") if m]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("--help",), ("validate", "--help"), ("replay", "--help"), ("export", "--help"), ("run", "--help"),
+     ("snapshot-sync", "--help")],
+)
+def test_help_does_not_import_beam(args: tuple[str, ...]) -> None:
+    assert beam_modules_loaded(*args) == []
+
+
+def test_the_cli_modules_import_without_beam() -> None:
+    code = (
+        "import sys, pipeline.cli, pipeline.cli_common, pipeline.cli_options, closecrm.credentials; "
+        "print(any(m.split('.')[0] == 'apache_beam' for m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_export_and_snapshot_commands_do_not_import_the_cli_module() -> None:
+    code = (
+        "import sys, pipeline.cli_export, pipeline.cli_snapshot; "
+        "print('pipeline.cli' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "False"
