@@ -11,7 +11,7 @@ setup(
     package_data={"": ["*.json", "*.avsc"]},
     data_files=[("schemas", ["schemas/event.avsc", "schemas/config.schema.json"])],
     install_requires=[
-        "apache-beam[gcp]>=2.77,<3",
+        "apache-beam[gcp]>=2.77,<2.78",  # pipeline/beam_patches.py patches this minor version's internals
         "httpx>=0.28,<0.29",
         "aiohttp>=3.14,<4",
         "pyarrow>=14",
