@@ -1,4 +1,5 @@
-"""closecrm.mapping: defaults, presets, overrides, context.traits fallback and SPEC §3 normalisation."""
+"""closecrm.mapping: defaults, presets, overrides, context.traits fallback and normalisation (null and empty
+values dropped, numbers for string fields as strings, custom-field values keeping their JSON type)."""
 
 from __future__ import annotations
 

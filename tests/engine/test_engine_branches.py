@@ -1,4 +1,5 @@
-"""Each branch of SPEC §3's decision procedure, pinned against the simulator through upsert_one."""
+"""Each branch of the decision procedure (docs/DESIGN.md#decision-procedure), pinned against the simulator
+through upsert_one."""
 
 from __future__ import annotations
 

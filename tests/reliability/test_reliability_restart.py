@@ -1,8 +1,9 @@
 """Crash and restart: a streaming Pub/Sub run is cancelled mid-way and started again on the same subscription.
 
-SPEC §9: the DirectRunner acks a message when it pulls it, so messages in flight when the run is
-killed may be lost. This test counts them and reports the number (it is printed and carried in the
-assertion messages), and shows nothing is duplicated and everything published after the restart is applied.
+The DirectRunner acks a message when it pulls it (docs/DESIGN.md#delivery-guarantees), so messages in
+flight when the run is killed may be lost. This test counts them and reports the number (it is printed and
+carried in the assertion messages), and shows nothing is duplicated and everything published after the
+restart is applied.
 """
 
 from __future__ import annotations
