@@ -130,26 +130,3 @@ def collapse(requests: Iterable[UpsertRequest]) -> list[UpsertRequest]:
         last_key = key
     return out
 
-
-class Collapser:
-    """The accumulator side of a Beam ``CombineFn`` over one person's requests.
-
-    The accumulator is the list of requests in arrival order; ordering and merging happen in
-    `extract`, so any partition merged in arrival order gives ``collapse(all requests)``.
-    """
-
-    def create_accumulator(self) -> list[UpsertRequest]:
-        return []
-
-    def add(self, acc: list[UpsertRequest], req: UpsertRequest) -> list[UpsertRequest]:
-        acc.append(req)
-        return acc
-
-    def merge_accumulators(self, accs: Iterable[list[UpsertRequest]]) -> list[UpsertRequest]:
-        merged: list[UpsertRequest] = []
-        for acc in accs:
-            merged.extend(acc)
-        return merged
-
-    def extract(self, acc: list[UpsertRequest]) -> list[UpsertRequest]:
-        return collapse(acc)

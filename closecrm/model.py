@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 OutcomeKind = Literal["created", "updated", "unchanged", "skipped", "failed"]
@@ -106,9 +106,6 @@ class UpsertRequest:
         if isinstance(kwargs.get("flags"), dict):
             kwargs["flags"] = Flags(**kwargs["flags"])
         return cls(**kwargs)
-
-    def with_event_ids(self, ids: tuple[str, ...]) -> UpsertRequest:
-        return replace(self, event_ids=ids)
 
 
 @dataclass(frozen=True)

@@ -186,13 +186,6 @@ class Store:
             for record in records.values():
                 record["custom"].pop(cf_id, None)
 
-    def custom_field_object_type(self, cf_id: str) -> str | None:
-        with self._lock:
-            for object_type in OBJECT_TYPES:
-                if cf_id in self._custom_fields[object_type]:
-                    return object_type
-            return None
-
     # ------------------------------------------------------------------ leads
 
     def create_lead(self, data: Record, *, trusted: bool = False) -> Record:

@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from closecrm.collapse import Collapser, collapse, collapse_key, merge
+from closecrm.collapse import collapse, collapse_key, merge
 from closecrm.model import Flags, UpsertRequest
 from closecrm.normalize import email_key, phone_key, url_key
 
@@ -141,7 +141,7 @@ def test_lead_only_requests_of_one_company_merge() -> None:
 
 
 def test_collapse_of_nothing_is_nothing() -> None:
-    assert collapse([]) == [] and Collapser().extract(Collapser().create_accumulator()) == []
+    assert collapse([]) == []
 
 
 # ---------------------------------------------------------------------------- properties
@@ -285,33 +285,11 @@ def test_merge_is_associative_on_same_key_requests(rs, user, company, flags) -> 
     assert collapse_key(merge(a, b)) == collapse_key(a)
 
 
-def run_collapser(chunks: list[list[UpsertRequest]], nested_at: int) -> list[UpsertRequest]:
-    fn = Collapser()
-    accs = []
-    for chunk in chunks:
-        acc = fn.create_accumulator()
-        for r in chunk:
-            acc = fn.add(acc, r)
-        accs.append(acc)
-    left = fn.merge_accumulators(accs[:nested_at])
-    right = fn.merge_accumulators(accs[nested_at:])
-    return fn.extract(fn.merge_accumulators([left, right]))
-
-
-@settings(max_examples=100, deadline=None)
-@given(requests(), st.data())
-def test_accumulator_over_any_ordered_partition_equals_collapse(rs, data) -> None:
-    cuts = sorted(data.draw(st.lists(st.integers(0, len(rs)), max_size=4)))
-    bounds = [0, *cuts, len(rs)]
-    chunks = [rs[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
-    nested_at = data.draw(st.integers(0, len(chunks)))
-    assert run_collapser(chunks, nested_at) == collapse(rs)
-
-
 @settings(max_examples=100, deadline=None)
 @given(requests(unique_times=True), st.data())
-def test_accumulator_over_any_partition_equals_collapse_when_times_differ(rs, data) -> None:
+def test_collapse_ignores_arrival_order_when_times_differ(rs, data) -> None:
+    # A combiner meets a person's requests in whatever order its partitions arrive.
     buckets = data.draw(st.lists(st.integers(0, 3), min_size=len(rs), max_size=len(rs)))
     chunks = [[r for r, b in zip(rs, buckets, strict=True) if b == k] for k in range(4)]
     order = data.draw(st.permutations(range(4)))
-    assert run_collapser([chunks[k] for k in order], data.draw(st.integers(0, 4))) == collapse(rs)
+    assert collapse([r for k in order for r in chunks[k]]) == collapse(rs)
