@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +12,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, 
 
 from closecrm.created_ids import ledger_dir, user_cache_root
 from closecrm.credentials import DEFAULT_CLOSE_URL, EngineSpec, KeySource
-from pipeline import summary
+from pipeline import beam_patches, summary
 from pipeline.assemble import JobShape, build
 from pipeline.config import JobConfig
 from pipeline.sources import SourceOptions
@@ -109,33 +106,10 @@ def local_runner(options: PipelineOptions, streaming: bool):  # noqa: ANN201
     if streaming:
         from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 
-        from pipeline.local_pubsub import forget_consumed_empty_bundles, raise_pull_size
-
-        raise_pull_size()  # its Pub/Sub reader pulls 10 messages per bundle otherwise (~20 events/s)
-        forget_consumed_empty_bundles()  # and leaves one empty bundle per pull behind otherwise
         return BundleBasedDirectRunner()
-    from apache_beam.runners.portability.fn_api_runner import FnApiRunner, worker_handlers
+    from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-    # The in-process worker's state cache weighs every value it caches with objsize, which walks
-    # all module globals per call: measured 85% of a 10,000-event run (43 s vs 5 s without it).
-    # State here is already in memory, so the cache buys nothing locally.
-    worker_handlers.STATE_CACHE_SIZE_MB = 0
-    _shorten_state_sampling()
     return FnApiRunner()
-
-
-# Longest wait, in ms, of the in-process worker's state sampler. Each bundle ends by joining the
-# sampler's thread, which sleeps up to its sampling period (Beam's default: 200 ms): measured
-# ~0.5 s of a 7 s, 20,000-event run spent idle there. It only feeds the msec counters.
-LOCAL_STATE_SAMPLING_MS = 10
-
-
-def _shorten_state_sampling() -> None:
-    from apache_beam.runners.worker import statesampler
-
-    init = statesampler.StateSampler.__init__
-    if init.__defaults__ and init.__defaults__[-1] != LOCAL_STATE_SAMPLING_MS:
-        init.__defaults__ = (*init.__defaults__[:-1], LOCAL_STATE_SAMPLING_MS)
 
 
 def pipeline_options(request: RunRequest, streaming: bool) -> PipelineOptions:
@@ -165,29 +139,8 @@ def launch(config: JobConfig, request: RunRequest, *, validate: bool = True):  #
     runner = local_runner(options, streaming)
     p = beam.Pipeline(runner=runner, options=options)
     build(p, shape)
-    if runner is not None and not streaming:
-        with relaxed_gc():  # the in-process batch runner runs the whole job inside run()
-            return p.run()
-    return p.run()
-
-
-# Cyclic GC during a local batch run: Python's default (a young collection every 700 allocations, and
-# full ones walking every object the process holds, Beam's and the libraries' included) took ~20% of
-# the run; the job's garbage is nearly all freed by reference counting anyway.
-LOCAL_GC_THRESHOLD = (50_000, 20, 100)
-
-
-@contextlib.contextmanager
-def relaxed_gc() -> Iterator[None]:
-    """Rarer collections, and the objects that exist before the run left out of them, until the run ends."""
-    before = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(*LOCAL_GC_THRESHOLD)
-    try:
-        yield
-    finally:
-        gc.set_threshold(*before)
-        gc.unfreeze()
+    with beam_patches.apply_for(runner):  # the local runners' patches of Beam; see that module
+        return p.run()
 
 
 def run(config: JobConfig, request: RunRequest, *, validate: bool = True, show_summary: bool = True) -> int:
