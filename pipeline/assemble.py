@@ -7,37 +7,31 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 
-from closecrm.mapping import MappingSpec
+from closecrm.credentials import EngineSpec
 from closecrm.model import Outcome
+from pipeline.config import JobOptions
 from pipeline.sources import ReadEvents, SourceOptions
 from transforms.collapse import SUPPRESSED, CollapsePerPerson, Pending, SuppressIdentical
 from transforms.deadletter import DEAD, AppendLines, WriteDeadLetters
 from transforms.ledger import LEDGER, SettleLedger
 from transforms.mapping import MapToUpserts
 from transforms.parse import ParseEvents
-from transforms.upsert import EngineSpec, SettleSuppressed, UpsertToClose
+from transforms.upsert import SettleSuppressed, UpsertToClose
 
 
 @dataclass(frozen=True)
 class JobShape:
-    """The knobs of one run that shape the graph (no secrets in here)."""
+    """One run of the event job: where events come from and go, and the config's options (no secrets)."""
 
     source: SourceOptions
     engine: EngineSpec
-    mappings: tuple[MappingSpec, ...]
-    streaming: bool = False
-    dry_run: bool = False
-    dead_letter_dir: str | None = None
-    dead_letter_topic: str | None = None
-    audit_log: str | None = None
-    max_event_bytes: int = 64 * 1024
-    dedupe_seconds: float | None = 600.0  # None: no messageId dedupe
-    batch_size: int = 200
-    flush_seconds: float = 5.0
-    shards: int = 16
-    window_kind: str = "processing"
-    window_seconds: float = 10.0
-    suppress_identical: bool = True
+    options: JobOptions
+    shards: int  # writer keys on this run's runner (JobOptions.shards)
+    streaming: bool
+    dry_run: bool
+    dead_letter_dir: str | None
+    dead_letter_topic: str | None
+    audit_log: str | None
 
 
 def audit_line(item: tuple[Pending, Outcome]) -> str:
@@ -58,18 +52,19 @@ def audit_line(item: tuple[Pending, Outcome]) -> str:
 
 
 def build(p: beam.Pipeline, shape: JobShape) -> dict[str, beam.PCollection]:
+    options = shape.options
     raw = p | "ReadEvents" >> ReadEvents(shape.source)
     parsed = raw | "ParseEvents" >> ParseEvents(
-        max_bytes=shape.max_event_bytes, dedupe_ttl_seconds=shape.dedupe_seconds, streaming=shape.streaming
+        max_bytes=options.max_event_bytes, dedupe_ttl_seconds=options.dedupe_seconds, streaming=shape.streaming
     )
-    mapped = parsed["events"] | "MapToUpserts" >> MapToUpserts(shape.mappings)
+    mapped = parsed["events"] | "MapToUpserts" >> MapToUpserts(options.mappings)
     pending = mapped.requests | "CollapsePerPerson" >> CollapsePerPerson(
-        shape.streaming, shape.window_kind, shape.window_seconds
+        shape.streaming, options.window_kind, options.window_seconds
     )
     ledgers = [parsed[LEDGER], mapped[LEDGER]]
     deads = [parsed[DEAD], mapped[DEAD]]
     outcomes = []
-    if shape.suppress_identical and not shape.dry_run:
+    if not shape.dry_run:
         gated = pending | "SuppressIdentical" >> SuppressIdentical(shape.streaming)
         pending = gated.pending
         settled = gated[SUPPRESSED] | "SettleSuppressed" >> SettleSuppressed()
@@ -79,8 +74,8 @@ def build(p: beam.Pipeline, shape: JobShape) -> dict[str, beam.PCollection]:
     applied = pending | "UpsertToClose" >> UpsertToClose(
         shape.engine,
         shards=shape.shards,
-        batch_size=shape.batch_size,
-        flush_seconds=shape.flush_seconds,
+        batch_size=options.batch_size,
+        flush_seconds=options.flush_seconds,
         streaming=shape.streaming,
         dry_run=shape.dry_run,
     )

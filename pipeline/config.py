@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -24,6 +25,7 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
+from closecrm.credentials import DEFAULT_API_KEY_ENV
 from closecrm.mapping import (
     ACTION_FIELDS,
     CUSTOM_FIELD_FIELDS,
@@ -39,7 +41,8 @@ from closecrm.model import FLAG_NAMES, Flags, Settings
 from closecrm.trigger import TriggerError, compile_trigger
 
 MAX_MAPPINGS = 50
-DEFAULT_API_KEY_ENV = "CLOSE_API_KEY"
+# Writer keys on a distributed runner when pipeline.writer_shards is absent (see JobOptions.shards).
+DISTRIBUTED_WRITER_SHARDS = 16
 # Bounds on what a config file may hold. Real configs are a few KiB and a few levels deep; the caps
 # stop a hostile or mistaken file (an alias bomb, a deep nest, a wrong path) before anything walks it.
 MAX_CONFIG_BYTES = 1024 * 1024
@@ -285,7 +288,7 @@ class PipelineConfig(_Strict):
         le=1024,
         description=(
             "Keys the writer is split into (requests for one lead always share a key). "
-            "Absent: 1 on the local DirectRunner (one worker), 16 on distributed runners."
+            f"Absent: 1 on the local DirectRunner (one worker), {DISTRIBUTED_WRITER_SHARDS} on distributed runners."
         ),
     )
     window: WindowConfig = WindowConfig()
@@ -330,6 +333,49 @@ class JobConfig(_Strict):
         if self.mappings is None:
             return [DEFAULT_MAPPING]
         return [m.spec() for m in self.mappings if m.enabled]
+
+    def options(self) -> JobOptions:
+        """The file's choices as one frozen object, the only one a job passes down."""
+        tuning = self.pipeline
+        return JobOptions(
+            settings=self.settings_model(),
+            mappings=tuple(self.mapping_specs()),
+            max_event_bytes=tuning.max_event_bytes,
+            batch_size=tuning.batch_size,
+            flush_seconds=tuning.flush_seconds,
+            writer_shards=tuning.writer_shards,
+            dedupe_seconds=tuning.dedupe.seconds if tuning.dedupe.enabled else None,
+            window_kind=tuning.window.kind,
+            window_seconds=tuning.window.seconds,
+        )
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """What the config decides for a job, resolved once from the validated file.
+
+    The defaults live only in the pydantic models above: everything below (graphs, transforms, the
+    writer) takes these values as required arguments, so a default cannot drift between layers.
+    """
+
+    settings: Settings
+    mappings: tuple[MappingSpec, ...]
+    max_event_bytes: int  # larger events are dead-lettered
+    batch_size: int  # most requests per writer flush
+    flush_seconds: float  # longest a request waits for its flush (unbounded input)
+    writer_shards: int | None  # None: chosen per runner, see shards()
+    dedupe_seconds: float | None  # how long a messageId is remembered; None: no dedupe
+    window_kind: str
+    window_seconds: float
+
+    def shards(self, local: bool) -> int:
+        """Writer keys: ``writer_shards`` when the file sets it, else 1 on the local runner, else
+        `DISTRIBUTED_WRITER_SHARDS`. The local runner has one worker that flushes shard after shard:
+        more shards only cut its lookahead (each flush starts lead-bound). Elsewhere shards are what
+        workers share out."""
+        if self.writer_shards is not None:
+            return self.writer_shards
+        return 1 if local else DISTRIBUTED_WRITER_SHARDS
 
 
 def default_config() -> JobConfig:

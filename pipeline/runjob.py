@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,8 +18,6 @@ from pipeline.assemble import JobShape, build
 from pipeline.config import JobConfig
 from pipeline.sources import SourceOptions
 from transforms import metrics as m
-
-DISTRIBUTED_WRITER_SHARDS = 16  # writer keys on Dataflow/Flink unless pipeline.writer_shards says otherwise
 
 log = logging.getLogger(__name__)
 
@@ -67,33 +66,24 @@ def created_ids_location(request: RunRequest, local: bool) -> str | None:
 
 
 def shape_for(config: JobConfig, request: RunRequest, streaming: bool, local: bool = False) -> JobShape:
-    tuning = config.pipeline
-    # The local runner has one worker that flushes shard after shard: more shards only cut its
-    # lookahead (each flush starts lead-bound). Elsewhere shards are what workers share out.
-    shards = tuning.writer_shards or (1 if local else DISTRIBUTED_WRITER_SHARDS)
+    options = config.options()
     engine = EngineSpec(
         close_url=request.close_url,
         key_source=request.key_source,
-        settings=config.settings_model(),
+        settings=options.settings,
         budget_share=request.budget_share,
         created_ids=created_ids_location(request, local),
     )
     return JobShape(
         source=request.source,
         engine=engine,
-        mappings=tuple(config.mapping_specs()),
+        options=options,
+        shards=options.shards(local),
         streaming=streaming,
         dry_run=request.dry_run,
         dead_letter_dir=request.dead_letter_dir,
         dead_letter_topic=request.dead_letter_topic,
         audit_log=request.audit_log,
-        max_event_bytes=tuning.max_event_bytes,
-        dedupe_seconds=tuning.dedupe.seconds if tuning.dedupe.enabled else None,
-        batch_size=tuning.batch_size,
-        flush_seconds=tuning.flush_seconds,
-        window_kind=tuning.window.kind,
-        window_seconds=tuning.window.seconds,
-        shards=shards,
     )
 
 
@@ -112,13 +102,28 @@ def local_runner(options: PipelineOptions, streaming: bool):  # noqa: ANN201
     return FnApiRunner()
 
 
-def pipeline_options(request: RunRequest, streaming: bool) -> PipelineOptions:
-    options = PipelineOptions(list(request.beam_args))
+def beam_options(beam_args: Sequence[str], streaming: bool) -> PipelineOptions:
+    """Beam's options from the command line's extra arguments (--runner and the runner's own)."""
+    options = PipelineOptions(list(beam_args))
     if streaming:
         options.view_as(StandardOptions).streaming = True
     # DoFns carry their config; keep the main session out of pickling.
     options.view_as(SetupOptions).save_main_session = False
     return options
+
+
+def pipeline_options(request: RunRequest, streaming: bool) -> PipelineOptions:
+    return beam_options(request.beam_args, streaming)
+
+
+def start(options: PipelineOptions, streaming: bool, graph: Callable[[beam.Pipeline], object]):  # noqa: ANN201
+    """Builds ``graph`` for the runner ``options`` name (see local_runner) and starts it; returns Beam's
+    PipelineResult. Every job (run, snapshot-sync) starts here, so they run the same way."""
+    runner = local_runner(options, streaming)
+    p = beam.Pipeline(runner=runner, options=options)
+    graph(p)
+    with beam_patches.apply_for(runner):  # the local runners' patches of Beam; see that module
+        return p.run()
 
 
 def launch(config: JobConfig, request: RunRequest, *, validate: bool = True):  # noqa: ANN201
@@ -136,11 +141,7 @@ def launch(config: JobConfig, request: RunRequest, *, validate: bool = True):  #
         log.info("created-id ledger: %s", shape.engine.created_ids)
     if validate:
         asyncio.run(shape.engine.check())
-    runner = local_runner(options, streaming)
-    p = beam.Pipeline(runner=runner, options=options)
-    build(p, shape)
-    with beam_patches.apply_for(runner):  # the local runners' patches of Beam; see that module
-        return p.run()
+    return start(options, streaming, lambda p: build(p, shape))
 
 
 def run(config: JobConfig, request: RunRequest, *, validate: bool = True, show_summary: bool = True) -> int:

@@ -13,14 +13,14 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
 from rich.console import Console
 from rich.table import Table
 
 from closecrm.credentials import DEFAULT_CLOSE_URL, EngineSpec, KeySource
 from closecrm.snapshot import SchemaDrift, SnapshotSpec, arrow_kind, avro_kind, check_schema
 from pipeline import summary
-from pipeline.config import ConfigError, JobConfig
+from pipeline.config import ConfigError, JobConfig, JobOptions
+from pipeline.runjob import beam_options, is_direct, start
 from pipeline.snapshot_state import Generation, SnapshotState, StateCorrupt
 from transforms import metrics as m
 from transforms.deadletter import DEAD, WriteDeadLetters
@@ -136,7 +136,7 @@ def check_input(spec: SnapshotSpec, pattern: str) -> str:
 
 @dataclass(frozen=True)
 class SnapshotShape:
-    """The knobs that shape the graph (no secrets)."""
+    """One snapshot run's graph: the table, the state, the config's options (no secrets)."""
 
     spec: SnapshotSpec
     input: str
@@ -144,14 +144,13 @@ class SnapshotShape:
     state_pattern: str | None
     out_dir: str  # the new state generation, or the dry-run plan
     engine: EngineSpec
-    full: bool = False
-    dry_run: bool = False
-    dead_letter_dir: str | None = None
-    batch_size: int = 200
-    flush_seconds: float = 5.0
-    shards: int = 16
-    sample_size: int = 20
-    buckets: int = DEFAULT_BUCKETS
+    options: JobOptions
+    shards: int  # writer keys on this run's runner (JobOptions.shards)
+    full: bool
+    dry_run: bool
+    dead_letter_dir: str | None
+    sample_size: int
+    buckets: int
 
 
 def plan_line(pending: Any) -> str:
@@ -196,7 +195,12 @@ def build(p: beam.Pipeline, shape: SnapshotShape) -> None:
         _ = diff[GONE] | "WriteGone" >> beam.io.WriteToText(f"{out}/gone", file_name_suffix=".txt")
     else:
         applied = requests.pending | "UpsertToClose" >> UpsertToClose(
-            shape.engine, shards=shape.shards, batch_size=shape.batch_size, flush_seconds=shape.flush_seconds
+            shape.engine,
+            shards=shape.shards,
+            batch_size=shape.options.batch_size,
+            flush_seconds=shape.options.flush_seconds,
+            streaming=False,
+            dry_run=False,
         )
         deads.append(applied[DEAD])
         settled.append(applied.outcomes | "SettledFingerprints" >> beam.FlatMap(settled_fingerprint))
@@ -289,7 +293,8 @@ def _run_locked(
     else:
         generation = state.new_generation()
         out_dir = generation.path
-    tuning = config.pipeline
+    job = config.options()
+    runner_options = beam_options(request.beam_args, streaming=False)
     shape = SnapshotShape(
         spec=spec,
         input=request.input,
@@ -297,20 +302,16 @@ def _run_locked(
         state_pattern=state_pattern,
         out_dir=out_dir,
         engine=engine,
+        options=job,
+        shards=job.shards(local=is_direct(runner_options)),
         full=request.full,
         dry_run=request.dry_run,
         dead_letter_dir=request.dead_letter_dir,
-        batch_size=tuning.batch_size,
-        flush_seconds=tuning.flush_seconds,
         sample_size=request.sample_size,
         buckets=request.buckets,
     )
-    options = PipelineOptions(list(request.beam_args))
-    options.view_as(SetupOptions).save_main_session = False
-    p = beam.Pipeline(options=options)
-    build(p, shape)
     try:
-        result = p.run()
+        result = start(runner_options, False, lambda p: build(p, shape))
         result.wait_until_finish()
     except StateCorrupt as exc:
         # Beam re-raises a worker's exception with the step appended; the file and the fix are enough.

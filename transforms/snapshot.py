@@ -551,7 +551,7 @@ class WriteFingerprints(beam.PTransform):
 class WriteSample(beam.PTransform):
     """Up to ``n`` elements as one JSON list at ``PATH`` (for the report the driver prints)."""
 
-    def __init__(self, path: str, n: int = 20) -> None:
+    def __init__(self, path: str, n: int) -> None:
         super().__init__()
         self._path = path
         self._n = n

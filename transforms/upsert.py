@@ -261,11 +261,11 @@ class UpsertToClose(beam.PTransform):
         self,
         spec: EngineSpec,
         *,
-        shards: int = 16,
-        batch_size: int = 200,
-        flush_seconds: float = 5.0,
-        streaming: bool = False,
-        dry_run: bool = False,
+        shards: int,
+        batch_size: int,
+        flush_seconds: float,
+        streaming: bool,
+        dry_run: bool,
     ) -> None:
         super().__init__()
         self._spec = spec

@@ -259,7 +259,8 @@ def test_job_config_is_immutable() -> None:
 
 
 def test_writer_shards_are_one_locally_and_sixteen_elsewhere_unless_configured() -> None:
-    from pipeline.runjob import DISTRIBUTED_WRITER_SHARDS, RunRequest, shape_for
+    from pipeline.config import DISTRIBUTED_WRITER_SHARDS
+    from pipeline.runjob import RunRequest, shape_for
     from pipeline.sources import SourceOptions
 
     request = RunRequest(source=SourceOptions(source="files", input="events.jsonl"))

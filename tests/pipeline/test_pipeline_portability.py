@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from closecrm.credentials import EngineSpec, KeySource
 from closecrm.mapping import DEFAULT_MAPPING, GROUP_PRESET
 from closecrm.model import Settings
 from pipeline.assemble import JobShape, build
+from pipeline.config import default_config
 from pipeline.sources import SourceOptions
-from transforms.upsert import EngineSpec, KeySource
 
 DATAFLOW_ARGS = [
     "--runner=DataflowRunner",
@@ -23,13 +26,19 @@ DATAFLOW_ARGS = [
 ]
 
 
+OPTIONS = replace(default_config().options(), mappings=(DEFAULT_MAPPING, GROUP_PRESET))
+
+
 def shape(source: SourceOptions, streaming: bool) -> JobShape:
     return JobShape(
         source=source,
         engine=EngineSpec("https://api.close.com/api/v1/", KeySource(path="gs://close-sync-test/key"), Settings()),
-        mappings=(DEFAULT_MAPPING, GROUP_PRESET),
+        options=OPTIONS,
+        shards=OPTIONS.shards(local=False),
         streaming=streaming,
+        dry_run=False,
         dead_letter_dir="gs://close-sync-test/dead",
+        dead_letter_topic=None,
         audit_log="gs://close-sync-test/audit",
     )
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import apache_beam as beam
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
+from closecrm.credentials import EngineSpec, KeySource
 from closecrm.model import UpsertRequest
 from tests.engine.test_engine_batch import people
 from tests.pipeline.helpers import sim_config
 from transforms.collapse import Pending
-from transforms.upsert import EngineSpec, KeySource, UpsertToClose, lead_identity
+from transforms.upsert import UpsertToClose, lead_identity
 
 _OUT: list = []
 
@@ -26,7 +27,9 @@ def test_every_flush_is_settled_with_each_request_paired_to_its_own_outcome(sim,
     pendings = [Pending(r.contact_user_id, r, ()) for r in people(150, 23)]
     _OUT.clear()
     p = beam.Pipeline(runner=FnApiRunner())
-    applied = p | beam.Create(pendings) | UpsertToClose(spec, shards=3, batch_size=7)
+    applied = p | beam.Create(pendings) | UpsertToClose(
+        spec, shards=3, batch_size=7, flush_seconds=5.0, streaming=False, dry_run=False
+    )
     _ = applied.outcomes | beam.Map(_keep)
     p.run().wait_until_finish()
 
