@@ -15,8 +15,9 @@ from transforms.collapse import SUPPRESSED, CollapsePerPerson, Pending, Suppress
 from transforms.deadletter import DEAD, AppendLines, WriteDeadLetters
 from transforms.ledger import LEDGER, SettleLedger
 from transforms.mapping import MapToUpserts
+from transforms.outcomes import SettleSuppressed
 from transforms.parse import ParseEvents
-from transforms.upsert import SettleSuppressed, UpsertToClose
+from transforms.writer import UpsertToClose
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from transforms.snapshot import (
     WriteSample,
     settled_fingerprint,
 )
-from transforms.upsert import UpsertToClose
+from transforms.writer import UpsertToClose
 
 FORMATS = {".parquet": "parquet", ".parq": "parquet", ".avro": "avro"}
 GONE_SAMPLE = "_gone_sample.json"

@@ -10,11 +10,11 @@ from typing import Any
 
 import yaml
 
+from closecrm.credentials import KeySource
 from closecrm.sim import SimServer
 from pipeline.config import JobConfig, load_config
 from pipeline.runjob import RunRequest, run
 from pipeline.sources import SourceOptions
-from transforms.upsert import KeySource
 
 
 def sim_config(sim: SimServer, tmp_path: Path, extra: dict[str, Any] | None = None) -> tuple[JobConfig, dict]:

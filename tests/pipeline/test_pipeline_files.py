@@ -134,8 +134,8 @@ def test_upsert_failures_are_dead_lettered_with_event_request_error_and_attempts
 
 
 def test_replay_resends_dead_letters_once_the_cause_is_fixed(sim, tmp_path, monkeypatch):
+    from closecrm.credentials import EngineSpec, KeySource
     from pipeline.replay import replay_file
-    from transforms.upsert import EngineSpec, KeySource
 
     config, cf = sim_config(
         sim,

@@ -12,12 +12,12 @@ from datetime import UTC, datetime
 
 import pytest
 
+from closecrm.credentials import KeySource
 from pipeline.runjob import RunRequest, launch, run
 from pipeline.sources import SourceOptions
 from tests.pipeline.helpers import read_lines, sim_config
 from tests.pipeline.test_pipeline_files import events_200, identify
 from tests.sources.test_pubsub_source import stop_runner_threads
-from transforms.upsert import KeySource
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,8 @@ from closecrm.model import UpsertRequest
 from tests.engine.test_engine_batch import people
 from tests.pipeline.helpers import sim_config
 from transforms.collapse import Pending
-from transforms.upsert import UpsertToClose, lead_identity
+from transforms.keying import lead_identity
+from transforms.writer import UpsertToClose
 
 _OUT: list = []
 

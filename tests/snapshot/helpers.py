@@ -10,10 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from closecrm.credentials import KeySource
 from closecrm.sim import SimServer
 from pipeline.config import JobConfig, load_config
 from pipeline.snapshot_job import SnapshotReport, SnapshotRequest, run_snapshot
-from transforms.upsert import KeySource
 
 COLUMNS = ("user_id", "email", "full_name", "title", "account_id", "account_name", "plan", "status")
 

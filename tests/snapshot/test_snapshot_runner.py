@@ -17,7 +17,7 @@ from pipeline import runjob, snapshot_job
 from pipeline.cli import main
 from pipeline.config import DISTRIBUTED_WRITER_SHARDS
 from pipeline.snapshot_job import DEFAULT_BUCKETS
-from transforms.upsert import UpsertToClose
+from transforms.writer import UpsertToClose
 
 from .helpers import rows, write_parquet
 

@@ -1,0 +1,226 @@
+"""UpsertToClose: a stateful writer keyed by lead-identity shard that applies batches through the engine.
+
+See docs/DESIGN.md#batching-and-the-writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.coders import PickleCoder
+from apache_beam.transforms import window
+from apache_beam.transforms.combiners import CountCombineFn
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import (
+    BagStateSpec,
+    CombiningValueStateSpec,
+    TimerSpec,
+    on_timer,
+)
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import Duration, Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
+
+from closecrm.credentials import EngineSpec
+from closecrm.engine import MAX_CONCURRENCY
+from closecrm.model import Outcome
+from transforms import metrics
+from transforms.client_metrics import ClientMetrics
+from transforms.collapse import Pending
+from transforms.deadletter import DEAD
+from transforms.feed import EngineFeed
+from transforms.keying import key_by_lead_shard, lead_identity
+from transforms.ledger import LEDGER
+from transforms.outcomes import emit_outcome
+
+
+class ApplyBatches(beam.DoFn):
+    """Buffers requests per shard (bag state) and flushes on size or at window end.
+
+    Beam serialises the processing of one key, and each DoFn instance has one engine stream
+    (``EngineFeed``) that every flush joins, so requests that may touch the same lead are applied
+    in order across flushes and shards. A flush is sorted by lead identity (stable), so a lead's
+    requests sit together in the engine's lookup batches: in a first sync a lookahead of shuffled
+    people was mostly lead creations (one per company), and contact_write idled until the leads
+    existed. The order of different people in a flush is whatever the shuffle gave, so sorting it
+    changes no outcome.
+
+    On bounded input a flush joins the stream and the writer goes on buffering the next while it
+    writes: outcomes are emitted as each lookup batch finishes, and a flush waits only until the
+    earlier ones are down to the stream's lookahead. Streaming input settles each flush before going
+    on (`ApplyBatchesStreaming`). Either way every outcome is emitted before the bundle finishes.
+
+    Every batch leaves state through `_flush`, which clears all of it. The state specs are declared
+    here once; the streaming writer adds only its processing-time timer. Bounded input declares none:
+    Beam's DirectRunner counts a DoFn with one as unsupported by its in-process batch runner.
+    """
+
+    BUFFER = BagStateSpec("buffer", PickleCoder())
+    COUNT = CombiningValueStateSpec("count", combine_fn=CountCombineFn())
+    WINDOW_END = TimerSpec("window_end", TimeDomain.WATERMARK)
+    OVERLAP = True  # keep buffering while a flush writes (bounded input)
+
+    def __init__(self, spec: EngineSpec, batch_size: int, flush_seconds: float, dry_run: bool):
+        self._spec = spec
+        self._batch_size = batch_size
+        self._flush_seconds = flush_seconds
+        self._dry_run = dry_run
+
+    def setup(self) -> None:
+        # One loop and one HTTP client per DoFn instance, never one per element or per flush.
+        # The loop runs in its own thread; every coroutine of this instance runs there.
+        self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(target=self._loop.run_forever, name="close-writer", daemon=True)
+        self._loop_thread.start()
+        self._client, self._engine = self._spec.build()
+        self._feed = EngineFeed(self._loop, self._engine, dry_run=self._dry_run)
+        self._client_metrics = ClientMetrics(self._client)
+        self._sent = metrics.counter(metrics.REQUESTS_SENT)
+        self._batch_sizes = metrics.distribution(metrics.BATCH_SIZE)
+
+    def teardown(self) -> None:
+        loop = getattr(self, "_loop", None)
+        if loop is None:
+            return
+        if loop.is_running():
+            self._feed.close()
+            asyncio.run_coroutine_threadsafe(self._client.aclose(), loop).result()
+            loop.call_soon_threadsafe(loop.stop)
+            self._loop_thread.join()
+        loop.close()
+        self._flush_ledger()
+
+    def _flush_ledger(self) -> None:
+        # Object stores get the ids created so far as one object; local ledgers are written as they come.
+        ledger = getattr(self._engine, "ledger", None)
+        if ledger is not None:
+            ledger.flush()
+
+    def process(
+        self,
+        item: tuple[int, Pending],
+        buffer=beam.DoFn.StateParam(BUFFER),
+        count=beam.DoFn.StateParam(COUNT),
+        window_end=beam.DoFn.TimerParam(WINDOW_END),
+        w=beam.DoFn.WindowParam,
+    ):
+        yield from self._buffer(item, buffer, count, window_end, w)
+
+    def _buffer(self, item, buffer, count, window_end, w, flush_timer=None) -> Iterable[Any]:
+        buffer.add(item[1])
+        count.add(1)
+        n = count.read()
+        if n == 1:
+            window_end.set(w.max_timestamp())
+        if n >= self._batch_size:
+            yield from self._flush(buffer, count, flush_timer)
+        elif self._feed.outstanding:
+            yield from self._emit(self._feed.ready())
+
+    @on_timer(WINDOW_END)
+    def on_window_end(self, buffer=beam.DoFn.StateParam(BUFFER), count=beam.DoFn.StateParam(COUNT)):
+        yield from self._flush(buffer, count)
+        yield from self._emit(self._feed.wait_until(0))
+
+    def finish_bundle(self) -> Iterable[Any]:
+        # What is still writing belongs to this bundle: its requests left the state already.
+        for out in self._emit(self._feed.wait_until(0)):
+            if isinstance(out, beam.pvalue.TaggedOutput):
+                yield beam.pvalue.TaggedOutput(out.tag, _in_global_window(out.value))
+            else:
+                yield _in_global_window(out)
+        self._flush_ledger()
+
+    def _flush(self, buffer, count, flush_timer=None) -> Iterable[Any]:
+        """Takes the buffered batch out of state (buffer, count and, when given, the flush timer all
+        cleared) and hands it to the engine stream; yields the outcomes that are in."""
+        batch: list[Pending] = list(buffer.read())
+        buffer.clear()
+        count.clear()
+        if flush_timer is not None:
+            flush_timer.clear()
+        if batch:
+            batch.sort(key=lambda p: lead_identity(p.request))
+            self._batch_sizes.update(len(batch))
+            self._sent.inc(len(batch))
+            # Earlier flushes go on writing; keep no more than the stream's lookahead of them ahead.
+            yield from self._emit(self._feed.wait_until(MAX_CONCURRENCY))
+            self._feed.submit(batch)
+        yield from self._emit(self._feed.wait_until(0) if not self.OVERLAP else self._feed.ready())
+
+    def _emit(self, pairs: Iterable[tuple[Pending, Outcome]]) -> Iterable[Any]:
+        emitted = False
+        for pending, outcome in pairs:
+            emitted = True
+            yield from emit_outcome(pending, outcome)
+        if emitted:
+            self._client_metrics.report()
+
+
+class ApplyBatchesStreaming(ApplyBatches):
+    """Unbounded input also flushes a partial batch after flush_seconds of processing time, and
+    settles each flush before going on (small flushes, whose outcomes should not wait for the next)."""
+
+    FLUSH = TimerSpec("flush", TimeDomain.REAL_TIME)
+    OVERLAP = False
+
+    def process(
+        self,
+        item: tuple[int, Pending],
+        buffer=beam.DoFn.StateParam(ApplyBatches.BUFFER),
+        count=beam.DoFn.StateParam(ApplyBatches.COUNT),
+        window_end=beam.DoFn.TimerParam(ApplyBatches.WINDOW_END),
+        flush=beam.DoFn.TimerParam(FLUSH),
+        w=beam.DoFn.WindowParam,
+    ):
+        if count.read() == 0:
+            flush.set(Timestamp.now() + Duration(seconds=self._flush_seconds))
+        yield from self._buffer(item, buffer, count, window_end, w, flush)
+
+    @on_timer(FLUSH)
+    def on_flush(
+        self,
+        buffer=beam.DoFn.StateParam(ApplyBatches.BUFFER),
+        count=beam.DoFn.StateParam(ApplyBatches.COUNT),
+    ):
+        yield from self._flush(buffer, count)
+
+
+def _in_global_window(value: Any) -> WindowedValue:
+    return WindowedValue(value, GlobalWindow().max_timestamp(), [GlobalWindow()])
+
+
+class UpsertToClose(beam.PTransform):
+    """Pending → (Pending, Outcome). Tagged outputs: DEAD (DeadLetter), LEDGER."""
+
+    def __init__(
+        self,
+        spec: EngineSpec,
+        *,
+        shards: int,
+        batch_size: int,
+        flush_seconds: float,
+        streaming: bool,
+        dry_run: bool,
+    ) -> None:
+        super().__init__()
+        self._spec = spec
+        self._shards = shards
+        self._batch_size = batch_size
+        self._flush_seconds = flush_seconds
+        self._streaming = streaming
+        self._dry_run = dry_run
+
+    def expand(self, pendings):
+        kind = ApplyBatchesStreaming if self._streaming else ApplyBatches
+        writer = kind(self._spec, self._batch_size, self._flush_seconds, self._dry_run)
+        return (
+            pendings
+            | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows())
+            | "KeyByLeadShard" >> key_by_lead_shard(self._shards)
+            | "ApplyBatches" >> beam.ParDo(writer).with_outputs(DEAD, LEDGER, main="outcomes")
+        )
