@@ -31,7 +31,7 @@ class ReplayReport:
         return f"replayed {self.letters} letter(s) as {self.requests} request(s): {kinds or 'nothing to send'}"
 
 
-def _requests_of(letter: dict[str, Any], compiled: list) -> list[UpsertRequest]:
+def _requests_of(letter: dict[str, Any], compiled: list, max_event_bytes: int) -> list[UpsertRequest]:
     """The request a letter carries, else the requests its original event maps to now."""
     if letter.get("request"):
         return [UpsertRequest.from_json(letter["request"])]
@@ -40,7 +40,7 @@ def _requests_of(letter: dict[str, Any], compiled: list) -> list[UpsertRequest]:
     out: list[UpsertRequest] = []
     for raw in events:
         if raw is not None:
-            out.extend(map_event(parse_event(raw), compiled))
+            out.extend(map_event(parse_event(raw, max_event_bytes), compiled))
     return out
 
 
@@ -49,7 +49,8 @@ def replay_file(config: JobConfig, spec: EngineSpec, path: str, out_path: str | 
     that sits next to the file (where the run that wrote it kept its own, by default)."""
     if spec.created_ids is None:
         spec = replace(spec, created_ids=ledger_dir(os.path.dirname(os.path.abspath(path)), spec.close_url))
-    compiled = compile_mappings(config.mapping_specs())
+    options = config.options()
+    compiled = compile_mappings(options.mappings)
     report = ReplayReport()
     pending: list[tuple[dict[str, Any], UpsertRequest]] = []
     still_dead: list[DeadLetter] = []
@@ -60,7 +61,7 @@ def replay_file(config: JobConfig, spec: EngineSpec, path: str, out_path: str | 
             report.letters += 1
             letter = json.loads(line)
             try:
-                pending.extend((letter, r) for r in _requests_of(letter, compiled))
+                pending.extend((letter, r) for r in _requests_of(letter, compiled, options.max_event_bytes))
             except BadEvent as exc:
                 report.failed += 1
                 report.outcomes["failed"] += 1
