@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# Runs the command's --help in a fresh interpreter and prints the Beam modules it loaded.
+# Runs a command in a fresh interpreter and prints the Beam modules it loaded, however it ended.
 PROBE = """
 import sys
 from pipeline.cli import main
@@ -19,14 +20,17 @@ try:
 finally:
     print("BEAM:" + ",".join(sorted(m for m in sys.modules if m.split(".")[0] == "apache_beam")))
 """
+UNREACHABLE = "http://127.0.0.1:9/api/v1/"
 
 
 def beam_modules_loaded(*args: str) -> list[str]:
+    env = {**os.environ, "CLOSE_API_KEY": "test_key_not_real"}
     result = subprocess.run(
-        [sys.executable, "-c", PROBE, *args], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True
+        [sys.executable, "-c", PROBE, *args], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env
     )
-    line = next(line for line in result.stdout.splitlines() if line.startswith("BEAM:"))
-    return [m for m in line[len("BEAM:") :].split(",") if m]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("BEAM:")]
+    assert lines, result.stderr
+    return [m for m in lines[-1][len("BEAM:") :].split(",") if m]
 
 
 @pytest.mark.parametrize(
@@ -36,6 +40,13 @@ def beam_modules_loaded(*args: str) -> list[str]:
 )
 def test_help_does_not_import_beam(args: tuple[str, ...]) -> None:
     assert beam_modules_loaded(*args) == []
+
+
+def test_validate_and_replay_run_without_beam(tmp_path: Path) -> None:
+    assert beam_modules_loaded("validate", "--close-url", UNREACHABLE) == []  # fails: nothing listens there
+    letters = tmp_path / "dead-letters.jsonl"
+    letters.write_text('{"stage": "upsert", "reason": "http_500", "event": null}\n')
+    assert beam_modules_loaded("replay", "--dead-letter", str(letters), "--close-url", UNREACHABLE) == []
 
 
 def test_the_cli_modules_import_without_beam() -> None:
