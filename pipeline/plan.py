@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+
+from closecrm.engine import DRY_RUN_MARK
+
+WRITE_KINDS = ("lead create", "contact create", "lead update", "contact update")
 
 
 def read_audit(path: str) -> list[dict[str, Any]]:
@@ -33,6 +39,25 @@ def change_text(change: dict[str, Any]) -> str:
     if change.get("action") == "create" or change.get("old") is None:
         return f"{head}: {_short(change.get('new'))}"
     return f"{head}: {_short(change.get('old'), 30)} → {_short(change.get('new'))}"
+
+
+def planned_writes(records: Iterable[dict[str, Any]]) -> Counter[str]:
+    """What a dry run would write, per object kind (``WRITE_KINDS``), from its outcomes or audit records.
+
+    A record the dry run would create has a made-up id (``lead_dry_…``) wherever it shows up; each
+    request's updates are one write per record it changes.
+    """
+    created: dict[str, set[str]] = {"lead": set(), "contact": set()}
+    out: Counter[str] = Counter()
+    for record in records:
+        for kind in created:
+            created[kind].update(i for i in record.get(f"{kind}_ids") or [] if DRY_RUN_MARK in str(i))
+        changes = record.get("changes") or []
+        for kind, _ in {(c.get("object"), c.get("id")) for c in changes if c.get("action") == "update"}:
+            out[f"{kind} update"] += 1
+    for kind, ids in created.items():
+        out[f"{kind} create"] += len(ids)
+    return +out
 
 
 def render_plan(records: list[dict[str, Any]], console: Console | None = None, limit: int = 200) -> None:
@@ -62,3 +87,6 @@ def render_plan(records: list[dict[str, Any]], console: Console | None = None, l
         kinds[kind] = kinds.get(kind, 0) + 1
     summary = ", ".join(f"{n} would be {k}" for k, n in sorted(kinds.items())) or "no requests"
     console.print(f"dry run: {len(records)} request(s): {summary}; nothing was written to Close.")
+    planned = planned_writes(records)
+    writes = ", ".join(f"{planned[k]} {k}(s)" for k in WRITE_KINDS if planned[k]) or "none"
+    console.print(f"dry run: writes it would make: {writes}.")

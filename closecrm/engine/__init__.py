@@ -1,0 +1,30 @@
+"""The upsert engine: "Create or Update Contact and Lead" on Close's public API.
+
+    core.py            UpsertEngine, the entry points
+    scheduler.py       lookup batches, groups, the pipelined stream (the one path every entry takes)
+    lookups.py         batched searches into a view; reads by id of what search does not show yet
+    decide.py          the decision procedure, top to bottom
+    writes.py, dry.py  the write layer: Close's, or a dry run's that only remembers what it would write
+    ambiguity.py       creates whose answer was lost
+    settings_check.py  the destination settings against the organisation
+"""
+
+from closecrm.engine.ambiguity import MAX_CREATE_ATTEMPTS
+from closecrm.engine.core import UpsertEngine
+from closecrm.engine.decide import MAX_CONTACTS_PER_REQUEST
+from closecrm.engine.dry import DRY_RUN_MARK
+from closecrm.engine.scheduler import MAX_CONCURRENCY, STREAM_BATCH, STREAM_DEPTH
+from closecrm.engine.settings_check import SettingsError
+from closecrm.lookup import age
+
+__all__ = [
+    "DRY_RUN_MARK",
+    "MAX_CONCURRENCY",
+    "MAX_CONTACTS_PER_REQUEST",
+    "MAX_CREATE_ATTEMPTS",
+    "STREAM_BATCH",
+    "STREAM_DEPTH",
+    "SettingsError",
+    "UpsertEngine",
+    "age",
+]

@@ -1,0 +1,141 @@
+"""Finding what a batch may touch: batched searches into a view, then GET by id for what the id
+cache knows and search does not show yet (search lags behind writes; a GET does not)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from closecrm import diff
+from closecrm.client import CloseAPIError, CloseClient
+from closecrm.engine.decide import identity
+from closecrm.engine.op import Op
+from closecrm.lookup import Search, View
+from closecrm.model import Settings, UpsertRequest
+from closecrm.normalize import email_key
+
+if TYPE_CHECKING:
+    from closecrm.engine.writes import Store
+
+Record = dict[str, Any]
+CUSTOM_FIELDS_MAX_AGE = 60.0  # seconds before an unknown custom field id makes us list them again
+
+
+@dataclass(frozen=True)
+class Terms:
+    """One request's lookup: its keys, and the values the batched searches ask for."""
+
+    keys: tuple[str, ...]
+    company_id: str | None
+    user_id: str | None
+    emails: tuple[str, ...]  # compared form (email_key)
+    lead_cfs: frozenset[str]
+    contact_cfs: frozenset[str]
+
+
+class Lookup:
+    def __init__(self, client: CloseClient, settings: Settings) -> None:
+        self._client = client
+        self.settings = settings
+        self.search = Search(client, settings)
+        self._custom_fields: dict[str, set[str]] = {"lead": set(), "contact": set()}
+        self._custom_fields_read_at = 0.0
+
+    def know_custom_fields(self, by_type: dict[str, set[str]]) -> None:
+        """The organisation's custom field ids per object type, as the settings check listed them."""
+        self._custom_fields = {t: set(by_type.get(t, ())) for t in ("lead", "contact")}
+        self._custom_fields_read_at = time.monotonic()
+
+    def terms(self, req: UpsertRequest) -> Terms | None:
+        """What one request looks Close up by; None when it has no identity. Raises on a value no
+        lookup can use (e.g. an email that is not text): the caller fails that request alone."""
+        company_id = diff.company_id_of(req, self.settings)
+        user_id = diff.user_id_of(req, self.settings)
+        emails = tuple(email_key(e) for e in req.contact_emails if e)
+        lead_cfs = frozenset(cf for cf in req.lead_custom_fields if cf.removeprefix("custom."))
+        contact_cfs = frozenset(cf for cf in req.contact_custom_fields if cf.removeprefix("custom."))
+        keys = identity(req, self.settings)
+        if not keys:
+            return None
+        # Every key whose records this request may read or change (all its emails, not just the first).
+        keys = tuple(dict.fromkeys([*keys, *(f"email:{e}" for e in emails)]))
+        return Terms(keys, company_id, user_id, emails, lead_cfs, contact_cfs)
+
+    async def search_into(self, view: View, store: Store, terms: Sequence[Terms]) -> int:
+        """Fill the view for these requests with batched searches; returns the calls made."""
+        before = self.search.calls
+        company_ids = {t.company_id for t in terms if t.company_id}
+        user_ids = {t.user_id for t in terms if t.user_id}
+        emails = {e for t in terms for e in t.emails}
+        lead_cfs = {cf for t in terms for cf in t.lead_cfs}
+        contact_cfs = {cf for t in terms for cf in t.contact_cfs}
+        listed = await self._known_custom_fields(lead_cfs | contact_cfs)
+        # Ask search only for custom fields that exist: one bad id in one request must not fail the batch.
+        lead_cfs = {cf for cf in lead_cfs if cf.removeprefix("custom.") in self._custom_fields["lead"]}
+        contact_cfs = {
+            cf for cf in contact_cfs if cf.removeprefix("custom.") in self._custom_fields["contact"]
+        }
+        leads, contacts = await asyncio.gather(
+            self.search.leads_by_company_ids(company_ids, lead_cfs),
+            self.search.contacts_by_keys(user_ids, emails, contact_cfs),
+        )
+        self.take_hits(view, store, leads, contacts)
+        return self.search.calls - before + listed
+
+    async def _known_custom_fields(self, mentioned: set[str]) -> int:
+        """Custom field ids per object type, read once (and again, at most once a minute, for unknown ids)."""
+        unknown = (
+            {cf.removeprefix("custom.") for cf in mentioned}
+            - self._custom_fields["lead"]
+            - self._custom_fields["contact"]
+        )
+        stale = time.monotonic() - self._custom_fields_read_at > CUSTOM_FIELDS_MAX_AGE
+        if not unknown or (self._custom_fields_read_at and not stale):
+            return 0
+        self._custom_fields_read_at = time.monotonic()
+        for object_type in ("lead", "contact"):
+            listing = await self._client.get(f"custom_field/{object_type}/")
+            self._custom_fields[object_type] = {f["id"] for f in listing.get("data") or []}
+        return 2
+
+    def take_hits(self, view: View, store: Store, leads: Iterable[Record], contacts: Iterable[Record]) -> None:
+        """Search hits into the view, each after the newer copy the store may remember of it."""
+        for hit in leads:
+            cached = store.records.get(hit["id"])
+            if cached is not None:
+                view.put_lead(cached, fresh=False)
+            view.put_lead(hit, fresh=False)
+            store.ids.add_all(view.lead_keys(view.leads[hit["id"]]), hit["id"])
+        for hit in contacts:
+            cached = store.records.get(hit["id"])
+            if cached is not None:
+                view.put_contact(cached, fresh=False)
+            view.put_contact(hit, fresh=False)
+            store.ids.add_all(view.contact_keys(view.contacts[hit["id"]]), hit["id"])
+
+    async def confirm_cached(self, view: View, store: Store, keys: set[str]) -> int:
+        """GET by id every remembered record of these keys that the view lacks or shows without the key.
+
+        Those are the records search has not caught up with; a GET does not lag. Returns the calls made.
+        """
+        wanted: dict[str, set[str]] = {}
+        for key in keys:
+            for record_id in store.ids.ids(key):
+                if not view.matches(record_id, key) and record_id not in view.fresh:
+                    wanted.setdefault(record_id, set()).add(key)
+        if not wanted:
+            return 0
+        reads = Op(UpsertRequest())
+        results = await asyncio.gather(*(store.read(reads, view, rid) for rid in wanted), return_exceptions=True)
+        for record_id, result in zip(wanted, results, strict=True):
+            if isinstance(result, CloseAPIError) and result.status == 404:
+                store.ids.forget(record_id, wanted[record_id])
+                store.records.forget(record_id)
+            elif isinstance(result, BaseException):
+                raise result
+            elif not any(view.matches(record_id, k) for k in wanted[record_id]):
+                store.ids.forget(record_id, wanted[record_id])  # it no longer carries that key
+        return reads.calls

@@ -1,0 +1,163 @@
+"""The write layer under the decision procedure: reads by id, PUT updates, POST creates, and what
+the engine remembers of them. ``Writes`` talks to Close; ``DryWrites`` (dry.py) only pretends to."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from closecrm.cache import IdCache
+from closecrm.client import CloseAPIError, CloseClient
+from closecrm.created_ids import CreatedIdLedger
+from closecrm.engine import ambiguity
+from closecrm.engine.op import Op
+from closecrm.lookup import View
+from closecrm.model import Settings
+
+if TYPE_CHECKING:
+    from closecrm.engine.lookups import Lookup
+
+Record = dict[str, Any]
+
+
+class Records(Protocol):
+    """id -> the newest copy of a record the engine read by id or got back from a write."""
+
+    def get(self, record_id: str) -> Record | None: ...
+
+    def put(self, record: Record) -> None: ...
+
+    def forget(self, record_id: str) -> None: ...
+
+
+class Store:
+    """Reads by id, and the memory (lookup key -> ids, id -> record) every read and write feeds.
+
+    The memory is what lets a later request find a record search does not show yet; the lookup
+    confirms what it holds with a read by id before anything is decided on it.
+    """
+
+    def __init__(self, client: CloseClient, settings: Settings, ids: IdCache, records: Records) -> None:
+        self.client = client
+        self.settings = settings
+        self.ids = ids
+        self.records = records
+
+    async def call(self, op: Op, method: str, path: str, body: Any = None) -> Any:
+        op.calls += 1
+        return await self.client.request(method, path, json=body)
+
+    async def read(self, op: Op, view: View, record_id: str) -> Record:
+        """A lead (with its contacts) or a contact by id, into the view and the memory."""
+        record = await self._get(op, record_id)
+        if record_id.startswith("lead_"):
+            self.put_lead(view, record)
+        else:
+            self.put_contact(view, record)
+        return record
+
+    async def _get(self, op: Op, record_id: str) -> Record:
+        kind = "lead" if record_id.startswith("lead_") else "contact"
+        return await self.call(op, "GET", f"{kind}/{record_id}/")
+
+    async def lead(self, op: Op, view: View, lead_id: str) -> Record | None:
+        """A matched contact's lead: from the view when it holds it, else by id; None when it is gone."""
+        lead = view.leads.get(lead_id)
+        if lead is not None:
+            return lead
+        try:
+            await self.read(op, view, lead_id)
+        except CloseAPIError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return view.leads.get(lead_id)
+
+    def put_lead(self, view: View, lead: Record) -> None:
+        view.put_lead(lead, fresh=True)
+        self.records.put({k: v for k, v in lead.items() if k != "contacts"})
+        self.ids.add_all(view.lead_keys(lead), lead["id"])
+        for contact in lead.get("contacts") or []:
+            self.records.put(contact)
+            self.ids.add_all(view.contact_keys(contact), contact["id"])
+
+    def put_contact(self, view: View, contact: Record) -> None:
+        view.put_contact(contact, fresh=True)
+        self.records.put(contact)
+        self.ids.add_all(view.contact_keys(contact), contact["id"])
+
+    def learned(self, kind: str, record_id: str, keys: Iterable[str], before: Iterable[str] = ()) -> None:
+        """A write gave this record these lookup keys (nothing outside this engine hears of it here)."""
+
+    # The writes: each puts what it wrote into the view and the memory.
+
+    async def update_lead(self, op: Op, view: View, lead: Record, body: Record) -> None:
+        raise NotImplementedError
+
+    async def update_contact(self, op: Op, view: View, contact: Record, body: Record) -> None:
+        raise NotImplementedError
+
+    async def create_lead(self, op: Op, view: View, body: Record) -> Record:
+        """The new lead, with its nested contacts."""
+        raise NotImplementedError
+
+    async def create_contact(self, op: Op, view: View, body: Record) -> Record:
+        """The new contact; ``body`` names its lead."""
+        raise NotImplementedError
+
+
+class Writes(Store):
+    """Close's writes. The created-id ledger (optional) hears of the lookup keys each write gives a
+    record, for other engines (a re-run, a restart) whose searches may not show them for a while."""
+
+    def __init__(
+        self,
+        client: CloseClient,
+        settings: Settings,
+        ids: IdCache,
+        records: Records,
+        *,
+        lookup: Lookup,
+        ledger: CreatedIdLedger | None,
+        settle_seconds: float,
+        unsettled_seconds: float,
+    ) -> None:
+        super().__init__(client, settings, ids, records)
+        self.lookup = lookup
+        self.ledger = ledger
+        self.settle_seconds = settle_seconds
+        self.unsettled = ambiguity.Unsettled(unsettled_seconds)
+
+    def learned(self, kind: str, record_id: str, keys: Iterable[str], before: Iterable[str] = ()) -> None:
+        if self.ledger is None:
+            return
+        had = set(before)
+        new = [k for k in keys if k not in had]
+        if new:
+            self.ledger.record(kind, record_id, new)
+
+    async def update_lead(self, op: Op, view: View, lead: Record, body: Record) -> None:
+        updated = await self.call(op, "PUT", f"lead/{lead['id']}/", body)
+        self.put_lead(view, updated)
+        self.learned("lead", updated["id"], view.lead_keys(updated), before=view.lead_keys(lead))
+
+    async def update_contact(self, op: Op, view: View, contact: Record, body: Record) -> None:
+        updated = await self.call(op, "PUT", f"contact/{contact['id']}/", body)
+        self.put_contact(view, updated)
+        self.learned("contact", updated["id"], view.contact_keys(updated), before=view.contact_keys(contact))
+
+    async def create_lead(self, op: Op, view: View, body: Record) -> Record:
+        """The new lead, with its nested contacts; may raise ``ambiguity.Redo``."""
+        lead = await ambiguity.post_lead(self, op, view, body)
+        self.put_lead(view, lead)
+        self.learned("lead", lead["id"], view.lead_keys(lead))
+        for contact in lead.get("contacts") or []:
+            self.learned("contact", contact["id"], view.contact_keys(contact))
+        return lead
+
+    async def create_contact(self, op: Op, view: View, body: Record) -> Record:
+        """The new contact (``body`` names its lead); may raise ``ambiguity.Redo``."""
+        contact = await ambiguity.post_contact(self, op, view, body)
+        self.put_contact(view, contact)
+        self.learned("contact", contact["id"], view.contact_keys(contact))
+        return contact
