@@ -22,13 +22,12 @@ def engine_failure(exc: Exception) -> Outcome:
 class EngineFeed:
     """Feeds ``UpsertEngine.upsert_stream`` from another thread, so a writer's flushes join one stream.
 
-    Each flush used to run a stream of its own: the budget idled while the last lookup batches of
-    one flush finished and the next flush searched its first (1-3 s a flush in a first sync), and
-    the last flush's outcomes were emitted while nothing was being written. Here the stream
-    outlives flushes: ``submit`` queues items (cut into lookup batches) and returns at once;
-    outcomes come back in submission order, paired with their items, through ``ready`` (what is
-    done now) and ``wait_until`` (block until at most ``n`` items are outstanding). The stream
-    keeps its per-lead ordering across everything submitted, as it does across one flush.
+    A stream per flush would idle the write budget while one flush's last lookup batches finish
+    and the next flush searches its first. Here the stream outlives flushes: ``submit`` queues
+    items (cut into lookup batches) and returns at once; outcomes come back in submission order,
+    paired with their items, through ``ready`` (what is done now) and ``wait_until`` (block until
+    at most ``n`` items are outstanding). The stream keeps its per-lead ordering across everything
+    submitted, as it does across one flush.
 
     ``submit``, ``ready`` and ``wait_until`` are for one thread (Beam's); the stream runs on
     ``loop``, which another thread runs. If the engine raises, every outstanding item fails with

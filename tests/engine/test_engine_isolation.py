@@ -1,7 +1,7 @@
 """One request's unexpected error fails that request only: the rest of its batch goes on.
 
 A value a per-request helper cannot handle (a URL whose port is not a number, a float that is not
-JSON, an email that is not text) used to raise out of the engine and fail every request of the
+JSON, an email that is not text) must not raise out of the engine and fail every request of the
 batch as ``engine_error``, including the ones already written.
 """
 

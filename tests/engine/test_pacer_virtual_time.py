@@ -103,8 +103,8 @@ def run(
 
 @pytest.mark.parametrize("whole_seconds", [True, False], ids=["whole-second resets", "millisecond resets"])
 def test_one_client_on_a_near_server_uses_the_budget_without_429s(whole_seconds: bool) -> None:
-    # Before windows were placed by the answers' sending order and the window opener's round trip, whole-second
-    # resets gave 0.72 here: an estimated end that ran late idled most of every other window.
+    # Windows are placed by the answers' sending order and the window opener's round trip: an estimated
+    # end that ran late would idle most of every other window.
     result = run(whole_seconds=whole_seconds, one_way=(0.001, 0.01))
     assert result.share >= 0.95, result
     assert result.throttled == 0
@@ -114,7 +114,7 @@ def test_one_client_on_a_near_server_uses_the_budget_without_429s(whole_seconds:
 @pytest.mark.parametrize("whole_seconds", [True, False], ids=["whole-second resets", "millisecond resets"])
 def test_one_client_on_a_far_jittery_server_uses_most_of_the_budget(whole_seconds: bool) -> None:
     # 20-120 ms round trips: the window's end is known to within the jitter, so a rare 429 at a window's
-    # boundary is the price of not idling a round trip in every window (0.64 / 0.92 before).
+    # boundary is the price of not idling a round trip in every window.
     result = run(whole_seconds=whole_seconds, one_way=(0.01, 0.06))
     assert result.share >= 0.9, result
     assert result.throttled <= 3
