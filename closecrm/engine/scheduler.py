@@ -175,35 +175,13 @@ class Scheduler:
             for i in active:
                 outcomes[i] = Op(reqs[i]).failed(prep.error)
             return _Running(outcomes, [], {})
-        find, union = _union_find()
-
-        def claimant(node: str) -> tuple[int, int] | None:
-            """The latest group of a running batch that claimed this key or record: (batch, group)."""
-            for b in range(len(running) - 1, -1, -1):
-                g = running[b].claims.get(node)
-                if g is not None:
-                    return b, g
-            return None
-
-        nodes_of: dict[int, set[str]] = {}
-        for i in active:
-            me = f"req:{i}"
-            find(me)
-            nodes = nodes_of[i] = self._claim_nodes(view, prep.keys[i], writes)
-            for node in nodes:
-                union(me, node)
-                if running and (c := claimant(node)) is not None:
-                    union(me, f"earlier:{c[0]}:{c[1]}")
-        members: dict[str, list[int]] = {}
-        for i in active:
-            members.setdefault(find(f"req:{i}"), []).append(i)
+        nodes_of = {i: self._claim_nodes(view, prep.keys[i], writes) for i in active}
         shares = {i: _share(prep.lookup_calls, len(active), n) for n, i in enumerate(active)}
         claims: dict[str, int] = {}
         tasks: list[asyncio.Task[None]] = []
-        # Longest chains first, so a batch does not end waiting on one long group.
-        for g, group in enumerate(sorted(members.values(), key=len, reverse=True)):
+        for g, group in enumerate(_groups(active, nodes_of, running)):
             nodes = set().union(*(nodes_of[i] for i in group))
-            found = {c for n in nodes if running and (c := claimant(n)) is not None}
+            found = {c for n in nodes if (c := _claimant(running, n)) is not None}
             for node in nodes:
                 claims[node] = g
             plan = _Group(
@@ -249,6 +227,33 @@ class Scheduler:
                 outcomes[i] = await apply(reqs[i], view, writes, shares[i] + (confirm_calls if n == 0 else 0))
         finally:
             gate.release()
+
+
+def _groups(active: list[int], nodes_of: dict[int, set[str]], running: list[_Running]) -> list[list[int]]:
+    """Requests joined by union-find over what they may touch, and over the earlier group that claimed
+    it (two requests waiting for the same earlier group wait together); each group in input order,
+    the longest first, so a batch does not end waiting on one long group."""
+    find, union = _union_find()
+    for i in active:
+        me = f"req:{i}"
+        find(me)
+        for node in nodes_of[i]:
+            union(me, node)
+            if (c := _claimant(running, node)) is not None:
+                union(me, f"earlier:{c[0]}:{c[1]}")
+    members: dict[str, list[int]] = {}
+    for i in active:
+        members.setdefault(find(f"req:{i}"), []).append(i)
+    return sorted(members.values(), key=len, reverse=True)
+
+
+def _claimant(running: list[_Running], node: str) -> tuple[int, int] | None:
+    """The latest group of a running batch that claimed this key or record: (batch, group)."""
+    for b in range(len(running) - 1, -1, -1):
+        g = running[b].claims.get(node)
+        if g is not None:
+            return b, g
+    return None
 
 
 async def _batches_of(batches: Batches) -> AsyncIterator[Sequence[UpsertRequest]]:
