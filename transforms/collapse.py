@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import pickle
-import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,13 +12,12 @@ from apache_beam.coders import PickleCoder, StrUtf8Coder
 from apache_beam.transforms import window
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
-from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Duration, Timestamp
-from apache_beam.utils.windowed_value import WindowedValue
 
 from closecrm.collapse import collapse
 from closecrm.model import Outcome, UpsertRequest
 from transforms import metrics
+from transforms.sharded import ShardedFold, pack, unpack
 
 # Dead letters carry the original events; a collapsed request keeps at most this many of them
 # (all of its event ids are kept), so a chatty person cannot blow up the writer's buffer.
@@ -35,14 +32,6 @@ class Pending:
     person: str
     request: UpsertRequest
     events: Sequence[Any] = ()  # a tuple, or PackedEvents (bounded input)
-
-
-def pack(items: Sequence[Any]) -> bytes:
-    return zlib.compress(pickle.dumps(list(items), protocol=pickle.HIGHEST_PROTOCOL), 1)
-
-
-def unpack(blob: bytes) -> list[Any]:
-    return pickle.loads(zlib.decompress(blob))
 
 
 class PackedEvents(Sequence):
@@ -133,54 +122,27 @@ def _collapsed(acc: list[tuple[UpsertRequest, Any]]) -> list[tuple[UpsertRequest
     return out
 
 
-# Bounded input collapses in bulk: persons are spread over this many shards, and each bundle ships its
-# requests to a shard as one pickled list, not one shuffled element (and accumulator) per request.
+# Bounded input collapses in bulk (ShardedFold): persons are spread over this many shards, not one
+# shuffled element and accumulator per request.
 COLLAPSE_SHARDS = 32
-_PACK_LIMIT = 20_000  # requests a bundle holds before it ships them
 
 
-def person_shard(person: str) -> int:
-    return zlib.crc32(person.encode("utf-8", errors="surrogatepass")) % COLLAPSE_SHARDS
+def _person(item: tuple[str, tuple[UpsertRequest, Any]]) -> str:
+    return item[0]
 
 
-class _PackPerShard(beam.DoFn):
-    """(person, (request, event)) → (shard, pickled [(person, request, event), ...]) per bundle."""
-
-    def start_bundle(self) -> None:
-        self._rows: dict[int, list[tuple[str, UpsertRequest, Any]]] = {}
-        self._count = 0
-
-    def process(self, item):
-        person, (request, event) = item
-        self._rows.setdefault(person_shard(person), []).append((person, request, event))
-        self._count += 1
-        if self._count >= _PACK_LIMIT:
-            yield from self._ship()
-
-    def finish_bundle(self):
-        for shard_blob in self._ship():
-            yield WindowedValue(shard_blob, GlobalWindow().max_timestamp(), (GlobalWindow(),))
-
-    def _ship(self) -> list[tuple[int, bytes]]:
-        rows, self._rows, self._count = self._rows, {}, 0
-        return [(shard, pack(part)) for shard, part in sorted(rows.items())]
-
-
-class _CollapseShard(beam.DoFn):
-    """All packs of one shard → (person, collapsed) per person: what `_CollapseFn` gives per key."""
-
-    def process(self, item: tuple[int, Iterable[bytes]]):
-        _, packs = item
-        per_person: dict[str, list[tuple[UpsertRequest, Any]]] = {}
-        for blob in packs:
-            for person, request, event in unpack(blob):
-                acc = per_person.get(person)
-                if acc is None:
-                    per_person[person] = acc = []
-                acc.append((request, event))
-        combine = _CollapseFn()
-        for person, acc in per_person.items():
-            yield (person, combine.extract_output(acc))
+def collapse_persons(items: Iterable[tuple[str, tuple[UpsertRequest, Any]]]) -> Iterator[tuple[str, Any]]:
+    """(person, (request, event)) of some persons → (person, collapsed) per person: what `_CollapseFn` gives
+    per key."""
+    per_person: dict[str, list[tuple[UpsertRequest, Any]]] = {}
+    for person, pair in items:
+        acc = per_person.get(person)
+        if acc is None:
+            per_person[person] = acc = []
+        acc.append(pair)
+    combine = _CollapseFn()
+    for person, acc in per_person.items():
+        yield (person, combine.extract_output(acc))
 
 
 class _Explode(beam.DoFn):
@@ -273,12 +235,7 @@ class CollapsePerPerson(beam.PTransform):
     def expand(self, keyed):
         if self._kind == "global":
             # Bounded input (already in the global window): the same fold per person, in bulk.
-            collapsed = (
-                keyed
-                | "Pack" >> beam.ParDo(_PackPerShard()).with_output_types(tuple[int, bytes])
-                | "GroupShards" >> beam.GroupByKey()
-                | "Collapse" >> beam.ParDo(_CollapseShard())
-            )
+            collapsed = keyed | "Collapse" >> ShardedFold(_person, collapse_persons, shards=COLLAPSE_SHARDS)
         elif self._kind == "processing":
             # Unbounded input, processing-time panes: a stateful DoFn whose state empties at each pane.
             collapsed = (

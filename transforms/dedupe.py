@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 import uuid
-import zlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -25,12 +24,13 @@ from apache_beam.utils.timestamp import Timestamp
 from closecrm.events import Event
 from transforms import metrics
 from transforms.ledger import LEDGER, SKIPPED
+from transforms.sharded import stable_shard
 
 DEDUPE_BUCKETS = 1024
 
 
 def dedupe_bucket(message_id: str) -> int:
-    return zlib.crc32(message_id.encode("utf-8", errors="surrogatepass")) % DEDUPE_BUCKETS
+    return stable_shard(message_id, DEDUPE_BUCKETS)
 
 
 class DropRedeliveriesWithTtl(beam.DoFn):

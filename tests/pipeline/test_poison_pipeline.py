@@ -23,8 +23,7 @@ from transforms import collapse as collapse_transforms
 from transforms import mapping as mapping_transforms
 from transforms import metrics as m
 from transforms import parse as parse_transforms
-from transforms.collapse import Pending, _CollapseFn, _CollapseShard, _Explode, _SuppressIdentical
-from transforms.collapse import pack as pack_rows
+from transforms.collapse import Pending, _CollapseFn, _Explode, _SuppressIdentical, collapse_persons
 from transforms.deadletter import DEAD, dead_letter_json
 from transforms.ledger import DEAD as LEDGER_DEAD
 from transforms.ledger import LEDGER
@@ -53,8 +52,8 @@ def outputs(items: Any) -> tuple[list[Any], list[DeadLetter], list[tuple[str, st
     return main, dead, ledger
 
 
-def parse_one(raw: Any, packed: bool = False) -> tuple[list[Any], list[DeadLetter], list[tuple[str, str]]]:
-    fn = _Parse(64 * 1024, packed=packed)
+def parse_one(raw: Any) -> tuple[list[Any], list[DeadLetter], list[tuple[str, str]]]:
+    fn = _Parse(64 * 1024)
     fn.setup()
     fn.start_bundle()
     return outputs(fn.process(raw))
@@ -106,7 +105,7 @@ def test_an_unexpected_error_in_parsing_becomes_an_internal_error_dead_letter(mo
         raise RuntimeError("secret=abc123 must not leak")
 
     monkeypatch.setattr(parse_transforms, "parse_event", explode)
-    main, dead, ledger = parse_one(b'{"type":"identify","userId":"u1"}', packed=True)
+    main, dead, ledger = parse_one(b'{"type":"identify","userId":"u1"}')
     assert main == []
     assert [(letter.stage, letter.reason) for letter in dead] == [("parse", "internal_error:RuntimeError")]
     assert "abc123" not in json.dumps(written(dead[0]))
@@ -207,9 +206,7 @@ def carried_ids(collapsed: list[tuple[UpsertRequest, Any]]) -> list[str]:
 def test_collapse_keeps_every_request_of_a_person_with_odd_values() -> None:
     collapsed = _CollapseFn().extract_output(odd_requests())
     assert carried_ids(collapsed) == ["e1", "e2", "e3"]
-    ((person, from_shard),) = _CollapseShard().process(
-        (0, [pack_rows([("user:u1", r, e) for r, e in odd_requests()])])
-    )
+    ((person, from_shard),) = collapse_persons([("user:u1", (r, e)) for r, e in odd_requests()])
     assert person == "user:u1" and carried_ids(from_shard) == ["e1", "e2", "e3"]
     pendings = list(_Explode(packed=True).process((person, from_shard)))
     assert len(pendings) == len(from_shard)

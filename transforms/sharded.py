@@ -1,0 +1,124 @@
+"""ShardedFold: bounded input folded per key in bulk, a few shards of keys at a time.
+
+The local runner keeps a stage's whole output in memory, and a shuffled element costs more CPU than most
+of the work done on it. So rather than one element per item through a GroupByKey on the item's own key,
+each bundle packs its items per shard of keys (one compressed pickled list per shard and bundle), a
+GroupByKey brings a shard's packs together, and one call of ``fold`` gets every item of the shard. The
+fold does the per-key work itself (a dict by key), which is what a GroupByKey per key would have given.
+
+For bounded input in the global window only: packs are emitted at the end of a bundle, in the global window.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
+
+PACK_LIMIT = 20_000  # items a bundle holds before it ships its packs
+
+
+def stable_shard(key: str, shards: int) -> int:
+    """The shard of ``key`` among ``shards``: the same in every process and run (unlike ``hash``), for
+    any str, lone surrogates included."""
+    return zlib.crc32(key.encode("utf-8", errors="surrogatepass")) % shards
+
+
+def pack(items: Sequence[Any]) -> bytes:
+    return zlib.compress(pickle.dumps(list(items), protocol=pickle.HIGHEST_PROTOCOL), 1)
+
+
+def unpack(blob: bytes) -> list[Any]:
+    return pickle.loads(zlib.decompress(blob))
+
+
+def in_global_window(value: Any) -> WindowedValue:
+    """What finish_bundle must emit (it has no element whose window to reuse)."""
+    return WindowedValue(value, GlobalWindow().max_timestamp(), (GlobalWindow(),))
+
+
+class _PackShards(beam.DoFn):
+    """item → (shard, packed [item, ...]) per shard and bundle, shipped at the end of the bundle or
+    every ``pack_limit`` items."""
+
+    def __init__(self, key: Callable[[Any], str], shards: int, pack_limit: int) -> None:
+        self._key = key
+        self._shards = shards
+        self._limit = pack_limit
+
+    def start_bundle(self) -> None:
+        self._packs: dict[int, list[Any]] = {}
+        self._held = 0
+
+    def process(self, item: Any) -> Iterator[tuple[int, bytes]]:
+        self._packs.setdefault(stable_shard(self._key(item), self._shards), []).append(item)
+        self._held += 1
+        if self._held >= self._limit:
+            yield from self._ship()
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        for shard_pack in self._ship():
+            yield in_global_window(shard_pack)
+
+    def _ship(self) -> list[tuple[int, bytes]]:
+        packs, self._packs, self._held = self._packs, {}, 0
+        return [(shard, pack(items)) for shard, items in sorted(packs.items())]
+
+
+class _FoldShard(beam.DoFn):
+    """(shard, packs) → whatever ``fold`` yields for every item of the shard (in pack order)."""
+
+    def __init__(self, fold: Callable[[Iterable[Any]], Iterable[Any]]) -> None:
+        self._fold = fold
+
+    def process(self, item: tuple[int, Iterable[bytes]]) -> Iterable[Any]:
+        _, packs = item
+        return self._fold(x for blob in packs for x in unpack(blob))
+
+
+class ShardedFold(beam.PTransform):
+    """items → what ``fold`` yields, called once per shard with every item whose ``key`` is in the shard.
+
+    ``key(item)``: the str that places an item (the items of one key always meet in one call of ``fold``);
+    ``fold(items)``: an iterable of outputs (TaggedOutput for ``outputs``); ``shards``: how many calls of
+    ``fold`` share the input (and how many workers can); ``pack_limit``: items a bundle holds before it
+    ships them. With ``outputs``, the result is a DoOutputsTuple whose main output is called ``main``.
+    Roles must pickle (module-level functions, or instances of module-level classes).
+    """
+
+    def __init__(
+        self,
+        key: Callable[[Any], str],
+        fold: Callable[[Iterable[Any]], Iterable[Any]],
+        *,
+        shards: int,
+        pack_limit: int = PACK_LIMIT,
+        outputs: Sequence[str] = (),
+        main: str = "main",
+    ) -> None:
+        super().__init__()
+        if shards < 1 or pack_limit < 1:
+            raise ValueError("ShardedFold needs shards >= 1 and pack_limit >= 1")
+        self._key = key
+        self._fold = fold
+        self._shards = shards
+        self._pack_limit = pack_limit
+        self._outputs = tuple(outputs)
+        self._main = main
+
+    def expand(self, items):
+        packs = beam.ParDo(_PackShards(self._key, self._shards, self._pack_limit))
+        folded = beam.ParDo(_FoldShard(self._fold))
+        if self._outputs:
+            folded = folded.with_outputs(*self._outputs, main=self._main)
+        return (
+            items
+            | "Pack" >> packs.with_output_types(tuple[int, bytes])
+            | "GroupShards" >> beam.GroupByKey()
+            | "Fold" >> folded
+        )
