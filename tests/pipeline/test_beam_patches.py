@@ -39,7 +39,10 @@ BEAM_STATE_CACHE_SIZE_MB = 100  # Beam's own value
 @pytest.fixture
 def beam_as_shipped(monkeypatch: pytest.MonkeyPatch) -> None:
     """Beam's own code at every patch target for the test, whatever ran before it; put back after it."""
-    for cls, name in ((_PubSubReadEvaluator, "_get_subscriber_client"), (WatermarkManager, "_update_pending")):
+    for cls, name in (
+        (_PubSubReadEvaluator, "_get_subscriber_client"),
+        (WatermarkManager, "_update_pending"),
+    ):
         monkeypatch.setattr(cls, name, beam_patches._beam_original(cls, name, name))
     monkeypatch.setattr(worker_handlers, "STATE_CACHE_SIZE_MB", BEAM_STATE_CACHE_SIZE_MB)
     init = statesampler.StateSampler.__init__
@@ -127,7 +130,9 @@ def _reader_pending(result: Any) -> int:
     )
 
 
-def _pending_after_empty_pulls(monkeypatch: pytest.MonkeyPatch, patched: bool, pulls_wanted: int = 300) -> int:
+def _pending_after_empty_pulls(
+    monkeypatch: pytest.MonkeyPatch, patched: bool, pulls_wanted: int = 300
+) -> int:
     pulls = [0]
 
     class EmptySubscriber:
@@ -145,7 +150,11 @@ def _pending_after_empty_pulls(monkeypatch: pytest.MonkeyPatch, patched: bool, p
     options.view_as(StandardOptions).streaming = True
     runner = BundleBasedDirectRunner()
     p = beam.Pipeline(runner=runner, options=options)
-    _ = p | beam.io.ReadFromPubSub(subscription="projects/close-sync-test/subscriptions/events") | beam.Map(len)
+    _ = (
+        p
+        | beam.io.ReadFromPubSub(subscription="projects/close-sync-test/subscriptions/events")
+        | beam.Map(len)
+    )
     if patched:
         with apply_for(runner):
             result = p.run()
@@ -176,7 +185,11 @@ def test_the_reader_leaves_no_pending_bundle_behind_per_pull(
         (WatermarkManager, "_update_pending", None),
         (WatermarkManager, "_update_pending", lambda self, applied_ptransform, bundle: None),
         (WatermarkManager, "update_watermarks", lambda self, *args: None),  # no longer calls it
-        (beam_patches.importlib.import_module(WatermarkManager.__module__)._TransformWatermarks, "remove_pending", None),
+        (
+            beam_patches.importlib.import_module(WatermarkManager.__module__)._TransformWatermarks,
+            "remove_pending",
+            None,
+        ),
     ],
     ids=["missing", "other parameters", "not called", "no remove_pending"],
 )
@@ -216,7 +229,9 @@ def _state_cache_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return sizes
 
 
-def test_the_in_process_worker_caches_no_state(beam_as_shipped: None, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_in_process_worker_caches_no_state(
+    beam_as_shipped: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert _state_cache_sizes(monkeypatch)[-1] > 0  # Beam's own
     no_state_cache()
     assert worker_handlers.STATE_CACHE_SIZE_MB == 0
@@ -312,7 +327,9 @@ def test_the_local_batch_runner_gets_the_worker_patches_and_relaxed_gc(applied: 
     assert applied == ["no_state_cache", "shorter_state_sampling"]
 
 
-@pytest.mark.parametrize("runner", [None, SimpleNamespace(name="DataflowRunner")], ids=["Beam's choice", "other"])
+@pytest.mark.parametrize(
+    "runner", [None, SimpleNamespace(name="DataflowRunner")], ids=["Beam's choice", "other"]
+)
 def test_other_runners_get_no_patch(applied: list[str], runner: Any) -> None:
     threshold = gc.get_threshold()
     with apply_for(runner):
