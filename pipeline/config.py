@@ -178,7 +178,7 @@ class MappingConfig(FlagsConfig):
     enabled: StrictBool = True
     fields: dict[str, FieldSource] = Field(
         default_factory=dict,
-        description="Action field -> source; a field left out uses its default source (SPEC §3).",
+        description="Action field -> source; a field left out uses its default source.",
     )
 
     @field_validator("trigger")
