@@ -14,6 +14,7 @@ import aiohttp.helpers
 import httpx
 import yarl
 
+from closecrm.counters import Totals
 from closecrm.ratelimit import GroupPacer, parse_ratelimit, retry_after_seconds
 from closecrm.secret import ApiKey
 
@@ -24,6 +25,12 @@ GROUPS = ("search", "lead_write", "contact_write", "read", "other")
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 # A 502/504 or a lost connection after the request went out: the write may or may not have happened.
 AMBIGUOUS_STATUSES = frozenset({502, 504})
+# Names of the client's running totals (CloseClient.totals).
+CALLS_IN_GROUP = "calls:"  # + endpoint group
+CALLS_TO_ENDPOINT = "endpoint:"  # + "METHOD /path/{id}/"
+RATE_LIMITED = "rate_limited"  # 429 answers
+RETRIES = "retries"
+THROTTLED_SECONDS = "throttled_seconds"  # waited for the pacer
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
@@ -231,20 +238,38 @@ class CloseClient:
         del key  # the only copy now lives in the auth header httpx builds
         self._slots = asyncio.Semaphore(max_in_flight)
         self._pacers: dict[str, GroupPacer] = {}
-        # counters (running totals, read by metrics and the bench)
-        self.calls_by_group: Counter[str] = Counter()
-        self.calls_by_endpoint: Counter[str] = Counter()
-        self.rate_limited = 0
-        self.retries = 0
-        self.throttled_seconds = 0.0
+        # Running totals: added on the thread of the event loop this client runs on, read by the job's
+        # metrics from another thread, so always through `totals` (thread-safe; see closecrm/counters.py).
+        self.totals = Totals()
+        # Latency samples, drained by the one owner that reports them (deque append/popleft are atomic).
         self.latencies_ms: deque[float] = deque(maxlen=10_000)
 
     def __repr__(self) -> str:
         return f"CloseClient(base_url={self.base_url!r}, api_key=****)"
 
     @property
+    def calls_by_group(self) -> Counter[str]:
+        return Counter({group: int(n) for group, n in self.totals.snapshot(CALLS_IN_GROUP).items()})
+
+    @property
+    def calls_by_endpoint(self) -> Counter[str]:
+        return Counter({shape: int(n) for shape, n in self.totals.snapshot(CALLS_TO_ENDPOINT).items()})
+
+    @property
     def calls(self) -> int:
         return sum(self.calls_by_group.values())
+
+    @property
+    def rate_limited(self) -> int:
+        return int(self.totals.get(RATE_LIMITED))
+
+    @property
+    def retries(self) -> int:
+        return int(self.totals.get(RETRIES))
+
+    @property
+    def throttled_seconds(self) -> float:
+        return self.totals.get(THROTTLED_SECONDS)
 
     def pacer(self, group: str) -> GroupPacer:
         if group not in self._pacers:
@@ -252,12 +277,19 @@ class CloseClient:
         return self._pacers[group]
 
     def counters(self) -> dict[str, Any]:
+        """The running totals, all read at one instant."""
+        totals = self.totals.snapshot()
+        by_group = {
+            name[len(CALLS_IN_GROUP) :]: int(n)
+            for name, n in totals.items()
+            if name.startswith(CALLS_IN_GROUP)
+        }
         return {
-            "calls": self.calls,
-            "calls_by_group": dict(self.calls_by_group),
-            "rate_limited": self.rate_limited,
-            "retries": self.retries,
-            "throttled_seconds": round(self.throttled_seconds, 3),
+            "calls": sum(by_group.values()),
+            "calls_by_group": by_group,
+            "rate_limited": int(totals.get(RATE_LIMITED, 0)),
+            "retries": int(totals.get(RETRIES, 0)),
+            "throttled_seconds": round(totals.get(THROTTLED_SECONDS, 0.0), 3),
         }
 
     async def aclose(self) -> None:
@@ -295,13 +327,14 @@ class CloseClient:
             attempt += 1
             sent += 1
             waited, ticket = await pacer.acquire_ticket()
-            self.throttled_seconds += waited
+            if waited:
+                self.totals.add(THROTTLED_SECONDS, waited)
             started = time.monotonic()
             try:
                 async with self._slots:
                     pacer.sending(ticket)
-                    self.calls_by_group[group] += 1
-                    self.calls_by_endpoint[f"{method} /{_shape(path)}"] += 1
+                    self.totals.add(CALLS_IN_GROUP + group)
+                    self.totals.add(f"{CALLS_TO_ENDPOINT}{method} /{_shape(path)}")
                     response = await self._http.request(method, path, json=json, params=params)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 pacer.cancelled(ticket)  # never reached Close: safe to retry any method
@@ -325,7 +358,7 @@ class CloseClient:
                 if response.status_code == 429:
                     wait = retry_after_seconds(response.headers)
                     pacer.done(rl, throttled=True, retry_after=wait, ticket=ticket)
-                    self.rate_limited += 1
+                    self.totals.add(RATE_LIMITED)
                     waits_429 += 1
                     if waits_429 > self.max_rate_limited_waits:
                         raise CloseAPIError(429, _body(response), method, "/" + path, attempts=sent)
@@ -345,7 +378,7 @@ class CloseClient:
                 if isinstance(last, CloseAPIError):
                     raise last
                 raise CloseAPIError(status, type(last).__name__, method, "/" + path, attempts=sent) from None
-            self.retries += 1
+            self.totals.add(RETRIES)
             delay = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
             log.debug(
                 "retrying %s /%s after %s (attempt %d)",
