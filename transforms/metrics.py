@@ -1,4 +1,6 @@
-"""Names of the job's Beam counters and distributions, in one place so the summary can find them."""
+"""The job's one way to count: every counter and distribution of the job is made here, under NAMESPACE
+(or a sub-namespace ``NAMESPACE.<part>``, which ``summary.collect`` reads too), and named below, so the
+run summary, the snapshot summary and the live progress line see all of them."""
 
 from __future__ import annotations
 
@@ -71,5 +73,14 @@ API_429 = "api_429s"
 API_RETRIES = "api_retries"
 LATENCY_MS = "api_latency_ms"
 BATCH_SIZE = "batch_size"
-# Dataflow's autoscaler reads a counter of this exact name (HARD-PARTS 6).
+# Dataflow's autoscaler reads a counter of this exact name (see docs/DESIGN.md).
 THROTTLED_SECONDS = "cumulativeThrottlingSeconds"
+# input
+FILES_UNREADABLE = "unreadable_files"
+FILES_SKIPPED = "skipped_files"  # matched, of no known format
+KAFKA_TOMBSTONES = "kafka_tombstones"
+
+
+def in_job_namespace(namespace: str) -> bool:
+    """Whether a metric's namespace is the job's (NAMESPACE itself or one under it)."""
+    return namespace == NAMESPACE or namespace.startswith(NAMESPACE + ".")
