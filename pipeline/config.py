@@ -7,10 +7,8 @@ editors); this module only shapes its errors into ``path.to.field: problem`` lin
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -558,26 +556,6 @@ def _check_depth(data: Any) -> None:
             todo.extend((v, [*where, str(k)]) for k, v in value.items())
         elif isinstance(value, list):
             todo.extend((v, [*where, i]) for i, v in enumerate(value))
-
-
-def read_api_key(config: JobConfig, api_key_file: str | None = None) -> str:
-    """The Close API key: ``api_key_file`` (e.g. --api-key-file), else the env var, else the
-    config's ``api_key_file``. Errors name where it looked, never the key."""
-    env_name = config.settings.api_key_env
-    if api_key_file is None:
-        value = os.environ.get(env_name, "").strip()
-        if value:
-            return value
-        api_key_file = config.settings.api_key_file
-    if api_key_file is None:
-        raise ConfigError([f"settings.api_key_env: ${env_name} is not set (or set settings.api_key_file)"])
-    try:
-        value = Path(api_key_file).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError([f"api_key_file: cannot read {api_key_file}: {exc.strerror or exc}"]) from None
-    if not value:
-        raise ConfigError([f"api_key_file: {api_key_file} is empty"])
-    return value
 
 
 # ---------------------------------------------------------------------------- error shaping

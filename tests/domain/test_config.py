@@ -10,6 +10,7 @@ import yaml
 
 from closecrm.mapping import DEFAULT_MAPPING, GROUP_PRESET, compile_mappings
 from closecrm.model import Flags, Settings
+from pipeline.cli_common import key_source
 from pipeline.config import (
     ConfigError,
     JobConfig,
@@ -17,7 +18,6 @@ from pipeline.config import (
     json_schema,
     load_config,
     parse_config,
-    read_api_key,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -202,12 +202,17 @@ def test_unreadable_and_malformed_files_are_config_errors(tmp_path: Path) -> Non
         load_config(str(bad_json))
 
 
+def _key(config, api_key_file: str | None = None) -> str:
+    """The key the job would use for this config (what the CLI builds from --api-key-file and the config)."""
+    return key_source(api_key_file, config).read().reveal()
+
+
 def test_api_key_comes_from_the_env_var(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CLOSE_API_KEY", " api_env \n")
-    assert read_api_key(default_config()) == "api_env"
+    assert _key(default_config()) == "api_env"
     custom = parse_config({"settings": {"api_key_env": "MY_KEY"}})
     monkeypatch.setenv("MY_KEY", "api_mine")
-    assert read_api_key(custom) == "api_mine"
+    assert _key(custom) == "api_mine"
 
 
 def test_api_key_file_argument_wins_then_env_then_config_file(
@@ -218,24 +223,24 @@ def test_api_key_file_argument_wins_then_env_then_config_file(
     conf_file.write_text("api_conf\n")
     config = parse_config({"settings": {"api_key_file": str(conf_file)}})
     monkeypatch.setenv("CLOSE_API_KEY", "api_env")
-    assert read_api_key(config, str(arg_file)) == "api_arg"
-    assert read_api_key(config) == "api_env"
+    assert _key(config, str(arg_file)) == "api_arg"
+    assert _key(config) == "api_env"
     monkeypatch.delenv("CLOSE_API_KEY")
-    assert read_api_key(config) == "api_conf"
+    assert _key(config) == "api_conf"
 
 
 def test_missing_api_key_errors_name_the_source_not_the_key(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("CLOSE_API_KEY", raising=False)
-    with pytest.raises(ConfigError, match=r"\$CLOSE_API_KEY is not set"):
-        read_api_key(default_config())
-    with pytest.raises(ConfigError, match="cannot read .*nope"):
-        read_api_key(default_config(), str(tmp_path / "nope"))
+    with pytest.raises(RuntimeError, match=r"set \$CLOSE_API_KEY"):
+        _key(default_config())
+    with pytest.raises(RuntimeError, match="cannot read the API key file .*nope"):
+        _key(default_config(), str(tmp_path / "nope"))
     empty = tmp_path / "empty"
     empty.write_text("\n")
-    with pytest.raises(ConfigError, match="is empty"):
-        read_api_key(default_config(), str(empty))
+    with pytest.raises(RuntimeError, match="is empty"):
+        _key(default_config(), str(empty))
 
 
 def test_committed_json_schema_is_up_to_date() -> None:
