@@ -69,10 +69,9 @@ class GroupPacer:
 
     SAFETY = 0.97  # aim just under the announced rate: clocks and windows never line up exactly
     MIN_FACTOR = 0.1
-    # The bucket holds a quarter of a window. A full window was too much: when the client stalls (a
-    # long GC pause, a busy worker) the server keeps counting what was in flight in its window, the
-    # bucket refills meanwhile, and a full window's burst then met that count: bursts of 20-50 429s
-    # every few seconds in a 300 s first sync (bench/pipeline_budget.py W2 --scale 1).
+    # The bucket holds a quarter of a window, not a full one: when the client stalls (a long GC pause,
+    # a busy worker) the server keeps counting what was in flight in its window, the bucket refills
+    # meanwhile, and a full window's burst would then meet that count as a burst of 429s.
     BURST = 0.25
 
     def __init__(
@@ -182,7 +181,7 @@ class GroupPacer:
 
         The server counted a request, and (nearly always) the ones sent before it, when it answered
         with `remaining`; only those sent after it may still be uncounted. Subtracting every request
-        in flight counted some twice and stopped a busy client ~20 % short of each window.
+        in flight would count some twice and stop a busy client short of each window.
         Without a ticket (old callers), the oldest request is taken and all others count.
         """
         self._answered = True
@@ -226,16 +225,16 @@ class GroupPacer:
         """Place an answer in the server's windows and update where the current one ends and what is left.
 
         Answers arrive late and out of order: one sent near the end of the last window can land after
-        the next began, and taking its small `remaining` for the new window stopped a busy client until
-        the new window's end (a window in two lost). Two clues say which window an answer is about:
+        the next began, and taking its small `remaining` for the new window would stop a busy client
+        until the new window's end. Two clues say which window an answer is about:
         - the order of sending: a request sent before the first known request of the current window
           belongs to an older one;
         - the request that opened a window is answered with ``remaining = limit - 1``; the server counted
           it between its sending and its answer, so the window ends one window after the middle of that.
         A fractional `reset` (a time-scaled simulator) also places the end to the millisecond. Close
         rounds `reset` up to whole seconds, which says nothing within a one-second window: a pacer that
-        took ``answer + reset`` for the end (or moved the end whenever ``answer + reset`` passed it) idled
-        for most of a window whenever its estimate ran late (0.60-0.64 of the budget at 40/s, 0 429s).
+        took ``answer + reset`` for the end (or moved the end whenever ``answer + reset`` passed it) would
+        idle for most of a window whenever its estimate ran late.
         """
         self._limit = rl.limit
         if rl.reset > 0:

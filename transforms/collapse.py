@@ -38,7 +38,7 @@ class PackedEvents(Sequence):
     """The events a `Pending` carries, kept compressed until read.
 
     Only a dead letter reads them, yet a batch run holds every Pending at once in the local runner's
-    shuffles and the writer's buffer: as decoded dicts, 1,000,000 carried events took gigabytes.
+    shuffles and the writer's buffer, where decoded dicts would cost far more memory than the requests.
     Reads like the tuple it stands for (len, index, iteration, equality).
     """
 
@@ -89,7 +89,7 @@ class _CollapseFn(beam.CombineFn):
         return []
 
     def get_accumulator_coder(self):  # noqa: ANN201
-        # One pickle per accumulator: the default coder pickles each request on its own (2-3x slower).
+        # One pickle per accumulator: the default coder pickles each request on its own, which is slower.
         return PickleCoder()
 
     def add_input(self, acc, item):
@@ -185,9 +185,9 @@ class _CollapsePanes(beam.DoFn):
     and the timer emits what arrived since, collapsed, then clears the person's state.
 
     What ``Repeatedly(AfterProcessingTime(seconds))`` with discarding panes on the global window gives,
-    in state that is empty between panes. The trigger form kept, per person, one pane-index entry for
-    every pane it ever fired (Beam's trigger driver appends a count to a list in the global window,
-    which never closes), and the local runner copied that list on every bundle that touched the person.
+    in state that is empty between panes. The trigger form would keep, per person, one pane-index entry
+    for every pane it ever fired (Beam's trigger driver appends a count to a list in the global window,
+    which never closes), and the local runner copies that list on every bundle that touches the person.
     """
 
     BUFFER = BagStateSpec("buffer", PickleCoder())  # (request, event) pairs of the open pane
