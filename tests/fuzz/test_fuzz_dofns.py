@@ -78,7 +78,16 @@ from pipeline.sources import (
     _ReadFile,
 )
 from tests.fuzz.budget import budget
-from tests.fuzz.strategies import as_wire, emails, hostile_values, phones, timestamps, urls, wire_events
+from tests.fuzz.strategies import (
+    as_wire,
+    dumps,
+    emails,
+    hostile_values,
+    phones,
+    timestamps,
+    urls,
+    wire_events,
+)
 from tests.fuzz.test_fuzz_domain import CONFIG
 from tests.pipeline.helpers import sim_config
 from tests.reliability.rel_helpers import identify
@@ -108,6 +117,7 @@ from transforms.snapshot import (
     ChangesToRequests,
     DiffBucket,
     DiffSnapshot,
+    StateCorrupt,
     WriteFingerprints,
     _CountState,
     _ReadAvroBatches,
@@ -412,8 +422,7 @@ def job_dofn(cls: type, source: str = "files") -> beam.DoFn:
         dead_letter_dir="/nonexistent/dead",
         audit_log="/nonexistent/audit.jsonl",
     )
-    (fn,) = event_job_dofns(CONFIG, request, streaming=source == "pubsub")[cls][:1]
-    return fn
+    return event_job_dofns(CONFIG, request, streaming=source == "pubsub")[cls][0]
 
 
 @functools.cache
@@ -446,8 +455,7 @@ def snapshot_dofn(cls: type, config_name: str = "one key", full: bool = False) -
     )
     _ = diff["changes"] | "ChangesToRequests" >> ChangesToRequests(spec)
     _ = diff[KEEP] | "WriteState" >> WriteFingerprints("/nonexistent/out")
-    (fn,) = _dofns(p)[cls][:1]
-    return fn
+    return _dofns(p)[cls][0]
 
 
 def discovered_dofns() -> set[type]:
@@ -751,8 +759,6 @@ JSONL_FORMS = ["jsonl", "json.gz", "ndjson", "avro", "parquet", "txt"]
 
 def _line(raw: Any) -> bytes:
     if isinstance(raw, dict):
-        from tests.fuzz.strategies import dumps
-
         return dumps(raw).encode("ascii")
     return raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
 
@@ -909,9 +915,17 @@ def test_kafka_partition_reader_hands_on_every_value_whatever_its_timestamp(valu
 # ---------------------------------------------------------------------------- snapshot
 
 UTF8_TEXT = st.text(st.characters(codec="utf-8"), max_size=30)  # Avro and Parquet text is UTF-8
-TEXT_CELLS = st.one_of(UTF8_TEXT, emails, phones, urls).filter(
-    lambda s: isinstance(s, str) and s.encode("utf-8", "surrogatepass") == s.encode("utf-8", "ignore")
-)
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+TEXT_CELLS = st.one_of(UTF8_TEXT, emails, phones, urls).filter(_utf8)
 # column kind -> (Avro type, Arrow type, cells a reader hands over)
 KINDS: dict[str, tuple[Any, Any, st.SearchStrategy[Any]]] = {
     "string": (
@@ -1018,24 +1032,24 @@ def prior_state(chunks: list[Any], data: st.DataObject) -> pa.Table:
     return pa.table({"key": pa.array(keys, pa.string()), "fingerprint": pa.array(fps, pa.binary())})
 
 
-def diffed(config_name: str, full: bool, chunks: list[Any], state: pa.Table) -> tuple[Run, list[Any]]:
+def diffed(config_name: str, full: bool, chunks: list[Any], state: pa.Table) -> Run:
+    """What CoGroupByKey on the bucket hands DiffBucket: each bucket's snapshot chunks and state tables."""
     cogrouped: dict[int, dict[str, list[Any]]] = defaultdict(lambda: {"snapshot": [], "state": []})
     for bucket, chunk in chunks:
         cogrouped[bucket]["snapshot"].append(chunk)
     for bucket, part in bucket_state(state, snapshot_job.DEFAULT_BUCKETS):
         cogrouped[bucket]["state"].append(part)
-    return drive(snapshot_dofn(DiffBucket, config_name, full), list(cogrouped.items())), list(cogrouped)
+    return drive(snapshot_dofn(DiffBucket, config_name, full), list(cogrouped.items()))
 
 
 @budget(40)
 @given(warehouse(), st.booleans(), st.data())
 def test_diff_bucket_ends_every_row_as_a_change_a_duplicate_or_kept(tmp_path_factory, table, full, data):
     config_name, kinds, rows = table
-    spec = snapshot_job.spec_for(SNAPSHOT_CONFIGS[config_name])
     batch = snapshot_batches(tmp_path_factory.mktemp("rows"), config_name, kinds, rows)[-1:]
     chunks = bucketed(config_name, batch).all.main
     state = prior_state(chunks, data)
-    run, _ = diffed(config_name, full, chunks, state)
+    run = diffed(config_name, full, chunks, state)
     out = run.all
     keys = Counter(key for _, chunk in chunks for key in chunk.keys.to_pylist())
     duplicated = {k for k, n in keys.items() if n > 1}
@@ -1050,7 +1064,6 @@ def test_diff_bucket_ends_every_row_as_a_change_a_duplicate_or_kept(tmp_path_fac
         keys[k] for k in duplicated
     )
     assert set(out.tagged[GONE]) == set(state.column("key").to_pylist()) - set(keys)
-    assert spec.columns  # the spec the driver's DoFns were built from
 
 
 @budget(40)
@@ -1061,7 +1074,7 @@ def test_to_pending_requests_or_dead_letters_each_change_and_state_tables_keep_e
     config_name, kinds, rows = table
     batch = snapshot_batches(tmp_path_factory.mktemp("rows"), config_name, kinds, rows)[-1:]
     chunks = bucketed(config_name, batch).all.main
-    diff, _ = diffed(config_name, full, chunks, prior_state(chunks, data))
+    diff = diffed(config_name, full, chunks, prior_state(chunks, data))
     changes = diff.all.main
     run = drive(snapshot_dofn(_ToPending, config_name), changes)
     for change, item in zip(changes, run.per_element, strict=True):
@@ -1090,8 +1103,6 @@ def test_to_pending_requests_or_dead_letters_each_change_and_state_tables_keep_e
 def test_read_state_file_reads_a_state_or_names_the_damaged_file(tmp_path_factory, table, full, data):
     """A damaged state file stops a run with StateCorrupt naming it (by design: the state is the job's own,
     and a diff against part of it would resend or forget rows); --full reads on without it."""
-    from transforms.snapshot import StateCorrupt
-
     config_name, kinds, rows = table
     tmp = tmp_path_factory.mktemp("state")
     chunks = bucketed(config_name, snapshot_batches(tmp, config_name, kinds, rows)[-1:]).all.main
