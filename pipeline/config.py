@@ -24,6 +24,7 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from closecrm.credentials import DEFAULT_API_KEY_ENV
+from closecrm.events import DEFAULT_MAX_BYTES
 from closecrm.mapping import (
     ACTION_FIELDS,
     CUSTOM_FIELD_FIELDS,
@@ -268,7 +269,7 @@ class DedupeConfig(_Strict):
 
 
 class PipelineConfig(_Strict):
-    max_event_bytes: int = Field(default=65536, ge=1024, description="Larger events are dead-lettered.")
+    max_event_bytes: int = Field(default=DEFAULT_MAX_BYTES, ge=1024, description="Larger events are dead-lettered.")
     batch_size: int = Field(
         default=20_000,
         ge=1,

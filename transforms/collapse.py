@@ -223,7 +223,7 @@ class CollapsePerPerson(beam.PTransform):
     """(person, (request, event)) → Pending, one per run of equivalent requests per window."""
 
     def __init__(
-        self, streaming: bool, window_kind: str = "processing", window_seconds: float = 10.0
+        self, streaming: bool, window_kind: str, window_seconds: float
     ) -> None:
         super().__init__()
         # A global window never closes on unbounded input, so streaming fires processing-time panes.

@@ -110,7 +110,7 @@ class ParseEvents(beam.PTransform):
     """Main output: Event. Tagged outputs: DEAD (DeadLetter), LEDGER ((event_id, status))."""
 
     def __init__(
-        self, max_bytes: int = 64 * 1024, dedupe_ttl_seconds: float | None = 600.0, streaming: bool = False
+        self, max_bytes: int, dedupe_ttl_seconds: float | None, streaming: bool
     ) -> None:
         super().__init__()
         self._max_bytes = max_bytes

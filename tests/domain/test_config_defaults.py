@@ -47,12 +47,7 @@ NOT_OPTIONS = {
 }
 # Defaults still to be made required. The job passes JobOptions' values to each, so none is in effect;
 # tests still build these transforms without them.
-NOT_YET_REQUIRED = {
-    ("transforms/parse.py", "ParseEvents.__init__", "max_bytes"),
-    ("transforms/parse.py", "ParseEvents.__init__", "dedupe_ttl_seconds"),
-    ("transforms/collapse.py", "CollapsePerPerson.__init__", "window_kind"),
-    ("transforms/collapse.py", "CollapsePerPerson.__init__", "window_seconds"),
-}
+NOT_YET_REQUIRED: set[tuple[str, str, str]] = set()
 
 
 def _defaults(tree: ast.AST) -> list[tuple[str, str]]:

@@ -12,10 +12,13 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from closecrm.events import BadEvent, parse_event
 from closecrm.model import UpsertRequest
+from pipeline.config import default_config
 from transforms import metrics as m
 from transforms.collapse import CollapsePerPerson, PackedEvents, _CollapseFn
 from transforms.ledger import APPLIED, DEAD, SKIPPED, SettleLedger
 from transforms.parse import LEDGER, ParseEvents
+
+DEFAULT_OPTIONS = default_config().options()
 
 
 def counters(result) -> dict[str, int]:  # noqa: ANN001
@@ -63,7 +66,11 @@ def test_batch_dedupe_passes_one_copy_per_message_id_and_ledgers_the_others():
     bad = ["not json"]
     p = beam.Pipeline(runner=FnApiRunner())
     out = (
-        p | beam.Create([line.encode() for line in lines + redelivered + bad]) | ParseEvents(streaming=False)
+        p | beam.Create([line.encode() for line in lines + redelivered + bad]) | ParseEvents(
+            max_bytes=DEFAULT_OPTIONS.max_event_bytes,
+            dedupe_ttl_seconds=DEFAULT_OPTIONS.dedupe_seconds,
+            streaming=False,
+        )
     )
     assert_that(out["events"] | beam.Map(lambda e: e.message_id), equal_to([f"m{i}" for i in range(300)]))
     dup_keys = out[LEDGER] | beam.Filter(lambda kv: kv[0].startswith("dup:")) | beam.Map(lambda kv: kv[1])
@@ -91,7 +98,11 @@ def test_batch_collapse_gives_what_the_combine_gives():
         out = (
             p
             | beam.Create(items)
-            | CollapsePerPerson(streaming=False)
+            | CollapsePerPerson(
+                streaming=False,
+                window_kind=DEFAULT_OPTIONS.window_kind,
+                window_seconds=DEFAULT_OPTIONS.window_seconds,
+            )
             | beam.Map(
                 lambda pd: (pd.person, pd.request.event_ids, pd.request.contact_title, tuple(pd.events))
             )
