@@ -50,6 +50,7 @@ import workloads  # noqa: E402
 from remote_sim import RemoteSim  # noqa: E402
 
 from closecrm.client import CloseClient  # noqa: E402
+from closecrm.credentials import KeySource  # noqa: E402
 from closecrm.engine import UpsertEngine  # noqa: E402
 from closecrm.events import BadEvent, parse_event  # noqa: E402
 from closecrm.mapping import compile_mappings, map_event  # noqa: E402
@@ -59,7 +60,6 @@ from pipeline import summary  # noqa: E402
 from pipeline.config import JobConfig, load_config  # noqa: E402
 from pipeline.runjob import RunRequest, launch  # noqa: E402
 from pipeline.sources import SourceOptions  # noqa: E402
-from transforms.upsert import KeySource  # noqa: E402
 
 API_KEY = "bench_pipeline_key"
 SEARCH_RATE = 16.0

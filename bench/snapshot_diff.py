@@ -30,6 +30,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from closecrm import diff  # noqa: E402
+from closecrm.credentials import KeySource  # noqa: E402
 from closecrm.sim import SimConfig, SimServer  # noqa: E402
 from closecrm.snapshot import SnapshotSpec, request_for  # noqa: E402
 from pipeline import summary  # noqa: E402
@@ -43,7 +44,6 @@ from transforms.snapshot import (  # noqa: E402
     FingerprintTables,
     WriteFingerprints,
 )
-from transforms.upsert import KeySource  # noqa: E402
 
 COLUMNS = ("user_id", "email", "full_name", "title", "account_id", "account_name", "plan")
 

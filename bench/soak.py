@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from closecrm.credentials import KeySource  # noqa: E402
 from closecrm.sim import SimConfig, SimServer  # noqa: E402
 from pipeline.config import parse_config  # noqa: E402
 from pipeline.runjob import RunRequest, launch  # noqa: E402
@@ -49,7 +50,6 @@ from tests.servers import (  # noqa: E402
     stop_process_group,
     wait_for_port,
 )
-from transforms.upsert import KeySource  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from remote_sim import RemoteSim  # noqa: E402

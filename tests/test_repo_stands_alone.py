@@ -24,20 +24,6 @@ EXTERNAL = re.compile(
         ]
     )
 )
-# Files whose owners are rewriting them; each still cites the outside documents. Drop a path from
-# here when its citations are gone, and the xfail below with the last one.
-PENDING = frozenset(
-    {
-        "closecrm/engine.py",
-        "pipeline/config.py",
-        "pipeline/local_pubsub.py",
-        "schemas/config.schema.json",
-        "transforms/metrics.py",
-        "transforms/upsert.py",
-    }
-)
-
-
 def tracked_files() -> list[str]:
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("not a git checkout: the tracked files are unknown")
@@ -63,12 +49,5 @@ def citations(paths: list[str]) -> list[str]:
     return found
 
 
-def test_files_outside_the_pending_rewrites_cite_no_outside_document() -> None:
-    assert citations([p for p in tracked_files() if p not in PENDING]) == []
-
-
-@pytest.mark.xfail(
-    strict=False, reason="files being rewritten by their owners still cite outside documents: see PENDING"
-)
 def test_no_tracked_file_outside_docs_cites_an_outside_document() -> None:
     assert citations(tracked_files()) == []

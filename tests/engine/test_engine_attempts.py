@@ -9,7 +9,7 @@ from closecrm.model import UpsertRequest
 from pipeline.assemble import audit_line
 from tests.engine.conftest import CloseEnv
 from transforms.collapse import Pending
-from transforms.upsert import letter_for
+from transforms.outcomes import letter_for
 
 pytestmark = pytest.mark.integration
 

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from closecrm.credentials import KeySource
 from closecrm.sim import SimServer
 from pipeline import summary
 from pipeline.config import JobConfig
@@ -14,7 +15,6 @@ from pipeline.runjob import RunRequest, launch
 from pipeline.sources import SourceOptions
 from tests.pipeline.helpers import read_lines, sim_config
 from transforms import metrics as m
-from transforms.upsert import KeySource
 
 AT = datetime(2026, 11, 1, tzinfo=UTC)
 

@@ -115,8 +115,8 @@ def test_faults_end_in_the_reference_state_with_no_duplicates_and_every_event_ac
 
 
 def _request(sim, work: Path):  # noqa: ANN001, ANN202
+    from closecrm.credentials import KeySource
     from pipeline.runjob import RunRequest
-    from transforms.upsert import KeySource
 
     return RunRequest(
         source=SourceOptions(source="files", input="unused"), close_url=sim.base_url, key_source=KeySource()

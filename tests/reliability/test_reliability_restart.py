@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from closecrm.credentials import KeySource
 from pipeline.runjob import RunRequest, launch
 from pipeline.sources import SourceOptions
 from tests.pipeline.helpers import read_lines, write_jsonl
 from tests.reliability.rel_helpers import duplicates, fresh, projection, run_job, w1_events
 from tests.sources.test_pubsub_source import stop_runner_threads
-from transforms.upsert import KeySource
 
 pytestmark = pytest.mark.integration
 

@@ -9,12 +9,12 @@ import pickle
 
 import pytest
 
+from closecrm.credentials import KeySource
 from pipeline.runjob import RunRequest, pipeline_options, run, shape_for
 from pipeline.sources import SourceOptions
 from tests.cli.helpers_cli import assert_one_line_error, invoke
 from tests.pipeline.helpers import write_jsonl
 from tests.reliability.rel_helpers import fresh, identify
-from transforms.upsert import KeySource
 
 pytestmark = pytest.mark.integration
 
