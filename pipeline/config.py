@@ -219,12 +219,68 @@ class MappingConfig(FlagsConfig):
         return MappingSpec(name=self.name, trigger=trigger, fields=fields, flags=self.flags())
 
 
+class SnapshotSourceConfig(_Strict):
+    """Where snapshot-sync reads when the command line names neither --input nor --from."""
+
+    url: str | None = Field(
+        default=None,
+        description="duckdb:///FILE, duckdb:// (in memory), postgresql://USER@HOST:PORT/DB or bigquery://PROJECT; "
+        "never with a password in it.",
+    )
+    table: str | None = Field(default=None, min_length=1, description="Table to read (SCHEMA.NAME).")
+    query: str | None = Field(default=None, min_length=1, description="SQL whose rows are the snapshot.")
+    since_column: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Read only rows whose value here is above the previous run's high-water mark.",
+    )
+    password_env: str | None = Field(
+        default=None, min_length=1, description="Env var holding the password (absent: PGPASSWORD for postgresql)."
+    )
+    password_file: str | None = Field(
+        default=None, min_length=1, description="File holding the password (any Beam filesystem)."
+    )
+    slices: int = Field(
+        default=4,
+        ge=1,
+        le=1024,
+        description="Slices a table is read in (by a hash of the primary key), one reader each; one for bigquery.",
+    )
+    batch_rows: int = Field(
+        default=50_000, ge=100, le=1_000_000, description="Rows per record batch a reader holds at a time."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None:
+            from closecrm.warehouse_url import WarehouseURL, WarehouseURLError
+
+            try:
+                WarehouseURL.parse(value, where="url")
+            except WarehouseURLError as exc:
+                raise ValueError(str(exc).removeprefix("url: ")) from None
+        return value
+
+    @model_validator(mode="after")
+    def _what(self) -> SnapshotSourceConfig:
+        if self.url is None and (self.table or self.query or self.since_column):
+            raise ValueError("table, query and since_column need a url")
+        if self.url is not None and (self.table is None) == (self.query is None):
+            raise ValueError("give exactly one of table or query with url")
+        return self
+
+
 class SnapshotConfig(FlagsConfig):
     """Reverse ETL: action fields come from columns of a warehouse table (snapshot-sync)."""
 
     primary_key: list[Annotated[str, Field(min_length=1)]] = Field(min_length=1)
     fields: dict[str, str | dict[str, str]] = Field(
         default_factory=dict, description="Action field -> column name; custom fields: {cf_...: column}."
+    )
+    source: SnapshotSourceConfig = Field(
+        default_factory=SnapshotSourceConfig,
+        description="The warehouse to read (the command line's --input or --from overrides it).",
     )
 
     @field_validator("fields")
@@ -346,7 +402,12 @@ class JobConfig(_Strict):
             dedupe_seconds=tuning.dedupe.seconds if tuning.dedupe.enabled else None,
             window_kind=tuning.window.kind,
             window_seconds=tuning.window.seconds,
+            snapshot_slices=self._snapshot_source().slices,
+            snapshot_batch_rows=self._snapshot_source().batch_rows,
         )
+
+    def _snapshot_source(self) -> SnapshotSourceConfig:
+        return self.snapshot.source if self.snapshot is not None else SnapshotSourceConfig()
 
 
 @dataclass(frozen=True)
@@ -366,6 +427,8 @@ class JobOptions:
     dedupe_seconds: float | None  # how long a messageId is remembered; None: no dedupe
     window_kind: str
     window_seconds: float
+    snapshot_slices: int  # slices a warehouse table is read in (snapshot-sync --from)
+    snapshot_batch_rows: int  # rows per record batch a warehouse reader holds
 
     def shards(self, local: bool) -> int:
         """Writer keys: ``writer_shards`` when the file sets it, else 1 on the local runner, else
