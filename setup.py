@@ -23,6 +23,10 @@ setup(
         "phonenumbers>=9,<10",
         "email-validator>=2.1,<3",
         "confluent-kafka>=2.4,<3",
+        # snapshot-sync --from: Arrow-native warehouse readers (closecrm/warehouse.py)
+        "duckdb>=2.0,<3",
+        "adbc-driver-manager>=1.3,<2",
+        "adbc-driver-postgresql>=1.3,<2",
     ],
     extras_require={
         "test": [

@@ -27,7 +27,8 @@ from closecrm.model import Flags, Settings, UpsertRequest
 Values = tuple[Any, ...]
 Fingerprint = bytes  # 16 bytes
 ChangeKind = Literal["new", "changed", "resync"]
-DiffKind = Literal["new", "changed", "resync", "unchanged", "gone", "duplicate"]
+# "unread": a key of the state that an incremental read (--since-column) did not read; it keeps its state.
+DiffKind = Literal["new", "changed", "resync", "unchanged", "gone", "duplicate", "unread"]
 
 FINGERPRINT_BYTES = 16
 
@@ -48,6 +49,7 @@ class SchemaDrift(ValueError):
         super().__init__(
             "snapshot input does not match the config's snapshot section (nothing was written):\n"
             + "\n".join(f"  {p}" for p in self.problems)
+            + "\n  fix the input or the config's snapshot section"
         )
 
 
@@ -142,6 +144,8 @@ def arrow_kind(arrow_type: Any) -> str:
     t = pa.types
     if t.is_dictionary(arrow_type):
         return arrow_kind(arrow_type.value_type)
+    if isinstance(arrow_type, pa.ExtensionType):
+        return arrow_kind(arrow_type.storage_type)
     checks = (
         (t.is_null, "null"),
         (t.is_boolean, "boolean"),
@@ -151,8 +155,13 @@ def arrow_kind(arrow_type: Any) -> str:
         (t.is_date, "date"),
         (t.is_timestamp, "timestamp"),
         (t.is_time, "time"),
-        (lambda x: t.is_string(x) or t.is_large_string(x), "string"),
-        (lambda x: t.is_binary(x) or t.is_large_binary(x) or t.is_fixed_size_binary(x), "binary"),
+        (lambda x: t.is_string(x) or t.is_large_string(x) or t.is_string_view(x), "string"),
+        (
+            lambda x: (
+                t.is_binary(x) or t.is_large_binary(x) or t.is_fixed_size_binary(x) or t.is_binary_view(x)
+            ),
+            "binary",
+        ),
         (lambda x: t.is_list(x) or t.is_large_list(x) or t.is_fixed_size_list(x), "list"),
         (t.is_struct, "struct"),
         (t.is_map, "map"),
@@ -203,6 +212,21 @@ def avro_kind(schema: Any) -> str:
             return complex_kinds[schema["type"]]
         return avro_kind(schema.get("type"))
     return _AVRO_PRIMITIVES.get(str(schema), f"named type {schema}")
+
+
+def kind_changes(spec: SnapshotSpec, before: Mapping[str, Any], now: Mapping[str, str]) -> list[str]:
+    """Mapped columns whose kind differs from the previous run's (``before`` comes from the state).
+
+    A new kind changes every row's fingerprint (``5`` and ``"5"`` hash apart) while the rows may
+    mean the same, so the run stops and asks for --full rather than resend the table by surprise.
+    Columns without values (kind null) on either side are not a change.
+    """
+    problems = []
+    for column in spec.columns:
+        old, new = before.get(column), now.get(column)
+        if isinstance(old, str) and new is not None and old != new and "null" not in (old, new):
+            problems.append(f"column {column!r} was {old} in the previous run and is {new} now")
+    return problems
 
 
 # ---------------------------------------------------------------------------- rows
@@ -333,11 +357,15 @@ class BucketDiff:
     counts: dict[DiffKind, int]
 
 
-def diff_bucket(keys: Any, fps: Any, old_keys: Any, old_fps: Any, *, full: bool = False) -> BucketDiff:
+def diff_bucket(
+    keys: Any, fps: Any, old_keys: Any, old_fps: Any, *, full: bool = False, partial: bool = False
+) -> BucketDiff:
     """`classify` for every key of one bucket at once, vectorised with pyarrow.
 
     ``keys``/``fps`` are the snapshot's rows (string and binary arrays, no nulls), ``old_keys``/``old_fps``
     the state's. Agrees with `diff_states` and `next_state` key by key (see tests/snapshot).
+    ``partial``: the snapshot holds only some of the table's rows (an incremental read), so a state key
+    it lacks was not read rather than gone: it is counted ``unread`` and keeps its fingerprint.
     """
     import numpy as np
     import pyarrow as pa
@@ -373,7 +401,17 @@ def diff_bucket(keys: Any, fps: Any, old_keys: Any, old_fps: Any, *, full: bool 
         keep_keys = pa.concat_arrays([keep_keys, pa.array([k for k, _ in carried], keep_keys.type)])
         keep_fps = pa.concat_arrays([keep_fps, pa.array([f for _, f in carried], keep_fps.type)])
 
-    gone = old_keys.filter(pc.invert(pc.is_in(old_keys, value_set=keys))).to_pylist() if len(old_keys) else []
+    missing = pc.invert(pc.is_in(old_keys, value_set=keys)) if len(old_keys) else None
+    gone: list[str] = []
+    unread = 0
+    if missing is not None and partial:
+        unread_keys, unread_fps = old_keys.filter(missing), old_fps.filter(missing)
+        unread = len(unread_keys)
+        if unread:
+            keep_keys = pa.concat_arrays([keep_keys, unread_keys.cast(keep_keys.type)])
+            keep_fps = pa.concat_arrays([keep_fps, unread_fps.cast(keep_fps.type)])
+    elif missing is not None:
+        gone = old_keys.filter(missing).to_pylist()
     counts: dict[DiffKind, int] = {
         "new": int((single & ~present).sum()),
         "changed": int((single & present & ~same).sum()),
@@ -381,5 +419,6 @@ def diff_bucket(keys: Any, fps: Any, old_keys: Any, old_fps: Any, *, full: bool 
         "resync": int(unchanged.sum()) if full else 0,
         "gone": len(gone),
         "duplicate": len(duplicates),
+        "unread": unread,
     }
     return BucketDiff(changes, keep_keys, keep_fps, gone, duplicates, counts)

@@ -17,7 +17,8 @@ from rich.console import Console
 from rich.table import Table
 
 from closecrm.credentials import DEFAULT_CLOSE_URL, EngineSpec, KeySource
-from closecrm.snapshot import SchemaDrift, SnapshotSpec, arrow_kind, avro_kind, check_schema
+from closecrm.snapshot import SchemaDrift, SnapshotSpec, arrow_kind, avro_kind, check_schema, kind_changes
+from closecrm.warehouse import SINCE_KINDS, ReadPlan, WarehouseError, WarehouseSource, Watermark
 from pipeline import summary
 from pipeline.config import ConfigError, JobConfig, JobOptions
 from pipeline.runjob import beam_options, is_direct, start
@@ -26,6 +27,7 @@ from transforms import metrics as m
 from transforms.deadletter import DEAD, WriteDeadLetters
 from transforms.snapshot import (
     DEFAULT_BUCKETS,
+    DIFF_KINDS,
     DIFF_PREFIX,
     GONE,
     KEEP,
@@ -39,6 +41,7 @@ from transforms.snapshot import (
     WriteSample,
     settled_fingerprint,
 )
+from transforms.warehouse import reader_for
 from transforms.writer import UpsertToClose
 
 FORMATS = {".parquet": "parquet", ".parq": "parquet", ".avro": "avro"}
@@ -50,9 +53,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SnapshotRequest:
-    """What `close-sync snapshot-sync` was asked to do."""
+    """What `close-sync snapshot-sync` was asked to do: read files (``input``) or a warehouse (``source``)."""
 
-    input: str
+    input: str | None
     state: str
     full: bool = False
     dry_run: bool = False
@@ -64,6 +67,7 @@ class SnapshotRequest:
     sample_size: int = 20
     buckets: int = DEFAULT_BUCKETS  # hash buckets of the primary key the diff joins in
     beam_args: tuple[str, ...] = field(default_factory=tuple)
+    source: WarehouseSource | None = None  # --from URL with --table or --query, instead of --input
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,8 @@ class SnapshotReport:
     change_sample: list[str]
     generation: str | None  # the state generation committed (None for dry runs)
     plan_dir: str | None
+    source: str | None = None  # what was read, as it may be printed (a warehouse URL is masked)
+    since: str | None = None  # the high-water mark rows were read above (incremental reads)
 
     def count(self, name: str) -> int:
         return self.counts.get(name, 0)
@@ -122,13 +128,109 @@ def column_kinds(path: str, file_format: str) -> dict[str, str]:
         return {f["name"]: avro_kind(f["type"]) for f in schema.get("fields", [])}
 
 
-def check_input(spec: SnapshotSpec, pattern: str) -> str:
-    """Every matched file's schema against the spec; raises `SchemaDrift` before anything is written."""
+def check_input(spec: SnapshotSpec, pattern: str) -> tuple[str, dict[str, str]]:
+    """Every matched file's schema against the spec; raises `SchemaDrift` before anything is written.
+
+    Returns the format and the mapped columns' kinds (those every file agrees on), for the state.
+    """
     file_format, files = input_files(pattern)
-    problems = [p for path in files for p in check_schema(spec, column_kinds(path, file_format), path)]
+    problems: list[str] = []
+    seen: dict[str, set[str]] = {}
+    for path in files:
+        kinds = column_kinds(path, file_format)
+        problems.extend(check_schema(spec, kinds, path))
+        for column in spec.columns:
+            if column in kinds:
+                seen.setdefault(column, set()).add(kinds[column])
     if problems:
         raise SchemaDrift(problems)
-    return file_format
+    return file_format, {column: kinds.pop() for column, kinds in seen.items() if len(kinds) == 1}
+
+
+@dataclass(frozen=True)
+class WarehouseInput:
+    """A warehouse source after its checks on the launcher: the columns' kinds and how to read them."""
+
+    source: WarehouseSource
+    kinds: dict[str, str]  # mapped columns (and the since-column) -> kind
+    as_text: frozenset[str]
+
+
+def check_warehouse(spec: SnapshotSpec, source: WarehouseSource) -> WarehouseInput:
+    """Connect, read the schema (no rows) and check it against the spec; raises `WarehouseError` or
+    `SchemaDrift` (one line each, password never in it) before the state is touched."""
+    from closecrm.warehouse import probe
+
+    found = probe(source)
+    label = f"--table {source.table}" if source.table is not None else "--query"
+    problems = check_schema(spec, found.kinds, label)
+    if source.since_column:
+        kind = found.kinds.get(source.since_column)
+        if kind is None:
+            problems.append(f"{label}: the --since-column {source.since_column!r} is missing")
+        elif kind not in SINCE_KINDS:
+            problems.append(
+                f"{label}: the --since-column {source.since_column!r} is {kind}; it must be one of "
+                f"{', '.join(sorted(SINCE_KINDS))} (a time the row last changed, or a growing number)"
+            )
+    if problems:
+        raise SchemaDrift(problems)
+    wanted = set(spec.columns) | ({source.since_column} if source.since_column else set())
+    kinds = {c: k for c, k in found.kinds.items() if c in wanted}
+    return WarehouseInput(source, kinds, found.as_text & set(spec.columns))
+
+
+def warehouse_source(
+    config: JobConfig,
+    *,
+    input_glob: str | None = None,
+    url: str | None = None,
+    table: str | None = None,
+    query: str | None = None,
+    since_column: str | None = None,
+    password_env: str | None = None,
+    password_file: str | None = None,
+) -> WarehouseSource | None:
+    """The warehouse to read, from the command line over the config's ``snapshot.source``; None: files.
+
+    ``--input`` reads files and takes none of the warehouse flags. Otherwise the URL is ``--from`` or
+    the config's; ``--table``/``--query`` replace the config's pair; the password is read from
+    ``--password-file``, else the variable ``--password-env`` names, else the config's choices, else
+    the dialect's own variable ($PGPASSWORD).
+    """
+    from closecrm.warehouse_url import PasswordSource, WarehouseURL
+
+    flags = {"--from": url, "--table": table, "--query": query, "--since-column": since_column}
+    if input_glob is not None:
+        given = [name for name, value in flags.items() if value is not None]
+        if given:
+            raise ValueError(
+                f"--input reads files; {', '.join(given)} belong to --from: give one or the other"
+            )
+        return None
+    configured = config.snapshot.source if config.snapshot is not None else None
+    url = url or (configured.url if configured else None)
+    if url is None:
+        raise ValueError(
+            "nothing to read: give --input GLOB, or --from URL with --table NAME or --query SQL "
+            "(or snapshot.source in the config)"
+        )
+    if table is not None and query is not None:
+        raise ValueError("give --table NAME or --query SQL, not both")
+    if table is None and query is None and configured is not None:
+        table, query = configured.table, configured.query
+    if table is None and query is None:
+        raise ValueError("--from needs --table NAME or --query SQL (or snapshot.source.table/query)")
+    parsed = WarehouseURL.parse(url, where="--from" if flags["--from"] else "snapshot.source.url")
+    password_file = password_file or (configured.password_file if configured else None)
+    env = password_env or (configured.password_env if configured else None) or parsed.default_password_env()
+    return WarehouseSource(
+        url=parsed,
+        table=table,
+        query=query,
+        since_column=since_column or (configured.since_column if configured else None),
+        password=PasswordSource(env_var=None if password_file else env, path=password_file),
+    )
 
 
 # ---------------------------------------------------------------------------- graph
@@ -139,8 +241,10 @@ class SnapshotShape:
     """One snapshot run's graph: the table, the state, the config's options (no secrets)."""
 
     spec: SnapshotSpec
-    input: str
-    file_format: str
+    input: str | None  # files; or
+    file_format: str | None
+    read: ReadPlan | None  # a warehouse read
+    partial: bool  # the read returns only rows above a high-water mark: unread keys keep their state
     state_pattern: str | None
     out_dir: str  # the new state generation, or the dry-run plan
     engine: EngineSpec
@@ -176,6 +280,8 @@ def build(p: beam.Pipeline, shape: SnapshotShape) -> None:
         shape.state_pattern,
         full=shape.full,
         buckets=shape.buckets,
+        reader=reader_for(shape.read) if shape.read is not None else None,
+        partial=shape.partial,
     )
     requests = diff["changes"] | "ChangesToRequests" >> ChangesToRequests(shape.spec)
     deads = [diff[DEAD], requests[DEAD]]
@@ -221,7 +327,9 @@ def build(p: beam.Pipeline, shape: SnapshotShape) -> None:
 def spec_for(config: JobConfig) -> SnapshotSpec:
     if config.snapshot is None:
         raise ConfigError(
-            ["snapshot: required for snapshot-sync (primary_key and fields; see the README's Configuration reference)"]
+            [
+                "snapshot: required for snapshot-sync (primary_key and fields; see the README's Configuration reference)"
+            ]
         )
     return SnapshotSpec.from_section(config.snapshot, config.settings_model())
 
@@ -235,7 +343,14 @@ def run_snapshot(
     committed; a dry run writes no state and takes no lock.
     """
     spec = spec_for(config)
-    file_format = check_input(spec, request.input)
+    if (request.source is None) == (request.input is None):
+        raise ValueError("give --input GLOB or --from URL (with --table or --query), not both")
+    warehouse = file_format = None
+    if request.source is not None:
+        warehouse = check_warehouse(spec, request.source)
+        kinds = warehouse.kinds
+    else:
+        file_format, kinds = check_input(spec, request.input)  # type: ignore[arg-type]
     engine = EngineSpec(
         close_url=request.close_url,
         key_source=request.key_source,
@@ -247,7 +362,9 @@ def run_snapshot(
         if validate:
             asyncio.run(engine.check())
         prior = prior_state(state, full=request.full)
-        report = _run_locked(config, request, spec, file_format, engine, state, prior)
+        report = _run_locked(
+            config, request, spec, _Input(file_format, warehouse, kinds), engine, state, prior
+        )
     if show_summary:
         render(report)
     return report
@@ -270,11 +387,45 @@ def prior_state(state: SnapshotState, *, full: bool) -> Generation | None:
         return None
 
 
+@dataclass(frozen=True)
+class _Input:
+    file_format: str | None
+    warehouse: WarehouseInput | None
+    kinds: dict[str, str]
+
+
+class KindChanged(ValueError):
+    """A mapped column's type differs from the previous run's; --full resends with the new type."""
+
+
+def _incremental(
+    request: SnapshotRequest, spec: SnapshotSpec, warehouse: WarehouseInput, prior: Generation | None
+) -> tuple[Watermark | None, Watermark | None]:
+    """(the mark to read above, the mark this run reaches), both None without --since-column.
+
+    The previous run's mark holds only for the same source, column and mapping, and not with --full:
+    otherwise the whole table is read (and a changed mapping resends every row, as for files).
+    """
+    from closecrm.warehouse import high_water_mark
+
+    source = warehouse.source
+    if not source.since_column:
+        return None, None
+    reached = high_water_mark(source, warehouse.kinds[source.since_column])
+    previous = prior.manifest.get("source") if prior is not None else None
+    if request.full or not isinstance(previous, dict) or prior is None:
+        return None, reached
+    same = all(previous.get(k) == v for k, v in source.identity().items())
+    if not same or prior.manifest.get("spec_digest") != spec.digest:
+        return None, reached
+    return Watermark.from_json(previous.get("high_water_mark")), reached
+
+
 def _run_locked(
     config: JobConfig,
     request: SnapshotRequest,
     spec: SnapshotSpec,
-    file_format: str,
+    found: _Input,
     engine: EngineSpec,
     state: SnapshotState,
     prior: Generation | None,
@@ -283,6 +434,13 @@ def _run_locked(
         raise ValueError(
             f"--state {request.state} was built with primary key {prior.manifest.get('primary_key')}, "
             f"the config says {list(spec.primary_key)}: run once with --full to rebuild it"
+        )
+    before = prior.manifest.get("column_kinds") if prior is not None else None
+    changed = kind_changes(spec, before, found.kinds) if isinstance(before, dict) else []
+    if changed and not request.full:
+        raise KindChanged(
+            "; ".join(changed) + ": every row's fingerprint would change; run once with --full to resend "
+            "every row with the new types (nothing was written)"
         )
     state_pattern = prior.pattern if prior is not None else None
     if prior is not None and prior.manifest.get("primary_key") != list(spec.primary_key):
@@ -294,11 +452,26 @@ def _run_locked(
         generation = state.new_generation()
         out_dir = generation.path
     job = config.options()
+    since = reached = plan = None
+    if found.warehouse is not None:
+        since, reached = _incremental(request, spec, found.warehouse, prior)
+        plan = ReadPlan(
+            source=found.warehouse.source,
+            columns=spec.columns,
+            key_width=len(spec.primary_key),
+            slices=1 if found.warehouse.source.dialect == "bigquery" else job.snapshot_slices,
+            batch_rows=job.snapshot_batch_rows,
+            as_text=found.warehouse.as_text,
+            since=since,
+        )
+        log.info("reading %s%s", found.warehouse.source.describe(), f" above {since.value}" if since else "")
     runner_options = beam_options(request.beam_args, streaming=False)
     shape = SnapshotShape(
         spec=spec,
         input=request.input,
-        file_format=file_format,
+        file_format=found.file_format,
+        read=plan,
+        partial=since is not None,
         state_pattern=state_pattern,
         out_dir=out_dir,
         engine=engine,
@@ -313,9 +486,9 @@ def _run_locked(
     try:
         result = start(runner_options, False, lambda p: build(p, shape))
         result.wait_until_finish()
-    except StateCorrupt as exc:
+    except (StateCorrupt, WarehouseError) as exc:
         # Beam re-raises a worker's exception with the step appended; the file and the fix are enough.
-        raise StateCorrupt(str(exc).split(" [while running", 1)[0]) from None
+        raise type(exc)(str(exc).split(" [while running", 1)[0]) from None
     counts = summary.collect(result)
     report = SnapshotReport(
         counts=counts,
@@ -323,20 +496,27 @@ def _run_locked(
         change_sample=_read_sample(f"{out_dir.rstrip('/')}/{CHANGE_SAMPLE}"),
         generation=generation.name if generation else None,
         plan_dir=out_dir if request.dry_run else None,
+        source=request.input if found.warehouse is None else found.warehouse.source.describe(),
+        since=since.value if since else None,
     )
     if generation is not None:
-        state.commit(
-            generation,
-            {
-                "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                "input": request.input,
-                "primary_key": list(spec.primary_key),
-                "spec_digest": spec.digest,
-                "full": request.full,
-                "counts": {k: v for k, v in counts.items() if k.startswith("snapshot_")},
-            },
-            previous=prior,
-        )
+        manifest: dict[str, Any] = {
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "input": report.source,
+            "primary_key": list(spec.primary_key),
+            "spec_digest": spec.digest,
+            "full": request.full,
+            "counts": {k: v for k, v in counts.items() if k.startswith("snapshot_")},
+            "column_kinds": {c: k for c, k in found.kinds.items() if c in spec.columns},
+        }
+        if found.warehouse is not None:
+            # A run with failures keeps the mark it read above, so the next run reads the failed rows again.
+            mark = since if report.failed else (reached or since)
+            manifest["source"] = {
+                **found.warehouse.source.identity(),
+                "high_water_mark": mark.to_json() if mark else None,
+            }
+        state.commit(generation, manifest, previous=prior)
     return report
 
 
@@ -355,8 +535,10 @@ def render(report: SnapshotReport, console: Console | None = None) -> None:
     table.add_column("measure")
     table.add_column("count", justify="right")
     rows: list[tuple[str, str, int]] = [("snapshot", "rows read", report.count(ROWS_READ))]
-    for kind in ("new", "changed", "resync", "unchanged", "gone", "duplicate"):
-        rows.append(("diff", kind, report.count(DIFF_PREFIX + kind)))
+    for kind in DIFF_KINDS:
+        if kind != "unread" or report.since is not None:
+            label = "not read (older than the mark)" if kind == "unread" else kind
+            rows.append(("diff", label, report.count(DIFF_PREFIX + kind)))
     rows.append(("diff", "unusable rows (dead-lettered)", report.count(ROWS_INVALID)))
     rows.append(("requests", "sent to the engine", report.count(m.REQUESTS_SENT)))
     for kind in ("created", "updated", "unchanged", "skipped", "failed"):
@@ -366,6 +548,9 @@ def render(report: SnapshotReport, console: Console | None = None) -> None:
     rows.append(("state", "fingerprints written", report.count(STATE_ROWS)))
     for stage, label, value in rows:
         table.add_row(stage, label, f"{value:,}")
+    if report.source:
+        since = f", rows above {report.since}" if report.since else ""
+        table.title = f"close-sync snapshot-sync summary ({report.source}{since})"
     if report.generation:
         table.caption = f"state generation {report.generation} committed"
     elif report.plan_dir:

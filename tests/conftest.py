@@ -9,7 +9,7 @@ import pytest
 
 from closecrm.sim import SimConfig, SimServer
 
-pytest_plugins = ["tests.servers"]  # Pub/Sub emulator and Kafka broker fixtures
+pytest_plugins = ["tests.servers"]  # Pub/Sub emulator, Kafka broker and PostgreSQL fixtures
 
 # Knobs every `sim` test starts from: defaults, except rate limits are OFF for speed.
 # A test that pins rate limiting turns them on: sim.configure(limits_enabled=True, ...).

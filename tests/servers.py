@@ -1,4 +1,4 @@
-"""Real servers for integration tests: the Pub/Sub emulator and a Kafka-protocol broker (noida-db).
+"""Real servers for integration tests: the Pub/Sub emulator, a Kafka-protocol broker (noida-db) and PostgreSQL.
 
 Registered from tests/conftest.py. A test that needs a server whose binary is missing is skipped,
 unless CLOSE_SYNC_REQUIRE_SERVERS=1 (set by .ci/run), in which case it fails.
@@ -6,12 +6,17 @@ unless CLOSE_SYNC_REQUIRE_SERVERS=1 (set by .ci/run), in which case it fails.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
+import pwd
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -236,3 +241,188 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBrok
         yield KafkaBroker(bootstrap_servers=f"127.0.0.1:{port}")
     finally:
         stop_process_group(process, first_signal=signal.SIGINT)
+
+
+# --- PostgreSQL (Debian's packages) ------------------------------------------------------------
+
+POSTGRES_BIN_GLOB = "/usr/lib/postgresql/*/bin"
+POSTGRES_OS_USER = "postgres"  # initdb and postgres refuse to run as root; Debian's package makes this user
+POSTGRES_USER = "closesync"
+POSTGRES_DB = "postgres"
+
+
+@dataclass(frozen=True)
+class PostgresServer:
+    """A running PostgreSQL that asks for a password (scram-sha-256) on a loopback port."""
+
+    host: str
+    port: int
+    user: str
+    database: str
+    password: str  # the superuser's; tests hand it over as $PGPASSWORD, never in a URL
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.database}"
+
+    def connect(self):  # noqa: ANN201 - an ADBC DB-API connection
+        from adbc_driver_postgresql import dbapi
+
+        uri = f"postgresql://{self.user}:{self.password}@{self.host}:{self.port}/{self.database}"
+        return dbapi.connect(uri, autocommit=True)
+
+    def execute(self, *statements: str) -> None:
+        with self.connect() as conn, conn.cursor() as cur:
+            for statement in statements:
+                cur.execute(statement)
+
+    def load(self, table: str, data, *, mode: str = "replace") -> None:  # noqa: ANN001 - a pyarrow Table
+        """Write an Arrow table into ``table`` (replace: drop and create it)."""
+        with self.connect() as conn, conn.cursor() as cur:
+            cur.adbc_ingest(table, data, mode=mode)
+
+
+def postgres_bindir() -> str | None:
+    """The newest Debian PostgreSQL's bin directory, else the one `pg_config` names, else None."""
+
+    def version(path: str) -> tuple[int, ...]:
+        name = Path(path).parent.name
+        return tuple(int(p) for p in name.split(".") if p.isdigit())
+
+    found = sorted(glob.glob(POSTGRES_BIN_GLOB), key=version)
+    for bindir in reversed(found):
+        if os.access(os.path.join(bindir, "initdb"), os.X_OK):
+            return bindir
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=False)
+        bindir = out.stdout.strip()
+        if out.returncode == 0 and os.access(os.path.join(bindir, "initdb"), os.X_OK):
+            return bindir
+    return None
+
+
+def _as_postgres_user() -> tuple[list[str], tuple[int, int] | None]:
+    """The argv prefix and (uid, gid) that run a command as the PostgreSQL system user when we are root."""
+    if os.geteuid() != 0:
+        return [], None
+    try:
+        user = pwd.getpwnam(POSTGRES_OS_USER)
+    except KeyError:
+        raise RuntimeError(
+            f"running as root and there is no {POSTGRES_OS_USER!r} user to run PostgreSQL as "
+            "(apt-get install -y postgresql creates it)"
+        ) from None
+    runuser = shutil.which("runuser") or "/usr/sbin/runuser"
+    return [runuser, "-u", POSTGRES_OS_USER, "--"], (user.pw_uid, user.pw_gid)
+
+
+@contextlib.contextmanager
+def running_postgres(bindir: str, timeout_s: float = STARTUP_TIMEOUT_S) -> Iterator[PostgresServer]:
+    """initdb in a fresh temp dir, start a server on a free loopback port, stop it and remove it all.
+
+    Outside pytest too (bench/warehouse_bench.py): failures raise RuntimeError with the server's log.
+    """
+    prefix, owner = _as_postgres_user()
+    # Not under pytest's tmp dirs: those are root's, 0700, and the server runs as another user.
+    root = Path(tempfile.mkdtemp(prefix="close-sync-pg-"))
+    password = "pw-" + secrets.token_hex(12)
+    process: subprocess.Popen | None = None
+    try:
+        pwfile = root / "pwfile"
+        pwfile.write_text(password + "\n")
+        os.chmod(pwfile, 0o600)
+        if owner:
+            for path in (root, pwfile):
+                os.chown(path, *owner)
+        log = root / "postgres.log"
+        init = subprocess.run(
+            [
+                *prefix,
+                os.path.join(bindir, "initdb"),
+                "-D",
+                str(root / "data"),
+                "-U",
+                POSTGRES_USER,
+                "--auth=scram-sha-256",
+                f"--pwfile={pwfile}",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--no-instructions",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if init.returncode != 0:
+            raise RuntimeError(f"initdb failed ({init.returncode}):\n{init.stdout}\n{init.stderr}")
+        pwfile.unlink()
+        port = free_port()
+        argv = [
+            *prefix,
+            os.path.join(bindir, "postgres"),
+            "-D",
+            str(root / "data"),
+            "-p",
+            str(port),
+            "-k",
+            str(root),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            # A throwaway server: durability only costs time here.
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+        ]
+        with open(log, "wb") as out:
+            process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        if owner:
+            os.chown(log, *owner)
+        server = PostgresServer("127.0.0.1", port, POSTGRES_USER, POSTGRES_DB, password)
+        _wait_for_postgres(server, process, log, timeout_s)
+        yield server
+    finally:
+        if process is not None:
+            stop_process_group(process, first_signal=signal.SIGINT)  # SIGINT: fast shutdown
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _wait_for_postgres(
+    server: PostgresServer, process: subprocess.Popen, log: Path, timeout_s: float
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"postgres exited with {process.returncode}:\n{log.read_text(errors='replace')[-4000:]}"
+            )
+        try:
+            server.execute("SELECT 1")
+            return
+        except Exception as exc:  # noqa: BLE001 - not accepting connections yet
+            last = exc
+            time.sleep(0.2)
+    stop_process_group(process, first_signal=signal.SIGINT)
+    raise RuntimeError(
+        f"postgres did not accept connections within {timeout_s}s ({last}):\n{log.read_text()[-4000:]}"
+    )
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for the session (≈2 s to start); its password is only in the returned object."""
+    bindir = postgres_bindir()
+    require_binary(
+        os.path.join(bindir, "initdb") if bindir else "initdb", "PostgreSQL (apt-get install -y postgresql)"
+    )
+    assert bindir is not None
+    try:
+        with running_postgres(bindir) as server:
+            yield server
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)

@@ -43,7 +43,8 @@ GONE = "gone"  # tag: keys in the state that the snapshot no longer has
 
 ROWS_READ = "snapshot_rows_read"
 STATE_UNREADABLE = "snapshot_state_files_unreadable"
-DIFF_PREFIX = "snapshot_"  # + new, changed, resync, unchanged, gone, duplicate
+DIFF_PREFIX = "snapshot_"  # + new, changed, resync, unchanged, gone, duplicate, unread
+DIFF_KINDS = ("new", "changed", "resync", "unchanged", "gone", "duplicate", "unread")
 ROWS_INVALID = "snapshot_rows_invalid"
 STATE_ROWS = "snapshot_state_rows"
 
@@ -290,17 +291,18 @@ def bucket_state(table: Any, buckets: int) -> Iterator[tuple[int, Any]]:
 
 
 class DiffBucket(beam.DoFn):
-    """One bucket's snapshot chunks and prior state → Changes, a KEEP table, GONE keys and dead letters."""
+    """One bucket's snapshot chunks and prior state → Changes, a KEEP table, GONE keys and dead letters.
 
-    def __init__(self, spec: SnapshotSpec, full: bool) -> None:
+    ``partial``: the snapshot is an incremental read, so state keys it lacks are kept, not gone.
+    """
+
+    def __init__(self, spec: SnapshotSpec, full: bool, partial: bool = False) -> None:
         self._spec = spec
         self._full = full
+        self._partial = partial
 
     def setup(self) -> None:
-        self._counters = {
-            kind: metrics.counter(DIFF_PREFIX + kind)
-            for kind in ("new", "changed", "resync", "unchanged", "gone", "duplicate")
-        }
+        self._counters = {kind: metrics.counter(DIFF_PREFIX + kind) for kind in DIFF_KINDS}
         self._invalid = metrics.counter(ROWS_INVALID)
 
     def process(self, item: tuple[int, dict[str, Iterable[Any]]]):
@@ -314,7 +316,7 @@ class DiffBucket(beam.DoFn):
         old = pa.concat_tables(state) if state else state_schema().empty_table()
         old_keys = old.column("key").combine_chunks()
         old_fps = old.column("fingerprint").combine_chunks()
-        diff = diff_bucket(keys, fps, old_keys, old_fps, full=self._full)
+        diff = diff_bucket(keys, fps, old_keys, old_fps, full=self._full, partial=self._partial)
         for kind, count in diff.counts.items():
             if count:
                 self._counters[kind].inc(count)
@@ -362,32 +364,42 @@ class DiffSnapshot(beam.PTransform):
     Returns a dict: ``changes`` (one Change per new, changed or resynced row), ``keep`` (pyarrow Tables of
     key and fingerprint carried into the next state as they were), ``gone`` (key), ``dead`` (DeadLetter for
     rows without a usable key).
+
+    The rows come from files (``pattern`` and ``file_format``) or from ``reader``, any root transform
+    that yields batches as `ReadSnapshotBatches` does (pyarrow Tables or lists of value tuples in
+    ``spec.columns`` order): the warehouse readers of transforms/warehouse.py. ``partial`` says the
+    reader returns only some rows of the table (an incremental read), so unread keys keep their state.
     """
 
     def __init__(
         self,
         spec: SnapshotSpec,
-        pattern: str,
-        file_format: str,
+        pattern: str | None,
+        file_format: str | None,
         state_pattern: str | None,
         *,
         full: bool = False,
         buckets: int = DEFAULT_BUCKETS,
+        reader: beam.PTransform | None = None,
+        partial: bool = False,
     ) -> None:
         super().__init__()
         if buckets < 1:
             raise ValueError(f"buckets must be at least 1, not {buckets}")
+        if (reader is None) == (pattern is None):
+            raise ValueError("give either files (pattern, file_format) or a reader")
         self._spec = spec
         self._pattern = pattern
         self._format = file_format
         self._state_pattern = state_pattern
         self._full = full
         self._buckets = buckets
+        self._reader = reader
+        self._partial = partial
 
     def expand(self, pbegin):
-        batches = pbegin | "ReadSnapshot" >> ReadSnapshotBatches(
-            self._pattern, self._format, self._spec.columns
-        )
+        reader = self._reader or ReadSnapshotBatches(self._pattern, self._format, self._spec.columns)
+        batches = pbegin | "ReadSnapshot" >> reader
         chunks = batches | "BucketRows" >> beam.ParDo(BucketRows(self._spec, self._buckets)).with_outputs(
             DEAD, main="chunks"
         )
@@ -398,7 +410,9 @@ class DiffSnapshot(beam.PTransform):
             {"snapshot": chunks.chunks, "state": state}
             | "JoinWithStateByBucket" >> beam.CoGroupByKey()
             | "DiffBuckets"
-            >> beam.ParDo(DiffBucket(self._spec, self._full)).with_outputs(KEEP, GONE, DEAD, main="changes")
+            >> beam.ParDo(DiffBucket(self._spec, self._full, self._partial)).with_outputs(
+                KEEP, GONE, DEAD, main="changes"
+            )
         )
         dead = (chunks[DEAD], diff[DEAD]) | "DiffDeadLetters" >> beam.Flatten()
         return {"changes": diff.changes, KEEP: diff[KEEP], GONE: diff[GONE], DEAD: dead}

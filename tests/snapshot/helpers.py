@@ -12,6 +12,8 @@ import yaml
 
 from closecrm.credentials import KeySource
 from closecrm.sim import SimServer
+from closecrm.warehouse import WarehouseSource
+from closecrm.warehouse_url import PasswordSource, WarehouseURL
 from pipeline.config import JobConfig, load_config
 from pipeline.snapshot_job import SnapshotReport, SnapshotRequest, run_snapshot
 
@@ -98,7 +100,7 @@ def write_avro(path: Path, table_rows: list[dict[str, Any]], schema: dict[str, A
 
 
 def sync(
-    sim: SimServer, config: JobConfig, input_glob: str, state: Path, monkeypatch, **request: Any
+    sim: SimServer, config: JobConfig, input_glob: str | None, state: Path, monkeypatch, **request: Any
 ) -> SnapshotReport:
     monkeypatch.setenv("CLOSE_API_KEY", sim.api_key)
     req = SnapshotRequest(
@@ -116,3 +118,37 @@ def writes(sim: SimServer) -> int:
     return sum(
         n for endpoint, n in by_endpoint.items() if not endpoint.startswith(("GET", "POST /data/search"))
     )
+
+
+# --- warehouses ------------------------------------------------------------------------------------
+
+
+def write_duckdb(
+    path: Path, table: str, table_rows: list[dict[str, Any]], schema: pa.Schema = ARROW_SCHEMA
+) -> str:
+    """Replace ``table`` in the DuckDB file with these rows; returns the file's ``duckdb:///`` URL."""
+    import duckdb
+
+    data = pa.Table.from_pylist(table_rows, schema=schema)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(path))
+    try:
+        con.register("close_sync_rows", data)
+        con.execute(f'CREATE OR REPLACE TABLE "{table}" AS SELECT * FROM close_sync_rows')
+    finally:
+        con.close()  # the job opens it read-only, which DuckDB refuses while a writer holds it
+    return "duckdb:///" + str(path)  # an absolute path: four slashes
+
+
+def source(url: str, *, table: str | None = None, query: str | None = None, **kwargs: Any) -> WarehouseSource:
+    parsed = WarehouseURL.parse(url)
+    password = kwargs.pop("password", PasswordSource(env_var=parsed.default_password_env()))
+    return WarehouseSource(url=parsed, table=table, query=query, password=password, **kwargs)
+
+
+def write_postgres(
+    pg: Any, table: str, table_rows: list[dict[str, Any]], schema: pa.Schema = ARROW_SCHEMA
+) -> str:
+    """Replace ``table`` on the test server (tests.servers.PostgresServer) with these rows; returns its URL."""
+    pg.load(table, pa.Table.from_pylist(table_rows, schema=schema))
+    return pg.url
