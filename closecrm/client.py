@@ -15,12 +15,12 @@ import httpx
 import yarl
 
 from closecrm.counters import Totals
+from closecrm.credentials import DEFAULT_CLOSE_URL
 from closecrm.ratelimit import GroupPacer, parse_ratelimit, retry_after_seconds
 from closecrm.secret import ApiKey
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BASE_URL = "https://api.close.com/api/v1/"
 GROUPS = ("search", "lead_write", "contact_write", "read", "other")
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 # A 502/504 or a lost connection after the request went out: the write may or may not have happened.
@@ -196,7 +196,7 @@ class CloseClient:
 
     def __init__(
         self,
-        base_url: str = DEFAULT_BASE_URL,
+        base_url: str = DEFAULT_CLOSE_URL,
         api_key: ApiKey | str | None = None,
         *,
         budget_share: float = 1.0,
