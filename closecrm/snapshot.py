@@ -49,7 +49,7 @@ class SchemaDrift(ValueError):
         super().__init__(
             "snapshot input does not match the config's snapshot section (nothing was written):\n"
             + "\n".join(f"  {p}" for p in self.problems)
-            + "\n  fix the input or the config's snapshot section"
+            + "\n  (fix the input or the config's snapshot section)"
         )
 
 

@@ -359,9 +359,10 @@ def run_snapshot(
     )
     state = SnapshotState(request.state)
     with contextlib.nullcontext() if request.dry_run else state.lock():
+        prior = prior_state(state, full=request.full)
+        check_prior(request, spec, kinds, prior)
         if validate:
             asyncio.run(engine.check())
-        prior = prior_state(state, full=request.full)
         report = _run_locked(
             config, request, spec, _Input(file_format, warehouse, kinds), engine, state, prior
         )
@@ -421,6 +422,25 @@ def _incremental(
     return Watermark.from_json(previous.get("high_water_mark")), reached
 
 
+def check_prior(
+    request: SnapshotRequest, spec: SnapshotSpec, kinds: dict[str, str], prior: Generation | None
+) -> None:
+    """What the previous run's state rules out before anything is sent: a changed primary key or a
+    mapped column of another type (both need --full)."""
+    if prior is not None and prior.manifest.get("primary_key") != list(spec.primary_key) and not request.full:
+        raise ValueError(
+            f"--state {request.state} was built with primary key {prior.manifest.get('primary_key')}, "
+            f"the config says {list(spec.primary_key)}: run once with --full to rebuild it"
+        )
+    before = prior.manifest.get("column_kinds") if prior is not None else None
+    changed = kind_changes(spec, before, kinds) if isinstance(before, dict) else []
+    if changed and not request.full:
+        raise KindChanged(
+            "; ".join(changed) + ": every row's fingerprint would change; run once with --full to resend "
+            "every row with the new types (nothing was written)"
+        )
+
+
 def _run_locked(
     config: JobConfig,
     request: SnapshotRequest,
@@ -430,18 +450,6 @@ def _run_locked(
     state: SnapshotState,
     prior: Generation | None,
 ) -> SnapshotReport:
-    if prior is not None and prior.manifest.get("primary_key") != list(spec.primary_key) and not request.full:
-        raise ValueError(
-            f"--state {request.state} was built with primary key {prior.manifest.get('primary_key')}, "
-            f"the config says {list(spec.primary_key)}: run once with --full to rebuild it"
-        )
-    before = prior.manifest.get("column_kinds") if prior is not None else None
-    changed = kind_changes(spec, before, found.kinds) if isinstance(before, dict) else []
-    if changed and not request.full:
-        raise KindChanged(
-            "; ".join(changed) + ": every row's fingerprint would change; run once with --full to resend "
-            "every row with the new types (nothing was written)"
-        )
     state_pattern = prior.pattern if prior is not None else None
     if prior is not None and prior.manifest.get("primary_key") != list(spec.primary_key):
         state_pattern = None  # --full with a new key: the old fingerprints cannot be matched

@@ -7,8 +7,8 @@ runner hands the slices to different workers, and a ParDo that reads one slice i
 `ReadBigQueryRows` (BigQuery, Dataflow): Beam's ReadFromBigQuery with the Storage Read API, which
 splits the read into streams itself; its dict rows become lists of value tuples, as Avro rows do.
 
-The password is read in the DoFn's setup from the plan's `PasswordSource` (an env var or a file on
-the worker): the graph, its options and the pickled DoFns carry only where it is.
+The password is read when a slice connects, from the plan's `PasswordSource` (an env var or a file
+on the worker): the graph, its options and the pickled functions carry only where it is.
 """
 
 from __future__ import annotations
@@ -23,22 +23,17 @@ from closecrm.warehouse import ReadPlan, connect
 SLICES_READ = "snapshot_slices_read"
 
 
-class _ReadSlice(beam.DoFn):
-    """One slice id → pyarrow Tables of ``plan.batch_rows`` rows of that slice."""
+def read_slice(slice_id: int, plan: ReadPlan) -> Iterator[Any]:
+    """One slice id → pyarrow Tables of ``plan.batch_rows`` rows of that slice.
 
-    def __init__(self, plan: ReadPlan) -> None:
-        self._plan = plan
+    A function, not a DoFn with a connection held from setup: a slice is one query, and the
+    connection (and the password read for it) lives only while that query streams.
+    """
+    from transforms import metrics
 
-    def setup(self) -> None:
-        from transforms import metrics
-
-        self._slices = metrics.counter(SLICES_READ)
-
-    def process(self, slice_id: int) -> Iterator[Any]:
-        plan = self._plan
-        with connect(plan.source) as con:
-            yield from con.batches(plan.slice_sql(slice_id), plan.batch_rows)
-        self._slices.inc()
+    with connect(plan.source) as con:
+        yield from con.batches(plan.slice_sql(slice_id), plan.batch_rows)
+    metrics.counter(SLICES_READ).inc()
 
 
 class ReadWarehouseSlices(beam.PTransform):
@@ -53,7 +48,7 @@ class ReadWarehouseSlices(beam.PTransform):
             pbegin
             | "SliceIds" >> beam.Create(list(range(self._plan.slices)))
             | "SpreadSlices" >> beam.Reshuffle()
-            | "ReadSlice" >> beam.ParDo(_ReadSlice(self._plan))
+            | "ReadSlice" >> beam.FlatMap(read_slice, self._plan)
         )
 
 

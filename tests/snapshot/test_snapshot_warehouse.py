@@ -153,3 +153,29 @@ def test_duckdb_in_memory_reads_files_with_the_same_fingerprints_as_the_file_pat
     second = sync(sim, config, None, state, monkeypatch, source=source("duckdb://", query=query))
     assert second.count("snapshot_rows_read") == 20 and second.count("snapshot_unchanged") == 20
     assert calls(sim) - before == 3  # the start-up checks only
+
+
+def test_a_run_with_failed_rows_keeps_its_mark_so_they_are_read_again(
+    sim, tmp_path: Path, monkeypatch
+) -> None:
+    fields = {"contact_user_id": "user_id", "contact_email": "email", "lead_status_id": "status"}
+    config = snapshot_config(sim, tmp_path, fields=fields)
+    state, db = tmp_path / "state", tmp_path / "wh.duckdb"
+    schema = ARROW_SCHEMA.append(pa.field("updated_at", pa.int64()))  # a growing version number
+    table = [{**row, "updated_at": 1} for row in rows(5)]
+
+    def run():
+        url = write_duckdb(db, "users", table, schema)
+        src = source(url, table="users", since_column="updated_at")
+        report = sync(sim, config, None, state, monkeypatch, source=src)
+        mark = SnapshotState(str(state)).current().manifest["source"]["high_water_mark"]  # type: ignore[union-attr]
+        return report, mark
+
+    assert run()[1] == {"kind": "integer", "value": "1"}
+    table[2].update(status="stat_doesnotexist", updated_at=2)
+    failed, mark = run()
+    assert failed.count(m.OUTCOME_PREFIX + "failed") == 1 and mark["value"] == "1"
+    table[2].update(status=sim.statuses()[1]["id"])  # fixed, without touching updated_at
+    fixed, mark = run()
+    assert fixed.count("snapshot_rows_read") == 1 and fixed.count(m.OUTCOME_PREFIX + "updated") == 1
+    assert mark["value"] == "2"
