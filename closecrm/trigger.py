@@ -20,17 +20,23 @@ equals ``null``; ``=`` never converts types (``10`` is not ``"10"``); ``<``/``>`
 numbers or two strings and are false otherwise; ``exists`` means present and not null;
 ``match`` is a glob (``*``, ``?``); ``contains`` tests a substring or a list element. The
 only bare operands allowed are ``true`` and ``false``.
+
+Two mistakes that parse but could never match are refused: a bare word on the right of a
+comparison or in a list (``type = identify`` reads the event's field ``identify``; quote the
+text, or write ``$.identify`` for the field), and a ``type`` compared with text that is not a
+Segment event type (``type = "identfy"``), since the parser dead-letters every other type.
 """
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from closecrm.events import MISSING, resolve_path
+from closecrm.events import EVENT_TYPES, MISSING, resolve_path
 
 # Parentheses and negations the parser (and evaluation) will descend through; both recurse, and a
 # real trigger is a few levels deep, so a bound keeps a hostile one from overflowing the stack.
@@ -390,7 +396,11 @@ class _Parser:
         token = self.token
         if self.at_op("=", "!=", "<", "<=", ">", ">="):
             self.advance()
-            right = self.parse_operand(f"expected a value after '{token.text}'")
+            right_token = self.token
+            right = self.parse_operand(f"expected a value after '{token.text}'", right_of=token.text)
+            if token.value in ("=", "!="):
+                _check_type_value(left, right_token)
+                _check_type_value(right, left_token)
             return Compare(token.value, left, right)
         negate = False
         if self.at_word("not") and self.tokens[self.index + 1].kind == "word":
@@ -405,11 +415,11 @@ class _Parser:
             node = Exists(left)
         elif self.at_word("contains", "match"):
             self.advance()
-            right = self.parse_operand(f"expected a value after '{token.text}'")
+            right = self.parse_operand(f"expected a value after '{token.text}'", right_of=token.text)
             node = Compare(token.value, left, right)
         elif self.at_word("in"):
             self.advance()
-            node = InList(left, self.parse_list())
+            node = InList(left, self.parse_list(left))
         elif negate:
             raise TriggerError("expected 'exists', 'contains', 'in' or 'match' after 'not'", token.position)
         elif isinstance(left, Literal) and isinstance(left.literal, bool):
@@ -422,7 +432,7 @@ class _Parser:
             )
         return Not(node) if negate else node
 
-    def parse_list(self) -> tuple[Operand, ...]:
+    def parse_list(self, left: Operand) -> tuple[Operand, ...]:
         opening = self.token
         if not self.at_op("[", "("):
             raise TriggerError('expected a list like ["a", "b"] after \'in\'', opening.position)
@@ -433,16 +443,25 @@ class _Parser:
             self.advance()
             return ()
         while True:
-            items.append(self.parse_operand("expected a value in the list"))
+            item_token = self.token
+            items.append(self.parse_operand("expected a value in the list", right_of="in"))
+            _check_type_value(left, item_token)
             if self.at_op(","):
                 self.advance()
                 continue
             self.expect_op(closing, f"expected ',' or '{closing}' in the list")
             return tuple(items)
 
-    def parse_operand(self, problem: str) -> Operand:
+    def parse_operand(self, problem: str, right_of: str | None = None) -> Operand:
         token = self.token
         if token.kind == "path":
+            if right_of is not None and len(token.value) == 1 and not token.text.startswith("$"):
+                # `type = identify` reads the event's field "identify", which no event has: it never matches
+                raise TriggerError(
+                    f"the bare word {token.text} after '{right_of}' names a field of the event, not text "
+                    f'(write "{token.text}" in quotes for the text, or $.{token.text} for the field)',
+                    token.position,
+                )
             self.advance()
             return Path(token.value)
         if token.kind in ("string", "number"):
@@ -457,3 +476,20 @@ class _Parser:
         if not self.at_op(op):
             raise TriggerError(problem, self.token.position)
         self.advance()
+
+
+def _check_type_value(operand: Operand, value_token: _Token) -> None:
+    """A ``type`` compared with a string that is not an event type can never match: events of any
+    other type are dead-lettered before mappings see them."""
+    if not (isinstance(operand, Path) and operand.parts == ("type",)):
+        return
+    if value_token.kind != "string" or value_token.value in EVENT_TYPES:
+        return
+    known = sorted(EVENT_TYPES)
+    close = difflib.get_close_matches(str(value_token.value).lower(), known, n=1, cutoff=0.6)
+    hint = f'did you mean "{close[0]}"? ' if close else ""
+    raise TriggerError(
+        f"{value_token.text} is not an event type ({', '.join(known)}); {hint}"
+        "events of any other type are dead-lettered before a mapping sees them",
+        value_token.position,
+    )

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from closecrm.credentials import EngineSpec
-from pipeline.cli_common import fail, key_source
+from pipeline.cli_common import check_close, fail, key_source, setup_logging, warn
 from pipeline.cli_export import export
-from pipeline.cli_options import API_KEY_FILE, CLOSE_URL, refuse_secrets_in_args
+from pipeline.cli_options import (
+    API_KEY_FILE,
+    CLOSE_URL,
+    budget_share_option,
+    refuse_secrets_in_args,
+    refuse_unknown_options,
+)
 from pipeline.cli_snapshot import snapshot_sync
 from pipeline.demo import main as demo
 
@@ -35,13 +43,19 @@ def main(ctx: click.Context, verbose: bool) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["verbose"] = verbose
+    setup_logging(verbose)
 
 
 @main.command()
 @click.option("--host", default="127.0.0.1", help="Interface to listen on.")
 @click.option("--port", default=8765, type=int, help="Port to listen on.")
 @click.option("--api-key", required=True, help="The key clients must send (a test key, not a real one).")
-@click.option("--seed", type=click.Path(exists=True, dir_okay=False), help="JSON state to start from.")
+@click.option(
+    "--seed",
+    type=click.Path(exists=True, dir_okay=False),
+    help="JSON state to start from: custom fields, statuses, leads with their contacts, ids as given "
+    "(e.g. examples/sim-seed.json).",
+)
 @click.option("--search-rate", type=float, default=16.0, help="Search requests per second per key.")
 @click.option("--write-rate", type=float, default=40.0, help="Requests per second per key for other groups.")
 @click.option("--time-scale", type=float, default=1.0, help="Multiply every rate by this (fast benchmarks).")
@@ -62,7 +76,10 @@ def sim(**kwargs: object) -> None:
     """
     from closecrm.sim.cli import run_from_cli
 
-    run_from_cli(**kwargs)
+    try:
+        run_from_cli(**kwargs)
+    except ValueError as exc:  # a bad --seed file, or a knob out of range
+        fail(click.get_current_context(), exc)
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
@@ -76,12 +93,17 @@ def sim(**kwargs: object) -> None:
 @click.option("--kafka-topic", help="Kafka topic to read.")
 @CLOSE_URL
 @API_KEY_FILE
-@click.option("--dead-letter", "dead_letter", help="Directory for dead-letter JSON lines.")
+@click.option(
+    "--dead-letter",
+    "dead_letter",
+    help="Directory for the run's dead letters, one new file per run (dead-letters-<run id>.jsonl); "
+    "local runs default to a folder of their own, ./close-sync-runs/<run id>/.",
+)
 @click.option("--dead-letter-topic", help="Optional Pub/Sub topic for dead letters.")
 @click.option("--audit-log", type=click.Path(dir_okay=False), help="One JSON line per request applied.")
 @click.option("--dry-run", is_flag=True, help="Read Close and decide, but write nothing; print the plan.")
 @click.option("--quiet", is_flag=True, help="No progress lines on stderr during a local run.")
-@click.option("--budget-share", type=float, default=1.0, help="Share of the key's rate budget for each worker.")
+@budget_share_option()
 @click.option(
     "--created-ids-dir",
     help="Where the ledger of records this job created is kept (default: the --dead-letter directory, "
@@ -90,7 +112,8 @@ def sim(**kwargs: object) -> None:
 @click.option("--no-created-ids", is_flag=True, help="Keep no ledger of created records across runs.")
 @click.pass_context
 def run(ctx: click.Context, config_path: str | None, **opts: object) -> None:
-    """Run the sync job. Extra arguments are Beam pipeline options (e.g. --runner DataflowRunner).
+    """Run the sync job. Extra arguments are Beam pipeline options (e.g. --runner DataflowRunner); any
+    other option is refused before anything runs. Makes validate's checks first.
 
     Exits 0 when every event was applied, unchanged or skipped; 1 (with the count) when any was dead-lettered.
 
@@ -100,13 +123,26 @@ def run(ctx: click.Context, config_path: str | None, **opts: object) -> None:
           --input 'events/*.jsonl' --dead-letter out/ --audit-log out/audit.jsonl
       close-sync run --config close.yaml --source files --input 'events/*.jsonl' --dry-run
     """
+    import asyncio
+    import tempfile
+
+    own = [flag for param in ctx.command.params for flag in param.opts if flag.startswith("--")]
+    passed = refuse_unknown_options(ctx.args, own, "run")  # before anything loads, reads or writes
+
+    from pipeline.cli_common import check_input_files
     from pipeline.config import load_config
-    from pipeline.runjob import RunRequest
+    from pipeline.runjob import RunRequest, beam_options, is_direct
     from pipeline.runjob import run as run_job
     from pipeline.sources import SourceOptions
+    from pipeline.summary import dead_letters_line
 
+    if passed:
+        click.echo(f"note: {', '.join(passed)} passed to the runner's job server unchecked", err=True)
+    plan_dir: tempfile.TemporaryDirectory[str] | None = None
     try:
         config = load_config(config_path)
+        warn(config)
+        local = is_direct(beam_options(ctx.args, streaming=False))
         source = SourceOptions(
             source=opts["source"],
             input=opts["input_glob"],
@@ -116,13 +152,22 @@ def run(ctx: click.Context, config_path: str | None, **opts: object) -> None:
             bootstrap_servers=opts["bootstrap_servers"],
             kafka_topic=opts["kafka_topic"],
         )
+        if source.source == "files":
+            check_input_files(str(source.input))
+        audit_log = opts["audit_log"]
+        if opts["dry_run"] and local and not audit_log:
+            # The plan is printed from the audit lines; without --audit-log they live only as long as the run.
+            plan_dir = tempfile.TemporaryDirectory(prefix="close-sync-plan-")
+            audit_log = str(Path(plan_dir.name) / "plan.jsonl")
+        keys = key_source(opts["api_key_file"], config)
+        calls = asyncio.run(check_close(str(opts["close_url"]), keys, config, float(opts["budget_share"])))
         request = RunRequest(
             source=source,
             close_url=str(opts["close_url"]),
-            key_source=key_source(opts["api_key_file"], config),
+            key_source=keys,
             dead_letter_dir=opts["dead_letter"],
             dead_letter_topic=opts["dead_letter_topic"],
-            audit_log=opts["audit_log"],
+            audit_log=audit_log,
             dry_run=bool(opts["dry_run"]),
             budget_share=float(opts["budget_share"]),
             created_ids_dir=opts["created_ids_dir"],
@@ -130,12 +175,17 @@ def run(ctx: click.Context, config_path: str | None, **opts: object) -> None:
             beam_args=tuple(ctx.args),
             progress=not opts["quiet"],
         )
-        dead = run_job(config, request)
+        dead = run_job(config, request, validate=False)  # checked above, with the mappings' fields
     except Exception as exc:  # noqa: BLE001
         fail(ctx, exc)
         return
+    finally:
+        if plan_dir is not None:
+            plan_dir.cleanup()
+    if local:
+        click.echo(f"start-up check: {calls} Close API call(s) before the job, not counted in the summary.")
     if dead:
-        raise click.ClickException(f"{dead} event(s) were dead-lettered; see --dead-letter output.")
+        raise click.ClickException(dead_letters_line(dead, opts["dead_letter"]))
 
 
 @main.command()
@@ -144,7 +194,9 @@ def run(ctx: click.Context, config_path: str | None, **opts: object) -> None:
 @API_KEY_FILE
 @click.pass_context
 def validate(ctx: click.Context, config_path: str | None, close_url: str, api_key_file: str | None) -> None:
-    """Check the config and the settings against Close without running anything.
+    """Check the config, then check against Close: the key, the settings, and every custom field and
+    status the mappings name. Writes nothing. Warns about a field source that reads like a path but is
+    a literal (traits.email without $.).
 
     \b
     Example:
@@ -156,20 +208,36 @@ def validate(ctx: click.Context, config_path: str | None, close_url: str, api_ke
 
     try:
         config = load_config(config_path)
-        spec = EngineSpec(close_url, key_source(api_key_file, config), config.settings_model())
-        asyncio.run(spec.check())
+        warn(config)
+        asyncio.run(check_close(close_url, key_source(api_key_file, config), config))
     except Exception as exc:  # noqa: BLE001
         fail(ctx, exc)
         return
-    click.echo(f"ok: config valid, {len(config.mapping_specs())} mapping(s), settings verified against Close")
+    named = len(config.close_references())
+    click.echo(
+        f"ok: config valid, {len(config.mapping_specs())} mapping(s); verified against Close: the API key, "
+        f"the settings and the {named} custom field/status id(s) the mappings name"
+    )
 
 
 @main.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML/JSON config; none = the default identify mapping.")
-@click.option("--dead-letter", "dead_letter", required=True, type=click.Path(exists=True), help="Dead-letter file.")
+@click.option(
+    "--dead-letter",
+    "dead_letter",
+    required=True,
+    type=click.Path(exists=True),
+    help="A dead-letter file, or a folder: every run's dead-letters-*.jsonl in it.",
+)
 @CLOSE_URL
 @API_KEY_FILE
-@click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Write still-failing letters here.")
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False),
+    help="Where letters that fail again go; a new file, never an existing one "
+    "(default: still-failing-<replay id>.jsonl beside the letters).",
+)
 @click.pass_context
 def replay(
     ctx: click.Context,
@@ -179,25 +247,30 @@ def replay(
     api_key_file: str | None,
     out_path: str | None,
 ) -> None:
-    """Re-send a dead-letter file (no "unchanged" suppression); letters that fail again are written to --out.
+    """Apply dead letters again: each letter's original event is mapped with this --config (so a fixed
+    config takes effect), the stored request is sent only for letters without their events, and no
+    "unchanged" suppression. Letters that fail again go to a new file; the input is never changed.
 
     \b
     Example:
-      CLOSE_API_KEY=... close-sync replay --config close.yaml --dead-letter out/dead-letters.jsonl
+      CLOSE_API_KEY=... close-sync replay --config close.yaml --dead-letter close-sync-runs/RUN_ID/
     """
     from pipeline.config import load_config
-    from pipeline.replay import replay_file
+    from pipeline.replay import replay_path
 
     try:
         config = load_config(config_path)
         spec = EngineSpec(close_url, key_source(api_key_file, config), config.settings_model())
-        report = replay_file(config, spec, dead_letter, out_path)
+        report = replay_path(config, spec, dead_letter, out_path)
     except Exception as exc:  # noqa: BLE001
         fail(ctx, exc)
         return
     click.echo(report.line())
     if report.failed:
-        raise click.ClickException(f"{report.failed} letter(s) failed again")
+        raise click.ClickException(
+            f"{report.failed} letter(s) failed again; they are in {report.still_failing} "
+            "(fix the cause, then replay that file)"
+        )
 
 
 main.add_command(export)

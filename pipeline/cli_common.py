@@ -7,6 +7,8 @@ only talk to Close (validate, replay, export) start without loading it.
 
 from __future__ import annotations
 
+import logging
+import sys
 from typing import TYPE_CHECKING
 
 import click
@@ -15,6 +17,88 @@ from closecrm.credentials import KeySource
 
 if TYPE_CHECKING:
     from pipeline.config import JobConfig
+
+log = logging.getLogger("pipeline.cli")
+
+# The packages whose debug logs --verbose shows; Beam's, httpx's and aiohttp's stay at warnings.
+VERBOSE_LOGGERS = ("pipeline", "closecrm", "transforms")
+
+
+def setup_logging(verbose: bool) -> None:
+    """--verbose: this job's debug logs on stderr, each line naming its logger."""
+    if not verbose:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    for name in VERBOSE_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.DEBUG)
+        if not any(getattr(h, "close_sync_verbose", False) for h in logger.handlers):
+            handler.close_sync_verbose = True  # type: ignore[attr-defined]
+            logger.addHandler(handler)
+
+
+def warn(config: JobConfig) -> None:
+    """The config's warnings (valid, but almost surely not meant), one line each on stderr."""
+    for line in config.warnings():
+        click.echo(f"warning: {line}", err=True)
+
+
+async def check_close(close_url: str, keys: KeySource, config: JobConfig, budget_share: float = 1.0) -> int:
+    """The key, the settings and every custom field and status the mappings name, checked against
+    Close before anything is written (a wrong one makes Close answer 400 to every request); raises
+    SettingsError with each problem and its fix. Returns the calls it made."""
+    from closecrm.client import CloseClient
+    from closecrm.engine.settings_check import check_settings
+
+    references = config.close_references()
+    client = CloseClient(close_url, keys.read(), budget_share=budget_share)
+    try:
+        found = await check_settings(client, config.settings_model(), references)
+    finally:
+        await client.aclose()
+    log.debug(
+        "Close at %s: key accepted; custom fields: %d lead, %d contact; %d reference(s) from the mappings checked",
+        close_url,
+        len(found.get("lead", ())),
+        len(found.get("contact", ())),
+        len(references),
+    )
+    return client.calls
+
+
+def check_input_files(pattern: str) -> list[str]:
+    """The files ``--input`` matches, when some can be read; else ValueError with the fix.
+
+    Beam reads a glob that matches nothing as no events, warns about files of no known format and
+    only then fails on a missing file: each would end a run with nothing done and exit 0.
+    """
+    from apache_beam.io.filesystems import FileSystems
+
+    from pipeline.sources import file_format
+
+    try:
+        matched = sorted(md.path for md in FileSystems.match([pattern])[0].metadata_list)
+    except Exception as exc:  # noqa: BLE001 - any filesystem's error
+        if "://" in pattern:
+            # a remote store the launcher may not see (credentials live on the workers): leave it to them
+            log.debug("--input %s: not checked here (%s)", pattern, type(exc).__name__)
+            return []
+        raise ValueError(f"--input {pattern}: cannot list it ({type(exc).__name__}): check the path") from None
+    if not matched:
+        if any(c in pattern for c in "*?["):
+            raise ValueError(f"--input {pattern} matches no file: check the directory and the pattern.")
+        raise ValueError(f"--input {pattern}: no such file: check the path.")
+    readable = [path for path in matched if file_format(path)]
+    if not readable:
+        shown = ", ".join(matched[:3]) + (f" and {len(matched) - 3} more" if len(matched) > 3 else "")
+        raise ValueError(
+            f"--input {pattern} matches no file close-sync reads ({shown}): give .jsonl, .json or .ndjson "
+            "(optionally .gz), .avro or .parquet files."
+        )
+    skipped = len(matched) - len(readable)
+    log.debug("--input %s: %d file(s) to read%s", pattern, len(readable), f", {skipped} of no known format" if skipped else "")
+    return readable
 
 
 def key_source(api_key_file: str | None, config: JobConfig) -> KeySource:
@@ -58,7 +142,8 @@ def explain(exc: BaseException, close_url: str | None = None) -> str:
         )
         return f"invalid config{where_file}: " + "; ".join(exc.problems) + f" ({fix})"
     if isinstance(exc, SettingsError):
-        return _one_line(str(exc))
+        # one sentence per problem, each with its fix
+        return _one_line(" ".join(p if p.endswith(".") else p + "." for p in exc.problems))
     if isinstance(exc, CloseAPIError) and exc.status in (401, 403):
         return f"Close rejected the API key ({exc.status}): set $CLOSE_API_KEY or --api-key-file to a valid key."
     if isinstance(exc, CloseAPIError) and exc.status is None:

@@ -7,6 +7,7 @@ editors); this module only shapes its errors into ``path.to.field: problem`` lin
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -140,6 +141,17 @@ FieldSource = Annotated[
         "for lead_custom_fields/contact_custom_fields an object {cf_...: path or literal}."
     ),
 ]
+
+
+# The top-level keys of a Segment event. A literal that starts with one and a dot (`traits.email`),
+# or is one of the id fields, was meant as a path; no real value of an action field looks like that.
+_EVENT_KEYS = ("traits", "properties", "context", "integrations", "userId", "anonymousId", "groupId", "event")
+_PATH_LIKE = re.compile(r"^(?:" + "|".join(_EVENT_KEYS) + r")(?:\.[A-Za-z0-9_$]+)+$")
+_ID_FIELDS = ("userId", "anonymousId", "groupId", "messageId")
+
+
+def looks_like_a_path(value: Any) -> bool:
+    return isinstance(value, str) and (bool(_PATH_LIKE.match(value.strip())) or value.strip() in _ID_FIELDS)
 
 
 def _check_source(name: str, value: Any) -> None:
@@ -388,6 +400,41 @@ class JobConfig(_Strict):
         if self.mappings is None:
             return [DEFAULT_MAPPING]
         return [m.spec() for m in self.mappings if m.enabled]
+
+    def _enabled_sources(self) -> list[tuple[str, str, Any]]:
+        """(config path, action field, source) of each field the enabled mappings set in the file."""
+        return [
+            (f"mappings[{i}].fields.{name}", name, source)
+            for i, mapping in enumerate(self.mappings or ())
+            if mapping.enabled
+            for name, source in mapping.fields.items()
+        ]
+
+    def warnings(self) -> list[str]:
+        """``path: problem`` for what is valid but almost surely not meant: a literal that reads like a
+        path into the event (``traits.email`` without ``$.``), which every request would carry as is."""
+        found = []
+        for where, name, source in self._enabled_sources():
+            items = source.items() if name in CUSTOM_FIELD_FIELDS and isinstance(source, dict) else [(None, source)]
+            for key, value in items:
+                if looks_like_a_path(value):
+                    found.append(
+                        f"{where}{'.' + key if key else ''}: {value!r} is a literal, sent as is with every "
+                        f"request; write $.{value} to read it from the event"
+                    )
+        return found
+
+    def close_references(self) -> list[tuple[str, str, str]]:
+        """(config path, what, id) of each Close object the enabled mappings name, to check against
+        Close: ``what`` is "lead custom field", "contact custom field" or "lead status"."""
+        found = []
+        for where, name, source in self._enabled_sources():
+            if name in CUSTOM_FIELD_FIELDS and isinstance(source, dict):
+                what = "lead custom field" if name == "lead_custom_fields" else "contact custom field"
+                found.extend((f"{where}.{key}", what, key) for key in source)
+            elif name == "lead_status_id" and isinstance(source, str) and not is_path(source):
+                found.append((where, "lead status", source.strip()))
+        return found
 
     def options(self) -> JobOptions:
         """The file's choices as one frozen object, the only one a job passes down."""

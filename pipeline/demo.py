@@ -18,15 +18,14 @@ from rich.table import Table
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 EVENTS = EXAMPLES / "events.jsonl"
 CONFIG = EXAMPLES / "demo-config.yaml"
+# The simulator's starting state: the custom fields examples/demo-config.yaml names, with those ids.
+# `close-sync sim --seed examples/sim-seed.json` starts the same organisation.
+SEED = EXAMPLES / "sim-seed.json"
 DEMO_KEY = "demo_key_not_a_real_one"
-# Fixed ids, so the committed examples/demo-config.yaml names fields that exist in the simulator.
 COMPANY_CF = "cf_demo_company_id"
 USER_CF = "cf_demo_user_id"
 PLAN_CF = "cf_demo_plan"
-CUSTOM_FIELDS = {
-    "lead": [{"id": COMPANY_CF, "name": "Company ID", "type": "text"}],
-    "contact": [{"id": USER_CF, "name": "User ID", "type": "text"}, {"id": PLAN_CF, "name": "Plan", "type": "text"}],
-}
+CUSTOM_FIELDS: dict[str, list[dict[str, Any]]] = json.loads(SEED.read_text(encoding="utf-8"))["custom_fields"]
 REDELIVERIES = 25  # at-least-once sources redeliver: the same messageId again, dropped by dedupe
 
 
@@ -51,18 +50,19 @@ def write_samples(path: Path = EVENTS) -> int:
 
 
 def start_simulator(rate_limits: bool) -> Any:
-    """The simulator on a free port with the demo's custom fields; Close's real rate limits unless told not to."""
+    """The simulator on a free port, seeded from examples/sim-seed.json; Close's real rate limits unless told not to."""
     from closecrm.sim import SimConfig, SimServer
 
     sim = SimServer(SimConfig(api_keys=[DEMO_KEY], limits_enabled=rate_limits))
     sim.start()
-    sim.seed({"custom_fields": CUSTOM_FIELDS})
+    sim.seed(json.loads(SEED.read_text(encoding="utf-8")))
     return sim
 
 
 def leads_table(leads: list[dict[str, Any]], n: int, per_lead: int = 3) -> Table:
     """The n leads with the most contacts, a few contacts each: who, which user id and plan, and their phones
-    (the second phones were appended by later events, never replacing the first)."""
+    (the second phones were appended by later events, never replacing the first). A lead is shown by its
+    display name, as Close shows it: its name, or its first contact's when it has none."""
     table = Table(title=f"a few of the {len(leads)} leads in the simulator (most contacts first)", show_lines=False)
     table.add_column("lead · company id")
     table.add_column("contact · user id · plan")
@@ -71,7 +71,7 @@ def leads_table(leads: list[dict[str, Any]], n: int, per_lead: int = 3) -> Table
     ranked = sorted(leads, key=lambda lead: (-len(lead.get("contacts") or []), lead.get("date_created", "")))
     for lead in ranked[:n]:
         contacts = lead.get("contacts") or []
-        lead_cell = f"{lead.get('name') or lead['id']}\n{lead.get(f'custom.{COMPANY_CF}', '-')}"
+        lead_cell = f"{lead.get('display_name') or lead['id']}\n{lead.get(f'custom.{COMPANY_CF}', '-')}"
         for i, contact in enumerate(contacts[:per_lead]):
             more = f"\n(+{len(contacts) - per_lead} more contacts)" if i == 0 and len(contacts) > per_lead else ""
             table.add_row(
@@ -85,33 +85,32 @@ def leads_table(leads: list[dict[str, Any]], n: int, per_lead: int = 3) -> Table
     return table
 
 
-def calls_table(by_group: dict[str, int], events: int) -> Table:
-    table = Table(title="Close API calls the simulator served (incl. the start-up check)")
+def calls_table(job: dict[str, int], check: dict[str, int], events: int) -> Table:
+    """The calls the simulator served: the job's by endpoint group (their total is the run summary's
+    "calls total"), then the start-up check's, and both together (all the simulator saw)."""
+    table = Table(title="Close API calls the simulator served")
     table.add_column("endpoint group")
     table.add_column("calls", justify="right")
     table.add_column("per event read", justify="right")
-    for group, n in sorted(by_group.items()):
-        table.add_row(group, f"{n:,}", f"{n / events:.3f}" if events else "-")
-    total = sum(by_group.values())
-    table.add_row("total", f"{total:,}", f"{total / events:.3f}" if events else "-", style="bold")
+
+    def per_event(n: int) -> str:
+        return f"{n / events:.3f}" if events else "-"
+
+    for group, n in sorted(job.items()):
+        table.add_row(group, f"{n:,}", per_event(n))
+    total = sum(job.values())
+    table.add_row("the job, total", f"{total:,}", per_event(total), style="bold", end_section=True)
+    checked = sum(check.values())
+    table.add_row("start-up check", f"{checked:,}", "")
+    table.add_row("served in all", f"{total + checked:,}", "")
     return table
-
-
-def dead_letter_reasons(directory: Path) -> dict[str, int]:
-    reasons: dict[str, int] = {}
-    for path in directory.glob("*.jsonl"):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                reason = f"{json.loads(line).get('stage')}:{json.loads(line).get('reason')}"
-                reasons[reason] = reasons.get(reason, 0) + 1
-    return reasons
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--events", "events_path", type=click.Path(dir_okay=False), default=str(EVENTS), help="Events to sync.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=str(CONFIG), help="Job config.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where dead letters and the audit log go "
-              "(default: a new temporary directory).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Keep the dead letters and the audit log "
+              "here (default: a temporary directory, removed at the end).")
 @click.option("--snapshot", type=click.Path(dir_okay=False), help="Also write the simulator's final state here (JSON).")
 @click.option("--show", "show_leads", type=int, default=5, help="How many leads to show.")
 @click.option("--rate-limits/--no-rate-limits", default=True, help="Serve with Close's rate limits (16 searches/s, "
@@ -131,61 +130,89 @@ def main(
     """Start the Close simulator in-process, run the real pipeline (DirectRunner, files source) on the bundled
     sample events, and show what it did: the summary table, a few leads and contacts, the API calls per event.
 
-    Example: python -m pipeline.demo --snapshot /tmp/demo-state.json
+    \b
+    Example:
+      close-sync demo --out /tmp/demo --snapshot /tmp/demo/state.json
     """
+    import asyncio
+
     from closecrm.credentials import KeySource
+    from pipeline.cli_common import check_close
     from pipeline.config import load_config
     from pipeline.runjob import RunRequest, run
     from pipeline.sources import SourceOptions
+    from pipeline.summary import dead_letter_reasons, reasons_text
 
     if regenerate:
         click.echo(f"wrote {write_samples(Path(events_path)):,} lines to {events_path}")
         return
     console = Console()
     started = time.monotonic()
-    out = Path(out_dir or tempfile.mkdtemp(prefix="close-sync-demo-"))
-    out.mkdir(parents=True, exist_ok=True)
-    sim = start_simulator(rate_limits)
+    # Without --out the dead letters and the audit log go to a temporary directory, removed at the end.
+    scratch = None if out_dir else tempfile.TemporaryDirectory(prefix="close-sync-demo-")
+    out = Path(out_dir) if out_dir else Path(scratch.name)  # type: ignore[union-attr]
     try:
-        console.print(
-            f"[bold]close-sync demo[/bold]: Close simulator at {sim.base_url} "
-            f"(rate limits {'on' if rate_limits else 'off'}), custom fields {COMPANY_CF}, {USER_CF}, {PLAN_CF}"
-        )
-        console.print(f"syncing {events_path} with {config_path}; dead letters and audit log in {out}/")
-        os.environ["CLOSE_API_KEY"] = DEMO_KEY  # the job reads the key from the env, as in production
-        request = RunRequest(
-            source=SourceOptions(source="files", input=events_path),
-            close_url=sim.base_url,
-            key_source=KeySource(),
-            dead_letter_dir=str(out / "dead"),
-            audit_log=str(out / "audit.jsonl"),
-            progress=not quiet,
-        )
-        dead = run(load_config(config_path), request)
-        leads, contacts, stats = sim.leads(), sim.contacts(), sim.stats()
-        if snapshot:
-            Path(snapshot).write_text(json.dumps(sim.snapshot(), indent=1, sort_keys=True), encoding="utf-8")
+        out.mkdir(parents=True, exist_ok=True)
+        sim = start_simulator(rate_limits)
+        try:
+            console.print(
+                f"[bold]close-sync demo[/bold]: Close simulator at {sim.base_url} (rate limits "
+                f"{'on' if rate_limits else 'off'}), seeded from {SEED.name}: {COMPANY_CF}, {USER_CF}, {PLAN_CF}"
+            )
+            console.print(f"syncing {events_path} with {config_path}")
+            os.environ["CLOSE_API_KEY"] = DEMO_KEY  # the job reads the key from the env, as in production
+            config = load_config(config_path)
+            # `close-sync run`'s start-up check, counted apart from the job's own calls
+            asyncio.run(check_close(sim.base_url, KeySource(), config))
+            check = dict(sim.stats()["by_group"])
+            request = RunRequest(
+                source=SourceOptions(source="files", input=events_path),
+                close_url=sim.base_url,
+                key_source=KeySource(),
+                dead_letter_dir=str(out / "dead"),
+                audit_log=str(out / "audit.jsonl"),
+                progress=not quiet,
+            )
+            dead = run(config, request, validate=False)
+            leads, contacts, stats = sim.leads(), sim.contacts(), sim.stats()
+            if snapshot:
+                Path(snapshot).write_text(json.dumps(sim.snapshot(), indent=1, sort_keys=True), encoding="utf-8")
+        finally:
+            sim.stop()
+        job = {group: n - check.get(group, 0) for group, n in stats["by_group"].items() if n > check.get(group, 0)}
+        reasons = dead_letter_reasons(out / "dead")
+        audit = out / "audit.jsonl"
+        requests = sum(1 for line in audit.open(encoding="utf-8") if line.strip()) if audit.exists() else 0
     finally:
-        sim.stop()
+        if scratch is not None:
+            scratch.cleanup()
 
+    job_calls = sum(job.values())
     events = sum(1 for line in Path(events_path).read_text(encoding="utf-8").splitlines() if line.strip())
     console.print(leads_table(leads, show_leads))
-    console.print(calls_table(stats["by_group"], events))
-    reasons = dead_letter_reasons(out / "dead")
+    console.print(calls_table(job, check, events))
     if dead:
-        listed = ", ".join(f"{n} {r}" for r, n in sorted(reasons.items()))
         console.print(
             f"[yellow]{dead} bad event(s) were dead-lettered, as intended[/yellow] (the sample data has them on "
-            f"purpose: {listed}). They are in {out}/dead/dead-letters.jsonl; `close-sync replay` re-sends such a file."
+            f"purpose: {reasons_text(reasons)}); `close-sync replay` re-sends a dead-letter file once the cause "
+            "is fixed."
         )
-    audit_lines = sum(1 for _ in (out / "audit.jsonl").open()) if (out / "audit.jsonl").exists() else 0
-    console.print(f"one JSON line per request in {out}/audit.jsonl ({audit_lines:,} requests).")
+    if out_dir:
+        console.print(
+            f"kept: {out / 'dead' / 'dead-letters.jsonl'} ({sum(reasons.values())} letters) and {audit} "
+            f"(one JSON line per request, {requests:,})."
+        )
+    else:
+        console.print(
+            f"the dead letters and the audit log ({requests:,} requests) were in a temporary directory, now "
+            "removed; give --out DIR to keep them."
+        )
     seconds = time.monotonic() - started
-    total_calls = stats["requests_total"]
-    # one parseable line, for scripts and the demo's test
+    # One parseable line, for scripts and the README's figures: api_calls is the job's, as in both tables.
     click.echo(
-        f"demo: events={events} leads={len(leads)} contacts={len(contacts)} api_calls={total_calls} "
-        f"calls_per_event={total_calls / events:.3f} responses_429={stats['responses_429']} "
+        f"demo: events={events} leads={len(leads)} contacts={len(contacts)} api_calls={job_calls} "
+        f"calls_per_event={job_calls / events:.3f} searches={job.get('search', 0)} "
+        f"check_calls={sum(check.values())} responses_429={stats['responses_429']} "
         f"dead_lettered={dead} seconds={seconds:.1f}"
     )
 

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
 from closecrm.engine import DRY_RUN_MARK
 
@@ -25,20 +24,33 @@ def read_audit(path: str) -> list[dict[str, Any]]:
     return sorted(records, key=lambda r: (str(r.get("person")), r.get("event_ids") or []))
 
 
-def _short(value: Any, width: int = 60) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return text if len(text) <= width else text[: width - 1] + "…"
+# Free text longer than this is cut; ids, emails and phones never are (no email exceeds 254 characters),
+# so the plan can be searched and copied from at any terminal width.
+TEXT_LIMIT = 300
+LIST_LIMIT = 10
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        if len(value) > TEXT_LIMIT and " " in value:
+            return value[:TEXT_LIMIT] + f"… ({len(value):,} characters)"
+        return value
+    if isinstance(value, list | tuple):
+        shown = [json.dumps(item, default=str, ensure_ascii=False) for item in value[:LIST_LIMIT]]
+        more = [f"… {len(value) - LIST_LIMIT} more"] if len(value) > LIST_LIMIT else []
+        return "[" + ", ".join(shown + more) + "]"
+    return json.dumps(value, default=str, ensure_ascii=False)
 
 
 def change_text(change: dict[str, Any]) -> str:
-    """`lead create name: 'Acme'` / `contact cont_1 update phones: [...] → [...]`."""
+    """`lead create name: Acme` / `contact cont_1 update phones: [...] → [...]`, every id and email whole."""
     target = change.get("object", "?")
     if change.get("id"):
         target += f" {change['id']}"
     head = f"{target} {change.get('action', '?')} {change.get('field', '?')}"
     if change.get("action") == "create" or change.get("old") is None:
-        return f"{head}: {_short(change.get('new'))}"
-    return f"{head}: {_short(change.get('old'), 30)} → {_short(change.get('new'))}"
+        return f"{head}: {_text(change.get('new'))}"
+    return f"{head}: {_text(change.get('old'))} → {_text(change.get('new'))}"
 
 
 def planned_writes(records: Iterable[dict[str, Any]]) -> Counter[str]:
@@ -61,32 +73,33 @@ def planned_writes(records: Iterable[dict[str, Any]]) -> Counter[str]:
 
 
 def render_plan(records: list[dict[str, Any]], console: Console | None = None, limit: int = 200) -> None:
-    """A table of what a dry run decided; the first `limit` requests, then a count of the rest."""
+    """What a dry run decided, the first `limit` requests, then a count of the rest.
+
+    One line per request and an indented line per change, not a table: a table's columns cut or
+    fold ids and emails at 80 columns, while a line that is too long only wraps, whole, in the terminal.
+    """
     console = console or Console()
-    table = Table(title="dry run: what close-sync would do (nothing was written)", show_lines=True)
-    table.add_column("person")
-    table.add_column("events", justify="right")
-    table.add_column("outcome")
-    table.add_column("branch")
-    table.add_column("changes it would make")
+
+    def say(text: str = "", **style: Any) -> None:
+        console.print(text, soft_wrap=True, markup=False, highlight=False, **style)
+
+    say("dry run: what close-sync would do (nothing was written)", style="bold")
     for record in records[:limit]:
-        changes = record.get("changes") or []
-        table.add_row(
-            str(record.get("person", "")),
-            str(len(record.get("event_ids") or [])),
-            str(record.get("outcome", "")),
-            str(record.get("branch") or "-"),
-            "\n".join(change_text(c) for c in changes) or "(none)",
+        events = len(record.get("event_ids") or [])
+        say(
+            f"{record.get('person', '')} · {events} event(s) · {record.get('outcome', '')} · "
+            f"branch {record.get('branch') or '-'}"
         )
-    console.print(table)
+        for change in record.get("changes") or []:
+            say("    " + change_text(change))
     if len(records) > limit:
-        console.print(f"… and {len(records) - limit} more request(s); see --audit-log for all of them.")
+        say(f"… and {len(records) - limit} more request(s); --audit-log FILE keeps every one of them.")
     kinds: dict[str, int] = {}
     for record in records:
         kind = str(record.get("outcome", "")).split(":", 1)[0]
         kinds[kind] = kinds.get(kind, 0) + 1
     summary = ", ".join(f"{n} would be {k}" for k, n in sorted(kinds.items())) or "no requests"
-    console.print(f"dry run: {len(records)} request(s): {summary}; nothing was written to Close.")
+    say(f"dry run: {len(records)} request(s): {summary}; nothing was written to Close.")
     planned = planned_writes(records)
     writes = ", ".join(f"{planned[k]} {k}(s)" for k in WRITE_KINDS if planned[k]) or "none"
-    console.print(f"dry run: writes it would make: {writes}.")
+    say(f"dry run: writes it would make: {writes}.")

@@ -1,4 +1,5 @@
-"""A periodic progress line on stderr while a local run works: events read, requests applied, calls/s, 429s, ETA."""
+"""A periodic progress line on stderr while a local run works: events read, requests done of those sent,
+Close API calls and their average rate, 429s, ETA."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
+from pipeline.summary import OUTCOME_KINDS
 from transforms import metrics as m
 
 Totals = Callable[[], dict[str, int]]
@@ -53,22 +55,27 @@ def _eta(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
-def progress_line(values: dict[str, int], elapsed: float, calls_per_s: float, total_events: int | None) -> str:
+def progress_line(values: dict[str, int], elapsed: float, total_events: int | None) -> str:
+    """One line of counts that agree with each other and with the summary's rows.
+
+    A request is "done" once it has an outcome (created, updated, unchanged, skipped or failed), so
+    done never exceeds sent. The writer reports its calls together with its outcomes, so the call rate
+    is the average since the start: a rate over the last few seconds would read 0 between reports.
+    """
     read = values.get(m.EVENTS_READ, 0)
-    done = sum(values.get(m.OUTCOME_PREFIX + k, 0) for k in ("created", "updated", "unchanged", "skipped", "failed"))
+    done = sum(values.get(m.OUTCOME_PREFIX + k, 0) for k in OUTCOME_KINDS)
+    failed = values.get(m.OUTCOME_PREFIX + "failed", 0)
     sent = values.get(m.REQUESTS_SENT, 0)
+    calls = _calls(values)
     parts = [f"[{_eta(elapsed)}] events read {read:,}" + (f"/{total_events:,}" if total_events else "")]
-    parts.append(f"requests applied {done:,}" + (f"/{sent:,} sent" if sent else ""))
-    parts.append(f"{calls_per_s:.1f} calls/s")
-    parts.append(f"{values.get(m.API_429, 0):,} 429s")
-    parts.append(f"{values.get(m.EVENTS_DEAD_LETTERED, 0) + values.get(m.OUTCOME_PREFIX + 'failed', 0):,} failed")
+    parts.append(f"requests done {done:,}/{sent:,} sent" + (f" ({failed:,} failed)" if failed else ""))
+    parts.append(f"Close API calls {calls:,} ({calls / elapsed if elapsed > 0 else 0.0:.1f}/s)")
+    parts.append(f"429s {values.get(m.API_429, 0):,}")
     if total_events and read < total_events and read and elapsed > 0:
         parts.append(f"ETA {_eta((total_events - read) * elapsed / read)} to read")
-    elif sent and done < sent and elapsed > 0:
-        # requests arrive at the writer once their input is read; pace on what the writer has done so far
-        rate = done / elapsed if done else 0.0
-        if rate:
-            parts.append(f"ETA {_eta((sent - done) / rate)}")
+    elif sent and done < sent and done and elapsed > 0:
+        # requests reach the writer once their input is read; pace on what the writer has done so far
+        parts.append(f"ETA {_eta((sent - done) / (done / elapsed))}")
     return "progress: " + " · ".join(parts)
 
 
@@ -89,12 +96,10 @@ class ProgressReporter:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._started = 0.0
-        self._last_calls = 0
-        self._last_at = 0.0
         self.lines = 0
 
     def start(self) -> None:
-        self._started = self._last_at = time.monotonic()
+        self._started = time.monotonic()
         self._thread = threading.Thread(target=self._loop, name="close-sync-progress", daemon=True)
         self._thread.start()
 
@@ -109,11 +114,8 @@ class ProgressReporter:
 
     def tick(self) -> None:
         values = self._totals()
-        now = time.monotonic()
-        calls = _calls(values)
-        rate = (calls - self._last_calls) / (now - self._last_at) if now > self._last_at else 0.0
-        self._last_calls, self._last_at = calls, now
-        print(progress_line(values, now - self._started, rate, self._total_events), file=self._stream, flush=True)
+        elapsed = time.monotonic() - self._started
+        print(progress_line(values, elapsed, self._total_events), file=self._stream, flush=True)
         self.lines += 1
 
 

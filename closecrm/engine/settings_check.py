@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from closecrm.client import CloseAPIError, CloseClient
@@ -18,16 +19,25 @@ class SettingsError(Exception):
         super().__init__("; ".join(problems))
 
 
-async def check_settings(client: CloseClient, settings: Settings) -> dict[str, set[str]]:
-    """Raise SettingsError naming each setting that does not work and its fix; else return the
-    organisation's custom field ids per object type ("lead", "contact")."""
+# (where it is named, what it is, id): what else a config names in Close, e.g. a mapping's custom
+# field ("mappings[0].fields.lead_custom_fields.cf_x", "lead custom field", "cf_x") or its status
+# (..., "lead status", "stat_x"). Close answers 400 to every request that names a wrong one.
+Reference = tuple[str, str, str]
+
+
+async def check_settings(
+    client: CloseClient, settings: Settings, references: Sequence[Reference] = ()
+) -> dict[str, set[str]]:
+    """Raise SettingsError naming each setting (and each of ``references``) that does not work and its
+    fix; else return the organisation's custom field ids per object type ("lead", "contact")."""
     await _check_api_key(client)
     fields_by_type: dict[str, dict[str, Record]] = {}
     for object_type in ("lead", "contact"):
         listing = await client.get(f"custom_field/{object_type}/")
         fields_by_type[object_type] = {f["id"]: f for f in listing.get("data") or []}
     problems = _custom_field_problems(settings, fields_by_type)
-    problems += await _status_problems(client, settings)
+    problems += _reference_field_problems(references, fields_by_type)
+    problems += await _status_problems(client, settings, references)
     if problems:
         raise SettingsError(problems)
     return {object_type: set(found) for object_type, found in fields_by_type.items()}
@@ -79,14 +89,42 @@ def _custom_field_problems(settings: Settings, fields_by_type: dict[str, dict[st
     return problems
 
 
-async def _status_problems(client: CloseClient, settings: Settings) -> list[str]:
-    status_id = settings.default_lead_status_id
-    if not status_id:
+def _reference_field_problems(
+    references: Sequence[Reference], fields_by_type: dict[str, dict[str, Record]]
+) -> list[str]:
+    problems: list[str] = []
+    for where, what, cf_id in references:
+        if not what.endswith("custom field"):
+            continue
+        object_type = what.split()[0]
+        other = "contact" if object_type == "lead" else "lead"
+        if cf_id in fields_by_type[object_type]:
+            continue
+        if cf_id in fields_by_type[other]:
+            problems.append(
+                f"{where}: {cf_id} is a {other} custom field, not a {object_type} one. "
+                f"Fix: move it to {other}_custom_fields, or use the id of a {object_type} custom field."
+            )
+        else:
+            problems.append(
+                f"{where}: no {object_type} custom field {cf_id} exists in this organisation. "
+                f"Fix: create it in Close (Settings > Custom Fields) or copy the id (cf_…) of an existing one."
+            )
+    return problems
+
+
+async def _status_problems(
+    client: CloseClient, settings: Settings, references: Sequence[Reference] = ()
+) -> list[str]:
+    wanted = [("default_lead_status_id", settings.default_lead_status_id)] if settings.default_lead_status_id else []
+    wanted += [(where, status_id) for where, what, status_id in references if what == "lead status"]
+    if not wanted:
         return []
     statuses = await client.get("status/lead/")
-    if status_id in {s.get("id") for s in statuses.get("data") or []}:
-        return []
+    known = {s.get("id") for s in statuses.get("data") or []}
     return [
-        f"default_lead_status_id: no lead status {status_id} exists. "
+        f"{where}: no lead status {status_id} exists. "
         "Fix: use an id from GET /status/lead/ (stat_…), or leave it empty."
+        for where, status_id in wanted
+        if status_id not in known
     ]

@@ -53,11 +53,29 @@ def run_from_cli(
     )
     simulator = Simulator(config)
     if seed:
-        simulator.store.seed(json.loads(Path(seed).read_text()))
+        load_seed(simulator, seed)
     asyncio.run(_serve(simulator, host, port))
     if snapshot:
         Path(snapshot).write_text(json.dumps(simulator.store.snapshot(), indent=2))
         log.info("snapshot written to %s", snapshot)
+
+
+def load_seed(simulator: Simulator, path: str) -> None:
+    """Seed from a JSON file (README, "The simulator's seed"); ValueError naming the file and the problem."""
+    from closecrm.sim.errors import ApiError
+
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--seed {path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    try:
+        simulator.store.seed(data)
+    except ApiError as exc:
+        field_errors = getattr(exc, "field_errors", None)
+        detail = str(exc) if not field_errors else json.dumps(field_errors)
+        raise ValueError(f"--seed {path}: {detail} (the format is in the README, under the simulator's seed)") from None
+    counts = simulator.store.counts()
+    log.info("seeded from %s: %d lead(s), %d contact(s)", path, counts["leads"], counts["contacts"])
 
 
 async def _serve(simulator: Simulator, host: str, port: int) -> None:

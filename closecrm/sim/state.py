@@ -147,6 +147,8 @@ class Store:
             if any(f["name"] == name for f in fields_.values()):
                 raise ValidationFailed(field_errors={"name": "A custom field with this name already exists."})
             cf_id = data.get("id") or self.new_id("cf")
+            if not isinstance(cf_id, str) or not cf_id.startswith("cf_"):
+                raise ValidationFailed(field_errors={"id": "Custom field ids start with cf_."})
             if any(cf_id in self._custom_fields[t] for t in OBJECT_TYPES):
                 raise ValidationFailed(field_errors={"id": "A custom field with this id already exists."})
             now = self._now()
@@ -579,9 +581,12 @@ class Store:
     # --------------------------------------------------------- seed, snapshot
 
     def seed(self, data: Record) -> None:
-        """Load `{"custom_fields": {"lead": [...], "contact": [...]}, "statuses": [...], "leads": [...]}`."""
-        if not isinstance(data, dict):
-            raise ValidationFailed(["Seed must be a JSON object."])
+        """Load `{"custom_fields": {"lead": [...], "contact": [...]}, "statuses": [...], "leads": [...]}`.
+
+        Seeded custom fields, statuses, leads and contacts may carry their own ids (``cf_…``,
+        ``stat_…``, ``lead_…``, ``cont_…``), so a config naming them works against a fresh simulator.
+        """
+        _check_seed_shape(data)
         with self._lock:
             statuses = data.get("statuses")
             if statuses:
@@ -621,6 +626,24 @@ class Store:
 
 
 # --------------------------------------------------------------------- helpers
+
+SEED_KEYS = ("custom_fields", "statuses", "leads")
+
+
+def _check_seed_shape(data: Any) -> None:
+    """The seed's top level, before anything is loaded: a misspelled key would otherwise load nothing."""
+    if not isinstance(data, dict):
+        raise ValidationFailed([f"Seed must be a JSON object with keys {', '.join(SEED_KEYS)}."])
+    unknown = sorted(set(data) - set(SEED_KEYS))
+    if unknown:
+        raise ValidationFailed([f"Unknown seed key(s) {', '.join(unknown)}; the keys are {', '.join(SEED_KEYS)}."])
+    fields_ = data.get("custom_fields") or {}
+    if not isinstance(fields_, dict) or set(fields_) - set(OBJECT_TYPES):
+        raise ValidationFailed(['custom_fields must be {"lead": [...], "contact": [...]}.'])
+    for key, value in [("statuses", data.get("statuses")), ("leads", data.get("leads")), *fields_.items()]:
+        if value is not None and not (isinstance(value, list) and all(isinstance(v, dict) for v in value)):
+            raise ValidationFailed([f"{key} must be a list of objects."])
+
 
 
 def _apply(record: Record, fields_: Record) -> None:
