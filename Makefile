@@ -1,15 +1,18 @@
 # The two commands of the README: `make demo` and `make test`. Each does its own set-up.
+# `make install` only installs; ./close-sync runs it when .venv is missing, then the console script.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test test-fast lint fuzz demo bench bench-pipeline clean
+.PHONY: install test test-fast lint fuzz demo bench bench-pipeline clean
 
 $(STAMP): setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
+
+install: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from pipeline.cli_common import fail, key_source
-from pipeline.cli_options import API_KEY_FILE, CLOSE_URL
+from pipeline.cli_options import API_KEY_FILE, CLOSE_URL, budget_share_option
 
 
 @click.command()
@@ -29,9 +29,7 @@ from pipeline.cli_options import API_KEY_FILE, CLOSE_URL
 @click.option(
     "--slices", type=click.IntRange(1, 64), default=4, show_default=True, help="Time slices read at once."
 )
-@click.option(
-    "--budget-share", type=float, default=1.0, show_default=True, help="Share of the key's rate budget."
-)
+@budget_share_option("Share of the key's rate budget (0 < F <= 1).")
 @click.pass_context
 def export(
     ctx: click.Context,
@@ -48,7 +46,9 @@ def export(
 
     Company id and user id columns come from the config's settings (lookup custom fields).
 
-    Example: CLOSE_API_KEY=... close-sync export --out warehouse/ --updated-since 2024-06-01
+    \b
+    Example:
+      CLOSE_API_KEY=... close-sync export --out warehouse/ --updated-since 2024-06-01
     """
     from closecrm.client import CloseClient
     from closecrm.export import ExportRequest, parse_moment
