@@ -64,7 +64,7 @@ def _rows(values: dict[str, int], dry_run: bool = False) -> list[tuple[str, str,
     row("input", "Kafka tombstones, not read", m.KAFKA_TOMBSTONES, if_any=True)
     row("events", "read", m.EVENTS_READ)
     for name in sorted(k for k in values if k.startswith(m.EVENTS_BY_TYPE)):
-        row("events", "  of type " + name[len(m.EVENTS_BY_TYPE) :], name)
+        row("events", "of type " + name[len(m.EVENTS_BY_TYPE) :], name)
     row("events", "duplicates dropped (same messageId)", m.EVENTS_DUPLICATE)
     row("events", "opted out (integrations)", m.EVENTS_OPTED_OUT)
     row("events", "no mapping matched", m.EVENTS_FILTERED)
