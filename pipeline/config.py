@@ -259,7 +259,7 @@ class SnapshotSourceConfig(_Strict):
         description="Slices a table is read in (by a hash of the primary key), one reader each; one for bigquery.",
     )
     batch_rows: int = Field(
-        default=50_000, ge=100, le=1_000_000, description="Rows per record batch a reader holds at a time."
+        default=100_000, ge=100, le=1_000_000, description="Rows per record batch a reader holds at a time."
     )
 
     @field_validator("url")

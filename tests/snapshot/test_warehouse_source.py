@@ -79,7 +79,7 @@ def test_flags_override_the_config_source() -> None:
     assert warehouse_source(config, input_glob="x/*.parquet") is None
     default_env = warehouse_source(_config(), url="postgresql://sync@db/analytics", table="t")
     assert default_env is not None and default_env.password.env_var == "PGPASSWORD"
-    assert config.options().snapshot_slices == 4 and config.options().snapshot_batch_rows == 50_000
+    assert config.options().snapshot_slices == 4 and config.options().snapshot_batch_rows == 100_000
 
 
 @pytest.mark.parametrize(
