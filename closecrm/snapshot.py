@@ -144,7 +144,7 @@ def arrow_kind(arrow_type: Any) -> str:
     t = pa.types
     if t.is_dictionary(arrow_type):
         return arrow_kind(arrow_type.value_type)
-    if isinstance(arrow_type, pa.ExtensionType):
+    if isinstance(arrow_type, pa.BaseExtensionType):
         return arrow_kind(arrow_type.storage_type)
     checks = (
         (t.is_null, "null"),

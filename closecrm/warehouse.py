@@ -434,7 +434,7 @@ def probe(source: WarehouseSource) -> Probe:
 
     with connect(source) as con:
         schema = con.schema(source.base_sql())
-    as_text = frozenset(f.name for f in schema if isinstance(f.type, pa.ExtensionType))
+    as_text = frozenset(f.name for f in schema if isinstance(f.type, pa.BaseExtensionType))
     kinds = {f.name: "string" if f.name in as_text else arrow_kind(f.type) for f in schema}
     return Probe(kinds, as_text)
 

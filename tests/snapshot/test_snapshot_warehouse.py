@@ -179,3 +179,28 @@ def test_a_run_with_failed_rows_keeps_its_mark_so_they_are_read_again(
     fixed, mark = run()
     assert fixed.count("snapshot_rows_read") == 1 and fixed.count(m.OUTCOME_PREFIX + "updated") == 1
     assert mark["value"] == "2"
+
+
+def test_postgres_types_without_a_plain_arrow_type_are_read_as_text(
+    sim, postgres, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setenv("PGPASSWORD", postgres.password)
+    postgres.execute(
+        "DROP TABLE IF EXISTS typed_users",
+        "CREATE TABLE typed_users (user_id uuid PRIMARY KEY, email text, seats numeric(10, 2), updated_at timestamptz)",
+        "INSERT INTO typed_users SELECT gen_random_uuid(), 'user' || i || '@example.com', i * 1.5, "
+        "timestamptz '2026-11-01 00:00:00+00' FROM generate_series(1, 5) AS i",
+    )
+    fields = {"contact_user_id": "user_id", "contact_email": "email", "contact_title": "seats"}
+    config = snapshot_config(sim, tmp_path, fields=fields)
+    src = source(postgres.url, table="typed_users", since_column="updated_at")
+    first = sync(sim, config, None, tmp_path / "state", monkeypatch, source=src)
+    assert first.count("snapshot_new") == 5 and first.failed == 0
+    assert sorted(c["title"] for c in sim.contacts()) == ["1.50", "3.00", "4.50", "6.00", "7.50"]
+
+    postgres.execute(
+        "UPDATE typed_users SET seats = 99, updated_at = now() WHERE email = 'user2@example.com'"
+    )
+    second = sync(sim, config, None, tmp_path / "state", monkeypatch, source=src)
+    assert second.count("snapshot_rows_read") == 1 and second.count(m.OUTCOME_PREFIX + "updated") == 1
+    assert "99.00" in {c["title"] for c in sim.contacts()}
