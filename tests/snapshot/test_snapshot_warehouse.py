@@ -204,3 +204,22 @@ def test_postgres_types_without_a_plain_arrow_type_are_read_as_text(
     second = sync(sim, config, None, tmp_path / "state", monkeypatch, source=src)
     assert second.count("snapshot_rows_read") == 1 and second.count(m.OUTCOME_PREFIX + "updated") == 1
     assert "99.00" in {c["title"] for c in sim.contacts()}
+
+
+def test_dry_run_from_a_warehouse_writes_a_plan_and_nothing_else(sim, tmp_path: Path, monkeypatch) -> None:
+    config = snapshot_config(sim, tmp_path)
+    url = write_duckdb(tmp_path / "wh.duckdb", "users", rows(3))
+    plan = tmp_path / "plan"
+    report = sync(
+        sim,
+        config,
+        None,
+        tmp_path / "state",
+        monkeypatch,
+        source=source(url, table="users"),
+        dry_run=True,
+        plan_dir=str(plan),
+    )
+    assert report.count("snapshot_new") == 3 and report.source == f"{url} table users"
+    assert len([line for f in plan.glob("changes*.jsonl") for line in f.read_text().splitlines()]) == 3
+    assert writes(sim) == 0 and not (tmp_path / "state").exists()
