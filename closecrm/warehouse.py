@@ -1,9 +1,9 @@
 """Reading a snapshot straight from a warehouse table or query, as Arrow record batches.
 
 DuckDB (embedded) and PostgreSQL are read here with Arrow-native drivers: DuckDB's own Arrow output
-and ADBC's libpq driver, which streams a ``COPY … (FORMAT binary)`` into Arrow batches. Rows never
-become Python objects before the diff's bucketing (`transforms.snapshot.BucketRows`), as with
-Parquet files. BigQuery is read by Beam's ReadFromBigQuery (transforms/warehouse.py); only its
+and ADBC's libpq driver, which streams a ``COPY … (FORMAT binary)`` into Arrow batches. The batches
+go into the diff's bucketing (`transforms.snapshot.BucketRows`) as Parquet row groups do, with no
+row-by-row driver in between. BigQuery is read by Beam's ReadFromBigQuery (transforms/warehouse.py); only its
 schema and high-water-mark look-ups live here.
 
 A read is split into slices by a hash of the primary key (``hashtext`` on PostgreSQL, ``hash`` on
@@ -87,8 +87,8 @@ def quote(name: str, dialect: str) -> str:
 
 
 def table_name(table: str, dialect: str) -> str:
-    """``schema.table`` (or ``dataset.table``, ``project.dataset.table``) with each part quoted."""
-    parts = [p for p in table.replace(":", ".").split(".")]
+    """``schema.table`` (BigQuery: ``dataset.table`` or ``project.dataset.table``) with each part quoted."""
+    parts = (table.replace(":", ".") if dialect == "bigquery" else table).split(".")
     if not all(p.strip() for p in parts):
         raise WarehouseError(f"--table {table!r}: expected NAME or SCHEMA.NAME")
     if dialect == "bigquery":
