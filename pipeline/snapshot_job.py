@@ -1,4 +1,4 @@
-"""`close-sync snapshot-sync`: check the export's schema, diff it against the last state, upsert the changes, commit the state."""
+"""`close-sync snapshot-sync`: check the input's schema (an export's files or a warehouse table or query), diff it against the last state, upsert the changes, commit the state."""
 
 from __future__ import annotations
 
