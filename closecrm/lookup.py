@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from closecrm.client import CloseClient
 from closecrm.diff import cf_key
@@ -164,6 +164,10 @@ class Search:
         return await self._run_all(queries, fields)
 
 
+class Ranks(Protocol):
+    def get(self, key: str) -> int | None: ...
+
+
 class View:
     """The records an operation knows about, indexed by company id, user id and email, kept exact.
 
@@ -172,7 +176,8 @@ class View:
     holds the ids read by id or written during this operation: safe bases for merging lists.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, born: Ranks | None = None) -> None:
+        self._born = born
         self._company_cf = (
             cf_key(settings.lead_custom_field_id_for_company_id)
             if settings.lead_custom_field_id_for_company_id
@@ -255,22 +260,30 @@ class View:
 
     # ------------------------------------------------------------- queries
 
+    def age(self, record: Record) -> tuple[int, Any, str]:
+        """Oldest first. Records the engine created (``born``: id -> input position of the request
+        that created them) come after all others, in input order; the rest by `age`."""
+        position = self._born.get(record["id"]) if self._born is not None else None
+        if position is None:
+            return (0, *age(record))
+        return (1, position, str(record["id"]))
+
     def ids_for(self, key: str) -> set[str]:
         return set(self._index.get(key, ()))
 
     def leads_with_company(self, company_id: str) -> list[Record]:
         return sorted(
-            (self.leads[i] for i in self.ids_for(company_key(company_id)) if i in self.leads), key=age
+            (self.leads[i] for i in self.ids_for(company_key(company_id)) if i in self.leads), key=self.age
         )
 
     def contacts_with_user(self, user_id: str) -> list[Record]:
         return sorted(
-            (self.contacts[i] for i in self.ids_for(user_key(user_id)) if i in self.contacts), key=age
+            (self.contacts[i] for i in self.ids_for(user_key(user_id)) if i in self.contacts), key=self.age
         )
 
     def contacts_with_email(self, email: str) -> list[Record]:
         return sorted(
-            (self.contacts[i] for i in self.ids_for(email_lookup_key(email)) if i in self.contacts), key=age
+            (self.contacts[i] for i in self.ids_for(email_lookup_key(email)) if i in self.contacts), key=self.age
         )
 
     def match_contacts(

@@ -27,15 +27,34 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from closecrm.credentials import EngineSpec
 from closecrm.engine import MAX_CONCURRENCY
-from closecrm.model import Outcome
+from closecrm.events import instant
+from closecrm.model import Outcome, UpsertRequest
 from transforms import metrics
 from transforms.client_metrics import ClientMetrics
 from transforms.collapse import Pending
 from transforms.deadletter import DEAD
 from transforms.feed import EngineFeed
-from transforms.keying import key_by_lead_shard, lead_identity
+from transforms.keying import key_by_lead_shard
 from transforms.ledger import LEDGER
 from transforms.outcomes import emit_outcome
+
+
+def event_order(request: UpsertRequest) -> tuple[int, Any]:
+    """A request's moment in UTC, requests without a usable timestamp first (as collapsing sorts)."""
+    moment = instant(request.timestamp)
+    return (0, 0) if moment is None else (1, moment)
+
+
+def flush_order(batch: Iterable[Pending]) -> list[Pending]:
+    """A flush as the engine applies it: in event time, ties in arrival order.
+
+    Requests of different people and leads can meet on one record (an email one of them appends is
+    how an anonymous visitor's request finds the contact; a person's company-less request creates
+    the lead their next request must not duplicate under another), so the order between them is
+    the order of their events. The engine keeps it: requests that may touch the same records share
+    a group, which runs in this order.
+    """
+    return sorted(batch, key=lambda p: event_order(p.request))
 
 
 class ApplyBatches(beam.DoFn):
@@ -43,11 +62,7 @@ class ApplyBatches(beam.DoFn):
 
     Beam serialises the processing of one key, and each DoFn instance has one engine stream
     (``EngineFeed``) that every flush joins, so requests that may touch the same lead are applied
-    in order across flushes and shards. A flush is sorted by lead identity (stable), so a lead's
-    requests sit together in the engine's lookup batches: in a first sync a lookahead of shuffled
-    people was mostly lead creations (one per company), and contact_write idled until the leads
-    existed. The order of different people in a flush is whatever the shuffle gave, so sorting it
-    changes no outcome.
+    in order across flushes and shards. A flush is applied in event time (`flush_order`).
 
     On bounded input a flush joins the stream and the writer goes on buffering the next while it
     writes: outcomes are emitted as each lookup batch finishes, and a flush waits only until the
@@ -144,7 +159,7 @@ class ApplyBatches(beam.DoFn):
         if flush_timer is not None:
             flush_timer.clear()
         if batch:
-            batch.sort(key=lambda p: lead_identity(p.request))
+            batch = flush_order(batch)
             self._batch_sizes.update(len(batch))
             self._sent.inc(len(batch))
             # Earlier flushes go on writing; keep no more than the stream's lookahead of them ahead.

@@ -116,6 +116,7 @@ async def post_contact(w: Writes, op: Op, view: View, body: Record) -> Record:
             new = [c for c in lead.get("contacts") or [] if c["id"] not in known and is_ours(op.req, c, w.settings)]
             if new:
                 for c in new:  # search may not show it for a while yet
+                    w.created(op, c)
                     w.learned("contact", c["id"], view.contact_keys(c))
                 op.created = True
                 raise Redo() from None

@@ -50,9 +50,11 @@ def no_identity() -> Outcome:
     return Outcome(kind="skipped", reason="no_identity", branch="identity")
 
 
-async def apply(req: UpsertRequest, view: View, writes: Store, shared_calls: int = 0) -> Outcome:
+async def apply(
+    req: UpsertRequest, view: View, writes: Store, shared_calls: int = 0, position: int = 0
+) -> Outcome:
     """Decide and write one request; any error fails this request alone, with what it did so far."""
-    op = Op(req)
+    op = Op(req, position=position)
     try:
         for _ in range(MAX_CREATE_ATTEMPTS + 1):
             try:

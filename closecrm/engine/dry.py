@@ -112,12 +112,14 @@ class DryWrites(Store):
             for c in body.get("contacts") or []
         ]
         lead = {**body, "id": lead_id, "contacts": contacts, "date_created": now, "date_updated": now}
+        self.created(op, lead)
         self._write(view, lead)
         return lead
 
     async def create_contact(self, op: Op, view: View, body: Record) -> Record:
         now = dry_now()
         contact = {**body, "id": self._new_id("cont"), "date_created": now, "date_updated": now}
+        self.created(op, contact)
         self._write(view, contact)
         return contact
 

@@ -16,6 +16,10 @@ class Op:
     """One request under way. A write wins over a hold-back: created, then updated, then skipped."""
 
     req: UpsertRequest
+    # Where the request stands in the engine's input. Records it creates rank in this order, not by
+    # the server's clock: groups run concurrently, so creates can land out of input order, and
+    # "oldest" must pick what applying the requests one at a time would have created first.
+    position: int = 0
     calls: int = 0
     created: bool = False
     updated: bool = False

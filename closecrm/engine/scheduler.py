@@ -52,6 +52,7 @@ class _Prepared:
     outcomes: list[Outcome | None]
     active: list[int]
     view: View
+    positions: list[int] = field(default_factory=list)  # each request's place in the engine's input
     lookup_calls: int = 0
     error: Exception | None = None
     keys: dict[int, list[str]] = field(default_factory=dict)  # each active request's lookup keys
@@ -91,6 +92,7 @@ class Scheduler:
     def __init__(self, lookup: Lookup, max_concurrency: int) -> None:
         self.lookup = lookup
         self.max_concurrency = max(1, max_concurrency)
+        self._positions = count()  # across every stream of the engine, in the order batches are taken
 
     async def stream(self, batches: Batches, writes: Store, depth: int) -> AsyncIterator[list[Outcome]]:
         """Each batch's outcomes in order, batch after batch; ``depth`` 1 overlaps nothing."""
@@ -142,7 +144,8 @@ class Scheduler:
 
     async def _prepare(self, reqs: list[UpsertRequest], writes: Store) -> _Prepared:
         """The part of a batch that only reads: which requests can be looked up, and the batched searches."""
-        prep = _Prepared(reqs, [None] * len(reqs), [], View(writes.settings))
+        prep = _Prepared(reqs, [None] * len(reqs), [], writes.view())
+        prep.positions = [next(self._positions) for _ in reqs]
         terms: list[Terms] = []
         for i, req in enumerate(reqs):
             try:
@@ -224,7 +227,8 @@ class Scheduler:
                     outcomes[i] = Op(reqs[i]).failed(exc, shares[i])
                 return
             for n, i in enumerate(group.members):
-                outcomes[i] = await apply(reqs[i], view, writes, shares[i] + (confirm_calls if n == 0 else 0))
+                calls = shares[i] + (confirm_calls if n == 0 else 0)
+                outcomes[i] = await apply(reqs[i], view, writes, calls, prep.positions[i])
         finally:
             gate.release()
 

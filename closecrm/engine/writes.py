@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from closecrm.cache import IdCache
+from closecrm.cache import LRU, IdCache
 from closecrm.client import CloseAPIError, CloseClient
 from closecrm.created_ids import CreatedIdLedger
 from closecrm.engine import ambiguity
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from closecrm.engine.lookups import Lookup
 
 Record = dict[str, Any]
+BORN_SIZE = 100_000  # records whose creation order this engine remembers
 
 
 class Records(Protocol):
@@ -42,6 +43,19 @@ class Store:
         self.settings = settings
         self.ids = ids
         self.records = records
+        # id -> input position of the request that created it (see Op.position); a view ranks
+        # these after every record it did not create, in this order.
+        self.born: LRU[str, int] = LRU(BORN_SIZE)
+
+    def view(self) -> View:
+        """An empty view whose "oldest" ranks this engine's creations in input order."""
+        return View(self.settings, born=self.born)
+
+    def created(self, op: Op, record: Record) -> None:
+        """``op`` created this record (a lead's nested contacts included)."""
+        self.born.put(record["id"], op.position)
+        for contact in record.get("contacts") or []:
+            self.born.put(contact["id"], op.position)
 
     async def call(self, op: Op, method: str, path: str, body: Any = None) -> Any:
         op.calls += 1
@@ -149,6 +163,7 @@ class Writes(Store):
     async def create_lead(self, op: Op, view: View, body: Record) -> Record:
         """The new lead, with its nested contacts; may raise ``ambiguity.Redo``."""
         lead = await ambiguity.post_lead(self, op, view, body)
+        self.created(op, lead)
         self.put_lead(view, lead)
         self.learned("lead", lead["id"], view.lead_keys(lead))
         for contact in lead.get("contacts") or []:
@@ -158,6 +173,7 @@ class Writes(Store):
     async def create_contact(self, op: Op, view: View, body: Record) -> Record:
         """The new contact (``body`` names its lead); may raise ``ambiguity.Redo``."""
         contact = await ambiguity.post_contact(self, op, view, body)
+        self.created(op, contact)
         self.put_contact(view, contact)
         self.learned("contact", contact["id"], view.contact_keys(contact))
         return contact

@@ -10,8 +10,7 @@ from closecrm.model import UpsertRequest
 from tests.engine.test_engine_batch import people
 from tests.pipeline.helpers import sim_config
 from transforms.collapse import Pending
-from transforms.keying import lead_identity
-from transforms.writer import UpsertToClose
+from transforms.writer import UpsertToClose, flush_order
 
 _OUT: list = []
 
@@ -46,7 +45,11 @@ def test_every_flush_is_settled_with_each_request_paired_to_its_own_outcome(sim,
         assert leads[contact["lead_id"]]["custom." + cf["company"]] == pending.request.lead_company_id
 
 
-def test_lead_identity_keeps_a_leads_requests_together():
-    reqs = [UpsertRequest(lead_company_id=c, contact_user_id=u) for c, u in [("b", "1"), ("a", "2"), ("b", "3")]]
-    ordered = sorted(reqs, key=lead_identity)
-    assert [r.contact_user_id for r in ordered] == ["2", "1", "3"]  # stable within a lead
+def test_a_flush_is_applied_in_event_time_whatever_the_leads_ties_in_arrival_order():
+    times = ["2026-11-01T10:00:02Z", "2026-11-01T12:00:01+02:00", None, "2026-11-01T10:00:02.000Z", "nonsense"]
+    pendings = [
+        Pending(str(n), UpsertRequest(lead_company_id=company, contact_user_id=str(n), timestamp=at))
+        for n, (company, at) in enumerate(zip(["b", "a", "c", "a", "b"], times, strict=True))
+    ]
+    # Requests without a usable time come first (as collapsing sorts); 12:00:01+02:00 is 10:00:01Z.
+    assert [p.person for p in flush_order(pendings)] == ["2", "4", "1", "0", "3"]
