@@ -102,17 +102,22 @@ class Lookup:
         return 2
 
     def take_hits(self, view: View, store: Store, leads: Iterable[Record], contacts: Iterable[Record]) -> None:
-        """Search hits into the view, each after the newer copy the store may remember of it."""
+        """Search hits into the view, each after the copy the store may remember of it.
+
+        The store's copy was read by id or returned by a write of this engine. When search knows
+        no newer version, that copy is as good a base for merging lists as a read would be: a
+        request that appends to a contact an earlier batch created or read makes no GET first.
+        """
         for hit in leads:
             cached = store.records.get(hit["id"])
             if cached is not None:
-                view.put_lead(cached, fresh=False)
+                view.put_lead(cached, fresh=not _later(hit, cached))
             view.put_lead(hit, fresh=False)
             store.ids.add_all(view.lead_keys(view.leads[hit["id"]]), hit["id"])
         for hit in contacts:
             cached = store.records.get(hit["id"])
             if cached is not None:
-                view.put_contact(cached, fresh=False)
+                view.put_contact(cached, fresh=not _later(hit, cached))
             view.put_contact(hit, fresh=False)
             store.ids.add_all(view.contact_keys(view.contacts[hit["id"]]), hit["id"])
 
@@ -139,3 +144,8 @@ class Lookup:
             elif not any(view.matches(record_id, k) for k in wanted[record_id]):
                 store.ids.forget(record_id, wanted[record_id])  # it no longer carries that key
         return reads.calls
+
+
+def _later(a: Record, b: Record) -> bool:
+    """Was ``a`` updated after ``b`` (ISO-8601 UTC ``date_updated``, so it compares as text)?"""
+    return str(a.get("date_updated") or "") > str(b.get("date_updated") or "")

@@ -327,9 +327,10 @@ def _carry_over(view: View, previous: View, keys: set[str], nodes: set[str]) -> 
     """Give `view` the previous batch's copy of the records these keys and ids lead to.
 
     Called once the previous batch's groups that claimed them are done. This batch's searches may
-    have run while they were still writing, so a hit can predate (or miss) a write; the previous
-    batch's copy is the newest state. Copies go in as search hits would (not fresh: a list merge
-    still reads the record first), and never over a record this batch has itself written or read.
+    have run while they were still writing, so a hit (or the engine's remembered copy taken with
+    it) can predate (or miss) a write; the previous batch's copy is the newest state. A copy goes in
+    only over an older one, so never over a record this batch has itself written or read since;
+    it is a safe base for a list merge when it was one there (read by id or written).
     """
     wanted = set(nodes)
     for key in keys:
@@ -339,8 +340,6 @@ def _carry_over(view: View, previous: View, keys: set[str], nodes: set[str]) -> 
         if contact is not None and contact.get("lead_id"):
             wanted.add(contact["lead_id"])
     for record_id in wanted:
-        if record_id in view.fresh:
-            continue
         for theirs, ours, put in (
             (previous.leads, view.leads, view.put_lead),
             (previous.contacts, view.contacts, view.put_contact),
@@ -348,10 +347,12 @@ def _carry_over(view: View, previous: View, keys: set[str], nodes: set[str]) -> 
             record = theirs.get(record_id)
             if record is None:
                 continue
-            hit = ours.get(record_id)
-            if hit is None or str(hit.get("date_updated") or "") <= str(record.get("date_updated") or ""):
+            mine = ours.get(record_id)
+            theirs_at = str(record.get("date_updated") or "")
+            mine_at = str(mine.get("date_updated") or "") if mine is not None else ""
+            if mine is None or mine_at < theirs_at or (mine_at == theirs_at and record_id not in view.fresh):
                 view.drop(record_id)
-                put(record, fresh=False)
+                put(record, fresh=record_id in previous.fresh)
             break
 
 
