@@ -189,3 +189,36 @@ def test_an_async_source_that_waits_for_outcomes_gets_them(close: CloseEnv) -> N
     assert [o.kind for o in fed_outs] == [o.kind for o in batch_outs]
     assert close.projection() == expected
     assert close.sim.stats()["requests_total"] == batch_calls
+
+
+def _append_in_a_later_batch(close: CloseEnv, meanwhile) -> dict[str, Any]:
+    """u1 is created in one batch and gets a second email in the next; ``meanwhile`` runs between them."""
+
+    async def go(engine: UpsertEngine) -> None:
+        await engine.upsert_batch([UpsertRequest(contact_user_id="u1", contact_emails=("one@x.com",))])
+        await meanwhile(engine.client)
+        await engine.upsert_batch([UpsertRequest(contact_user_id="u1", contact_emails=("two@x.com",))])
+
+    close.run(go)
+    [contact] = close.sim.contacts()
+    return contact
+
+
+def test_appending_to_a_contact_an_earlier_batch_created_makes_no_read(close: CloseEnv) -> None:
+    async def nothing(client) -> None:
+        pass
+
+    contact = _append_in_a_later_batch(close, nothing)
+    assert [e["email"] for e in contact["emails"]] == ["one@x.com", "two@x.com"]
+    assert "read" not in close.sim.stats()["by_group"]
+
+
+def test_a_contact_changed_by_someone_else_since_is_read_before_its_lists_are_merged(close: CloseEnv) -> None:
+    async def someone_adds_a_phone(client) -> None:
+        [contact] = close.sim.contacts()
+        await client.request("PUT", f"contact/{contact['id']}/", json={"phones": [{"phone": "+14155550100"}]})
+
+    contact = _append_in_a_later_batch(close, someone_adds_a_phone)
+    assert [e["email"] for e in contact["emails"]] == ["one@x.com", "two@x.com"]
+    assert [p["phone"] for p in contact["phones"]] == ["+14155550100"]
+    assert close.sim.stats()["by_group"]["read"] == 1
