@@ -86,6 +86,7 @@ def merge(earlier: UpsertRequest, later: UpsertRequest) -> UpsertRequest:
         contact_urls=_accumulate(earlier.contact_urls, later.contact_urls, url_key),
         event_ids=_accumulate(earlier.event_ids, later.event_ids, str),
         timestamp=later.timestamp if later.timestamp is not None else earlier.timestamp,
+        **later.provenance_after(earlier),
     )
 
 

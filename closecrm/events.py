@@ -8,7 +8,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -45,7 +45,12 @@ class BadEvent(Exception):
 @dataclass(frozen=True)
 class Event:
     """A parsed event. ``raw`` is the normalised JSON object (nested objects decoded,
-    ``type``/``messageId``/``timestamp`` filled in), so ``parse_event(e.raw) == e``."""
+    ``type``/``messageId``/``timestamp`` filled in), so ``parse_event(e.raw) == e``.
+
+    ``received`` (the payload as it was given to `parse_event`) and ``origin`` (where it was read, a
+    `model.Origin`) are kept for the event's dead letter, which shows the event as the producer sent
+    it, not as the job filled it in; they take no part in comparisons.
+    """
 
     type: str
     message_id: str
@@ -56,6 +61,8 @@ class Event:
     event: str | None
     timestamp: str
     raw: dict[str, Any]
+    received: Any = field(default=None, compare=False, repr=False)
+    origin: Any = field(default=None, compare=False, repr=False)
 
     @property
     def person_key(self) -> str:
@@ -63,21 +70,26 @@ class Event:
 
 
 def parse_event(
-    raw: bytes | str | dict[str, Any], max_bytes: int = DEFAULT_MAX_BYTES, *, now: datetime | None = None
+    raw: bytes | str | dict[str, Any],
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    *,
+    now: datetime | None = None,
+    origin: Any = None,
 ) -> Event:
     """Validate one event; raise `BadEvent` with the reason it cannot be used.
 
-    ``now`` is the parse time used when the event carries no timestamp at all.
+    ``now`` is the parse time used when the event carries no timestamp at all; ``origin`` is where
+    ``raw`` was read, which the event keeps with ``raw`` itself (`Event.received`).
     """
     if isinstance(raw, dict):
-        return _parse(raw, max_bytes, now, plain=False)
+        return _parse(raw, max_bytes, now, plain=False, origin=origin)
     try:
         # JSON text holds plain JSON values only, so the walk that converts Avro/Parquet values is
         # skipped; a float that overflows to infinity (1e999) is the one thing it would reject, and
         # such an event is parsed again the thorough way to get the very same error.
-        return _parse(raw, max_bytes, now, plain=True)
+        return _parse(raw, max_bytes, now, plain=True, origin=origin)
     except _NonFinite:
-        return _parse(raw, max_bytes, now, plain=False)
+        return _parse(raw, max_bytes, now, plain=False, origin=origin)
 
 
 class _NonFinite(Exception):
@@ -98,7 +110,7 @@ _SIZE_GROWTH = 8
 _SIZE_SLACK = 512
 
 
-def _parse(raw: Any, max_bytes: int, now: datetime | None, *, plain: bool) -> Event:
+def _parse(raw: Any, max_bytes: int, now: datetime | None, *, plain: bool, origin: Any) -> Event:
     obj, size, simple = _load(raw, max_bytes, float_hook=_finite_float if plain else None)
     data = {k: v for k, v in obj.items() if v is not None}
     for key in OBJECT_KEYS:
@@ -160,6 +172,8 @@ def _parse(raw: Any, max_bytes: int, now: datetime | None, *, plain: bool) -> Ev
         event=event_name,
         timestamp=data["timestamp"],
         raw=data,
+        received=raw,
+        origin=origin,
     )
 
 

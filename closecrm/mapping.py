@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
 from closecrm.events import MISSING, BadEvent, Event, check_value, resolve_path
-from closecrm.model import Flags, UpsertRequest
+from closecrm.model import DroppedField, Flags, UpsertRequest
 from closecrm.normalize import is_plausible_url, is_valid_email, to_e164
 from closecrm.trigger import Trigger, compile_trigger
 
@@ -36,6 +36,14 @@ STRING_FIELDS = (
 CUSTOM_FIELD_FIELDS = ("lead_custom_fields", "contact_custom_fields")
 ACTION_FIELDS = STRING_FIELDS + CUSTOM_FIELD_FIELDS
 CUSTOM_FIELD_PREFIX = "cf_"
+
+# A bad value in these fails the whole event instead of being dropped: they decide which lead and
+# contact are looked up and written, so a request without them would land on other records (a
+# person's contact under a lead that is not their company's, say). The email is a lookup identity too,
+# but only a fallback one: it is dropped like any optional value (see `request_dropping_bad_values`).
+IDENTITY_FIELDS = ("lead_company_id", "contact_user_id")
+# Reasons that are never a matter of one field: text that is not text, or a structure too deep to walk.
+_UNDROPPABLE_REASONS = ("invalid_unicode", "too_deep")
 
 DEFAULT_SOURCES: dict[str, Any] = {
     "lead_name": "$.traits.company.name",
@@ -147,8 +155,12 @@ class CompiledMapping:
             else:
                 values[name] = custom.value(data)
         try:
-            return request_from_values(
-                values, self.spec.flags, event_ids=(event.message_id,), timestamp=event.timestamp
+            return request_dropping_bad_values(
+                values,
+                self.spec.flags,
+                event_ids=(event.message_id,),
+                timestamp=event.timestamp,
+                mapping=self.spec.name,
             )
         except BadEvent as exc:
             raise BadEvent(exc.reason, f"mapping {self.spec.name!r}: {exc.detail or exc.reason}") from None
@@ -184,7 +196,9 @@ def compile_mappings(specs: Iterable[MappingSpec]) -> list[CompiledMapping]:
 
 
 def map_event(event: Event, mappings: Sequence[CompiledMapping]) -> list[UpsertRequest]:
-    """One request per matching mapping, in mapping order; `BadEvent` when a value is unusable.
+    """One request per matching mapping, in mapping order. A value that cannot be sent is left out and
+    named in the request's ``dropped``; `BadEvent` when the event cannot be used at all (a bad company
+    or user id, text that is not text).
 
     Opt-out (`events.opted_out`) is the caller's check, so it can record the skip reason.
     """
@@ -201,38 +215,104 @@ def request_from_values(
     event_ids: tuple[str, ...] = (),
     timestamp: str | None = None,
 ) -> UpsertRequest:
-    """Normalise raw action-field values into a request; shared with snapshot sync.
+    """Normalise raw action-field values into a request, strictly: any unusable value raises
+    `BadEvent` (snapshot sync, which dead-letters such rows).
 
     Missing/null/empty values are dropped; numbers for string fields become strings; custom
-    field values keep their JSON type; emails must be valid, phones parseable and URLs plausible
-    http(s) URLs or bare hosts; text must be encodable as UTF-8 (no lone surrogates).
+    field values keep their JSON type (objects, and lists holding containers, are refused: no
+    custom field takes them); emails must be valid, phones parseable and URLs plausible http(s)
+    URLs or bare hosts; text must be encodable as UTF-8 (no lone surrogates).
     """
+    kwargs = _normalised(values, None)
+    return UpsertRequest(**kwargs, flags=flags, event_ids=event_ids, timestamp=timestamp)
+
+
+def request_dropping_bad_values(
+    values: Mapping[str, Any],
+    flags: Flags = Flags(),
+    *,
+    event_ids: tuple[str, ...] = (),
+    timestamp: str | None = None,
+    mapping: str | None = None,
+) -> UpsertRequest:
+    """Like `request_from_values`, but a value that cannot be sent is left out and recorded in the
+    request's ``dropped`` (field and reason), as Segment drops an invalid optional value and delivers
+    the rest. That includes the email: a request left with no company id, user id or email is then
+    skipped as ``no_identity`` by the engine, as it would be had the event carried no email.
+
+    Still raises `BadEvent` for a bad company id or user id (`IDENTITY_FIELDS`), and for text that is
+    not text or values nested too deep, which no field can be trusted with.
+    """
+    dropped: list[DroppedField] = []
+
+    def drop(name: str, exc: BadEvent) -> None:
+        if name.split(".", 1)[0] in IDENTITY_FIELDS or exc.reason.startswith(_UNDROPPABLE_REASONS):
+            raise exc
+        dropped.append(DroppedField(name, exc.reason, mapping))
+
+    kwargs = _normalised(values, drop)
+    return UpsertRequest(
+        **kwargs,
+        flags=flags,
+        event_ids=event_ids,
+        timestamp=timestamp,
+        mappings=(mapping,) if mapping is not None else (),
+        dropped=tuple(dropped),
+    )
+
+
+_Drop = Callable[[str, BadEvent], None]
+
+
+def _normalised(values: Mapping[str, Any], drop: _Drop | None) -> dict[str, Any]:
+    """The request's content fields. A bad value raises, or with ``drop`` is handed to it (which
+    raises to refuse it) and left out."""
     kwargs: dict[str, Any] = {}
     for name in STRING_FIELDS:
-        text = _as_string(values.get(name, MISSING), name)
+        try:
+            text = _string_field(name, values.get(name, MISSING))
+        except BadEvent as exc:
+            if drop is None:
+                raise
+            drop(name, exc)
+            continue
         if text is None:
             continue
-        check_value(text, name)
         if name == "contact_email":
-            if not is_valid_email(text):
-                raise BadEvent("invalid_email", name)
             kwargs["contact_emails"] = (text,)
         elif name == "contact_phone":
-            if to_e164(text) is None:
-                raise BadEvent("invalid_phone", name)
             kwargs["contact_phones"] = (text,)
         elif name == "contact_url":
-            if not is_plausible_url(text):
-                raise BadEvent("invalid_url", name)
             kwargs["contact_urls"] = (text,)
         else:
             kwargs[name] = text
     for name in CUSTOM_FIELD_FIELDS:
-        custom = _custom_fields(values.get(name, MISSING), name)
+        try:
+            custom = _custom_fields(values.get(name, MISSING), name, drop)
+        except BadEvent as exc:
+            if drop is None:
+                raise
+            drop(name, exc)
+            continue
         if custom:
             check_value(custom, name)
             kwargs[name] = custom
-    return UpsertRequest(**kwargs, flags=flags, event_ids=event_ids, timestamp=timestamp)
+    return kwargs
+
+
+def _string_field(name: str, value: Any) -> str | None:
+    """One string field's value as the request carries it, None when absent; `BadEvent` when unusable."""
+    text = _as_string(value, name)
+    if text is None:
+        return None
+    check_value(text, name)
+    if name == "contact_email" and not is_valid_email(text):
+        raise BadEvent("invalid_email", name)
+    if name == "contact_phone" and to_e164(text) is None:
+        raise BadEvent("invalid_phone", name)
+    if name == "contact_url" and not is_plausible_url(text):
+        raise BadEvent("invalid_url", name)
+    return text
 
 
 def _as_string(value: Any, name: str) -> str | None:
@@ -256,16 +336,34 @@ def _as_string(value: Any, name: str) -> str | None:
     return text or None
 
 
-def _custom_fields(value: Any, name: str) -> dict[str, Any]:
+def _custom_fields(value: Any, name: str, drop: _Drop | None = None) -> dict[str, Any]:
     if value is MISSING or value is None:
         return {}
     if not isinstance(value, dict):
         raise BadEvent(f"wrong_type:{name}", type(value).__name__)
     out: dict[str, Any] = {}
     for key, item in value.items():
+        problem = None
         if not str(key).startswith(CUSTOM_FIELD_PREFIX):
-            raise BadEvent(f"wrong_type:{name}", f"key {key!r} does not start with 'cf_'")
+            problem = BadEvent(f"wrong_type:{name}", f"key {key!r} does not start with 'cf_'")
+        elif not _sendable_custom_value(item):
+            problem = BadEvent(f"wrong_type:{name}", f"{key}: {type(item).__name__} is no custom field value")
+        if problem is not None:
+            if drop is None:
+                raise problem
+            drop(f"{name}.{key}", problem)
+            continue
         if item is MISSING or item is None or item == "":
             continue
         out[str(key)] = item
     return out
+
+
+def _sendable_custom_value(item: Any) -> bool:
+    """Close's custom fields hold text, numbers, dates and choices (a list of them for multiple
+    choices): an object, or a list holding containers, is refused whatever the field's type."""
+    if isinstance(item, dict):
+        return False
+    if isinstance(item, list | tuple):
+        return not any(isinstance(v, dict | list | tuple) for v in item)
+    return True

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 OutcomeKind = Literal["created", "updated", "unchanged", "skipped", "failed"]
@@ -39,12 +41,36 @@ class Settings:
 
 
 @dataclass(frozen=True)
+class DroppedField:
+    """An action field left out of a request because its value could not be sent.
+
+    Segment drops an invalid optional value and delivers the rest of the event; so does the mapper,
+    and this record is how the audit log and the run's counters say so.
+    """
+
+    field: str  # the action field, or ``<custom fields>.<key>`` for one custom field
+    reason: str  # the reason a dead letter would have given: invalid_phone, wrong_type:contact_title, ...
+    mapping: str | None = None  # the mapping whose value it was
+
+    def to_json(self) -> dict[str, Any]:
+        return {"field": self.field, "reason": self.reason, "mapping": self.mapping}
+
+    @classmethod
+    def from_json(cls, data: Any) -> DroppedField:
+        if isinstance(data, dict):
+            return cls(str(data.get("field")), str(data.get("reason")), data.get("mapping"))
+        return cls(*data)
+
+
+@dataclass(frozen=True)
 class UpsertRequest:
     """One "Create or Update Contact and Lead" request, already normalised.
 
     Collapsing several events of one person can accumulate several emails, phones
     and urls, so those are tuples in first-seen order; the first email is the
-    lookup email. ``event_ids`` is provenance only and never part of the content.
+    lookup email. ``event_ids``, ``timestamp``, ``mappings`` and ``dropped`` are provenance only and
+    never part of the content; ``mappings`` and ``dropped`` are not compared either (they describe how
+    a request was made, not what it asks of Close).
     """
 
     lead_name: str | None = None
@@ -62,6 +88,8 @@ class UpsertRequest:
     flags: Flags = Flags()
     event_ids: tuple[str, ...] = ()
     timestamp: str | None = None  # ISO-8601 of the latest event folded into this request
+    mappings: tuple[str, ...] = field(default=(), compare=False)  # names of the mappings it came from
+    dropped: tuple[DroppedField, ...] = field(default=(), compare=False)  # values left out, and why
 
     @property
     def contact_email(self) -> str | None:
@@ -82,8 +110,8 @@ class UpsertRequest:
     def content(self) -> dict[str, Any]:
         """Everything that decides what Close ends up holding (no provenance)."""
         out = asdict(self)
-        out.pop("event_ids")
-        out.pop("timestamp")
+        for provenance in PROVENANCE:
+            out.pop(provenance)
         return out
 
     def fingerprint(self) -> str:
@@ -92,20 +120,34 @@ class UpsertRequest:
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
-        for k in ("contact_emails", "contact_phones", "contact_urls", "event_ids"):
+        for k in ("contact_emails", "contact_phones", "contact_urls", "event_ids", "mappings"):
             out[k] = list(out[k])
+        out["dropped"] = [d.to_json() for d in self.dropped]
         return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> UpsertRequest:
         known = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in known}
-        for k in ("contact_emails", "contact_phones", "contact_urls", "event_ids"):
+        for k in ("contact_emails", "contact_phones", "contact_urls", "event_ids", "mappings"):
             if k in kwargs:
                 kwargs[k] = tuple(kwargs[k] or ())
+        if "dropped" in kwargs:
+            kwargs["dropped"] = tuple(DroppedField.from_json(d) for d in kwargs["dropped"] or ())
         if isinstance(kwargs.get("flags"), dict):
             kwargs["flags"] = Flags(**kwargs["flags"])
         return cls(**kwargs)
+
+    def provenance_after(self, earlier: UpsertRequest) -> dict[str, Any]:
+        """The provenance of this request merged after ``earlier`` (collapsing): the mapping names and
+        dropped fields of both, each once, in first-seen order (event ids and timestamp are the caller's)."""
+        return {
+            "mappings": tuple(dict.fromkeys((*earlier.mappings, *self.mappings))),
+            "dropped": tuple(dict.fromkeys((*earlier.dropped, *self.dropped))),
+        }
+
+
+PROVENANCE = ("event_ids", "timestamp", "mappings", "dropped")
 
 
 @dataclass(frozen=True)
@@ -139,15 +181,71 @@ class Outcome:
 class DeadLetter:
     """One record shape for every stage that can reject something."""
 
-    stage: str  # parse | map | upsert | snapshot
+    stage: str  # parse | map | upsert | snapshot | replay
     reason: str
-    event: Any = None  # the original event (or raw text when it did not parse)
+    event: Any = None  # the original event as received (or raw text when it did not parse)
     request: dict[str, Any] | None = None
     error: Any = None
     attempts: int = 0
     event_ids: tuple[str, ...] = ()
+    source: dict[str, Any] | None = None  # where the input was read (`Origin.to_json`), when known
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["event_ids"] = list(self.event_ids)
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a payload was read, so its dead letter can be traced back to it.
+
+    ``kind``: ``line`` (a JSON-lines file, ``position`` its 1-based line), ``record`` (an Avro or
+    Parquet file, ``position`` its 1-based record), ``file`` (a file that could not be read),
+    ``pubsub`` (``name`` the message id) or ``kafka`` (``name`` the topic, with partition and offset).
+    """
+
+    kind: str
+    name: str
+    position: int | None = None
+    partition: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        if self.kind in ("line", "record"):
+            return {"file": self.name, self.kind: self.position}
+        if self.kind == "pubsub":
+            return {"pubsub_message_id": self.name}
+        if self.kind == "kafka":
+            return {"kafka_topic": self.name, "partition": self.partition, "offset": self.position}
+        return {self.kind: self.name}
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A payload as a source read it, and where from (`Origin`)."""
+
+    payload: Any
+    origin: Origin
+
+
+# ---------------------------------------------------------------------------- runs
+
+LETTERS_PREFIX = "dead-letters-"  # a run's dead letters: dead-letters-<run id>.jsonl
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    """A run's id: its start (UTC, to the second) and 24 random bits, e.g. ``20261201T101530Z-3fa2c1``.
+
+    It names the run's files, so two runs never write the same file, and they list in start order.
+    """
+    moment = (now or datetime.now(UTC)).astimezone(UTC)
+    return f"{moment:%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def letters_file_name(run_id: str) -> str:
+    return f"{LETTERS_PREFIX}{run_id}.jsonl"
+
+
+def utc_now_text() -> str:
+    """The time now, as the audit log and dead letters stamp it (UTC, ISO-8601, to the millisecond)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -15,7 +15,7 @@ from transforms.collapse import SUPPRESSED, CollapsePerPerson, Pending, Suppress
 from transforms.deadletter import DEAD, AppendLines, WriteDeadLetters
 from transforms.ledger import LEDGER, SettleLedger
 from transforms.mapping import MapToUpserts
-from transforms.outcomes import SettleSuppressed
+from transforms.outcomes import SettleSuppressed, audit_record
 from transforms.parse import ParseEvents
 from transforms.writer import UpsertToClose
 
@@ -33,23 +33,12 @@ class JobShape:
     dead_letter_dir: str | None
     dead_letter_topic: str | None
     audit_log: str | None
+    run_id: str  # names this run's dead-letter file, and stamps its letters and audit lines
 
 
-def audit_line(item: tuple[Pending, Outcome]) -> str:
+def audit_line(item: tuple[Pending, Outcome], run_id: str | None = None, dry_run: bool = False) -> str:
     pending, outcome = item
-    record = {
-        "person": pending.person,
-        "event_ids": list(pending.request.event_ids),
-        "outcome": outcome.label,
-        "branch": outcome.branch,
-        "lead_ids": list(outcome.lead_ids),
-        "contact_ids": list(outcome.contact_ids),
-        "calls": outcome.calls,
-        "attempts": outcome.attempts,
-        "http_status": outcome.http_status,
-        "changes": list(outcome.changes),
-    }
-    return json.dumps(record, sort_keys=True, default=str)
+    return json.dumps(audit_record(pending, outcome, run_id=run_id, dry_run=dry_run), sort_keys=True, default=str)
 
 
 def build(p: beam.Pipeline, shape: JobShape) -> dict[str, beam.PCollection]:
@@ -94,10 +83,10 @@ def build(p: beam.Pipeline, shape: JobShape) -> dict[str, beam.PCollection]:
     # Bounded input: every stage is in the global window already (CollapsePerPerson uses it in batch).
     settled_ledger = ledgers | "AllLedger" >> beam.Flatten() | "SettleLedger" >> SettleLedger(shape.streaming)
     dead_lines = dead | "WriteDeadLetters" >> WriteDeadLetters(
-        shape.dead_letter_dir, shape.dead_letter_topic, shape.streaming
+        shape.dead_letter_dir, shape.dead_letter_topic, shape.streaming, run_id=shape.run_id
     )
     if shape.audit_log:
-        lines = all_outcomes | "AuditLines" >> beam.Map(audit_line)
+        lines = all_outcomes | "AuditLines" >> beam.Map(audit_line, run_id=shape.run_id, dry_run=shape.dry_run)
         if shape.streaming:
             _ = lines | "AuditAppend" >> beam.ParDo(AppendLines(shape.audit_log))
         else:

@@ -131,7 +131,7 @@ def run(ctx: click.Context, config_path: str | None, **opts: object) -> None:
 
     from pipeline.cli_common import check_input_files
     from pipeline.config import load_config
-    from pipeline.runjob import RunRequest, beam_options, is_direct
+    from pipeline.runjob import RunRequest, beam_options, dead_letter_file, is_direct
     from pipeline.runjob import run as run_job
     from pipeline.sources import SourceOptions
     from pipeline.summary import dead_letters_line
@@ -185,7 +185,8 @@ def run(ctx: click.Context, config_path: str | None, **opts: object) -> None:
     if local:
         click.echo(f"start-up check: {calls} Close API call(s) before the job, not counted in the summary.")
     if dead:
-        raise click.ClickException(dead_letters_line(dead, opts["dead_letter"]))
+        where = dead_letter_file(request, local) or request.dead_letter_topic  # the run's own file, else its topic
+        raise click.ClickException(dead_letters_line(dead, where))
 
 
 @main.command()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,13 +14,19 @@ from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, 
 
 from closecrm.created_ids import ledger_dir, user_cache_root
 from closecrm.credentials import DEFAULT_CLOSE_URL, EngineSpec, KeySource
+from closecrm.model import new_run_id
 from pipeline import beam_patches, summary
 from pipeline.assemble import JobShape, build
 from pipeline.config import JobConfig
 from pipeline.sources import SourceOptions
 from transforms import metrics as m
+from transforms.deadletter import letters_path
 
 log = logging.getLogger(__name__)
+
+# Where a local run keeps its dead letters when no --dead-letter is given: a folder of its own,
+# ./close-sync-runs/<run id>/, relative to the directory the run was started in.
+RUNS_DIR = "close-sync-runs"
 
 
 @dataclass(frozen=True)
@@ -39,11 +46,29 @@ class RunRequest:
     # Root of the created-id ledger (see created_ids_location); None: the default place.
     created_ids_dir: str | None = None
     remember_created_ids: bool = True  # False: created ids live in each writer's memory only
+    # Names the run's dead-letter file and stamps its letters and audit lines: its start time and a
+    # random part (closecrm.model.new_run_id).
+    run_id: str = field(default_factory=new_run_id)
 
 
 def is_direct(options: PipelineOptions) -> bool:
     runner = options.view_as(StandardOptions).runner
     return runner is None or "direct" in str(runner).lower()
+
+
+def dead_letter_location(request: RunRequest, local: bool) -> str | None:
+    """The directory this run's dead letters go to: --dead-letter, else (local runs) a folder of the
+    run's own, ``close-sync-runs/<run id>``. A distributed run without --dead-letter has none (its
+    workers cannot write to this machine); `launch` refuses it unless letters go to a topic."""
+    if request.dead_letter_dir:
+        return request.dead_letter_dir
+    return os.path.join(RUNS_DIR, request.run_id) if local else None
+
+
+def dead_letter_file(request: RunRequest, local: bool = True) -> str | None:
+    """The file this run's dead letters are written to, or None when they go to a topic only."""
+    directory = dead_letter_location(request, local)
+    return letters_path(directory, request.run_id) if directory else None
 
 
 def created_ids_location(request: RunRequest, local: bool) -> str | None:
@@ -81,9 +106,10 @@ def shape_for(config: JobConfig, request: RunRequest, streaming: bool, local: bo
         shards=options.shards(local),
         streaming=streaming,
         dry_run=request.dry_run,
-        dead_letter_dir=request.dead_letter_dir,
+        dead_letter_dir=dead_letter_location(request, local),
         dead_letter_topic=request.dead_letter_topic,
         audit_log=request.audit_log,
+        run_id=request.run_id,
     )
 
 
@@ -136,9 +162,20 @@ def launch(config: JobConfig, request: RunRequest, *, validate: bool = True):  #
 
         source = replace(source, direct_runner=is_direct(options))
         request = replace(request, source=source)
-    shape = shape_for(config, request, streaming, local=is_direct(options))
+    local = is_direct(options)
+    if not local and not request.dead_letter_dir and not request.dead_letter_topic:
+        raise ValueError(
+            "a run on a distributed runner needs --dead-letter DIR on storage its workers write to "
+            "(gs://...) or --dead-letter-topic TOPIC: without either its dead letters would be lost"
+        )
+    shape = shape_for(config, request, streaming, local=local)
+    letters = dead_letter_file(request, local)
+    if letters and local and os.path.exists(letters):
+        raise ValueError(f"{letters} exists already; refusing to write over another run's dead letters")
     if shape.engine.created_ids:
         log.info("created-id ledger: %s", shape.engine.created_ids)
+    if letters:
+        log.info("dead letters: %s", letters)
     if validate:
         asyncio.run(shape.engine.check())
     return start(options, streaming, lambda p: build(p, shape))
@@ -160,9 +197,25 @@ def run(config: JobConfig, request: RunRequest, *, validate: bool = True, show_s
     with progress.reporting(request.progress and show_summary and local, request.source.input):
         result = launch(config, request, validate=validate)
         result.wait_until_finish()
+    if local:
+        _tidy_letters(request)
     values = summary.collect(result)
     if show_summary:
         if request.dry_run and local and request.audit_log:
             plan.render_plan(plan.read_audit(request.audit_log))
-        summary.render(values)
+        summary.render(values, dry_run=request.dry_run)
     return values.get(m.EVENTS_DEAD_LETTERED, 0)
+
+
+def _tidy_letters(request: RunRequest) -> None:
+    """A run without dead letters leaves no empty letters file behind, nor the folder it made for it."""
+    path = dead_letter_file(request, local=True)
+    if not path or not os.path.isfile(path) or os.path.getsize(path):
+        return
+    os.remove(path)
+    if not request.dead_letter_dir:  # the run's own folder: gone when empty, and so is a runs folder left empty
+        for folder in (os.path.dirname(path), RUNS_DIR):
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break

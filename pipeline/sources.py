@@ -1,8 +1,10 @@
 """The read stage: raw event payloads from files, Pub/Sub or Kafka, ready for ParseEvents.
 
 Payloads are `bytes` (one JSON document as text: a JSON line, a Pub/Sub message, a Kafka value)
-or `dict` (an Avro or Parquet row, already an event). Nothing here judges an event: a line that is
-not JSON is passed on as it is, and the parser dead-letters it.
+or `dict` (an Avro or Parquet row, already an event), each wrapped in a `Received` that says where it
+was read (file and line or record, Pub/Sub message id, Kafka topic, partition and offset), so its dead
+letter can be traced back to it. Nothing here judges an event: a line that is not JSON is passed on as
+it is, and the parser dead-letters it.
 
 An Avro/Parquet/compressed file that cannot be read (corrupt, truncated) does not fail the job:
 the rows read before the damage are emitted, then one `str` payload "unreadable file <path>: <error>"
@@ -24,6 +26,7 @@ from apache_beam.io import fileio
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindow, TimestampedValue
 
+from closecrm.model import Origin, Received
 from pipeline.avro_io import iter_avro_records, record_to_event
 
 _LOG = logging.getLogger(__name__)
@@ -128,31 +131,33 @@ class _ReadFile(beam.DoFn):
         except Exception as error:  # one damaged file must not stop the job
             _LOG.warning("cannot read %s: %s", path, error)
             self._unreadable.inc()
-            yield unreadable_file_payload(path, error)
+            yield Received(unreadable_file_payload(path, error), Origin("file", path))
 
     def read(self, readable_file: fileio.ReadableFile) -> Iterator[Any]:
         raise NotImplementedError
 
 
 class ReadJsonLines(_ReadFile):
-    """Each non-blank line of a (possibly compressed) JSON-lines file, as bytes."""
+    """Each non-blank line of a (possibly compressed) JSON-lines file, as bytes, with its line number."""
 
-    def read(self, readable_file: fileio.ReadableFile) -> Iterator[bytes]:
+    def read(self, readable_file: fileio.ReadableFile) -> Iterator[Received]:
+        path = readable_file.metadata.path
         with readable_file.open() as stream:
             # Beam's CompressedFile has readline() but is not iterable.
-            for line in iter(stream.readline, b""):
+            for number, line in enumerate(iter(stream.readline, b""), start=1):
                 line = line.strip()
                 if line:
-                    yield line
+                    yield Received(line, Origin("line", path, number))
 
 
 class ReadAvroRows(_ReadFile):
     """Each record of an Avro container file, as an event dict."""
 
-    def read(self, readable_file: fileio.ReadableFile) -> Iterator[dict[str, Any]]:
+    def read(self, readable_file: fileio.ReadableFile) -> Iterator[Received]:
+        path = readable_file.metadata.path
         with readable_file.open(mime_type="application/octet-stream") as stream:
-            for record in iter_avro_records(stream):
-                yield record_to_event(record)
+            for number, record in enumerate(iter_avro_records(stream), start=1):
+                yield Received(record_to_event(record), Origin("record", path, number))
 
 
 class ReadParquetRows(_ReadFile):
@@ -162,13 +167,16 @@ class ReadParquetRows(_ReadFile):
         super().__init__()
         self._batch_size = batch_size
 
-    def read(self, readable_file: fileio.ReadableFile) -> Iterator[dict[str, Any]]:
+    def read(self, readable_file: fileio.ReadableFile) -> Iterator[Received]:
         import pyarrow.parquet as pq
 
+        path = readable_file.metadata.path
+        number = 0
         with readable_file.open(mime_type="application/octet-stream") as stream:
             for batch in pq.ParquetFile(stream).iter_batches(batch_size=self._batch_size):
                 for row in batch.to_pylist():
-                    yield record_to_event(row)
+                    number += 1
+                    yield Received(record_to_event(row), Origin("record", path, number))
 
 
 class SkipUnsupportedFile(beam.DoFn):
@@ -228,8 +236,16 @@ class ReadEventFiles(beam.PTransform):
 # --- Pub/Sub -----------------------------------------------------------------------------------
 
 
+def received_message(message: Any) -> Any:
+    """A Pub/Sub message's body, with its message id when the runner gives one."""
+    message_id = getattr(message, "message_id", None)
+    if not message_id:
+        return message.data
+    return Received(message.data, Origin("pubsub", str(message_id)))
+
+
 class ReadPubSubPayloads(beam.PTransform):
-    """Message bodies (bytes) from a Pub/Sub subscription or topic; unbounded."""
+    """Message bodies (bytes, with their message ids) from a Pub/Sub subscription or topic; unbounded."""
 
     def __init__(self, options: SourceOptions) -> None:
         super().__init__()
@@ -239,11 +255,17 @@ class ReadPubSubPayloads(beam.PTransform):
         opts = self._options
         # The DirectRunner refuses id_label; the pipeline's messageId dedupe covers redeliveries there.
         id_label = None if opts.direct_runner else opts.id_attribute
-        return pbegin | "Read Pub/Sub" >> beam.io.ReadFromPubSub(
-            subscription=opts.subscription,
-            topic=None if opts.subscription else opts.topic,
-            timestamp_attribute=opts.timestamp_attribute,
-            id_label=id_label,
+        return (
+            pbegin
+            | "Read Pub/Sub"
+            >> beam.io.ReadFromPubSub(
+                subscription=opts.subscription,
+                topic=None if opts.subscription else opts.topic,
+                timestamp_attribute=opts.timestamp_attribute,
+                id_label=id_label,
+                with_attributes=True,  # the message, whose id a dead letter names
+            )
+            | "Bodies" >> beam.Map(received_message)
         )
 
 
@@ -251,7 +273,8 @@ class ReadPubSubPayloads(beam.PTransform):
 
 
 class ReadKafkaPayloads(beam.PTransform):
-    """Message values (bytes) of a Kafka topic: Beam's ReadFromKafka, or a bounded Python read locally."""
+    """Message values (bytes) of a Kafka topic: Beam's ReadFromKafka, or a bounded Python read locally
+    (whose values carry their topic, partition and offset; Beam's reader gives the values alone)."""
 
     def __init__(self, options: SourceOptions) -> None:
         super().__init__()
@@ -361,7 +384,8 @@ LATEST_KAFKA_MILLIS = GlobalWindow().max_timestamp().micros // 1000
 
 
 class ReadKafkaPartition(beam.DoFn):
-    """The values of one partition range, stamped with their Kafka timestamps; tombstones are skipped."""
+    """The values of one partition range, with their topic, partition and offset, stamped with their
+    Kafka timestamps; tombstones are skipped."""
 
     def __init__(self, consumer_config: Mapping[str, str], idle_timeout_s: float = 30.0, batch: int = 500):
         self._config = dict(consumer_config)
@@ -400,7 +424,7 @@ class ReadKafkaPartition(beam.DoFn):
                         next_offset = span.end
                         break
                     next_offset = message.offset() + 1
-                    yield from self._payload(message)
+                    yield from self._payload(message, span)
                 if messages:
                     last_progress = time.monotonic()
                 elif time.monotonic() - last_progress > self._idle_timeout_s:
@@ -411,11 +435,12 @@ class ReadKafkaPartition(beam.DoFn):
         finally:
             self._consumer.unassign()
 
-    def _payload(self, message: Any) -> Iterator[TimestampedValue | bytes]:
+    def _payload(self, message: Any, span: KafkaPartitionRange) -> Iterator[TimestampedValue | Received]:
         value = message.value()
         if value is None:
             self._tombstones.inc()
             return
+        received = Received(value, Origin("kafka", span.topic, message.offset(), span.partition))
         kind, millis = message.timestamp()
         stamped = kind and 0 <= millis <= LATEST_KAFKA_MILLIS
-        yield TimestampedValue(value, millis / 1000.0) if stamped else value
+        yield TimestampedValue(received, millis / 1000.0) if stamped else received

@@ -9,13 +9,26 @@ from typing import Any
 import apache_beam as beam
 
 from closecrm.events import MAX_DEPTH, BadEvent, check_value
-from closecrm.model import DeadLetter
+from closecrm.model import DeadLetter, Received, letters_file_name, utc_now_text
 
 DEAD = "dead"  # tag of every stage's dead-letter output
+LEGACY_LETTERS_FILE = "dead-letters.jsonl"  # what a writer given no run id writes (snapshot-sync)
 
 
-def dead_letter_json(letter: DeadLetter) -> str:
-    return json.dumps(letter.to_json(), sort_keys=True, default=str)
+def dead_letter_json(letter: DeadLetter, run_id: str | None = None) -> str:
+    """One JSON line; with ``run_id``, stamped with the run and the time it was written."""
+    record = letter.to_json()
+    if run_id is not None:
+        record["run_id"] = run_id
+        record["time"] = utc_now_text()
+    return json.dumps(record, sort_keys=True, default=str)
+
+
+def letters_path(directory: str, run_id: str | None) -> str:
+    """The file a run's dead letters go to under ``directory``: one per run, named by its run id, so
+    no run writes over another's letters."""
+    name = letters_file_name(run_id) if run_id is not None else LEGACY_LETTERS_FILE
+    return directory.rstrip("/") + "/" + name
 
 
 TOO_DEEP_MARK = "<too deep>"
@@ -45,6 +58,32 @@ def raw_for_letter(raw: Any) -> Any:
     return raw
 
 
+def as_received(payload: Any) -> Any:
+    """A payload that became an event, as its producer sent it, for its dead letter: JSON text as
+    the object it holds (nothing the job filled in: no generated messageId, no parse-time timestamp),
+    a row as it was read; always writable (`raw_for_letter`)."""
+    if isinstance(payload, bytes | bytearray | memoryview):
+        try:
+            payload = bytes(payload).decode("utf-8-sig")
+        except UnicodeDecodeError:
+            return raw_for_letter(payload)
+    if isinstance(payload, str):
+        try:
+            payload = json.loads(payload)
+        except (ValueError, RecursionError):
+            return raw_for_letter(payload)
+    return raw_for_letter(payload)
+
+
+def letter_event(carried: Any) -> tuple[Any, dict[str, Any] | None]:
+    """What a letter shows of an event a request carried (a `Received`, or a parsed event's raw), and
+    where it was read, when known."""
+    if isinstance(carried, Received):
+        origin = carried.origin
+        return as_received(carried.payload), origin.to_json() if origin is not None else None
+    return raw_for_letter(carried), None
+
+
 def _writable_text(text: str) -> str:
     try:
         text.encode("utf-8")
@@ -69,16 +108,23 @@ def _clipped(value: Any, depth: int) -> Any:
 
 
 class WriteDeadLetters(beam.PTransform):
-    """JSON lines under DIR (one file per bundle set) and, if given, a Pub/Sub topic."""
+    """JSON lines in one file under DIR (`letters_path`) and, if given, a Pub/Sub topic.
 
-    def __init__(self, directory: str | None, topic: str | None = None, streaming: bool = False) -> None:
+    With a ``run_id`` the file is ``dead-letters-<run id>.jsonl`` and each letter carries the run id
+    and the time it was written; without one (snapshot-sync for now) it is ``dead-letters.jsonl``.
+    """
+
+    def __init__(
+        self, directory: str | None, topic: str | None = None, streaming: bool = False, run_id: str | None = None
+    ) -> None:
         super().__init__()
         self._directory = directory
         self._topic = topic
         self._streaming = streaming
+        self._run_id = run_id
 
     def expand(self, letters):
-        lines = letters | "ToJson" >> beam.Map(dead_letter_json)
+        lines = letters | "ToJson" >> beam.Map(dead_letter_json, run_id=self._run_id)
         if self._topic:
             _ = (
                 lines
@@ -86,13 +132,12 @@ class WriteDeadLetters(beam.PTransform):
                 | "ToPubSub" >> beam.io.WriteToPubSub(self._topic)
             )
         if self._directory:
+            path = letters_path(self._directory, self._run_id)
             if self._streaming:
-                _ = lines | "ToFiles" >> beam.ParDo(AppendLines(self._directory.rstrip("/") + "/dead-letters.jsonl"))
+                _ = lines | "ToFiles" >> beam.ParDo(AppendLines(path))
             else:
                 _ = lines | "ToFiles" >> beam.io.WriteToText(
-                    self._directory.rstrip("/") + "/dead-letters",
-                    file_name_suffix=".jsonl",
-                    shard_name_template="",
+                    path.removesuffix(".jsonl"), file_name_suffix=".jsonl", shard_name_template=""
                 )
         return lines
 

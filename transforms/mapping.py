@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import apache_beam as beam
 
 from closecrm.events import BadEvent, Event
 from closecrm.mapping import MappingSpec, compile_mappings, map_event
-from closecrm.model import DeadLetter, UpsertRequest
+from closecrm.model import DeadLetter, Received, UpsertRequest
 from transforms import metrics
-from transforms.deadletter import DEAD, internal_error, raw_for_letter
+from transforms.deadletter import DEAD, internal_error, letter_event, raw_for_letter
 from transforms.ledger import DEAD as LEDGER_DEAD
 from transforms.ledger import LEDGER, SKIPPED
 
@@ -29,15 +30,18 @@ class _Map(beam.DoFn):
         self._specs = list(specs)
         self._mapped = metrics.counter(metrics.REQUESTS_MAPPED)
         self._filtered = metrics.counter(metrics.EVENTS_FILTERED)
+        self._dropped = metrics.counter(metrics.FIELDS_DROPPED)
 
     def setup(self) -> None:
         self._compiled = compile_mappings(self._specs)
+        self._dropped_by: dict[str, metrics._Counter] = {}
 
     def process(self, event: Event):
         # Everything that can fail runs before the first output, so a failed event ends as one dead
         # letter and nothing else.
         try:
-            keyed = [(person_key(event, r), (r, event.raw)) for r in map_event(event, self._compiled)]
+            shown = carried(event)
+            keyed = [(person_key(event, r), (r, shown)) for r in map_event(event, self._compiled)]
         except BadEvent as exc:
             yield from _dead(event, exc.reason)
             return
@@ -49,13 +53,41 @@ class _Map(beam.DoFn):
             yield beam.pvalue.TaggedOutput(LEDGER, (event.message_id, SKIPPED))
             return
         self._mapped.inc(len(keyed))
+        for _, (request, _) in keyed:
+            self._count_dropped(request)
         yield from keyed
+
+    def _count_dropped(self, request: UpsertRequest) -> None:
+        """The run's own record of each value left out: a total, and one counter per field and reason."""
+        if not request.dropped:
+            return
+        self._dropped.inc(len(request.dropped))
+        for dropped in request.dropped:
+            # custom-field keys can come from the event: they are named in the audit log, not in a
+            # counter's name, so the number of counters stays bounded
+            action_field = dropped.field.split(".", 1)[0]
+            name = f"{metrics.FIELDS_DROPPED_PREFIX}{action_field}:{dropped.reason}"
+            counter = self._dropped_by.get(name)
+            if counter is None:
+                counter = self._dropped_by[name] = metrics.counter(name)
+            counter.inc()
+
+
+def carried(event: Event) -> Any:
+    """What a request carries of its event, for a dead letter at a later stage: the payload as it was
+    read and where (`Received`; JSON text stays text, which packs smaller than the parsed object), or
+    the parsed event when it was not read from a source."""
+    if event.received is None:
+        return event.raw
+    return Received(event.received, event.origin)
 
 
 def _dead(event: Event, reason: str) -> list[beam.pvalue.TaggedOutput]:
-    letter = DeadLetter(
-        stage="map", reason=reason, event=raw_for_letter(event.raw), event_ids=(event.message_id,)
-    )
+    try:
+        shown, source = letter_event(carried(event))
+    except Exception:  # noqa: BLE001 - the parsed event then; the letter must be written
+        shown, source = raw_for_letter(event.raw), None
+    letter = DeadLetter(stage="map", reason=reason, event=shown, event_ids=(event.message_id,), source=source)
     return [
         beam.pvalue.TaggedOutput(DEAD, letter),
         beam.pvalue.TaggedOutput(LEDGER, (event.message_id, LEDGER_DEAD)),
@@ -63,7 +95,8 @@ def _dead(event: Event, reason: str) -> list[beam.pvalue.TaggedOutput]:
 
 
 class MapToUpserts(beam.PTransform):
-    """Main output: (person key, (UpsertRequest, original event)). Tagged outputs: DEAD, LEDGER."""
+    """Main output: (person key, (UpsertRequest, the event as read, see `carried`)). Tagged outputs:
+    DEAD, LEDGER."""
 
     def __init__(self, specs: Sequence[MappingSpec]) -> None:
         super().__init__()

@@ -61,6 +61,9 @@ EVENTS_DEAD_LETTERED = "events_dead_lettered"
 EVENTS_APPLIED = "events_applied"
 EVENTS_SKIPPED = "events_skipped"
 EVENTS_BY_TYPE = "events_type_"  # + identify, group, ...
+# values the mapper left out of a request (the request went on without them)
+FIELDS_DROPPED = "fields_dropped"
+FIELDS_DROPPED_PREFIX = "fields_dropped:"  # + <field>:<reason>, e.g. fields_dropped:contact_phone:invalid_phone
 # requests
 REQUESTS_MAPPED = "requests_mapped"
 REQUESTS_COLLAPSED = "requests_collapsed_away"

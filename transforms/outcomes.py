@@ -7,10 +7,10 @@ from typing import Any
 
 import apache_beam as beam
 
-from closecrm.model import DeadLetter, Outcome
+from closecrm.model import DeadLetter, Outcome, utc_now_text
 from transforms import metrics
 from transforms.collapse import Pending
-from transforms.deadletter import DEAD
+from transforms.deadletter import DEAD, letter_event
 from transforms.ledger import APPLIED, LEDGER, SKIPPED
 from transforms.ledger import DEAD as LEDGER_DEAD
 
@@ -24,7 +24,11 @@ def ledger_status(outcome: Outcome) -> str:
 
 
 def letter_for(pending: Pending, outcome: Outcome) -> DeadLetter:
-    events = list(pending.events)
+    """The failed request's letter: its events as they were received and where each was read (one
+    of each, or lists in the same order), the request, and Close's answer."""
+    shown = [letter_event(carried) for carried in pending.events]
+    events = [event for event, _ in shown]
+    sources = [source for _, source in shown]
     return DeadLetter(
         stage="upsert",
         reason=outcome.reason or "failed",
@@ -33,7 +37,69 @@ def letter_for(pending: Pending, outcome: Outcome) -> DeadLetter:
         error={"http_status": outcome.http_status, "body": outcome.error_body, "outcome": outcome.label},
         attempts=outcome.attempts,
         event_ids=pending.request.event_ids,
+        source=(sources[0] if len(sources) == 1 else sources) if any(sources) else None,
     )
+
+
+def audit_record(
+    pending: Pending, outcome: Outcome, *, run_id: str | None = None, dry_run: bool = False
+) -> dict[str, Any]:
+    """The audit log's line for one request: when, which run and mappings, how it ended, what it
+    changed (each change marked applied or not), and the values the mapper left out of it."""
+    request = pending.request
+    return {
+        "time": utc_now_text(),
+        "run_id": run_id,
+        "person": pending.person,
+        "event_ids": list(request.event_ids),
+        "mappings": list(request.mappings),
+        "outcome": outcome.label,
+        "branch": outcome.branch,
+        "lead_ids": list(outcome.lead_ids),
+        "contact_ids": list(outcome.contact_ids),
+        "calls": outcome.calls,
+        "attempts": outcome.attempts,
+        "http_status": outcome.http_status,
+        "changes": audited_changes(outcome, dry_run),
+        "dropped": [d.to_json() for d in request.dropped],
+    }
+
+
+def audited_changes(outcome: Outcome, dry_run: bool) -> list[dict[str, Any]]:
+    """The outcome's field changes, each with ``applied``: whether Close holds it.
+
+    The engine records a write's changes just before it sends the write and stops at the first error,
+    so in a failed request every write but the last went through, and the last one did not (``null``
+    after an ambiguous write, which Close may or may not have made). A dry run applies nothing.
+    """
+    changes = [dict(change) for change in outcome.changes]
+    if dry_run:
+        applied_until, last_write = 0, False
+    elif outcome.kind != "failed":
+        applied_until, last_write = len(changes), True
+    else:
+        applied_until = _last_write_starts(changes)
+        last_write = None if (outcome.reason or "").startswith("ambiguous") else False
+    for i, change in enumerate(changes):
+        change["applied"] = True if i < applied_until else last_write
+    return changes
+
+
+def _last_write_starts(changes: list[dict[str, Any]]) -> int:
+    """Where the changes of the last write begin: a create (no id yet, a lead's nested contact with it),
+    or an update of one record."""
+    if not changes:
+        return 0
+    last = changes[-1]
+    if last.get("action") == "create" and last.get("id") is None:
+        same = lambda c: c.get("action") == "create" and c.get("id") is None  # noqa: E731
+    else:
+        key = (last.get("object"), last.get("id"), last.get("action"))
+        same = lambda c: (c.get("object"), c.get("id"), c.get("action")) == key  # noqa: E731
+    start = len(changes)
+    while start > 0 and same(changes[start - 1]):
+        start -= 1
+    return start
 
 
 def emit_outcome(pending: Pending, outcome: Outcome) -> Iterable[Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import apache_beam as beam
 
 from closecrm.events import BadEvent, Event, opted_out, parse_event
-from closecrm.model import DeadLetter
+from closecrm.model import DeadLetter, Origin, Received
 from transforms import metrics
 from transforms.deadletter import DEAD, internal_error, raw_for_letter
 from transforms.dedupe import DropRedeliveriesWithTtl, dedupe_bucket
@@ -32,18 +33,52 @@ def raw_id(raw: Any) -> str:
     return "raw:" + hashlib.sha256(blob).hexdigest()[:24]
 
 
-def dead_raw(raw: Any, reason: str) -> list[Any]:
+def readable_message_id(raw: Any) -> str | None:
+    """The top-level ``messageId`` of input that did not become an event, when it can be read: the
+    input is a JSON object (or a row) whose messageId is non-empty text. Producers know their events by
+    it, so a dead letter is easier to trace by it than by a hash of the line."""
+    obj = raw
+    if isinstance(raw, bytes | bytearray | memoryview | str):
+        try:
+            obj = json.loads(bytes(raw) if not isinstance(raw, str) else raw)
+        except (ValueError, RecursionError, UnicodeDecodeError):
+            return None
+    if not isinstance(obj, dict):
+        return None
+    message_id = obj.get("messageId")
+    if not isinstance(message_id, str) or not message_id.strip():
+        return None
+    try:
+        message_id.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: not something to name a letter by
+        return None
+    return message_id
+
+
+def dead_raw(raw: Any, reason: str, origin: Origin | None = None) -> list[Any]:
     """The dead letter and the ledger entry of input that did not become an event.
 
-    The ledger key is unique to this read: two identical bad lines are two events read, and the
-    ledger folds entries by key.
+    The letter is named by the input's messageId when one can be read, else by a hash of the input,
+    and says where the input was read (``origin``). The ledger key is unique to this read: two
+    identical bad lines are two events read, and the ledger folds entries by key.
     """
     try:
         rid, event = raw_id(raw), raw_for_letter(raw)
     except Exception:  # noqa: BLE001 - input that cannot even be shown is still accounted for
         rid, event = "raw:unprintable", None
+    try:
+        letter_id = readable_message_id(raw) or rid
+    except Exception:  # noqa: BLE001 - the hash names it then
+        letter_id = rid
+    letter = DeadLetter(
+        stage="parse",
+        reason=reason,
+        event=event,
+        event_ids=(letter_id,),
+        source=origin.to_json() if origin is not None else None,
+    )
     return [
-        beam.pvalue.TaggedOutput(DEAD, DeadLetter(stage="parse", reason=reason, event=event, event_ids=(rid,))),
+        beam.pvalue.TaggedOutput(DEAD, letter),
         beam.pvalue.TaggedOutput(LEDGER, (f"{rid}:{uuid.uuid4().hex}", LEDGER_DEAD)),
     ]
 
@@ -54,7 +89,7 @@ DEDUPE_SHARDS = 16
 
 
 class _Parse(beam.DoFn):
-    """Main output: Event."""
+    """Payload (or `Received` payload) → Event, carrying the payload as read and its origin."""
 
     def __init__(self, max_bytes: int) -> None:
         self._max_bytes = max_bytes
@@ -66,14 +101,17 @@ class _Parse(beam.DoFn):
 
     def process(self, raw: Any):
         self._read.inc()
+        origin = None
+        if isinstance(raw, Received):  # sources say where each payload was read
+            raw, origin = raw.payload, raw.origin
         try:
-            event = parse_event(raw, max_bytes=self._max_bytes)
+            event = parse_event(raw, max_bytes=self._max_bytes, origin=origin)
             skip = opted_out(event)
         except BadEvent as exc:
-            yield from dead_raw(raw, exc.reason)
+            yield from dead_raw(raw, exc.reason, origin)
             return
         except Exception as exc:  # noqa: BLE001 - bad input must not fail the bundle (and the job)
-            yield from dead_raw(raw, internal_error(exc))
+            yield from dead_raw(raw, internal_error(exc), origin)
             return
         by_type = self._by_type.get(event.type)
         if by_type is None:

@@ -18,9 +18,10 @@ from closecrm.mapping import (
     compile_mapping,
     compile_mappings,
     map_event,
+    request_dropping_bad_values,
     request_from_values,
 )
-from closecrm.model import Flags, UpsertRequest
+from closecrm.model import DroppedField, Flags, UpsertRequest
 
 TS = "2024-05-01T10:00:00Z"
 
@@ -34,6 +35,10 @@ def one(event, spec: MappingSpec = DEFAULT_MAPPING) -> UpsertRequest:
     requests = map_event(event, compile_mappings([spec]))
     assert len(requests) == 1
     return requests[0]
+
+
+def dropped(request: UpsertRequest) -> list[tuple[str, str]]:
+    return [(d.field, d.reason) for d in request.dropped]
 
 
 FULL_TRAITS = {
@@ -180,19 +185,56 @@ def test_missing_values_never_appear() -> None:
 
 
 @pytest.mark.parametrize("value", [{"a": 1}, [1], True])
-def test_wrong_type_for_a_string_field_is_a_bad_event(value: object) -> None:
+def test_a_wrong_type_for_an_optional_string_field_is_dropped_and_recorded(value: object) -> None:
+    request = one(ev(traits={"title": value, "name": "Ann", "email": "ann@acme.com"}))
+    assert request.contact_title is None
+    assert (request.contact_name, request.contact_emails, request.contact_user_id) == ("Ann", ("ann@acme.com",), "u1")
+    assert request.dropped == (DroppedField("contact_title", "wrong_type:contact_title", "Identify to Close"),)
+    assert request.mappings == ("Identify to Close",)
+
+
+@pytest.mark.parametrize("value", [{"a": 1}, [1], True])
+def test_a_wrong_type_for_the_company_id_or_user_id_still_fails_the_event(value: object) -> None:
     with pytest.raises(BadEvent) as caught:
-        one(ev(traits={"title": value}))
-    assert caught.value.reason == "wrong_type:contact_title"
+        one(ev(traits={"company": {"id": value}, "name": "Ann"}))
+    assert caught.value.reason == "wrong_type:lead_company_id"
     assert "Identify to Close" in str(caught.value)
+    spec = MappingSpec("by uid", "true", fields={"contact_user_id": "$.traits.uid"})
+    with pytest.raises(BadEvent) as caught:
+        one(ev(traits={"uid": value}), spec)
+    assert caught.value.reason == "wrong_type:contact_user_id"
 
 
-def test_custom_fields_must_be_an_object_of_cf_keys() -> None:
+def test_custom_fields_that_are_not_an_object_of_cf_keys_are_dropped_and_recorded() -> None:
     spec = MappingSpec("m", "true", fields={"lead_custom_fields": "$.traits.custom"})
-    for custom in ("x", {"plan": 1}):
+    request = one(ev(traits={"custom": "x"}), spec)
+    assert request.lead_custom_fields == {}
+    assert dropped(request) == [("lead_custom_fields", "wrong_type:lead_custom_fields")]
+    request = one(ev(traits={"custom": {"plan": 1, "cf_ok": 2}}), spec)
+    assert request.lead_custom_fields == {"cf_ok": 2}
+    assert dropped(request) == [("lead_custom_fields.plan", "wrong_type:lead_custom_fields")]
+
+
+@pytest.mark.parametrize("value", [{"a": 1}, [["nested"]], [{"a": 1}]])
+def test_a_custom_field_value_no_field_can_hold_is_dropped_and_the_others_are_sent(value: object) -> None:
+    spec = MappingSpec("m", "true", fields={"contact_custom_fields": {"cf_bad": "$.traits.bad", "cf_ok": "$.traits.ok"}})
+    request = one(ev(traits={"bad": value, "ok": "fine"}), spec)
+    assert request.contact_custom_fields == {"cf_ok": "fine"}
+    assert dropped(request) == [("contact_custom_fields.cf_bad", "wrong_type:contact_custom_fields")]
+
+
+def test_strict_normalisation_still_refuses_what_the_mapper_drops() -> None:
+    """Snapshot rows keep the strict rule: a bad value dead-letters the row."""
+    for values, reason in [
+        ({"contact_title": True}, "wrong_type:contact_title"),
+        ({"lead_custom_fields": {"plan": 1}}, "wrong_type:lead_custom_fields"),
+        ({"contact_custom_fields": {"cf_x": {"a": 1}}}, "wrong_type:contact_custom_fields"),
+        ({"contact_email": "nope"}, "invalid_email"),
+    ]:
         with pytest.raises(BadEvent) as caught:
-            one(ev(traits={"custom": custom}), spec)
-        assert caught.value.reason == "wrong_type:lead_custom_fields"
+            request_from_values(values)
+        assert caught.value.reason == reason
+        assert request_dropping_bad_values(values).dropped[0].reason == reason
 
 
 def test_custom_field_values_keep_their_json_type_and_drop_null_and_empty() -> None:
@@ -215,20 +257,41 @@ def test_custom_field_values_keep_their_json_type_and_drop_null_and_empty() -> N
     assert one(event, spec).contact_custom_fields == {"cf_n": 1.5, "cf_b": False, "cf_l": ["x"], "cf_zero": 0}
 
 
-def test_email_is_trimmed_and_validated() -> None:
+def test_email_is_trimmed_and_validated_and_a_bad_one_is_dropped() -> None:
     assert one(ev(traits={"email": "  Ann@Acme.com "})).contact_emails == ("Ann@Acme.com",)
     for bad in ("not-an-email", "a@", 12345):
-        with pytest.raises(BadEvent) as caught:
-            one(ev(traits={"email": bad}))
-        assert caught.value.reason == "invalid_email"
+        request = one(ev(traits={"email": bad, "name": "Ann"}))
+        assert request.contact_emails == () and request.contact_name == "Ann"
+        assert dropped(request) == [("contact_email", "invalid_email")]
 
 
-def test_phone_is_kept_as_given_but_must_parse() -> None:
+def test_a_bad_email_that_was_the_only_identity_leaves_a_request_without_identity() -> None:
+    """The engine skips such a request as no_identity, as it would an event that carries no email."""
+    event = parse_event({"type": "identify", "anonymousId": "a1", "messageId": "m1", "traits": {"email": "nope"}})
+    request = one(event)
+    assert (request.contact_user_id, request.lead_company_id, request.contact_emails) == (None, None, ())
+    assert dropped(request) == [("contact_email", "invalid_email")]
+
+
+def test_phone_is_kept_as_given_but_must_parse_else_it_is_dropped() -> None:
     assert one(ev(traits={"phone": "(415) 555-2671"})).contact_phones == ("(415) 555-2671",)
     assert one(ev(traits={"phone": 4155552671})).contact_phones == ("4155552671",)
-    with pytest.raises(BadEvent) as caught:
-        one(ev(traits={"phone": "call me maybe"}))
-    assert caught.value.reason == "invalid_phone"
+    request = one(ev(traits={"phone": "call me maybe", "email": "ann@acme.com"}))
+    assert request.contact_phones == () and request.contact_emails == ("ann@acme.com",)
+    assert dropped(request) == [("contact_phone", "invalid_phone")]
+
+
+def test_every_bad_optional_value_of_an_event_is_recorded_once_with_its_mapping() -> None:
+    traits = {"email": "nope", "phone": "x", "website": "javascript:alert(1)", "title": ["t"], "name": "Ann"}
+    request = one(ev(traits=traits))
+    assert dropped(request) == [
+        ("contact_email", "invalid_email"),
+        ("contact_phone", "invalid_phone"),
+        ("contact_url", "invalid_url"),
+        ("contact_title", "wrong_type:contact_title"),
+    ]
+    assert {d.mapping for d in request.dropped} == {"Identify to Close"}
+    assert (request.contact_name, request.contact_user_id) == ("Ann", "u1")
 
 
 def test_literal_values_are_normalised_like_event_values() -> None:
@@ -263,3 +326,20 @@ def test_request_from_values_is_usable_for_snapshot_rows() -> None:
         {"contact_user_id": 12, "contact_email": "a@b.com", "lead_name": ""}, Flags(), event_ids=("row:12",)
     )
     assert (req.contact_user_id, req.contact_emails, req.lead_name) == ("12", ("a@b.com",), None)
+
+
+def test_collapsing_keeps_the_mappings_and_dropped_values_of_every_request_it_merges() -> None:
+    from closecrm.collapse import collapse
+
+    first = one(ev(messageId="m1", timestamp=TS, traits={"phone": "call me", "name": "Ann"}))
+    second = one(
+        ev(messageId="m2", timestamp="2024-05-01T10:01:00Z", traits={"website": "javascript:x", "title": "CTO"}),
+        replace(DEFAULT_MAPPING, name="Again"),
+    )
+    (merged,) = collapse([first, second])
+    assert merged.event_ids == ("m1", "m2")
+    assert merged.mappings == ("Identify to Close", "Again")
+    assert [(d.field, d.mapping) for d in merged.dropped] == [("contact_phone", "Identify to Close"), ("contact_url", "Again")]
+    # provenance is not content: the same values, dropped or not, make the same request for suppression
+    assert merged.fingerprint() == replace(merged, dropped=(), mappings=()).fingerprint()
+    assert UpsertRequest.from_json(merged.to_json()).dropped == merged.dropped

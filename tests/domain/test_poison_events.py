@@ -12,8 +12,14 @@ from hypothesis import strategies as st
 
 from closecrm.collapse import collapse, merge
 from closecrm.events import MAX_DEPTH, BadEvent, format_timestamp, parse_event
-from closecrm.mapping import DEFAULT_MAPPING, compile_mapping, map_event, request_from_values
-from closecrm.model import DeadLetter, UpsertRequest
+from closecrm.mapping import (
+    DEFAULT_MAPPING,
+    compile_mapping,
+    map_event,
+    request_dropping_bad_values,
+    request_from_values,
+)
+from closecrm.model import DeadLetter, DroppedField, UpsertRequest
 from closecrm.normalize import email_key, is_valid_email, phone_key, to_e164, url_key
 from transforms.deadletter import dead_letter_json, raw_for_letter
 
@@ -86,12 +92,14 @@ def test_a_dead_letter_of_a_surrogate_event_can_be_written(raw: object) -> None:
 
 
 def test_request_values_with_a_lone_surrogate_are_invalid_unicode() -> None:
-    with pytest.raises(BadEvent) as caught:
-        request_from_values({"contact_name": "a\ud800"})
-    assert caught.value.reason == "invalid_unicode:contact_name"
-    with pytest.raises(BadEvent) as caught:
-        request_from_values({"lead_custom_fields": {"cf_x": ["\ud800"]}})
-    assert caught.value.reason.startswith("invalid_unicode:lead_custom_fields")
+    # not a value to drop: text that is not text fails the event, strict or not
+    for normalise in (request_from_values, request_dropping_bad_values):
+        with pytest.raises(BadEvent) as caught:
+            normalise({"contact_name": "a\ud800"})
+        assert caught.value.reason == "invalid_unicode:contact_name"
+        with pytest.raises(BadEvent) as caught:
+            normalise({"lead_custom_fields": {"cf_x": ["\ud800"]}})
+        assert caught.value.reason.startswith("invalid_unicode:lead_custom_fields")
 
 
 # ---------------------------------------------------------------------------- deep nesting
@@ -191,9 +199,14 @@ def test_url_key_does_not_raise_on_malformed_urls(url: str) -> None:
     ],
 )
 def test_an_implausible_contact_url_is_invalid_url(url: str) -> None:
+    # strict (snapshot rows): the row is refused
     with pytest.raises(BadEvent) as caught:
         request_from_values({"contact_url": url})
     assert (caught.value.reason, caught.value.detail) == ("invalid_url", "contact_url")
+    # events: the URL is left out and recorded, the rest goes on
+    request = request_dropping_bad_values({"contact_url": url, "contact_user_id": "u1"}, mapping="m")
+    assert request.contact_urls == () and request.contact_user_id == "u1"
+    assert request.dropped == (DroppedField("contact_url", "invalid_url", "m"),)
 
 
 @pytest.mark.parametrize(
@@ -215,15 +228,22 @@ def test_an_implausible_contact_url_is_invalid_url(url: str) -> None:
 )
 def test_a_plausible_contact_url_is_kept_as_given(url: str) -> None:
     assert request_from_values({"contact_url": url}).contact_urls == (url,)
+    kept = request_dropping_bad_values({"contact_url": url})
+    assert kept.contact_urls == (url,) and kept.dropped == ()
 
 
-def test_a_bad_website_trait_dead_letters_the_event_at_mapping() -> None:
+def test_a_bad_website_trait_is_left_out_and_recorded_and_the_event_is_mapped() -> None:
     event = parse_event(
-        {"type": "identify", "userId": "u1", "traits": {"website": "http://example.com:abc/"}}
+        {
+            "type": "identify",
+            "userId": "u1",
+            "traits": {"website": "http://example.com:abc/", "email": "ann@acme.com", "phone": "+14155552671"},
+        }
     )
-    with pytest.raises(BadEvent) as caught:
-        map_event(event, [compile_mapping(DEFAULT_MAPPING)])
-    assert caught.value.reason == "invalid_url"
+    (request,) = map_event(event, [compile_mapping(DEFAULT_MAPPING)])
+    assert request.contact_urls == ()
+    assert (request.contact_emails, request.contact_phones) == (("ann@acme.com",), ("+14155552671",))
+    assert request.dropped == (DroppedField("contact_url", "invalid_url", DEFAULT_MAPPING.name),)
 
 
 # ---------------------------------------------------------------------------- collapse never raises

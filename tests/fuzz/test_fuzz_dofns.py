@@ -58,7 +58,7 @@ import pipeline
 import transforms
 from closecrm.credentials import KeySource
 from closecrm.events import Event
-from closecrm.model import DeadLetter, Outcome
+from closecrm.model import DeadLetter, Outcome, Received
 from closecrm.snapshot import ACCEPTS
 from pipeline import snapshot_job
 from pipeline.assemble import build
@@ -100,12 +100,12 @@ from transforms.collapse import (
     _SuppressIdenticalWithTtl,
     collapse_persons,
 )
-from transforms.deadletter import DEAD, AppendLines, dead_letter_json
+from transforms.deadletter import DEAD, AppendLines, dead_letter_json, letter_event
 from transforms.dedupe import DropRedeliveriesWithTtl, dedupe_bucket
 from transforms.keying import lead_identity, shard_of
 from transforms.ledger import APPLIED, LEDGER, SKIPPED, _CountFinal, count_final_statuses, worst
 from transforms.ledger import DEAD as LEDGER_DEAD
-from transforms.mapping import _Map
+from transforms.mapping import _Map, carried
 from transforms.outcomes import EmitOutcomes, ledger_status
 from transforms.parse import _Parse, first_of_each_message_id
 from transforms.sharded import _FoldShard, _PackShards, unpack
@@ -562,7 +562,10 @@ def test_map_accounts_for_every_event(raws):
     for event, item in zip(events, run.per_element, strict=True):
         if accounted(item) == "passed":
             for person, (request, raw) in item.main:
-                assert person and event.message_id in request.event_ids and raw == event.raw
+                assert person and event.message_id in request.event_ids and raw == carried(event)
+                assert isinstance(raw, Received) and raw.payload == event.received
+                shown, _ = letter_event(raw)  # what a later stage's dead letter would show of it
+                json.dumps(shown, default=str).encode("utf-8")
 
 
 def _ids_by_person(keyed: Iterable[tuple[str, tuple[Any, Any]]]) -> dict[str, set[str]]:
@@ -575,9 +578,9 @@ def _ids_by_person(keyed: Iterable[tuple[str, tuple[Any, Any]]]) -> dict[str, se
 def _collapsed_ids(out: Iterable[tuple[str, Any]]) -> dict[str, set[str]]:
     ids: dict[str, set[str]] = defaultdict(set)
     for person, requests in out:
-        for request, carried in requests:
+        for request, events in requests:
             ids[person].update(request.event_ids)
-            assert all(isinstance(e, dict) for e in carried)
+            assert all(isinstance(e, Received) for e in events)
     return dict(ids)
 
 
@@ -608,7 +611,7 @@ def test_explode_makes_a_pending_per_collapsed_request(raws, source):
     out = drive(job_dofn(_Explode, source), groups).all
     assert [p.request for p in out.main] == [r for _, requests in groups for r, _ in requests]
     for p in out.main:
-        assert len(p.events) <= len(p.request.event_ids) and all(isinstance(e, dict) for e in p.events)
+        assert len(p.events) <= len(p.request.event_ids) and all(isinstance(e, Received) for e in p.events)
 
 
 # ---------------------------------------------------------------------------- suppress, settle, ledger
@@ -825,8 +828,15 @@ def test_file_readers_hand_on_every_payload_or_one_unreadable_file_payload(tmp_p
     reader = any_file._readers["jsonl" if "json" in form else form]
     alone = drive(reader, [readable(path)]).all.main
     assert len(alone) == len(out.main)
-    unreadable = [p for p in out.main if isinstance(p, str) and p.startswith("unreadable file ")]
+    assert all(isinstance(p, Received) and p.origin.name == str(path) for p in out.main)
+    unreadable = [p for p in out.main if isinstance(p.payload, str) and p.payload.startswith("unreadable file ")]
     assert len(unreadable) <= 1 and (not unreadable or out.main[-1] == unreadable[0])
+    assert all(p.origin.kind == "file" for p in unreadable)
+    # every payload read says where: its line (JSON lines) or record (Avro, Parquet), in file order
+    positions = [p.origin.position for p in out.main if p not in unreadable]
+    assert positions == sorted(set(positions)) and all(n >= 1 for n in positions)
+    if form in ("avro", "parquet"):
+        assert positions == list(range(1, len(positions) + 1))
     if cut is None and form != "json.gz":
         assert not unreadable and len(out.main) == count
     parse = drive(job_dofn(_Parse, "pubsub"), out.main)
@@ -909,7 +919,11 @@ def test_kafka_partition_reader_hands_on_every_value_whatever_its_timestamp(valu
     finally:
         fn.teardown()
     assert consumer.closed
-    assert out.main == [v for v in values if v is not None] and not out.tagged
+    assert [r.payload for r in out.main] == [v for v in values if v is not None] and not out.tagged
+    offsets = [i for i, v in enumerate(values) if v is not None]
+    assert [(r.origin.name, r.origin.partition, r.origin.position) for r in out.main] == [
+        ("events", 0, i) for i in offsets
+    ]
 
 
 # ---------------------------------------------------------------------------- snapshot

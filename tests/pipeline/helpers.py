@@ -67,3 +67,12 @@ def read_lines(path: Path) -> list[dict]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def letters_in(directory: Path) -> list[dict]:
+    """The dead letters of every run that wrote to ``directory`` (one dead-letters-<run id>.jsonl each)."""
+    return [letter for path in letter_files(directory) for letter in read_lines(path)]
+
+
+def letter_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("dead-letters-*.jsonl"))

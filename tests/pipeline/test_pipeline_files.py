@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.avro_io import write_events_avro
-from tests.pipeline.helpers import read_lines, run_files, sim_config, write_jsonl
+from tests.pipeline.helpers import letter_files, letters_in, read_lines, run_files, sim_config, write_jsonl
 
 pytestmark = pytest.mark.integration
 
@@ -78,7 +78,9 @@ def test_each_file_format_syncs_the_same_end_state(sim, tmp_path, monkeypatch, f
     assert len(sim.contacts()) == 20
 
 
-def test_every_bad_input_becomes_a_dead_letter_and_every_event_is_accounted_for(sim, tmp_path, monkeypatch):
+def test_every_bad_input_becomes_a_dead_letter_or_a_dropped_field_and_every_event_is_accounted_for(
+    sim, tmp_path, monkeypatch
+):
     config, cf = sim_config(sim, tmp_path, {"pipeline": {"batch_size": 50, "max_event_bytes": 2048}})
     at = datetime(2026, 11, 1, tzinfo=UTC)
     good = [identify(u, 0, 0, at) for u in range(5)]
@@ -90,28 +92,44 @@ def test_every_bad_input_becomes_a_dead_letter_and_every_event_is_accounted_for(
         '["an", "array"]',
         json.dumps({"type": "identify", "messageId": "no_ids", "traits": {"email": "x@example.com"}}),
         json.dumps({"type": "identify", "messageId": "bad_traits", "userId": "u_x", "traits": "nope"}),
-        json.dumps({"type": "identify", "messageId": "bad_email", "userId": "u_y", "traits": {"email": "nope"}}),
         json.dumps({"type": "identify", "messageId": "big", "userId": "u_z", "traits": {"bio": "x" * 5000}}),
         json.dumps({"type": "warp", "messageId": "bad_type", "userId": "u_w"}),
-        json.dumps(identify(91, 0, 0, at, name={"first": "a dict"})),
     ]
-    path = write_jsonl(tmp_path / "events.jsonl", [*good, *redelivered, opted_out, page, *bad])
+    # bad optional values: left out and recorded, the rest of the event applied
+    bad_values = [
+        {"type": "identify", "messageId": "bad_email", "userId": "u_y", "traits": {"email": "nope", "title": "CTO"}},
+        identify(91, 0, 0, at, name={"first": "a dict"}),
+    ]
+    path = write_jsonl(tmp_path / "events.jsonl", [*good, *redelivered, opted_out, page, *bad, *bad_values])
     audit = tmp_path / "audit.jsonl"
     dead = run_files(sim, config, str(path), tmp_path, monkeypatch, audit_log=str(audit))
-    read = len(good) + len(redelivered) + 2 + len(bad)
-    letters = read_lines(tmp_path / "dead" / "dead-letters.jsonl")
+    read = len(good) + len(redelivered) + 2 + len(bad) + len(bad_values)
+    letters = letters_in(tmp_path / "dead")
     reasons = Counter(letter["reason"] for letter in letters)
     assert dead == len(bad) == len(letters)
-    assert reasons["unparseable_json"] == 1
-    assert reasons["too_large"] == 1
-    assert reasons["invalid_email"] == 1
-    assert all(letter["stage"] in {"parse", "map"} for letter in letters)
-    assert len(sim.contacts()) == 5
+    assert reasons == {
+        "unparseable_json": 1,
+        "not_an_object": 1,
+        "missing_id": 1,
+        "wrong_type:traits": 1,
+        "too_large": 1,
+        "unknown_type": 1,
+    }
+    assert all(letter["stage"] == "parse" for letter in letters)
+    contacts = {custom(c, cf["user"]): c for c in sim.contacts()}
+    assert set(contacts) == {*(f"u_{u}" for u in range(5)), "u_y", "u_91"}
+    assert contacts["u_y"]["title"] == "CTO" and not contacts["u_y"]["emails"]
+    assert not contacts["u_91"]["name"] and contacts["u_91"]["emails"][0]["email"] == "user91@c0.example.com"
     # accounting: applied + skipped + dead-lettered = read
     audit_lines = read_lines(audit)
     applied_events = {e for line in audit_lines for e in line["event_ids"]}
     skipped = len(redelivered) + 2  # duplicates, the opted-out event, the page no mapping matches
     assert len(applied_events) + skipped + dead == read
+    dropped = {tuple(line["event_ids"]): line["dropped"] for line in audit_lines if line["dropped"]}
+    assert dropped == {
+        ("bad_email",): [{"field": "contact_email", "reason": "invalid_email", "mapping": "Identify to Close"}],
+        ("m_91_0",): [{"field": "contact_name", "reason": "wrong_type:contact_name", "mapping": "Identify to Close"}],
+    }
 
 
 def test_upsert_failures_are_dead_lettered_with_event_request_error_and_attempts(sim, tmp_path, monkeypatch):
@@ -124,7 +142,7 @@ def test_upsert_failures_are_dead_lettered_with_event_request_error_and_attempts
     path = write_jsonl(tmp_path / "events.jsonl", [identify(1, 1, 0, at)])
     dead = run_files(sim, config, str(path), tmp_path, monkeypatch)
     assert dead == 1
-    (letter,) = read_lines(tmp_path / "dead" / "dead-letters.jsonl")
+    (letter,) = letters_in(tmp_path / "dead")
     assert letter["stage"] == "upsert"
     assert letter["event"]["messageId"] == "m_1_0"
     assert letter["request"]["lead_status_id"] == "stat_nope"
@@ -145,7 +163,7 @@ def test_replay_resends_dead_letters_once_the_cause_is_fixed(sim, tmp_path, monk
     at = datetime(2026, 11, 1, tzinfo=UTC)
     path = write_jsonl(tmp_path / "events.jsonl", [identify(u, 1, 0, at, plan="pro") for u in range(3)])
     assert run_files(sim, config, str(path), tmp_path, monkeypatch) == 3
-    letters = tmp_path / "dead" / "dead-letters.jsonl"
+    (letters,) = letter_files(tmp_path / "dead")
     assert {letter["stage"] for letter in read_lines(letters)} == {"upsert"}
     assert sim.contacts() == []
     # the fix: the custom field the mapping names now exists

@@ -40,6 +40,7 @@ def shape(source: SourceOptions, streaming: bool) -> JobShape:
         dead_letter_dir="gs://close-sync-test/dead",
         dead_letter_topic=None,
         audit_log="gs://close-sync-test/audit",
+        run_id="20261201T000000Z-000000",
     )
 
 

@@ -15,7 +15,7 @@ import pytest
 from closecrm.credentials import KeySource
 from pipeline.runjob import RunRequest, launch, run
 from pipeline.sources import SourceOptions
-from tests.pipeline.helpers import read_lines, sim_config
+from tests.pipeline.helpers import letter_files, letters_in, read_lines, sim_config
 from tests.pipeline.test_pipeline_files import events_200, identify
 from tests.sources.test_pubsub_source import stop_runner_threads
 
@@ -55,7 +55,7 @@ def test_pubsub_streaming_job_syncs_events_and_collapses_per_window(
     threads_before = set(threading.enumerate())
     result = launch(config, request)
     try:
-        assert wait_for(lambda: len(sim.contacts()) >= 20 and len(read_lines(tmp_path / "dead" / "dead-letters.jsonl")) >= 2)
+        assert wait_for(lambda: len(sim.contacts()) >= 20 and len(letters_in(tmp_path / "dead")) >= 2)
         time.sleep(2.0)  # anything late would show up now
     finally:
         result.cancel()
@@ -64,8 +64,14 @@ def test_pubsub_streaming_job_syncs_events_and_collapses_per_window(
         gc.collect()
     assert sorted(lead[f"custom.{cf['company']}"] for lead in sim.leads()) == ["comp_0", "comp_1", "comp_2"]
     assert len(sim.contacts()) == 20
-    reasons = Counter(letter["reason"] for letter in read_lines(tmp_path / "dead" / "dead-letters.jsonl"))
+    (letters_file,) = letter_files(tmp_path / "dead")  # appended to one file, named by the run id
+    assert letters_file.name == f"dead-letters-{request.run_id}.jsonl"
+    letters = read_lines(letters_file)
+    reasons = Counter(letter["reason"] for letter in letters)
     assert reasons == Counter({"unparseable_json": 1, "missing_id": 1})
+    # each letter names the Pub/Sub message it came in, and the event by its messageId when it has one
+    assert all(letter["source"]["pubsub_message_id"] for letter in letters)
+    assert {tuple(letter["event_ids"]) for letter in letters if letter["reason"] == "missing_id"} == {("nobody",)}
     applied = {e for line in read_lines(tmp_path / "audit.jsonl") for e in line["event_ids"]}
     assert applied == {e["messageId"] for e in events}
 

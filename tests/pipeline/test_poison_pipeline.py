@@ -15,9 +15,9 @@ from apache_beam.pvalue import TaggedOutput
 
 from closecrm.events import parse_event
 from closecrm.mapping import DEFAULT_MAPPING
-from closecrm.model import DeadLetter, UpsertRequest
+from closecrm.model import DeadLetter, DroppedField, Origin, Received, UpsertRequest
 from pipeline.sources import SourceOptions
-from tests.pipeline.helpers import sim_config, write_jsonl
+from tests.pipeline.helpers import read_lines, sim_config, write_jsonl
 from tests.reliability.rel_helpers import applied_ids, dead_letters, identify, run_job
 from transforms import collapse as collapse_transforms
 from transforms import mapping as mapping_transforms
@@ -126,14 +126,50 @@ def map_one(event: Any) -> tuple[list[Any], list[DeadLetter], list[tuple[str, st
     return outputs(fn.process(event))
 
 
-def test_map_dead_letters_a_bad_website_as_invalid_url() -> None:
+def test_map_leaves_out_a_bad_website_records_it_and_passes_the_event_on() -> None:
     event = parse_event(
-        {"type": "identify", "userId": "u1", "messageId": "m1", "traits": {"website": "javascript:alert(1)"}}
+        {
+            "type": "identify",
+            "userId": "u1",
+            "messageId": "m1",
+            "traits": {"website": "javascript:alert(1)", "email": "u1@example.com"},
+        }
     )
     main, dead, ledger = map_one(event)
+    assert dead == [] and ledger == []
+    ((person, (request, _)),) = main
+    assert person == "user:u1"
+    assert request.contact_urls == () and request.contact_emails == ("u1@example.com",)
+    assert request.dropped == (DroppedField("contact_url", "invalid_url", DEFAULT_MAPPING.name),)
+
+
+def test_map_dead_letters_a_bad_company_id_with_the_event_as_received_and_where_it_was_read() -> None:
+    line = b'{"type":"identify","userId":"u1","traits":{"company":{"id":{"not":"an id"}}}}'
+    (event,) = parse_one(Received(line, Origin("line", "/in/events.jsonl", 7)))[0]
+    assert "timestamp" in event.raw and "messageId" in event.raw  # filled in by the parser
+    main, dead, ledger = map_one(event)
     assert main == []
-    assert [(letter.stage, letter.reason) for letter in dead] == [("map", "invalid_url")]
-    assert ledger == [("m1", LEDGER_DEAD)]
+    (letter,) = dead
+    assert (letter.stage, letter.reason) == ("map", "wrong_type:lead_company_id")
+    assert letter.event == {"type": "identify", "userId": "u1", "traits": {"company": {"id": {"not": "an id"}}}}
+    assert letter.source == {"file": "/in/events.jsonl", "line": 7}
+    assert letter.event_ids == (event.message_id,) and ledger == [(event.message_id, LEDGER_DEAD)]
+    written(letter)
+
+
+def test_a_parse_letter_is_named_by_the_messageid_it_can_read_and_says_where_it_was_read() -> None:
+    line = b'{"type":"warp","userId":"u1","messageId":"msg-42"}'
+    main, dead, ledger = parse_one(Received(line, Origin("line", "/in/events.jsonl", 3)))
+    assert main == []
+    (letter,) = dead
+    assert (letter.reason, letter.event_ids) == ("unknown_type", ("msg-42",))
+    assert letter.source == {"file": "/in/events.jsonl", "line": 3}
+    ((key, status),) = ledger
+    assert status == LEDGER_DEAD and key.startswith("raw:")  # one entry of its own per read
+    # no readable messageId: named by a hash of the input
+    for raw in (b"{not json", b'{"type":"warp","messageId":7}', b'{"type":"warp","messageId":"\\ud800"}'):
+        (letter,) = parse_one(raw)[1]
+        assert letter.event_ids[0].startswith("raw:") and letter.source is None
 
 
 def test_an_unexpected_error_in_mapping_becomes_an_internal_error_dead_letter(monkeypatch) -> None:
@@ -263,17 +299,20 @@ def test_poison_events_among_good_ones_are_each_dead_lettered_and_every_event_is
         r'{"type":"identify","userId":"u_m","messageId":"\ud800"}': ("parse", "invalid_unicode:messageId"),
         deep_line(600, "poison_deep_600"): ("parse", "too_deep"),
         deep_line(1_000, "poison_deep_1000"): ("parse", "too_deep"),
-        json.dumps({**identify(8, 0, 0, website="http://example.com:abc/"), "messageId": "poison_port"}): (
-            "map",
-            "invalid_url",
-        ),
-        json.dumps(identify(9, 0, 1, website="javascript:alert(1)")): ("map", "invalid_url"),
+        json.dumps(
+            {"type": "identify", "userId": "u_c", "messageId": "poison_company", "traits": {"company": {"id": [1]}}}
+        ): ("map", "wrong_type:lead_company_id"),
         json.dumps(
             {**identify(7, 0, 0), "messageId": "poison_ts", "timestamp": "0001-01-01T00:00:00+01:00"}
         ): ("parse", "invalid_timestamp"),
     }
     garbage = ["{not json", "{not json"]  # identical lines: two reads, two dead letters
-    good_lines = [json.dumps(e) for e in [*good, later_title, year_999, first_of_u9]]
+    # bad optional values: left out and recorded, the rest of each event applied
+    bad_urls = [
+        {**identify(8, 0, 0, website="http://example.com:abc/"), "messageId": "poison_port"},
+        identify(9, 0, 1, website="javascript:alert(1)"),
+    ]
+    good_lines = [json.dumps(e) for e in [*good, later_title, year_999, first_of_u9, *bad_urls]]
     mixed = zip_longest(good_lines, poison)  # poison spread through the stream
     rows = [line for pair in mixed for line in pair if line is not None] + garbage
     path = write_jsonl(tmp_path / "events.jsonl", rows)
@@ -292,11 +331,23 @@ def test_poison_events_among_good_ones_are_each_dead_lettered_and_every_event_is
     assert dead == len(letters) == len(poison) + len(garbage)
     expected = Counter([*poison.values(), ("parse", "unparseable_json"), ("parse", "unparseable_json")])
     assert Counter((letter["stage"], letter["reason"]) for letter in letters) == expected
-    good_ids = [e["messageId"] for e in [*good, later_title, year_999, first_of_u9]]
+    # every letter says where its line was; the map-stage one shows the event as it was sent
+    assert sorted(letter["source"]["line"] for letter in letters) == sorted(
+        n for n, line in enumerate(rows, start=1) if line in poison or line in garbage
+    )
+    (company_letter,) = [letter for letter in letters if letter["stage"] == "map"]
+    assert company_letter["event"] == json.loads(next(line for line in poison if "poison_company" in line))
+    good_ids = [e["messageId"] for e in [*good, later_title, year_999, first_of_u9, *bad_urls]]
     assert sorted(applied_ids(tmp_path)) == sorted(good_ids)
     assert applied == len(good_ids)
+    audit = read_lines(tmp_path / "audit.jsonl")
+    dropped = sorted((line["person"], d["field"], d["reason"]) for line in audit for d in line["dropped"])
+    assert dropped == [("user:u_8", "contact_url", "invalid_url"), ("user:u_9", "contact_url", "invalid_url")]
+    assert values.get(m.FIELDS_DROPPED) == 2
+    assert values.get(m.FIELDS_DROPPED_PREFIX + "contact_url:invalid_url") == 2
     # the newest event wins, whatever the text of the older one's timestamp
     contacts = {c.get(f"custom.{cf['user']}"): c for c in sim.contacts()}
     assert contacts["u_2"]["title"] == "CTO"
     assert [u["url"] for u in contacts["u_9"].get("urls") or []] == ["https://acme.example.com/"]
-    assert set(contacts) == {f"u_{u}" for u in (0, 1, 2, 3, 4, 9)}
+    assert not contacts["u_8"].get("urls") and contacts["u_8"]["emails"]
+    assert set(contacts) == {f"u_{u}" for u in (0, 1, 2, 3, 4, 8, 9)}

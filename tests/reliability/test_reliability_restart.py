@@ -20,7 +20,7 @@ import pytest
 from closecrm.credentials import KeySource
 from pipeline.runjob import RunRequest, launch
 from pipeline.sources import SourceOptions
-from tests.pipeline.helpers import read_lines, write_jsonl
+from tests.pipeline.helpers import letters_in, read_lines, write_jsonl
 from tests.reliability.rel_helpers import duplicates, fresh, projection, run_job, w1_events
 from tests.sources.test_pubsub_source import stop_runner_threads
 
@@ -137,4 +137,4 @@ def test_a_killed_streaming_run_restarted_on_the_same_subscription_reaches_the_r
     assert second_ids <= applied2, f"events published after the restart were not applied; {report}"
     assert duplicates(sim, cf) == {"leads": [], "contacts": []}, report
     assert projection(sim, cf) == expected, report
-    assert not read_lines(work / "dead" / "dead-letters.jsonl"), report
+    assert not letters_in(work / "dead"), report

@@ -19,7 +19,7 @@ import pytest
 
 from closecrm.created_ids import CreatedIdLedger, namespace
 from pipeline.sources import SourceOptions
-from tests.pipeline.helpers import read_lines, write_jsonl
+from tests.pipeline.helpers import letters_in, write_jsonl
 from tests.reliability.rel_helpers import dead_letters, duplicates, fresh, run_job, w1_events
 from tests.reliability.test_reliability_restart import STREAM, audit_ids, streaming_run, wait_for
 from transforms import metrics as m
@@ -125,4 +125,4 @@ def test_a_restarted_streaming_run_remembers_what_it_created(sim, pubsub_emulato
         # the ledger carries what an earlier bundle created.
         assert_one_of_each(sim, cf, audit.stem)
         assert hidden_from_search(sim) > 0
-    assert not read_lines(work / "dead" / "dead-letters.jsonl")
+    assert not letters_in(work / "dead")

@@ -1,4 +1,5 @@
-"""ReadEvents over files: JSON lines (plain and gzip), Avro, Parquet, mixed globs and damaged input."""
+"""ReadEvents over files: JSON lines (plain and gzip), Avro, Parquet, mixed globs and damaged input; each
+payload with the file and line (or record) it was read from."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 
+from closecrm.model import Received
 from pipeline.avro_io import write_events_avro
 from pipeline.sources import ReadEvents, SourceOptions, file_format
 
@@ -33,8 +35,24 @@ def line(n: int) -> bytes:
 
 
 def read(pattern: str) -> tuple[BeamTestPipeline, beam.PCollection]:
+    """The payloads read (what the parser gets, each unwrapped from its `Received`)."""
+    pipeline, received = read_received(pattern)
+    return pipeline, received | beam.Map(_payload)
+
+
+def read_received(pattern: str) -> tuple[BeamTestPipeline, beam.PCollection]:
     pipeline = BeamTestPipeline(runner="DirectRunner")
     return pipeline, pipeline | ReadEvents(SourceOptions(source="files", input=pattern))
+
+
+def _payload(received: Received) -> Any:
+    assert isinstance(received, Received), received
+    return received.payload
+
+
+def _where(received: Received) -> tuple[str, dict[str, Any]]:
+    source = received.origin.to_json()
+    return Path(source.pop("file")).name, source
 
 
 def write_jsonl(path: Path, numbers: range, extra: tuple[bytes, ...] = ()) -> None:
@@ -52,6 +70,33 @@ def test_json_lines_are_emitted_as_bytes_one_per_line(tmp_path: Path) -> None:
     (tmp_path / "b.ndjson").write_bytes(line(3) + b"\r\n\n" + line(4))
     pipeline, payloads = read(str(tmp_path / "*"))
     assert_that(payloads, equal_to([line(n) for n in range(5)]))
+    pipeline.run()
+
+
+def test_each_payload_says_which_file_and_line_or_record_it_was_read_from(tmp_path: Path) -> None:
+    (tmp_path / "b.ndjson").write_bytes(line(3) + b"\r\n\n" + line(4) + b"\n")  # blank line 2 counts
+    write_jsonl(tmp_path / "c.jsonl.gz", range(5, 7))
+    write_events_avro(tmp_path / "d.avro", [event(n) for n in range(7, 9)])
+    write_parquet(tmp_path / "e.parquet", range(9, 12))
+    (tmp_path / "f.avro").write_bytes(b"Obj\x01 this is not an avro container")
+    pipeline, received = read_received(str(tmp_path / "*"))
+    assert_that(
+        received | beam.Map(_where),
+        equal_to(
+            [
+                ("b.ndjson", {"line": 1}),
+                ("b.ndjson", {"line": 3}),
+                ("c.jsonl.gz", {"line": 1}),
+                ("c.jsonl.gz", {"line": 2}),
+                ("d.avro", {"record": 1}),
+                ("d.avro", {"record": 2}),
+                ("e.parquet", {"record": 1}),
+                ("e.parquet", {"record": 2}),
+                ("e.parquet", {"record": 3}),
+                ("f.avro", {}),  # a file that cannot be read: named, no line
+            ]
+        ),
+    )
     pipeline.run()
 
 

@@ -1,4 +1,5 @@
-"""ReadEvents over Kafka on the DirectRunner: a bounded read of a real (noida-db) broker."""
+"""ReadEvents over Kafka on the DirectRunner: a bounded read of a real (noida-db) broker; each value with
+the topic, partition and offset it was read at."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from closecrm.model import Received
 from pipeline.sources import ReadEvents, SourceOptions
 from tests.servers import KafkaBroker
 
@@ -33,13 +35,39 @@ def new_topic(broker: KafkaBroker, partitions: int) -> str:
     return broker.create_topic(f"events-{uuid.uuid4().hex[:8]}", partitions=partitions)
 
 
+def read(pipeline: BeamTestPipeline, source: SourceOptions) -> beam.PCollection:
+    """The values read, each unwrapped from its `Received`."""
+    return pipeline | ReadEvents(source) | beam.Map(_value)
+
+
+def _value(received: Received) -> bytes:
+    assert isinstance(received, Received) and received.origin.kind == "kafka", received
+    return received.payload
+
+
+def _where(received: Received) -> tuple[bytes, int | None, int | None]:
+    return received.payload, received.origin.partition, received.origin.position
+
+
 def test_every_message_of_every_partition_is_read_exactly_once(kafka_broker: KafkaBroker) -> None:
     topic = new_topic(kafka_broker, partitions=3)
     delivered = kafka_broker.produce(topic, (payload(n) for n in range(60)))
     assert len({p for p, _ in delivered}) == 3  # the keyless producer spread them
     pipeline = BeamTestPipeline(runner="DirectRunner")
-    values = pipeline | ReadEvents(options(kafka_broker, topic))
+    values = read(pipeline, options(kafka_broker, topic))
     assert_that(values, equal_to([payload(n) for n in range(60)]))  # a multiset: duplicates would fail
+    pipeline.run()
+
+
+def test_each_value_says_its_topic_partition_and_offset(kafka_broker: KafkaBroker) -> None:
+    topic = new_topic(kafka_broker, partitions=2)
+    kafka_broker.produce(topic, (payload(n) for n in range(3)), partition=0)
+    kafka_broker.produce(topic, (payload(n) for n in range(3, 5)), partition=1)
+    pipeline = BeamTestPipeline(runner="DirectRunner")
+    received = pipeline | ReadEvents(options(kafka_broker, topic))
+    assert_that(received | beam.Map(lambda r: r.origin.name), equal_to([topic] * 5), label="topic")
+    expected = [(payload(n), 0, n) for n in range(3)] + [(payload(n), 1, n - 3) for n in range(3, 5)]
+    assert_that(received | beam.Map(_where), equal_to(expected), label="where")
     pipeline.run()
 
 
@@ -48,7 +76,7 @@ def test_start_offsets_are_honoured_per_partition(kafka_broker: KafkaBroker) -> 
     kafka_broker.produce(topic, (payload(n) for n in range(10)), partition=0)
     kafka_broker.produce(topic, (payload(n) for n in range(10, 20)), partition=1)
     pipeline = BeamTestPipeline(runner="DirectRunner")
-    values = pipeline | ReadEvents(options(kafka_broker, topic, kafka_partitions_offsets={0: 7}))
+    values = read(pipeline, options(kafka_broker, topic, kafka_partitions_offsets={0: 7}))
     assert_that(values, equal_to([payload(n) for n in [7, 8, 9, *range(10, 20)]]))
     pipeline.run()
 
@@ -57,7 +85,7 @@ def test_read_stops_at_the_end_offsets_seen_at_start_and_skips_tombstones(kafka_
     topic = new_topic(kafka_broker, partitions=1)
     kafka_broker.produce(topic, [payload(0), None, payload(1)])
     pipeline = BeamTestPipeline(runner="DirectRunner")
-    values = pipeline | ReadEvents(options(kafka_broker, topic))
+    values = read(pipeline, options(kafka_broker, topic))
     assert_that(values, equal_to([payload(0), payload(1)]))
     result = pipeline.run()
     result.wait_until_finish()

@@ -8,7 +8,8 @@ import pytest
 from apache_beam.transforms.window import GlobalWindow, TimestampedValue
 from apache_beam.utils.windowed_value import WindowedValue
 
-from pipeline.sources import LATEST_KAFKA_MILLIS, ReadKafkaPartition
+from closecrm.model import Origin, Received
+from pipeline.sources import LATEST_KAFKA_MILLIS, KafkaPartitionRange, ReadKafkaPartition
 
 CREATE_TIME = 1
 NOW_MS = 1_767_225_600_000  # 2026-01-01
@@ -21,12 +22,19 @@ class Message:
     def value(self) -> bytes:
         return b'{"type":"identify","userId":"u1"}'
 
+    def offset(self) -> int:
+        return 41
+
     def timestamp(self) -> tuple[int, int]:
         return self._timestamp
 
 
+SPAN = KafkaPartitionRange("events", 2, 0, 100)
+RECEIVED = Received(Message(0).value(), Origin("kafka", "events", 41, 2))  # the value and where it was
+
+
 def payload(message: Message) -> Any:
-    (out,) = ReadKafkaPartition({})._payload(message)
+    (out,) = ReadKafkaPartition({})._payload(message, SPAN)
     return out
 
 
@@ -40,6 +48,7 @@ def as_runner_stamps_it(out: Any) -> WindowedValue:
 def test_a_message_of_an_ordinary_time_is_stamped_with_it() -> None:
     out = payload(Message(NOW_MS))
     assert isinstance(out, TimestampedValue) and out.timestamp.micros == NOW_MS * 1000
+    assert out.value == RECEIVED
     assert isinstance(payload(Message(LATEST_KAFKA_MILLIS)), TimestampedValue)
 
 
@@ -53,10 +62,10 @@ def test_a_message_of_an_ordinary_time_is_stamped_with_it() -> None:
 )
 def test_a_message_stamped_beyond_beams_last_timestamp_keeps_the_time_of_its_read(millis: int) -> None:
     out = payload(Message(millis))
-    assert out == Message(0).value()
+    assert out == RECEIVED
     as_runner_stamps_it(out)
 
 
 @pytest.mark.parametrize(("millis", "kind"), [(-1, CREATE_TIME), (NOW_MS, 0)])
 def test_a_message_without_a_usable_timestamp_is_not_stamped(millis: int, kind: int) -> None:
-    assert payload(Message(millis, kind)) == Message(0).value()
+    assert payload(Message(millis, kind)) == RECEIVED

@@ -19,6 +19,7 @@ import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from closecrm.model import Received
 from pipeline.sources import ReadEvents, SourceOptions
 from tests.servers import PubSubEmulator
 
@@ -28,14 +29,20 @@ POLL_TIMEOUT_S = 60.0
 
 
 class AppendToFile(beam.DoFn):
-    """Appends each payload with its event timestamp as one JSON line: the test's observable sink."""
+    """Appends each payload with its event timestamp and where it was read (the message id) as one JSON
+    line: the test's observable sink."""
 
     def __init__(self, path: str) -> None:
         self._path = path
 
-    def process(self, payload: bytes, timestamp: float = beam.DoFn.TimestampParam) -> Iterator[None]:
+    def process(self, received: Received, timestamp: float = beam.DoFn.TimestampParam) -> Iterator[None]:
+        row = {
+            "payload": received.payload.decode(),
+            "timestamp": float(timestamp),
+            "source": received.origin.to_json(),
+        }
         with open(self._path, "a", encoding="utf-8") as out:
-            out.write(json.dumps({"payload": payload.decode(), "timestamp": float(timestamp)}) + "\n")
+            out.write(json.dumps(row) + "\n")
         return iter(())
 
 
@@ -87,6 +94,9 @@ def test_messages_of_a_subscription_are_read_once_each(
     options = SourceOptions(source="pubsub", subscription=subscription)
     rows = run_until(options, tmp_path / "sink.jsonl", expected=25)
     assert sorted(r["payload"] for r in rows) == sorted(payload(n).decode() for n in range(25))
+    # each payload names the message it came in: the id a dead letter gives to trace it
+    ids = [r["source"]["pubsub_message_id"] for r in rows]
+    assert len(set(ids)) == 25 and all(ids)
 
 
 def test_timestamp_attribute_sets_the_event_time(pubsub_emulator: PubSubEmulator, tmp_path: Path) -> None:
