@@ -29,19 +29,34 @@ _SCALARS = (
 )
 
 
+# What a request writes onto a contact, and onto a lead, besides the identity in `collapse_key`.
+_CONTACT_VALUES = (
+    "contact_name",
+    "contact_title",
+    "contact_emails",
+    "contact_phones",
+    "contact_urls",
+    "contact_custom_fields",
+)
+_LEAD_VALUES = ("lead_name", "lead_description", "lead_status_id", "lead_custom_fields")
+
+
+def creates_anew(req: UpsertRequest) -> bool:
+    """Contact fields but neither user id nor email: nothing can find the contact it creates, so
+    each time it is applied it creates another. Never merged, never suppressed as a repeat."""
+    return req.contact_user_id is None and not req.contact_email and req.has_contact_fields()
+
+
 def collapse_key(req: UpsertRequest) -> CollapseKey:
     """What decides which records a request looks up: company id, user id, lookup email, flags.
 
     The lookup email is part of the key even when there is a user id: when no contact has the
     user id yet, the engine falls back to the email, so ``(U, a)`` then ``(U, b)`` can end
-    differently from ``(U, [a, b])`` (e.g. when creating contacts is not allowed). A request
-    with contact fields but neither user id nor email creates a new contact every time it is
-    applied, so it is never merged (its key carries its own ids and content).
+    differently from ``(U, [a, b])`` (e.g. when creating contacts is not allowed). A request that
+    `creates_anew` is never merged (its key carries its own ids and content).
     """
     email = _key(email_key, req.contact_email) if req.contact_email else None
-    unidentified: tuple[Any, ...] | None = None
-    if req.contact_user_id is None and email is None and req.has_contact_fields():
-        unidentified = (req.event_ids, req.fingerprint())
+    unidentified = (req.event_ids, req.fingerprint()) if creates_anew(req) else None
     return (req.lead_company_id, req.contact_user_id, email, req.flags, unidentified)
 
 
@@ -67,8 +82,20 @@ def _accumulate(first: tuple[str, ...], then: tuple[str, ...], key: Callable[[st
 def merge(earlier: UpsertRequest, later: UpsertRequest) -> UpsertRequest:
     """One request with the effect of applying ``earlier`` then ``later``.
 
-    Callers merge only requests with equal `collapse_key`; ``later`` keeps its flags.
+    Callers merge only requests with equal `collapse_key`; ``later`` keeps its flags. When those
+    forbid updating existing contacts (leads), ``earlier``'s contact (lead) values stand: it may
+    create the record, which ``later`` could then not have changed.
     """
+    merged = _merged(earlier, later)
+    kept: list[str] = []
+    if not later.flags.allow_updating_existing_contacts:
+        kept += _CONTACT_VALUES
+    if not later.flags.allow_updating_existing_leads:
+        kept += _LEAD_VALUES
+    return replace(merged, **{name: getattr(earlier, name) for name in kept}) if kept else merged
+
+
+def _merged(earlier: UpsertRequest, later: UpsertRequest) -> UpsertRequest:
     scalars: dict[str, Any] = {}
     for name in _SCALARS:
         value = getattr(later, name)

@@ -14,7 +14,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Duration, Timestamp
 
-from closecrm.collapse import collapse
+from closecrm.collapse import collapse, creates_anew
 from closecrm.model import Outcome, UpsertRequest
 from transforms import metrics
 from transforms.sharded import ShardedFold, pack, unpack
@@ -276,10 +276,11 @@ class _SuppressIdentical(beam.DoFn):
         _, pending = item
         try:
             digest = _content_digest(pending.request)
+            repeatable = not creates_anew(pending.request)  # else a repeat creates another contact
         except Exception:  # noqa: BLE001 - what cannot be compared is sent, never refused
             yield pending
             return
-        if last.read() == digest:
+        if repeatable and last.read() == digest:
             self._suppressed.inc()
             outcome = Outcome(kind="unchanged", branch="identical_to_last_applied")
             yield beam.pvalue.TaggedOutput(SUPPRESSED, (pending, outcome))

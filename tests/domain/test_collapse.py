@@ -133,6 +133,37 @@ def test_contact_requests_without_user_id_or_email_are_never_merged() -> None:
     assert len(out) == 2
 
 
+def test_with_updates_of_existing_contacts_forbidden_the_first_requests_contact_values_stand() -> None:
+    # The first request may create the contact; the second could then not have changed it.
+    flags = Flags(allow_updating_existing_contacts=False)
+    [out] = collapse(
+        [
+            req(1, contact_user_id="u", contact_name="A", lead_name="L", flags=flags),
+            req(
+                2,
+                contact_user_id="u",
+                contact_title="CTO",
+                contact_phones=("+14155550100",),
+                lead_name="M",
+                flags=flags,
+            ),
+        ]
+    )
+    assert (out.contact_name, out.contact_title, out.contact_phones) == ("A", None, ())
+    assert out.lead_name == "M" and out.event_ids == ("e1", "e2")
+
+
+def test_with_updates_of_existing_leads_forbidden_the_first_requests_lead_values_stand() -> None:
+    flags = Flags(allow_updating_existing_leads=False)
+    [out] = collapse(
+        [
+            req(1, lead_company_id="c", lead_name="A", lead_custom_fields={"cf_a": 1}, flags=flags),
+            req(2, lead_company_id="c", lead_description="d", lead_custom_fields={"cf_a": 2}, flags=flags),
+        ]
+    )
+    assert (out.lead_name, out.lead_description, out.lead_custom_fields) == ("A", None, {"cf_a": 1})
+
+
 def test_lead_only_requests_of_one_company_merge() -> None:
     out = collapse(
         [req(1, lead_company_id="c", lead_name="A"), req(2, lead_company_id="c", lead_description="d")]
@@ -146,7 +177,12 @@ def test_collapse_of_nothing_is_nothing() -> None:
 
 # ---------------------------------------------------------------------------- properties
 
-FLAGS = [Flags(), Flags(allow_creating_new_leads=False)]
+FLAGS = [
+    Flags(),
+    Flags(allow_creating_new_leads=False),
+    Flags(allow_updating_existing_contacts=False),
+    Flags(allow_updating_existing_leads=False),
+]
 TEXT = st.sampled_from([None, "x", "y"])
 
 
@@ -211,14 +247,27 @@ SCALARS = (
 LISTS = {"contact_emails": email_key, "contact_phones": phone_key, "contact_urls": url_key}
 
 
+CONTACT = {"contact_name", "contact_title", "contact_custom_fields", *LISTS}
+LEAD = {"lead_name", "lead_description", "lead_status_id", "lead_custom_fields"}
+
+
 def apply(state: dict[str, Any], r: UpsertRequest) -> None:
-    """The reference semantics of applying one request to the records it looks up."""
+    """The reference semantics of applying one request to the records it looks up: the first
+    creates them; a later one changes them only where its flags allow updates."""
+    frozen: set[str] = set()
+    if state.get("exists"):
+        frozen |= set() if r.flags.allow_updating_existing_contacts else CONTACT
+        frozen |= set() if r.flags.allow_updating_existing_leads else LEAD
+    state["exists"] = True
     for name in SCALARS:
-        if getattr(r, name) is not None:
+        if getattr(r, name) is not None and name not in frozen:
             state[name] = getattr(r, name)
     for name in ("lead_custom_fields", "contact_custom_fields"):
-        state[name] = {**state.get(name, {}), **getattr(r, name)}
+        if name not in frozen:
+            state[name] = {**state.get(name, {}), **getattr(r, name)}
     for name, key in LISTS.items():
+        if name in frozen:
+            continue
         values = list(state.get(name, []))
         for value in getattr(r, name):
             if key(value) not in {key(v) for v in values}:

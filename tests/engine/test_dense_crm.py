@@ -41,7 +41,11 @@ def requests_of(events: list[dict[str, Any]], flags: Flags) -> list[UpsertReques
 
 
 def run_job(
-    close: CloseEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, events: list[dict[str, Any]], flags: Flags
+    close: CloseEnv,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    events: list[dict[str, Any]],
+    flags: Flags,
 ) -> None:
     doc = {
         "settings": {
@@ -111,7 +115,10 @@ def seed(close: CloseEnv, *leads: dict[str, Any]) -> None:
         if lead.get("company"):
             doc[close.company_cf] = lead["company"]
         for name, user, emails in lead.get("contacts", ()):
-            contact: dict[str, Any] = {"name": name, "emails": [{"email": e, "type": "office"} for e in emails]}
+            contact: dict[str, Any] = {
+                "name": name,
+                "emails": [{"email": e, "type": "office"} for e in emails],
+            }
             if user:
                 contact[close.user_cf] = user
             doc["contacts"].append(contact)
@@ -185,13 +192,43 @@ def test_contacts_created_in_one_batch_rank_oldest_in_input_order(
         {"type": "identify", "anonymousId": "a2", "traits": {"email": "bob@x.example"}},
         {"type": "identify", "userId": "u2", "traits": {"email": "bob@x.example"}},
         {"type": "identify", "userId": "u2", "traits": {"email": "ann@x.example"}},
-        {"type": "identify", "anonymousId": "a3", "traits": {"email": "ann@x.example", "company": {"id": "co1"}}},
+        {
+            "type": "identify",
+            "anonymousId": "a3",
+            "traits": {"email": "ann@x.example", "company": {"id": "co1"}},
+        },
     ]
     apply(way, close, tmp_path, monkeypatch, events)
     assert contacts(close) == rows(
         (None, None, None, None, "u2", ("bob@x.example", "ann@x.example")),
         (None, "co1", None, None, None, ("ann@x.example",)),
     )
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_a_contact_without_user_id_or_email_is_created_again_by_each_identical_event(
+    close: CloseEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, way: str
+) -> None:
+    """Nothing finds such a contact again, so repeating the event is not a no-op to suppress."""
+    events = [
+        {"type": "identify", "anonymousId": "a1", "traits": {"name": "Ann", "company": {"id": "co1"}}}
+    ] * 2
+    apply(way, close, tmp_path, monkeypatch, events)
+    assert contacts(close) == [(None, "co1", "Ann", None, None, ())] * 2
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_values_a_flag_keeps_from_an_existing_contact_are_not_written_by_collapsing_into_its_creation(
+    close: CloseEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, way: str
+) -> None:
+    """The first event creates the contact; the second may not update it, so its phone never lands."""
+    events = [
+        {"type": "identify", "userId": "u2", "traits": {"company": {"id": "co1"}}},
+        {"type": "identify", "userId": "u2", "traits": {"phone": "+14155550100", "company": {"id": "co1"}}},
+    ]
+    apply(way, close, tmp_path, monkeypatch, events, Flags(allow_updating_existing_contacts=False))
+    [contact] = close.sim.contacts()
+    assert contact["phones"] == []
 
 
 @pytest.mark.xfail(
