@@ -1,0 +1,334 @@
+"""Differential: collapsed and batched equals one at a time, on dense, messy CRMs.
+
+Random organisations (leads with and without company ids, contacts with and without user ids,
+emails shared across people and leads, in random case) get random bursts of events (several per
+person, anonymous visitors, identify and group mixed, flags switched off). The reference applies
+every request alone, in timestamp order (`one_at_a_time_reference`). The paths under test do what
+the job does: collapse per person (over the whole input, or per processing-time pane cut at
+random points of the person's requests in arrival order), suppress what is identical to the
+person's last request, put the requests in the writer's flush order and apply them through one
+engine stream cut into batches of random sizes.
+
+Bursts where another person's event falls inside what one sent request stands for are left out:
+collapsing is per person and cannot see them (docs/DESIGN.md, "What collapsing cannot see").
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from apache_beam.pvalue import TaggedOutput
+from hypothesis import assume, event, given
+from hypothesis import strategies as st
+
+from closecrm.engine import UpsertEngine
+from closecrm.events import parse_event
+from closecrm.mapping import DEFAULT_MAPPING, GROUP_PRESET, MappingSpec, compile_mappings, map_event
+from closecrm.model import Flags, UpsertRequest
+from tests.engine.conftest import CloseEnv
+from tests.engine.test_engine_property import one_at_a_time_reference
+from tests.fuzz.budget import budget
+from transforms.collapse import Pending, _SuppressIdentical, collapse_persons
+from transforms.mapping import person_key
+from transforms.writer import flush_order
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+COMPANIES = ["co1", "co2", "co3"]
+USERS = ["u1", "u2", "u3"]
+ANONYMOUS = ["a1", "a2"]
+EMAILS = ["ann@x.example", "bob@x.example", "cy@y.example"]
+NAMES = ["Ann", "Bob", "Cy"]
+
+
+def cased(email: str, how: int) -> str:
+    return [email, email.upper(), email.capitalize()][how]
+
+
+emails = st.builds(cased, st.sampled_from(EMAILS), st.integers(0, 2))
+
+
+def maybe(values: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.one_of(st.none(), values)
+
+
+@st.composite
+def seeded_leads(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """Leads with or without a company id (two may share one), contacts with or without a user id."""
+    leads = []
+    for _ in range(draw(st.integers(0, 3))):
+        contacts = [
+            {
+                "user": draw(maybe(st.sampled_from(USERS))),
+                "name": draw(maybe(st.sampled_from(NAMES))),
+                "emails": draw(st.lists(emails, max_size=2, unique_by=str.lower)),
+            }
+            for _ in range(draw(st.integers(0, 2)))
+        ]
+        leads.append(
+            {
+                "company": draw(maybe(st.sampled_from(COMPANIES))),
+                "name": draw(maybe(st.sampled_from(["Acme", "Solo"]))),
+                "contacts": contacts,
+            }
+        )
+    return leads
+
+
+def traits(draw: st.DrawFn) -> dict[str, Any]:
+    """Some of email (in random case), name, title, phone, company id and name."""
+    out: dict[str, Any] = {}
+    for key, values in (
+        ("email", emails),
+        ("name", st.sampled_from(NAMES)),
+        ("title", st.sampled_from(["CEO", "Dev"])),
+        ("phone", st.sampled_from(["+14155550100", "+14155550101"])),
+    ):
+        if draw(st.booleans()):
+            out[key] = draw(values)
+    if draw(st.booleans()):
+        out["company"] = {"id": draw(st.sampled_from(COMPANIES))}
+        if draw(st.booleans()):
+            out["company"]["name"] = draw(st.sampled_from(["Acme", "Beta"]))
+    return out
+
+
+@st.composite
+def bursts(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """Identify and group events of known users and anonymous visitors, without their times.
+
+    Each person has usual traits that most of their identifies repeat, now and then with some
+    values changed (so their requests collapse); the rest carry traits of their own.
+    """
+    people = draw(st.lists(st.sampled_from(USERS + ANONYMOUS), min_size=2, max_size=4, unique=True))
+    usual = {person: traits(draw) for person in people}
+    out: list[dict[str, Any]] = []
+    size = draw(st.integers(2, 8))
+    while len(out) < size:
+        person = draw(st.sampled_from(people))
+        who = {"userId": person} if person in USERS else {"anonymousId": person}
+        for _ in range(draw(st.integers(1, 3))):  # a person's events often come in a row
+            out.append(one_event(draw, who, usual[person]))
+    return out
+
+
+def one_event(draw: st.DrawFn, who: dict[str, str], usual: dict[str, Any]) -> dict[str, Any]:
+    """A group call, or an identify with the person's usual traits (some changed) or other ones."""
+    kind = draw(st.integers(0, 5))
+    if kind == 0:
+        return {"type": "group", **who, "groupId": draw(st.sampled_from(COMPANIES)), "traits": {}}
+    if kind <= 3:
+        said = dict(usual)
+        if kind == 3:
+            said.update(traits(draw))
+    else:
+        said = traits(draw)
+    return {"type": "identify", **who, "traits": said}
+
+
+flags = st.one_of(
+    st.just(Flags()),
+    st.builds(
+        Flags,
+        allow_creating_new_leads=st.sampled_from([True, True, False]),
+        allow_updating_existing_leads=st.sampled_from([True, True, False]),
+        allow_creating_new_contacts=st.sampled_from([True, True, False]),
+        allow_creating_duplicate_contacts=st.booleans(),
+        allow_updating_existing_contacts=st.sampled_from([True, True, False]),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Burst:
+    """Events in timestamp order (and arrival order), each with its person key and requests."""
+
+    persons: list[str]
+    requests: list[list[UpsertRequest]]
+    raw: list[dict[str, Any]]
+
+    def in_order(self) -> list[UpsertRequest]:
+        return [r for reqs in self.requests for r in reqs]
+
+    def keyed(self) -> list[tuple[str, tuple[UpsertRequest, Any]]]:
+        """(person, (request, event)) in arrival order: what CollapsePerPerson receives."""
+        return [
+            (person, (r, raw))
+            for person, reqs, raw in zip(self.persons, self.requests, self.raw, strict=True)
+            for r in reqs
+        ]
+
+
+def burst(raws: list[dict[str, Any]], identify_flags: Flags, group_flags: Flags) -> Burst:
+    """Each event timed one second after the previous (message id ``m<n>`` at second n), mapped
+    through the identify and group presets with these flags."""
+    mappings = compile_mappings(
+        [
+            MappingSpec(
+                DEFAULT_MAPPING.name, DEFAULT_MAPPING.trigger, dict(DEFAULT_MAPPING.fields), identify_flags
+            ),
+            MappingSpec(GROUP_PRESET.name, GROUP_PRESET.trigger, dict(GROUP_PRESET.fields), group_flags),
+        ]
+    )
+    persons, requests, kept = [], [], []
+    for n, raw in enumerate(raws):
+        parsed = parse_event(
+            {**raw, "messageId": f"m{n}", "timestamp": (T0 + timedelta(seconds=n)).isoformat()}
+        )
+        reqs = map_event(parsed, mappings)
+        persons.append(person_key(parsed, reqs[0]) if reqs else "")
+        requests.append(reqs)
+        kept.append(parsed.raw)
+    return Burst(persons, requests, kept)
+
+
+def seed_dense(env: CloseEnv, leads: list[dict[str, Any]]) -> Counter[str]:
+    """Seed the drawn leads, oldest first in list order; returns leads per company."""
+    docs = []
+    n = 0
+    for lead in leads:
+        n += 1
+        doc: dict[str, Any] = {"date_created": f"2020-01-{n:02d}T00:00:00+00:00", "contacts": []}
+        if lead["company"]:
+            doc[env.company_cf] = lead["company"]
+        if lead["name"]:
+            doc["name"] = lead["name"]
+        for c in lead["contacts"]:
+            n += 1
+            contact: dict[str, Any] = {
+                "date_created": f"2020-01-{n:02d}T00:00:00+00:00",
+                "emails": [{"email": e, "type": "office"} for e in c["emails"]],
+            }
+            if c["user"]:
+                contact[env.user_cf] = c["user"]
+            if c["name"]:
+                contact["name"] = c["name"]
+            doc["contacts"].append(contact)
+        docs.append(doc)
+    env.seed_leads(*docs)
+    return Counter(lead["company"] for lead in leads if lead["company"])
+
+
+def cut(items: Sequence[Any], sizes: list[int]) -> list[list[Any]]:
+    """``items`` in consecutive pieces of the given sizes (cycled)."""
+    out, i, k = [], 0, 0
+    while i < len(items):
+        size = max(1, sizes[k % len(sizes)])
+        out.append(list(items[i : i + size]))
+        i += size
+        k += 1
+    return out
+
+
+@dataclass
+class Sent:
+    """A request the writer gets, and the events it stands for: its own and those of the identical
+    requests suppressed after it."""
+
+    pending: Pending
+    covers: list[str]
+
+
+def bounded(b: Burst) -> list[Sent]:
+    """Bounded input: collapsed per person over the whole input, then suppressed."""
+    return suppressed(collapse_persons(b.keyed()))
+
+
+def streaming(b: Burst, pane_sizes: list[int]) -> list[Sent]:
+    """Unbounded input: processing-time panes cut at random points of each person's requests in
+    arrival order, each collapsed alone (as `_CollapsePanes` fires them), then suppressed."""
+    per_person: dict[str, list[tuple[str, tuple[UpsertRequest, Any]]]] = {}
+    for item in b.keyed():
+        per_person.setdefault(item[0], []).append(item)
+    panes = [pane for items in per_person.values() for pane in cut(items, pane_sizes)]
+    return suppressed(out for pane in panes for out in collapse_persons(pane))
+
+
+class _LastDigest:
+    """The suppression gate's per-person state (Beam's ReadModifyWriteState, in memory)."""
+
+    def __init__(self) -> None:
+        self.value: str | None = None
+
+    def read(self) -> str | None:
+        return self.value
+
+    def write(self, value: str) -> None:
+        self.value = value
+
+
+def suppressed(collapsed: Iterable[tuple[str, list[tuple[UpsertRequest, Any]]]]) -> list[Sent]:
+    """What `SuppressIdentical`'s gate lets through, per person in the order collapsing emitted."""
+    gate = _SuppressIdentical(ttl_seconds=0)
+    last: dict[str, _LastDigest] = {}
+    sent: dict[str, Sent] = {}
+    out: list[Sent] = []
+    for person, pairs in collapsed:
+        for request, events in pairs:
+            pending = Pending(person, request, events)
+            verdict = list(gate._gate((person, pending), last.setdefault(person, _LastDigest())))
+            if any(isinstance(v, TaggedOutput) for v in verdict):
+                sent[person].covers.extend(request.event_ids)
+                continue
+            sent[person] = Sent(pending, list(request.event_ids))
+            out.append(sent[person])
+    return out
+
+
+def straddled(b: Burst, sent: list[Sent]) -> bool:
+    """Does another person's event fall between the first and the last event a sent request stands for?"""
+    person_at = {n: p for n, (p, reqs) in enumerate(zip(b.persons, b.requests, strict=True)) if reqs}
+    for s in sent:
+        times = sorted(int(e.removeprefix("m")) for e in s.covers)
+        if any(
+            person_at.get(n, s.pending.person) != s.pending.person for n in range(times[0] + 1, times[-1])
+        ):
+            return True
+    return False
+
+
+def apply_stream(env: CloseEnv, reqs: list[UpsertRequest], sizes: list[int], depth: int) -> None:
+    async def go(engine: UpsertEngine) -> None:
+        async for _ in engine.upsert_stream(cut(reqs, sizes), depth=depth):
+            pass
+
+    env.run(go)
+
+
+@budget(500)
+@given(
+    leads=seeded_leads(),
+    raws=bursts(),
+    identify_flags=flags,
+    group_flags=flags,
+    batch_sizes=st.lists(st.integers(1, 4), min_size=1, max_size=4),
+    pane_sizes=st.lists(st.integers(1, 3), min_size=1, max_size=4),
+    depth=st.sampled_from([1, 2, 25]),
+)
+def test_collapsed_and_batched_equals_one_at_a_time(
+    close: CloseEnv,
+    leads: list[dict[str, Any]],
+    raws: list[dict[str, Any]],
+    identify_flags: Flags,
+    group_flags: Flags,
+    batch_sizes: list[int],
+    pane_sizes: list[int],
+    depth: int,
+) -> None:
+    b = burst(raws, identify_flags, group_flags)
+    paths = {"bounded": bounded(b), "streaming": streaming(b, pane_sizes)}
+    assume(not any(straddled(b, sent) for sent in paths.values()))
+    requests = b.in_order()
+    event(f"collapsed (bounded): {len(paths['bounded']) < len(requests)}")
+    event(f"people: {len({p for p, reqs in zip(b.persons, b.requests, strict=True) if reqs})}")
+    reference = one_at_a_time_reference(close, leads, requests, seed_dense)
+    for name, sent in paths.items():
+        apply_stream(close, [p.request for p in flush_order([s.pending for s in sent])], batch_sizes, depth)
+        reference.assert_state_matched_by(close, name)
+        reference.again(close)
