@@ -139,7 +139,7 @@ def main(
     from closecrm.credentials import KeySource
     from pipeline.cli_common import check_close
     from pipeline.config import load_config
-    from pipeline.runjob import RunRequest, run
+    from pipeline.runjob import RunRequest, dead_letter_file, run
     from pipeline.sources import SourceOptions
     from pipeline.summary import dead_letter_reasons, reasons_text
 
@@ -174,6 +174,7 @@ def main(
                 progress=not quiet,
             )
             dead = run(config, request, validate=False)
+            letters_file = dead_letter_file(request)
             leads, contacts, stats = sim.leads(), sim.contacts(), sim.stats()
             if snapshot:
                 Path(snapshot).write_text(json.dumps(sim.snapshot(), indent=1, sort_keys=True), encoding="utf-8")
@@ -199,7 +200,7 @@ def main(
         )
     if out_dir:
         console.print(
-            f"kept: {out / 'dead' / 'dead-letters.jsonl'} ({sum(reasons.values())} letters) and {audit} "
+            f"kept: {letters_file} ({sum(reasons.values())} letters) and {audit} "
             f"(one JSON line per request, {requests:,})."
         )
     else:

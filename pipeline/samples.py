@@ -119,7 +119,7 @@ BAD_LINES = [
     "{this is not json",
     '{"type": "identify", "messageId": "bad_no_id", "traits": {"email": "x@example.com"}}',
     '{"type": "identify", "messageId": "bad_traits", "userId": "u_bad1", "traits": "not an object"}',
-    '{"type": "identify", "messageId": "bad_email", "userId": "u_bad2", "traits": {"email": "not-an-email"}}',
+    '{"type": "identify", "messageId": "bad_company", "userId": "u_bad2", "traits": {"company": {"id": {"not": "an id"}}}}',
     '{"type": "warp", "messageId": "bad_type", "userId": "u_bad3"}',
     '["an", "array"]',
 ]

@@ -83,7 +83,8 @@ def test_the_simulator_ends_with_one_lead_per_company_and_one_contact_per_user(d
 
 def test_the_demo_leaves_the_dead_letters_and_the_audit_log_to_look_at(demo):
     _, _, run_dir = demo
-    letters = [json.loads(line) for line in (run_dir / "dead" / "dead-letters.jsonl").read_text().splitlines()]
+    (letters_file,) = (run_dir / "dead").glob("dead-letters-*.jsonl")  # one file per run, named by its run id
+    letters = [json.loads(line) for line in letters_file.read_text().splitlines()]
     assert len(letters) == 6
     assert {"stage", "reason", "event", "request", "error", "attempts", "event_ids"} <= set(letters[0])
     audit = (run_dir / "audit.jsonl").read_text().splitlines()
