@@ -40,7 +40,7 @@ from rich.table import Table  # noqa: E402
 from closecrm.credentials import KeySource  # noqa: E402
 from closecrm.sim import SimConfig, SimServer  # noqa: E402
 from pipeline.config import parse_config  # noqa: E402
-from pipeline.runjob import RunRequest, launch  # noqa: E402
+from pipeline.runjob import RunRequest, dead_letter_file, launch  # noqa: E402
 from pipeline.sources import SourceOptions  # noqa: E402
 from tests.servers import (  # noqa: E402
     PUBSUB_EMULATOR_BIN,
@@ -312,11 +312,13 @@ def main() -> None:
         "pipeline": {"batch_size": 200, "flush_seconds": float(os.environ.get("SOAK_FLUSH", "5")), "window": {"kind": "processing", "seconds": 2}},
     })
     os.environ["CLOSE_API_KEY"] = "soak_key"
-    audit, dead = work / "audit.jsonl", work / "dead" / "dead-letters.jsonl"
-    result = launch(config, RunRequest(
+    audit = work / "audit.jsonl"
+    request = RunRequest(
         source=SourceOptions(source="pubsub", subscription=subscription), close_url=sim.base_url,
         key_source=KeySource(), dead_letter_dir=str(work / "dead"), audit_log=str(audit), progress=False,
-    ))
+    )
+    dead = Path(dead_letter_file(request))  # one file per run, named by its run id
+    result = launch(config, request)
     accounted = Accounted(audit, dead)
     census_at = sorted(float(m) for m in args.snapshot_at.split(",")) if args.census else []
     census_base: tuple[float, Counter[str]] | None = None

@@ -85,6 +85,7 @@ def snapshot_sync(ctx: click.Context, config_path: str, **opts: object) -> None:
     """
     from pipeline.config import load_config
     from pipeline.snapshot_job import SnapshotRequest, run_snapshot, warehouse_source
+    from transforms.deadletter import letters_path
 
     try:
         if opts["from_url"]:
@@ -123,6 +124,11 @@ def snapshot_sync(ctx: click.Context, config_path: str, **opts: object) -> None:
         return
     if report.failed:
         raise click.ClickException(
-            f"{report.failed} row(s) did not reach Close and keep their old state (retried next run); "
-            "see --dead-letter output."
+            f"{report.failed} row(s) did not reach Close and keep their old state (retried next run)"
+            + (
+                f"; their dead letters are in {letters_path(request.dead_letter_dir, request.run_id)}"
+                if request.dead_letter_dir
+                else "; give --dead-letter DIR to keep their dead letters"
+            )
+            + "."
         )

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from closecrm.credentials import DEFAULT_CLOSE_URL, EngineSpec, KeySource
+from closecrm.model import new_run_id
 from closecrm.snapshot import SchemaDrift, SnapshotSpec, arrow_kind, avro_kind, check_schema, kind_changes
 from closecrm.warehouse import SINCE_KINDS, ReadPlan, WarehouseError, WarehouseSource, Watermark
 from pipeline import summary
@@ -68,6 +69,8 @@ class SnapshotRequest:
     buckets: int = DEFAULT_BUCKETS  # hash buckets of the primary key the diff joins in
     beam_args: tuple[str, ...] = field(default_factory=tuple)
     source: WarehouseSource | None = None  # --from URL with --table or --query, instead of --input
+    # Names this run's dead-letter file, so a run never overwrites an earlier one's.
+    run_id: str = field(default_factory=new_run_id)
 
 
 @dataclass(frozen=True)
@@ -253,6 +256,7 @@ class SnapshotShape:
     full: bool
     dry_run: bool
     dead_letter_dir: str | None
+    run_id: str
     sample_size: int
     buckets: int
 
@@ -318,7 +322,7 @@ def build(p: beam.Pipeline, shape: SnapshotShape) -> None:
         )
     dead = deads | "AllDeadLetters" >> beam.Flatten()
     if shape.dead_letter_dir:
-        _ = dead | "WriteDeadLetters" >> WriteDeadLetters(shape.dead_letter_dir)
+        _ = dead | "WriteDeadLetters" >> WriteDeadLetters(shape.dead_letter_dir, run_id=shape.run_id)
 
 
 # ---------------------------------------------------------------------------- run
@@ -488,6 +492,7 @@ def _run_locked(
         full=request.full,
         dry_run=request.dry_run,
         dead_letter_dir=request.dead_letter_dir,
+        run_id=request.run_id,
         sample_size=request.sample_size,
         buckets=request.buckets,
     )
