@@ -67,9 +67,8 @@ def test_a_failing_row_keeps_its_old_fingerprint_and_is_retried(sim, tmp_path: P
 
     second = sync(sim, config, export, state, monkeypatch, dead_letter_dir=str(tmp_path / "dead"))
     assert second.count("snapshot_changed") == 1 and second.count(m.OUTCOME_PREFIX + "failed") == 1
-    letters = [
-        json.loads(line) for line in (tmp_path / "dead" / "dead-letters.jsonl").read_text().splitlines()
-    ]
+    (letters_file,) = (tmp_path / "dead").glob("dead-letters-*.jsonl")  # one file per run
+    letters = [json.loads(line) for line in letters_file.read_text().splitlines()]
     assert [letter["event"]["primary_key"] for letter in letters] == ["u00004"]
 
     third = sync(sim, config, export, state, monkeypatch)

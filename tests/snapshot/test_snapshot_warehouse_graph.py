@@ -50,6 +50,7 @@ def _shape(plan: ReadPlan, partial: bool) -> SnapshotShape:
         full=False,
         dry_run=False,
         dead_letter_dir="gs://close-sync-test/dead",
+        run_id="20261201T000000Z-graph",
         sample_size=20,
         buckets=16,
     )
