@@ -15,7 +15,7 @@ import httpx
 import yarl
 
 from closecrm.counters import Totals
-from closecrm.credentials import DEFAULT_CLOSE_URL
+from closecrm.credentials import DEFAULT_BUDGET_SHARE, DEFAULT_CLOSE_URL
 from closecrm.ratelimit import GroupPacer, parse_ratelimit, retry_after_seconds
 from closecrm.secret import ApiKey
 
@@ -199,7 +199,7 @@ class CloseClient:
         base_url: str = DEFAULT_CLOSE_URL,
         api_key: ApiKey | str | None = None,
         *,
-        budget_share: float = 1.0,
+        budget_share: float = DEFAULT_BUDGET_SHARE,
         max_in_flight: int = 32,
         max_attempts: int = 5,
         max_rate_limited_waits: int = 30,

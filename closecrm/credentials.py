@@ -18,6 +18,8 @@ __all__ = ["DEFAULT_API_KEY_ENV", "DEFAULT_CLOSE_URL", "ApiKey", "EngineSpec", "
 
 DEFAULT_CLOSE_URL = "https://api.close.com/api/v1/"
 DEFAULT_API_KEY_ENV = "CLOSE_API_KEY"
+# Each worker paces itself to this share of the key's rate budget (--budget-share).
+DEFAULT_BUDGET_SHARE = 1.0
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ class EngineSpec:
     key_source: KeySource
     settings: Settings
     max_concurrency: int | None = None
-    budget_share: float = 1.0
+    budget_share: float = DEFAULT_BUDGET_SHARE
     options: dict[str, Any] = field(default_factory=dict)
     created_ids: str | None = None
 

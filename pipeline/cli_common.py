@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from closecrm.credentials import KeySource
+from closecrm.credentials import DEFAULT_BUDGET_SHARE, KeySource
 
 if TYPE_CHECKING:
     from pipeline.config import JobConfig
@@ -44,7 +44,7 @@ def warn(config: JobConfig) -> None:
         click.echo(f"warning: {line}", err=True)
 
 
-async def check_close(close_url: str, keys: KeySource, config: JobConfig, budget_share: float = 1.0) -> int:
+async def check_close(close_url: str, keys: KeySource, config: JobConfig, budget_share: float = DEFAULT_BUDGET_SHARE) -> int:
     """The key, the settings and every custom field and status the mappings name, checked against
     Close before anything is written (a wrong one makes Close answer 400 to every request); raises
     SettingsError with each problem and its fix. Returns the calls it made."""

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import click
 
-from closecrm.credentials import DEFAULT_CLOSE_URL
+from closecrm.credentials import DEFAULT_BUDGET_SHARE, DEFAULT_CLOSE_URL
 
 
 class ArgumentError(click.UsageError):
@@ -82,7 +82,7 @@ def _budget_share(ctx: click.Context, param: click.Parameter, value: float) -> f
 
 def budget_share_option(help_text: str = "Share of the key's rate budget for each worker (0 < F <= 1).") -> Any:
     return click.option(
-        "--budget-share", type=float, default=1.0, show_default=True, callback=_budget_share, help=help_text
+        "--budget-share", type=float, default=DEFAULT_BUDGET_SHARE, show_default=True, callback=_budget_share, help=help_text
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from pipeline.cli_common import fail, key_source
-from pipeline.cli_options import API_KEY_FILE, CLOSE_URL
+from pipeline.cli_options import API_KEY_FILE, CLOSE_URL, budget_share_option
 
 
 @click.command(
@@ -63,9 +63,7 @@ from pipeline.cli_options import API_KEY_FILE, CLOSE_URL
 @CLOSE_URL
 @API_KEY_FILE
 @click.option("--dead-letter", "dead_letter", help="Directory for dead-letter JSON lines.")
-@click.option(
-    "--budget-share", type=float, default=1.0, help="Share of the key's rate budget for each worker."
-)
+@budget_share_option()
 @click.option(
     "--buckets",
     type=click.IntRange(min=1),

@@ -13,7 +13,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
 
 from closecrm.created_ids import ledger_dir, user_cache_root
-from closecrm.credentials import DEFAULT_CLOSE_URL, EngineSpec, KeySource
+from closecrm.credentials import DEFAULT_BUDGET_SHARE, DEFAULT_CLOSE_URL, EngineSpec, KeySource
 from closecrm.model import new_run_id
 from pipeline import beam_patches, summary
 from pipeline.assemble import JobShape, build
@@ -40,7 +40,7 @@ class RunRequest:
     dead_letter_topic: str | None = None
     audit_log: str | None = None
     dry_run: bool = False
-    budget_share: float = 1.0
+    budget_share: float = DEFAULT_BUDGET_SHARE
     beam_args: tuple[str, ...] = field(default_factory=tuple)
     progress: bool = True  # a periodic progress line on stderr during local runs (--quiet turns it off)
     # Root of the created-id ledger (see created_ids_location); None: the default place.

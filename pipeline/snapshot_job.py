@@ -16,7 +16,7 @@ from apache_beam.io.filesystems import FileSystems
 from rich.console import Console
 from rich.table import Table
 
-from closecrm.credentials import DEFAULT_CLOSE_URL, EngineSpec, KeySource
+from closecrm.credentials import DEFAULT_BUDGET_SHARE, DEFAULT_CLOSE_URL, EngineSpec, KeySource
 from closecrm.model import new_run_id
 from closecrm.snapshot import SchemaDrift, SnapshotSpec, arrow_kind, avro_kind, check_schema, kind_changes
 from closecrm.warehouse import SINCE_KINDS, ReadPlan, WarehouseError, WarehouseSource, Watermark
@@ -64,7 +64,7 @@ class SnapshotRequest:
     key_source: KeySource = KeySource()
     dead_letter_dir: str | None = None
     plan_dir: str | None = None  # where --dry-run writes its plan (default: a new local temp dir)
-    budget_share: float = 1.0
+    budget_share: float = DEFAULT_BUDGET_SHARE
     sample_size: int = 20
     buckets: int = DEFAULT_BUCKETS  # hash buckets of the primary key the diff joins in
     beam_args: tuple[str, ...] = field(default_factory=tuple)
