@@ -45,7 +45,7 @@ class KeySource:
 
 def _key_from_file(path: str) -> ApiKey:
     try:
-        value = _read_bytes(path).decode("utf-8")
+        value = read_secret_file(path).decode("utf-8")
     except Exception as exc:  # noqa: BLE001 - any filesystem's error, reported without the key
         raise RuntimeError(f"cannot read the API key file {path}: {type(exc).__name__}") from None
     if not value.strip():
@@ -53,7 +53,8 @@ def _key_from_file(path: str) -> ApiKey:
     return ApiKey(value)
 
 
-def _read_bytes(path: str) -> bytes:
+def read_secret_file(path: str) -> bytes:
+    """A secret file's bytes, local or on any Beam filesystem; the caller words the error."""
     if "://" in path:
         # Object stores (gs://, s3://, …) are read through Beam, which the workers that need it have loaded.
         from apache_beam.io.filesystems import FileSystems

@@ -17,6 +17,8 @@ import os
 import urllib.parse
 from dataclasses import dataclass
 
+from closecrm.credentials import read_secret_file
+
 DIALECTS = {"duckdb": "duckdb", "postgresql": "postgresql", "postgres": "postgresql", "bigquery": "bigquery"}
 # libpq's own variable, so a shell set up for psql works unchanged.
 DEFAULT_PASSWORD_ENV = {"postgresql": "PGPASSWORD"}
@@ -68,7 +70,7 @@ class PasswordSource:
     def read(self) -> Password | None:
         if self.path:
             try:
-                value = _read_bytes(self.path).decode("utf-8").strip()
+                value = read_secret_file(self.path).decode("utf-8").strip()
             except Exception as exc:  # noqa: BLE001 - any filesystem's error, reported without content
                 raise WarehouseURLError(
                     f"cannot read the warehouse password file {self.path}: {type(exc).__name__}"
@@ -87,16 +89,6 @@ class PasswordSource:
         if self.env_var:
             return f"${self.env_var}"
         return "no password"
-
-
-def _read_bytes(path: str) -> bytes:
-    if "://" in path:
-        from apache_beam.io.filesystems import FileSystems
-
-        with FileSystems.open(path) as fh:
-            return fh.read()
-    with open(path, "rb") as fh:
-        return fh.read()
 
 
 @dataclass(frozen=True)
