@@ -21,9 +21,7 @@ from apache_beam.transforms.userstate import (
     TimerSpec,
     on_timer,
 )
-from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Duration, Timestamp
-from apache_beam.utils.windowed_value import WindowedValue
 
 from closecrm.credentials import EngineSpec
 from closecrm.engine import MAX_CONCURRENCY
@@ -37,6 +35,7 @@ from transforms.feed import EngineFeed
 from transforms.keying import key_by_lead_shard
 from transforms.ledger import LEDGER
 from transforms.outcomes import emit_outcome
+from transforms.sharded import in_global_window
 
 
 def event_order(request: UpsertRequest) -> tuple[int, Any]:
@@ -145,9 +144,9 @@ class ApplyBatches(beam.DoFn):
         # What is still writing belongs to this bundle: its requests left the state already.
         for out in self._emit(self._feed.wait_until(0)):
             if isinstance(out, beam.pvalue.TaggedOutput):
-                yield beam.pvalue.TaggedOutput(out.tag, _in_global_window(out.value))
+                yield beam.pvalue.TaggedOutput(out.tag, in_global_window(out.value))
             else:
-                yield _in_global_window(out)
+                yield in_global_window(out)
         self._flush_ledger()
 
     def _flush(self, buffer, count, flush_timer=None) -> Iterable[Any]:
@@ -203,10 +202,6 @@ class ApplyBatchesStreaming(ApplyBatches):
         count=beam.DoFn.StateParam(ApplyBatches.COUNT),
     ):
         yield from self._flush(buffer, count)
-
-
-def _in_global_window(value: Any) -> WindowedValue:
-    return WindowedValue(value, GlobalWindow().max_timestamp(), [GlobalWindow()])
 
 
 class UpsertToClose(beam.PTransform):
