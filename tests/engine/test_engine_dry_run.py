@@ -8,9 +8,7 @@ counted on the simulator, by endpoint.
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -198,17 +196,6 @@ def test_three_new_users_of_one_new_company_plan_one_lead(close: CloseEnv, batch
     assert len({o.lead_ids for o in plan}) == 1 and DRY_RUN_MARK in plan[0].lead_ids[0]
     assert planned_writes([o.to_json() for o in plan]) == Counter({"lead create": 1, "contact create": 3})
     assert close.leads() == []
-
-
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    yield loop
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join()
-    loop.close()
 
 
 class _Item:

@@ -16,6 +16,17 @@ from pipeline.config import JobConfig, load_config
 from pipeline.runjob import RunRequest, run
 from pipeline.sources import SourceOptions
 
+# A Dataflow graph check that needs no network or project: the job is built and validated, not submitted.
+DATAFLOW_ARGS = [
+    "--runner=DataflowRunner",
+    "--dry_run=True",
+    "--no_auth",
+    "--project=close-sync-test",
+    "--region=us-central1",
+    "--temp_location=gs://close-sync-test/tmp",
+    "--staging_location=gs://close-sync-test/staging",
+]
+
 
 def sim_config(sim: SimServer, tmp_path: Path, extra: dict[str, Any] | None = None) -> tuple[JobConfig, dict]:
     """A config whose custom fields exist in the simulator; returns it and the cf ids."""

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import AsyncIterator, Iterator
-
-import pytest
+from collections.abc import AsyncIterator
 
 from closecrm.model import Outcome, UpsertRequest
 from transforms.feed import EngineFeed
@@ -28,17 +25,6 @@ class _CountingEngine:
             if any(r.contact_user_id == "boom" for r in batch):
                 raise RuntimeError("engine crashed")
             yield [Outcome(kind="created", reason=r.contact_user_id) for r in batch]
-
-
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    yield loop
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join()
-    loop.close()
 
 
 def test_outcomes_come_back_paired_in_order_across_submits(loop: asyncio.AbstractEventLoop) -> None:

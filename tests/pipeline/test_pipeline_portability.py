@@ -14,17 +14,7 @@ from closecrm.model import Settings
 from pipeline.assemble import JobShape, build
 from pipeline.config import default_config
 from pipeline.sources import SourceOptions
-
-DATAFLOW_ARGS = [
-    "--runner=DataflowRunner",
-    "--dry_run=True",
-    "--no_auth",
-    "--project=close-sync-test",
-    "--region=us-central1",
-    "--temp_location=gs://close-sync-test/tmp",
-    "--staging_location=gs://close-sync-test/staging",
-]
-
+from tests.pipeline.helpers import DATAFLOW_ARGS
 
 OPTIONS = replace(default_config().options(), mappings=(DEFAULT_MAPPING, GROUP_PRESET))
 

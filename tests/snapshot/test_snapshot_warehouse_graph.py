@@ -16,18 +16,10 @@ from closecrm.snapshot import SnapshotSpec
 from closecrm.warehouse import ReadPlan, Watermark
 from pipeline.config import default_config
 from pipeline.snapshot_job import SnapshotShape, build
+from tests.pipeline.helpers import DATAFLOW_ARGS
 
 from .helpers import source
 
-DATAFLOW_ARGS = [
-    "--runner=DataflowRunner",
-    "--dry_run=True",
-    "--no_auth",
-    "--project=close-sync-test",
-    "--region=us-central1",
-    "--temp_location=gs://close-sync-test/tmp",
-    "--staging_location=gs://close-sync-test/staging",
-]
 SPEC = SnapshotSpec(primary_key=("user_id",), fields={"contact_user_id": "user_id", "contact_email": "email"})
 SECRET = "pw-that-must-stay-in-the-environment"
 
