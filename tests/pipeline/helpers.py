@@ -87,3 +87,19 @@ def letters_in(directory: Path) -> list[dict]:
 
 def letter_files(directory: Path) -> list[Path]:
     return sorted(directory.glob("dead-letters-*.jsonl"))
+
+
+class FakeState:
+    """A value-state cell for driving a stateful DoFn's process() directly (read, write, clear)."""
+
+    def __init__(self) -> None:
+        self.value: Any = None
+
+    def read(self) -> Any:
+        return self.value
+
+    def write(self, value: Any) -> None:
+        self.value = value
+
+    def clear(self) -> None:
+        self.value = None

@@ -17,7 +17,7 @@ from closecrm.events import parse_event
 from closecrm.mapping import DEFAULT_MAPPING
 from closecrm.model import DeadLetter, DroppedField, Origin, Received, UpsertRequest
 from pipeline.sources import SourceOptions
-from tests.pipeline.helpers import read_lines, sim_config, write_jsonl
+from tests.pipeline.helpers import FakeState, read_lines, sim_config, write_jsonl
 from tests.reliability.rel_helpers import applied_ids, dead_letters, identify, run_job
 from transforms import collapse as collapse_transforms
 from transforms import mapping as mapping_transforms
@@ -258,21 +258,10 @@ def test_an_unexpected_collapse_failure_sends_the_requests_uncollapsed(monkeypat
     assert carried_ids(collapsed) == ["e1", "e2", "e3"]
 
 
-class _State:
-    def __init__(self) -> None:
-        self.value: Any = None
-
-    def read(self) -> Any:
-        return self.value
-
-    def write(self, value: Any) -> None:
-        self.value = value
-
-
 def test_suppress_identical_lets_through_a_request_it_cannot_digest() -> None:
     undigestible = UpsertRequest(contact_user_id="u1", lead_custom_fields={"cf_x": threading.Lock()})
     gate = _SuppressIdentical(60.0)
-    state = _State()
+    state = FakeState()
     for _ in range(2):
         main, _, _ = outputs(gate._gate(("user:u1", Pending("user:u1", undigestible)), state))
         assert [p.request for p in main] == [undigestible]

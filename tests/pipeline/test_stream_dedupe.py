@@ -13,26 +13,13 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from closecrm.events import parse_event
 from pipeline.config import default_config
+from tests.pipeline.helpers import FakeState
 from transforms import dedupe
 from transforms.dedupe import DEDUPE_BUCKETS, DropRedeliveriesWithTtl, dedupe_bucket
 from transforms.ledger import SKIPPED
 from transforms.parse import LEDGER, ParseEvents
 
 DEFAULT_OPTIONS = default_config().options()
-
-
-class FakeState:
-    def __init__(self) -> None:
-        self.value: Any = None
-
-    def read(self) -> Any:
-        return self.value
-
-    def write(self, value: Any) -> None:
-        self.value = value
-
-    def clear(self) -> None:
-        self.value = None
 
 
 class FakeTimer:
