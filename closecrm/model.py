@@ -17,18 +17,21 @@ FLAG_NAMES = (
     "allow_creating_new_contacts",
     "allow_creating_duplicate_contacts",
     "allow_updating_existing_contacts",
+    "allow_merging",
 )
 
 
 @dataclass(frozen=True)
 class Flags:
-    """The five allow_* switches of the action; all default to true."""
+    """The allow_* switches of the action: the five of an upsert default to true, merging to false."""
 
     allow_creating_new_leads: bool = True
     allow_updating_existing_leads: bool = True
     allow_creating_new_contacts: bool = True
     allow_creating_duplicate_contacts: bool = True
     allow_updating_existing_contacts: bool = True
+    # An alias may merge two people's leads and contacts, which deletes records: off unless asked for.
+    allow_merging: bool = False
 
 
 @dataclass(frozen=True)
@@ -85,9 +88,15 @@ class UpsertRequest:
     contact_title: str | None = None
     contact_user_id: str | None = None
     contact_custom_fields: dict[str, Any] = field(default_factory=dict)
+    # An alias: the user id (``previousId``) whose contacts become ``contact_user_id``'s.
+    alias_previous_id: str | None = None
     flags: Flags = Flags()
     event_ids: tuple[str, ...] = ()
     timestamp: str | None = None  # ISO-8601 of the latest event folded into this request
+    since: str | None = None  # ISO-8601 of the earliest event folded in, when several were
+    # The requests a collapsed request was merged from, in event order (closecrm.collapse.Parts):
+    # the engine applies them one by one where another person's request falls between them.
+    parts: Any = field(default=(), compare=False, repr=False)
     mappings: tuple[str, ...] = field(default=(), compare=False)  # names of the mappings it came from
     dropped: tuple[DroppedField, ...] = field(default=(), compare=False)  # values left out, and why
 
@@ -109,17 +118,16 @@ class UpsertRequest:
 
     def content(self) -> dict[str, Any]:
         """Everything that decides what Close ends up holding (no provenance)."""
-        out = asdict(self)
-        for provenance in PROVENANCE:
-            out.pop(provenance)
-        return out
+        return {
+            f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name not in PROVENANCE
+        }
 
     def fingerprint(self) -> str:
         blob = json.dumps(self.content(), sort_keys=True, default=str, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
     def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
+        out = {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name != "parts"}
         for k in ("contact_emails", "contact_phones", "contact_urls", "event_ids", "mappings"):
             out[k] = list(out[k])
         out["dropped"] = [d.to_json() for d in self.dropped]
@@ -147,7 +155,20 @@ class UpsertRequest:
         }
 
 
-PROVENANCE = ("event_ids", "timestamp", "mappings", "dropped")
+PROVENANCE = ("event_ids", "timestamp", "since", "parts", "mappings", "dropped")
+
+
+def _plain(value: Any) -> Any:
+    """A field's value as `asdict` gives it (dataclasses become dicts, containers are copied)."""
+    return asdict(value) if hasattr(value, "__dataclass_fields__") else _copy(value)
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_plain(v) for v in value)
+    return value
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,7 @@ class _Strict(BaseModel):
 
 
 class FlagsConfig(_Strict):
-    """The five allow_* switches of the action; all default to true."""
+    """The allow_* switches: the five of an upsert default to true, allow_merging to false."""
 
     allow_creating_new_leads: StrictBool = True
     allow_updating_existing_leads: StrictBool = True
@@ -76,6 +76,10 @@ class FlagsConfig(_Strict):
         description="Create the contact under a new lead even when it exists under another lead.",
     )
     allow_updating_existing_contacts: StrictBool = True
+    allow_merging: StrictBool = Field(
+        default=False,
+        description="Let an alias merge two people's contacts and leads (deletes the merged-away records).",
+    )
 
     def flags(self) -> Flags:
         return Flags(**{name: getattr(self, name) for name in FLAG_NAMES})
