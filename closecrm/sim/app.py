@@ -76,6 +76,7 @@ def make_app(sim: Simulator) -> web.Application:
     r.add_get(f"{api}/me/", me)
     r.add_get(f"{api}/lead/", list_leads)
     r.add_post(f"{api}/lead/", create_lead)
+    r.add_post(f"{api}/lead/merge/", merge_leads)  # before /lead/{id}/, which would take "merge" for an id
     r.add_get(f"{api}/lead/{{id}}/", get_lead)
     r.add_put(f"{api}/lead/{{id}}/", update_lead)
     r.add_delete(f"{api}/lead/{{id}}/", delete_lead)
@@ -99,6 +100,7 @@ def make_app(sim: Simulator) -> web.Application:
     r.add_post("/_sim/seed", admin_seed)
     r.add_get("/_sim/state", admin_state)
     r.add_post("/_sim/storm", admin_storm)
+    r.add_get("/_sim/merges", admin_merges)
     return app
 
 
@@ -341,6 +343,11 @@ async def delete_lead(request: web.Request) -> web.Response:
     return _json({})
 
 
+async def merge_leads(request: web.Request) -> web.Response:
+    status = request.app[SIM].store.merge_leads(await _body(request))
+    return _json({"merge_status": status})
+
+
 async def list_contacts(request: web.Request) -> web.Response:
     skip, limit = _paging(request)
     records, total = request.app[SIM].store.list_contacts(request.query.get("lead_id"), skip, limit)
@@ -444,6 +451,10 @@ async def admin_seed(request: web.Request) -> web.Response:
 
 async def admin_state(request: web.Request) -> web.Response:
     return _json(request.app[SIM].store.snapshot())
+
+
+async def admin_merges(request: web.Request) -> web.Response:
+    return _json({"data": request.app[SIM].store.merges()})
 
 
 async def admin_storm(request: web.Request) -> web.Response:

@@ -34,6 +34,7 @@ def run_from_cli(
     ambiguous_rate: float = 0.0,
     ratelimit_separator: str = ",",
     snapshot: str | None = None,
+    merge_delay_seconds: float = 0.0,
 ) -> None:
     """Build the config from the command's options and serve; the API key is never logged."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
@@ -50,6 +51,7 @@ def run_from_cli(
         fault_rate=fault_rate,
         ambiguous_rate=ambiguous_rate,
         ratelimit_separator=ratelimit_separator,
+        merge_delay_seconds=merge_delay_seconds,
     )
     simulator = Simulator(config)
     if seed:

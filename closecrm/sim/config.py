@@ -7,7 +7,7 @@ from typing import Any
 
 _PROBABILITIES = ("fault_rate", "ambiguous_rate", "storm_rate")
 _POSITIVE = ("search_rate", "write_rate", "time_scale", "org_limit_factor")
-_NON_NEGATIVE = ("latency_ms", "jitter_ms", "search_lag", "storm_seconds")
+_NON_NEGATIVE = ("latency_ms", "jitter_ms", "search_lag", "storm_seconds", "merge_delay_seconds")
 
 
 @dataclass
@@ -15,7 +15,7 @@ class SimConfig:
     """Knobs. Rates are requests per second per API key; the organisation gets ``org_limit_factor`` times that.
 
     ``time_scale`` multiplies every rate (windows shrink) so rate-limited benchmarks run fast.
-    The realism knobs (latency, lag, faults, ambiguous failures, storms) are all off by default.
+    The realism knobs (latency, lag, faults, ambiguous failures, storms, slow merges) are all off by default.
     """
 
     api_keys: list[str] = field(default_factory=lambda: ["test_key"])
@@ -33,6 +33,9 @@ class SimConfig:
     org_limit_factor: float = 3.0
     storm_rate: float = 0.0  # chance that a request starts a 429 storm of storm_seconds
     storm_seconds: float = 1.0
+    # POST /lead/merge/ answers "in_progress" and the merge takes effect this many seconds later
+    # (0: it is applied before the response, which says "completed").
+    merge_delay_seconds: float = 0.0
 
     def update(self, **knobs: Any) -> None:
         """Validate then apply knobs; unknown names or bad values raise ValueError and change nothing."""

@@ -124,6 +124,11 @@ class SimServer:
     def contacts(self) -> list[dict[str, Any]]:
         return self.simulator.store.contacts()
 
+    def merges(self) -> list[dict[str, Any]]:
+        """Every lead merge asked for since the last reset, oldest first: source, destination,
+        merge_status ("in_progress", "completed" or "failed"), date_created, date_completed."""
+        return self.simulator.store.merges()
+
     def stats(self) -> dict[str, Any]:
         return {**self.simulator.stats.to_json(), **self.simulator.store.counts()}
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import heapq
 import os
 import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -43,6 +45,8 @@ class Store:
     Records are kept in an internal shape and rendered to Close's JSON on the way out.
     The search index holds rendered copies that become visible ``config.search_lag``
     seconds after the write, while reads by id always see the current record.
+    A lead merge asked for with ``config.merge_delay_seconds`` > 0 waits in a queue; every method
+    that touches leads or contacts first applies the merges that are due (``_current``).
     """
 
     def __init__(self, config: SimConfig):
@@ -65,8 +69,18 @@ class Store:
             self._index: dict[str, dict[str, Record]] = {"lead": {}, "contact": {}}
             self._terms = TermIndex()
             self._pending: deque[tuple[float, str, str, Record | None]] = deque()
+            self._merges: list[Record] = []
+            self._merge_queue: list[tuple[float, int, Record]] = []  # heap of (due, order, merge)
             for label in DEFAULT_STATUSES:
                 self._add_status({"label": label})
+
+    @contextmanager
+    def _current(self) -> Iterator[None]:
+        """The store's lock, with the merges that are due applied first."""
+        with self._lock:
+            if self._merge_queue:
+                self._settle_merges()
+            yield
 
     def new_id(self, prefix: str) -> str:
         """`prefix_` + 43 url-safe characters, like Close's ids."""
@@ -180,7 +194,7 @@ class Store:
             return dict(cf)
 
     def delete_custom_field(self, object_type: str, cf_id: str) -> None:
-        with self._lock:
+        with self._current():
             if cf_id not in self._custom_fields.get(object_type, {}):
                 raise NotFound(f"Custom field {cf_id} not found.")
             del self._custom_fields[object_type][cf_id]
@@ -194,7 +208,7 @@ class Store:
         """POST /lead/: nested contacts are created in the same call. ``trusted`` (seeding) allows ids and dates."""
         if not isinstance(data, dict):
             raise ValidationFailed(["Expected a JSON object."])
-        with self._lock:
+        with self._current():
             fields_ = self._validate_lead(data, partial=False)
             contacts_data = data.get("contacts") or []
             if not isinstance(contacts_data, list) or not all(isinstance(c, dict) for c in contacts_data):
@@ -235,13 +249,13 @@ class Store:
             return self._render_lead(lead)
 
     def get_lead(self, lead_id: str) -> Record:
-        with self._lock:
+        with self._current():
             return self._render_lead(self._lead(lead_id))
 
     def update_lead(self, lead_id: str, data: Record) -> Record:
         if not isinstance(data, dict):
             raise ValidationFailed(["Expected a JSON object."])
-        with self._lock:
+        with self._current():
             lead = self._lead(lead_id)
             if "contacts" in data:
                 raise ValidationFailed(
@@ -256,7 +270,7 @@ class Store:
             return self._render_lead(lead)
 
     def delete_lead(self, lead_id: str) -> None:
-        with self._lock:
+        with self._current():
             lead = self._lead(lead_id)
             for contact_id in lead["contact_ids"]:
                 del self._contacts[contact_id]
@@ -265,7 +279,7 @@ class Store:
             self._publish("lead", lead_id)
 
     def list_leads(self, skip: int, limit: int, descending: bool = True) -> tuple[list[Record], int]:
-        with self._lock:
+        with self._current():
             ordered = sorted(
                 self._leads.values(), key=lambda r: (r["date_created"], r["id"]), reverse=descending
             )
@@ -273,7 +287,7 @@ class Store:
 
     def leads(self) -> list[Record]:
         """Every lead with nested contacts, oldest first."""
-        with self._lock:
+        with self._current():
             ordered = sorted(self._leads.values(), key=lambda r: (r["date_created"], r["id"]))
             return [self._render_lead(r) for r in ordered]
 
@@ -318,7 +332,7 @@ class Store:
         """POST /contact/: with lead_id it joins that lead, without one a new lead is created for it."""
         if not isinstance(data, dict):
             raise ValidationFailed(["Expected a JSON object."])
-        with self._lock:
+        with self._current():
             fields_ = self._validate_contact(data, partial=False)
             lead_id = data.get("lead_id")
             if lead_id is not None:
@@ -374,13 +388,13 @@ class Store:
         return contact
 
     def get_contact(self, contact_id: str) -> Record:
-        with self._lock:
+        with self._current():
             return self._render_contact(self._contact(contact_id))
 
     def update_contact(self, contact_id: str, data: Record) -> Record:
         if not isinstance(data, dict):
             raise ValidationFailed(["Expected a JSON object."])
-        with self._lock:
+        with self._current():
             contact = self._contact(contact_id)
             fields_ = self._validate_contact(data, partial=True)
             new_lead_id = data.get("lead_id")
@@ -399,7 +413,7 @@ class Store:
             return self._render_contact(contact)
 
     def delete_contact(self, contact_id: str) -> None:
-        with self._lock:
+        with self._current():
             contact = self._contact(contact_id)
             lead = self._leads[contact["lead_id"]]
             lead["contact_ids"].remove(contact_id)
@@ -408,7 +422,7 @@ class Store:
             self._publish("lead", lead["id"])
 
     def list_contacts(self, lead_id: str | None, skip: int, limit: int) -> tuple[list[Record], int]:
-        with self._lock:
+        with self._current():
             if lead_id is not None:
                 pool = (
                     [self._contacts[c] for c in self._leads[lead_id]["contact_ids"]]
@@ -422,7 +436,7 @@ class Store:
 
     def contacts(self) -> list[Record]:
         """Every contact, oldest first."""
-        with self._lock:
+        with self._current():
             ordered = sorted(self._contacts.values(), key=lambda r: (r["date_created"], r["id"]))
             return [self._render_contact(r) for r in ordered]
 
@@ -454,6 +468,85 @@ class Store:
         if custom:
             out["custom"] = custom
         return out
+
+    # ------------------------------------------------------------------ merges
+
+    def merge_leads(self, data: Any) -> str:
+        """POST /lead/merge/: the source lead's contacts, and the name, description, url and custom
+        field values the destination lacks, move to the destination; then the source is deleted.
+
+        Returns the merge status: "completed", or "in_progress" when ``config.merge_delay_seconds``
+        > 0, in which case nothing changes until that delay has passed. Both leads must exist when
+        the merge is asked for; one gone by the time it is due makes it "failed", changing nothing.
+        """
+        if not isinstance(data, dict):
+            raise ValidationFailed(["Expected a JSON object."])
+        field_errors: dict[str, str] = {}
+        for key in ("source", "destination"):
+            value = data.get(key)
+            if value is None:
+                field_errors[key] = "This field is required."
+            elif not isinstance(value, str):
+                field_errors[key] = "Not a valid string."
+        if field_errors:
+            raise ValidationFailed(field_errors=field_errors)
+        source_id, destination_id = data["source"], data["destination"]
+        if source_id == destination_id:
+            raise ValidationFailed(["A lead cannot be merged into itself (source equals destination)."])
+        with self._current():
+            self._lead(source_id)
+            self._lead(destination_id)
+            merge: Record = {
+                "source": source_id,
+                "destination": destination_id,
+                "merge_status": "in_progress",
+                "date_created": self._now(),
+                "date_completed": None,
+            }
+            self._merges.append(merge)
+            now = time.monotonic()
+            delay = self.config.merge_delay_seconds
+            if delay > 0:
+                heapq.heappush(self._merge_queue, (now + delay, len(self._merges), merge))
+            else:
+                self._apply_merge(merge, now)
+            return str(merge["merge_status"])
+
+    def merges(self) -> list[Record]:
+        """Every merge asked for since the last reset, oldest first, with its status."""
+        with self._current():
+            return [dict(m) for m in self._merges]
+
+    def _settle_merges(self) -> None:
+        now = time.monotonic()
+        while self._merge_queue and self._merge_queue[0][0] <= now:
+            due, _, merge = heapq.heappop(self._merge_queue)
+            self._apply_merge(merge, due)
+
+    def _apply_merge(self, merge: Record, at: float) -> None:
+        source = self._leads.get(merge["source"])
+        destination = self._leads.get(merge["destination"])
+        if source is None or destination is None:
+            merge["merge_status"] = "failed"
+            return
+        now = self._now()
+        for contact_id in source["contact_ids"]:
+            contact = self._contacts[contact_id]
+            contact["lead_id"] = destination["id"]
+            contact["date_updated"] = now
+            destination["contact_ids"].append(contact_id)
+            self._publish("contact", contact_id, at)
+        for cf_id, value in source["custom"].items():
+            destination["custom"].setdefault(cf_id, value)
+        for key in ("name", "description", "url"):
+            if not destination[key] and source[key]:
+                destination[key] = source[key]
+        destination["date_updated"] = now
+        del self._leads[source["id"]]
+        self._publish("lead", destination["id"], at)
+        self._publish("lead", source["id"], at)
+        merge["merge_status"] = "completed"
+        merge["date_completed"] = now
 
     # ---------------------------------------------------------- custom values
 
@@ -543,8 +636,9 @@ class Store:
 
     # ----------------------------------------------------------- search index
 
-    def _publish(self, object_type: str, object_id: str) -> None:
-        """Queue the search index's view of a record; it becomes visible after search_lag seconds."""
+    def _publish(self, object_type: str, object_id: str, at: float | None = None) -> None:
+        """Queue the search index's view of a record; it becomes visible search_lag seconds after
+        the write (``at``, a time.monotonic() value, for a write that took effect earlier: a due merge)."""
         if object_type == "lead":
             record = self._leads.get(object_id)
             doc = self._render_lead(record, with_contacts=False) if record else None
@@ -555,7 +649,8 @@ class Store:
         if lag <= 0 and not self._pending:
             self._index_put(object_type, object_id, doc)
         else:
-            self._pending.append((time.monotonic() + lag, object_type, object_id, doc))
+            written = time.monotonic() if at is None else at
+            self._pending.append((written + lag, object_type, object_id, doc))
 
     def _index_put(self, object_type: str, object_id: str, doc: Record | None) -> None:
         old = self._index[object_type].get(object_id)
@@ -571,7 +666,7 @@ class Store:
 
         It runs under the store's lock, so it sees a consistent index without copying it.
         """
-        with self._lock:
+        with self._current():
             now = time.monotonic()
             while self._pending and self._pending[0][0] <= now:
                 _, object_type, object_id, doc = self._pending.popleft()
@@ -587,7 +682,7 @@ class Store:
         ``stat_…``, ``lead_…``, ``cont_…``), so a config naming them works against a fresh simulator.
         """
         _check_seed_shape(data)
-        with self._lock:
+        with self._current():
             statuses = data.get("statuses")
             if statuses:
                 self._statuses = {}
@@ -603,7 +698,7 @@ class Store:
 
     def snapshot(self) -> Record:
         """The whole organisation in the seed's shape, so a snapshot can seed a new simulator."""
-        with self._lock:
+        with self._current():
             return {
                 "custom_fields": {t: self.custom_fields(t) for t in OBJECT_TYPES},
                 "statuses": self.statuses(),
@@ -611,7 +706,7 @@ class Store:
             }
 
     def counts(self) -> dict[str, int]:
-        with self._lock:
+        with self._current():
             return {"leads": len(self._leads), "contacts": len(self._contacts)}
 
     def _explicit_id(self, data: Record, prefix: str, existing: dict[str, Record]) -> str:
