@@ -142,6 +142,9 @@ def _parse(raw: Any, max_bytes: int, now: datetime | None, *, plain: bool, origi
     group_id = _id_value(data, "groupId")
     if etype == "group" and group_id is None:
         raise BadEvent("missing_group_id")
+    # An alias says previousId and userId are one person; without the previous id it says nothing.
+    if etype == "alias" and _id_value(data, "previousId") is None:
+        raise BadEvent("missing_previous_id")
     event_name = _str_value(data, "event")
     if etype == "track" and event_name is None:
         raise BadEvent("missing_event")

@@ -4,6 +4,9 @@ A field source is a path (a string starting with ``$.``, e.g. ``$.traits.email``
 ``$.properties.items[0].sku``), or a literal (anything else). A mapping's ``fields`` override
 `DEFAULT_SOURCES` field by field; a field given as ``None`` is not mapped at all. ``traits.*``
 paths fall back to ``context.traits.*`` except on group events (see `events.resolve_path`).
+
+``alias_previous_id`` has no default source: only a mapping that names it (the ``alias`` preset reads
+``$.previousId``) makes an alias request, which also needs ``contact_user_id``, the id it joins.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ STRING_FIELDS = (
     "contact_url",
     "contact_title",
     "contact_user_id",
+    "alias_previous_id",
 )
 CUSTOM_FIELD_FIELDS = ("lead_custom_fields", "contact_custom_fields")
 ACTION_FIELDS = STRING_FIELDS + CUSTOM_FIELD_FIELDS
@@ -41,7 +45,9 @@ CUSTOM_FIELD_PREFIX = "cf_"
 # contact are looked up and written, so a request without them would land on other records (a
 # person's contact under a lead that is not their company's, say). The email is a lookup identity too,
 # but only a fallback one: it is dropped like any optional value (see `request_dropping_bad_values`).
-IDENTITY_FIELDS = ("lead_company_id", "contact_user_id")
+# An alias's previous id names the person folded into the user id: dropping it would turn the alias
+# into an ordinary upsert of the user id, silently.
+IDENTITY_FIELDS = ("lead_company_id", "contact_user_id", "alias_previous_id")
 # Reasons that are never a matter of one field: text that is not text, or a structure too deep to walk.
 _UNDROPPABLE_REASONS = ("invalid_unicode", "too_deep")
 
@@ -85,7 +91,19 @@ GROUP_PRESET = MappingSpec(
     },
 )
 
-PRESETS: dict[str, MappingSpec] = {"identify": DEFAULT_MAPPING, "group": GROUP_PRESET}
+# An alias says previousId and userId are one person: it carries the two ids and nothing else (what
+# the engine does with them, merging included, is its business and the allow_merging flag's).
+ALIAS_PRESET = MappingSpec(
+    name="Alias to Close",
+    trigger='type = "alias"',
+    fields={
+        **{name: None for name in ACTION_FIELDS},  # nothing but the two ids, whatever the defaults
+        "alias_previous_id": "$.previousId",
+        "contact_user_id": "$.userId",
+    },
+)
+
+PRESETS: dict[str, MappingSpec] = {"identify": DEFAULT_MAPPING, "group": GROUP_PRESET, "alias": ALIAS_PRESET}
 
 
 class MappingError(ValueError):
@@ -198,7 +216,7 @@ def compile_mappings(specs: Iterable[MappingSpec]) -> list[CompiledMapping]:
 def map_event(event: Event, mappings: Sequence[CompiledMapping]) -> list[UpsertRequest]:
     """One request per matching mapping, in mapping order. A value that cannot be sent is left out and
     named in the request's ``dropped``; `BadEvent` when the event cannot be used at all (a bad company
-    or user id, text that is not text).
+    or user id, an alias without a user id, text that is not text).
 
     Opt-out (`events.opted_out`) is the caller's check, so it can record the skip reason.
     """
@@ -221,7 +239,8 @@ def request_from_values(
     Missing/null/empty values are dropped; numbers for string fields become strings; custom
     field values keep their JSON type (objects, and lists holding containers, are refused: no
     custom field takes them); emails must be valid, phones parseable and URLs plausible http(s)
-    URLs or bare hosts; text must be encodable as UTF-8 (no lone surrogates).
+    URLs or bare hosts; text must be encodable as UTF-8 (no lone surrogates); an alias previous id
+    needs a user id.
     """
     kwargs = _normalised(values, None)
     return UpsertRequest(**kwargs, flags=flags, event_ids=event_ids, timestamp=timestamp)
@@ -240,8 +259,9 @@ def request_dropping_bad_values(
     the rest. That includes the email: a request left with no company id, user id or email is then
     skipped as ``no_identity`` by the engine, as it would be had the event carried no email.
 
-    Still raises `BadEvent` for a bad company id or user id (`IDENTITY_FIELDS`), and for text that is
-    not text or values nested too deep, which no field can be trusted with.
+    Still raises `BadEvent` for a bad company id, user id or alias previous id (`IDENTITY_FIELDS`), for
+    an alias without a user id (``missing_contact_user_id``), and for text that is not text or values
+    nested too deep, which no field can be trusted with.
     """
     dropped: list[DroppedField] = []
 
@@ -297,6 +317,9 @@ def _normalised(values: Mapping[str, Any], drop: _Drop | None) -> dict[str, Any]
         if custom:
             check_value(custom, name)
             kwargs[name] = custom
+    if "alias_previous_id" in kwargs and "contact_user_id" not in kwargs:
+        # An alias joins the previous id to a user id; with no user id there is nothing to join it to.
+        raise BadEvent("missing_contact_user_id", "an alias (alias_previous_id) needs the user id it joins")
     return kwargs
 
 

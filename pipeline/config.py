@@ -151,7 +151,7 @@ FieldSource = Annotated[
 # or is one of the id fields, was meant as a path; no real value of an action field looks like that.
 _EVENT_KEYS = ("traits", "properties", "context", "integrations", "userId", "anonymousId", "groupId", "event")
 _PATH_LIKE = re.compile(r"^(?:" + "|".join(_EVENT_KEYS) + r")(?:\.[A-Za-z0-9_$]+)+$")
-_ID_FIELDS = ("userId", "anonymousId", "groupId", "messageId")
+_ID_FIELDS = ("userId", "anonymousId", "groupId", "previousId", "messageId")
 
 
 def looks_like_a_path(value: Any) -> bool:
@@ -183,7 +183,7 @@ class MappingConfig(FlagsConfig):
     """One mapping: when it applies (trigger), where each action field comes from, and the flags."""
 
     name: str = Field(min_length=1)
-    preset: Literal["identify", "group"] | None = Field(
+    preset: Literal["identify", "group", "alias"] | None = Field(
         default=None, description="Start from a shipped mapping; trigger and fields given here override it."
     )
     trigger: str | None = Field(
@@ -225,7 +225,7 @@ class MappingConfig(FlagsConfig):
     @model_validator(mode="after")
     def _has_trigger(self) -> MappingConfig:
         if self.trigger is None and self.preset is None:
-            raise ValueError("trigger: required (or name a preset: identify | group)")
+            raise ValueError("trigger: required (or name a preset: identify | group | alias)")
         return self
 
     def spec(self) -> MappingSpec:

@@ -101,7 +101,7 @@ def test_empty_mappings_list_means_no_mappings() -> None:
             },
             "mappings[1].trigger: expected a value after '=' at column 8",
         ),
-        ({"mappings": [{"name": "a"}]}, "mappings[0].trigger: required (or name a preset: identify | group)"),
+        ({"mappings": [{"name": "a"}]}, "mappings[0].trigger: required (or name a preset: identify | group | alias)"),
         ({"mappings": [{"trigger": "true"}]}, "mappings[0].name: required"),
         (
             {"mappings": [{"name": "a", "trigger": "true", "fields": {"contact_emial": "$.traits.email"}}]},

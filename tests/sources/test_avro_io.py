@@ -51,7 +51,7 @@ def test_schema_has_required_type_and_nullable_string_fields() -> None:
     }
     assert fields.pop("type") == "string"
     assert set(fields) == {
-        "messageId", "userId", "anonymousId", "groupId", "event", "name", "timestamp", "receivedAt",
+        "messageId", "userId", "anonymousId", "groupId", "previousId", "event", "name", "timestamp", "receivedAt",
         "traits", "context", "properties", "integrations",
     }  # fmt: skip
     assert all(t == ["null", "string"] for t in fields.values())
@@ -90,3 +90,10 @@ def test_record_with_json_field_that_is_not_json_keeps_the_text_for_the_parser()
         "type": "identify",
         "traits": "{broken",
     }
+
+
+def test_an_alias_event_keeps_its_previous_id_through_an_avro_file(tmp_path: Path) -> None:
+    event = {"type": "alias", "messageId": "m4", "userId": "u1", "previousId": "anon-7"}
+    path = tmp_path / "alias.avro"
+    write_events_avro(path, [event])
+    assert [record_to_event(r) for r in read_avro_records(path)] == [event]
