@@ -3,11 +3,18 @@
 Two requests merge only when they would look up the same records under the same flags
 (`collapse_key`) and no request with another key falls between them in timestamp order:
 a person who moves company must still be applied as "old company, then new company".
+
+Collapsing sees one person only. Another person's request can fall between two merged ones and
+meet the same records (a visitor renaming the contact by its email); so a merged request keeps
+the requests it was made of (`Parts`) and the time it spans (``since`` .. ``timestamp``), and the
+engine applies them one by one where that happens (closecrm/engine/spans.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import pickle
+import zlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -53,10 +60,12 @@ def collapse_key(req: UpsertRequest) -> CollapseKey:
     The lookup email is part of the key even when there is a user id: when no contact has the
     user id yet, the engine falls back to the email, so ``(U, a)`` then ``(U, b)`` can end
     differently from ``(U, [a, b])`` (e.g. when creating contacts is not allowed). A request that
-    `creates_anew` is never merged (its key carries its own ids and content).
+    `creates_anew` is never merged (its key carries its own ids and content), nor is an alias: it
+    links two people, and each of them must be applied on the right side of it.
     """
     email = _key(email_key, req.contact_email) if req.contact_email else None
-    unidentified = (req.event_ids, req.fingerprint()) if creates_anew(req) else None
+    alone = creates_anew(req) or req.alias_previous_id is not None
+    unidentified = (req.event_ids, req.fingerprint()) if alone else None
     return (req.lead_company_id, req.contact_user_id, email, req.flags, unidentified)
 
 
@@ -118,13 +127,72 @@ def _merged(earlier: UpsertRequest, later: UpsertRequest) -> UpsertRequest:
 
 
 _UNTIMED = (0, datetime.min.replace(tzinfo=UTC))
+Moment = tuple[int, datetime]
 
 
-def _time(req: UpsertRequest) -> tuple[int, datetime]:
-    """Sort key: the request's moment in UTC. Text would misorder offsets (+05:00 vs Z), fractions of
-    different lengths and short years; requests without a usable timestamp come first."""
-    moment = instant(req.timestamp)
-    return _UNTIMED if moment is None else (1, moment)
+def moment(timestamp: str | None) -> Moment:
+    """Sort key: a timestamp's moment in UTC. Text would misorder offsets (+05:00 vs Z), fractions of
+    different lengths and short years; no usable timestamp comes first."""
+    at = instant(timestamp)
+    return _UNTIMED if at is None else (1, at)
+
+
+def _time(req: UpsertRequest) -> Moment:
+    return moment(req.timestamp)
+
+
+def span(req: UpsertRequest) -> tuple[Moment, Moment]:
+    """The first and the last moment of the events a request stands for (equal unless merged)."""
+    last = moment(req.timestamp)
+    return (moment(req.since), last) if req.parts else (last, last)
+
+
+class Parts:
+    """The requests a collapsed request was merged from, in event order, kept compressed.
+
+    Only the engine reads them, and only for a request another person's request falls between;
+    every collapsed request carries them through the writer's buffer, where a chatty person's twenty
+    near-identical requests compress to little more than one.
+    """
+
+    __slots__ = ("_blob", "_count")
+
+    def __init__(self, blob: bytes, count: int) -> None:
+        self._blob = blob
+        self._count = count
+
+    @classmethod
+    def of(cls, requests: Sequence[UpsertRequest]) -> Parts:
+        return cls(
+            zlib.compress(pickle.dumps(tuple(requests), protocol=pickle.HIGHEST_PROTOCOL), 1), len(requests)
+        )
+
+    def requests(self) -> tuple[UpsertRequest, ...]:
+        return pickle.loads(zlib.decompress(self._blob))  # noqa: S301 - written by `of` in this process or its peer
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __bool__(self) -> bool:
+        return self._count > 1
+
+    def __repr__(self) -> str:
+        return f"Parts({self._count})"
+
+    def __reduce__(self):  # noqa: ANN204
+        return (Parts, (self._blob, self._count))
+
+
+def parts_of(req: UpsertRequest) -> tuple[UpsertRequest, ...]:
+    """The unmerged requests ``req`` stands for, in event order (itself when it was not merged)."""
+    return req.parts.requests() if req.parts else (req,)
+
+
+def _with_parts(merged: UpsertRequest, run: list[UpsertRequest]) -> UpsertRequest:
+    if len(run) == 1:
+        return merged
+    parts = [p for r in run for p in parts_of(r)]
+    return replace(merged, parts=Parts.of(parts), since=run[0].since or run[0].timestamp)
 
 
 def _collapse_key_or_own(req: UpsertRequest) -> CollapseKey:
@@ -145,16 +213,18 @@ def collapse(requests: Iterable[UpsertRequest]) -> list[UpsertRequest]:
     """
     ordered = sorted(requests, key=_time)  # stable: ties keep arrival order
     out: list[UpsertRequest] = []
+    runs: list[list[UpsertRequest]] = []
     last_key: CollapseKey | None = None
     for req in ordered:
         key = _collapse_key_or_own(req)
         if out and key == last_key:
             try:
                 out[-1] = merge(out[-1], req)
+                runs[-1].append(req)
                 continue
             except Exception:  # noqa: BLE001 - unmergeable: applied on its own, after the run
                 key = ("unmergeable", id(req))
         out.append(req)
+        runs.append([req])
         last_key = key
-    return out
-
+    return [_with_parts(merged, run) for merged, run in zip(out, runs, strict=True)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -118,16 +118,18 @@ class UpsertRequest:
 
     def content(self) -> dict[str, Any]:
         """Everything that decides what Close ends up holding (no provenance)."""
-        return {
-            f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name not in PROVENANCE
-        }
+        out = asdict(replace(self, parts=()))  # parts: its own merged requests, not content
+        for provenance in PROVENANCE:
+            out.pop(provenance)
+        return out
 
     def fingerprint(self) -> str:
         blob = json.dumps(self.content(), sort_keys=True, default=str, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
     def to_json(self) -> dict[str, Any]:
-        out = {f.name: _plain(getattr(self, f.name)) for f in fields(self) if f.name != "parts"}
+        out = asdict(replace(self, parts=()))
+        out.pop("parts")
         for k in ("contact_emails", "contact_phones", "contact_urls", "event_ids", "mappings"):
             out[k] = list(out[k])
         out["dropped"] = [d.to_json() for d in self.dropped]
@@ -156,19 +158,6 @@ class UpsertRequest:
 
 
 PROVENANCE = ("event_ids", "timestamp", "since", "parts", "mappings", "dropped")
-
-
-def _plain(value: Any) -> Any:
-    """A field's value as `asdict` gives it (dataclasses become dicts, containers are copied)."""
-    return asdict(value) if hasattr(value, "__dataclass_fields__") else _copy(value)
-
-
-def _copy(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _copy(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_plain(v) for v in value)
-    return value
 
 
 @dataclass(frozen=True)

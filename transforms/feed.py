@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from closecrm.engine import STREAM_BATCH, UpsertEngine
+from closecrm.engine.spans import batches
 from closecrm.model import Outcome
 
 Pair = tuple[Any, Outcome]  # (what was submitted: anything with a ``request``, e.g. a Pending; its outcome)
@@ -57,9 +58,10 @@ class EngineFeed:
         return self._outstanding
 
     def submit(self, items: Sequence[Any]) -> None:
-        """Queue items for the stream; each item's ``request`` is the UpsertRequest to apply."""
-        for i in range(0, len(items), self._batch_size):
-            self._loop.call_soon_threadsafe(self._accept, list(items[i : i + self._batch_size]))
+        """Queue items for the stream; each item's ``request`` is the UpsertRequest to apply. Lookup
+        batches are cut where no collapsed request's span falls on both sides (closecrm.engine.spans)."""
+        for chunk in batches(items, self._batch_size, lambda item: item.request):
+            self._loop.call_soon_threadsafe(self._accept, chunk)
         self._outstanding += len(items)
 
     def ready(self) -> Iterator[Pair]:

@@ -13,6 +13,7 @@ from closecrm.engine.dry import DryWrites
 from closecrm.engine.lookups import Lookup
 from closecrm.engine.scheduler import MAX_CONCURRENCY, STREAM_BATCH, STREAM_DEPTH, Batches, Scheduler
 from closecrm.engine.settings_check import check_settings
+from closecrm.engine.spans import batches
 from closecrm.engine.writes import Store, Writes
 from closecrm.model import Outcome, Settings, UpsertRequest
 
@@ -93,17 +94,17 @@ class UpsertEngine:
         batch_size: int = STREAM_BATCH,
         depth: int = STREAM_DEPTH,
     ) -> list[Outcome]:
-        """``upsert_stream`` over ``reqs`` cut into batches of ``batch_size``: one outcome per request, in order.
+        """``upsert_stream`` over ``reqs`` cut into batches of about ``batch_size`` (never across a collapsed
+        request's span, spans.py): one outcome per request, in order.
 
         For a caller with all its requests in hand (the engine bench; the pipeline's writer feeds
         ``upsert_stream`` directly, see transforms/feed.py): the same calls and end state as
         ``upsert_batch`` on each ``batch_size`` slice in turn, with searches overlapping writes and
         up to ``depth × batch_size`` requests of lookahead for the write budget.
         """
-        size = max(1, batch_size)
-        batches = (reqs[i : i + size] for i in range(0, len(reqs), size))
+        cut = batches(reqs, batch_size, lambda req: req)
         out: list[Outcome] = []
-        async for outs in self.upsert_stream(batches, dry_run=dry_run, depth=depth):
+        async for outs in self.upsert_stream(cut, dry_run=dry_run, depth=depth):
             out.extend(outs)
         return out
 

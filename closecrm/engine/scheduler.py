@@ -21,11 +21,13 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Se
 from dataclasses import dataclass, field
 from itertools import count
 
+from closecrm import diff
 from closecrm.engine.decide import apply, no_identity
 from closecrm.engine.lookups import Lookup, Terms
 from closecrm.engine.op import Op, describe
+from closecrm.engine.spans import Reach, combine, units
 from closecrm.engine.writes import Store
-from closecrm.lookup import View
+from closecrm.lookup import View, company_key
 from closecrm.model import Outcome, UpsertRequest
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,7 @@ class _Group:
     members: list[int]
     keys: set[str]
     nodes: set[str]
+    reach: list[Reach]  # each member's, in member order
     deps: set[asyncio.Task[None]]  # earlier batches' groups that claimed one of these keys or records
     earlier: list[View | None]  # those batches' views, oldest first
     priority: tuple[int, int]  # (batch, group): an older batch's group gets a free slot first
@@ -178,7 +181,8 @@ class Scheduler:
             for i in active:
                 outcomes[i] = Op(reqs[i]).failed(prep.error)
             return _Running(outcomes, [], {})
-        nodes_of = {i: self._claim_nodes(view, prep.keys[i], writes) for i in active}
+        reach_of = {i: _reach(reqs[i], view, prep.keys[i], writes) for i in active}
+        nodes_of = {i: set(r.nodes) for i, r in reach_of.items()}
         shares = {i: _share(prep.lookup_calls, len(active), n) for n, i in enumerate(active)}
         claims: dict[str, int] = {}
         tasks: list[asyncio.Task[None]] = []
@@ -191,23 +195,13 @@ class Scheduler:
                 members=group,
                 keys={k for i in group for k in prep.keys[i]},
                 nodes=nodes,
+                reach=[reach_of[i] for i in group],
                 deps={running[b].tasks[g2] for b, g2 in found},
                 earlier=[running[b].view for b in sorted({b for b, _ in found})],
                 priority=(number, g),
             )
             tasks.append(asyncio.ensure_future(self._run_group(plan, prep, shares, gate, writes)))
         return _Running(outcomes, tasks, claims, view)
-
-    def _claim_nodes(self, view: View, keys: list[str], writes: Store) -> set[str]:
-        """The lookup keys of a request and every record id they lead to (view or memory), with contacts' leads."""
-        nodes = set(keys)
-        for key in keys:
-            for record_id in view.ids_for(key) | set(writes.ids.ids(key)):
-                nodes.add(record_id)
-                record = view.contacts.get(record_id) or writes.records.get(record_id)
-                if record is not None and record.get("lead_id"):
-                    nodes.add(record["lead_id"])
-        return nodes
 
     async def _run_group(
         self, group: _Group, prep: _Prepared, shares: dict[int, int], gate: _OrderedGate, writes: Store
@@ -226,11 +220,37 @@ class Scheduler:
                 for i in group.members:
                     outcomes[i] = Op(reqs[i]).failed(exc, shares[i])
                 return
-            for n, i in enumerate(group.members):
-                calls = shares[i] + (confirm_calls if n == 0 else 0)
-                outcomes[i] = await apply(reqs[i], view, writes, calls, prep.positions[i])
+            # Members in order; a collapsed one part by part where another member falls inside its span.
+            results: dict[int, list[Outcome]] = {}
+            for n, (k, req) in enumerate(units(group.reach)):
+                i = group.members[k]
+                calls = (0 if i in results else shares[i]) + (confirm_calls if n == 0 else 0)
+                results.setdefault(i, []).append(await apply(req, view, writes, calls, prep.positions[i]))
+            for i, outs in results.items():
+                outcomes[i] = outs[0] if len(outs) == 1 else combine(outs)
         finally:
             gate.release()
+
+
+def _reach(req: UpsertRequest, view: View, keys: list[str], writes: Store) -> Reach:
+    """The lookup keys of a request and every record id they lead to (view or memory), with contacts'
+    leads; which of those leads carry its company id, and which hold the contacts its person keys find."""
+    nodes = set(keys)
+    company_id = diff.company_id_of(req, writes.settings)
+    company = company_key(company_id) if company_id else None
+    company_leads: set[str] = set()
+    person_leads: set[str] = set()
+    for key in keys:
+        for record_id in view.ids_for(key) | set(writes.ids.ids(key)):
+            nodes.add(record_id)
+            if key == company:
+                company_leads.add(record_id)
+            record = view.contacts.get(record_id) or writes.records.get(record_id)
+            if record is not None and record.get("lead_id"):
+                nodes.add(record["lead_id"])
+                if key != company:
+                    person_leads.add(record["lead_id"])
+    return Reach(req, company_id, frozenset(nodes), frozenset(company_leads), frozenset(person_leads))
 
 
 def _groups(active: list[int], nodes_of: dict[int, set[str]], running: list[_Running]) -> list[list[int]]:

@@ -231,11 +231,6 @@ def test_values_a_flag_keeps_from_an_existing_contact_are_not_written_by_collaps
     assert contact["phones"] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="collapsing is per person: it cannot see another person's event between two of this "
-    "person's events that meets the same contact (docs/DESIGN.md#collapsing)",
-)
 def test_another_persons_event_between_two_collapsed_events_is_not_reordered(
     close: CloseEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
