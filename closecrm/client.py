@@ -166,7 +166,12 @@ class CloseAPIError(Exception):
 
 
 class AmbiguousWriteError(CloseAPIError):
-    """A POST whose outcome is unknown (timeout, dropped connection, 502/504): look up before creating again."""
+    """A POST or DELETE whose outcome is unknown (timeout, dropped connection, 502/504): look before sending again."""
+
+
+# Writes a lost answer leaves in doubt and that are not sent again blindly: a create could be
+# made twice; a delete or a lead merge is looked at first (engine/ambiguity.py).
+_AMBIGUOUS_METHODS = frozenset({"POST", "DELETE"})
 
 
 def endpoint_group(method: str, path: str) -> str:
@@ -341,7 +346,7 @@ class CloseClient:
                 status = None
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 pacer.cancelled(ticket)
-                if method == "POST" and group != "search":
+                if method in _AMBIGUOUS_METHODS and group != "search":
                     raise AmbiguousWriteError(
                         None, type(exc).__name__, method, "/" + path, attempts=sent
                     ) from None
@@ -370,7 +375,7 @@ class CloseClient:
                 if status < 500:
                     raise CloseAPIError(status, _body(response), method, "/" + path, attempts=sent)
                 # A search is a POST that writes nothing: retrying it is always safe.
-                if method == "POST" and group != "search" and status in AMBIGUOUS_STATUSES:
+                if method in _AMBIGUOUS_METHODS and group != "search" and status in AMBIGUOUS_STATUSES:
                     raise AmbiguousWriteError(status, _body(response), method, "/" + path, attempts=sent)
                 last = CloseAPIError(status, _body(response), method, "/" + path, attempts=sent)
             if attempt >= self.max_attempts:

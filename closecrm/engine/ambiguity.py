@@ -17,7 +17,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from closecrm import diff
-from closecrm.client import AmbiguousWriteError
+from closecrm.client import AmbiguousWriteError, CloseAPIError
 from closecrm.engine.op import Op
 from closecrm.lookup import View
 from closecrm.model import Settings, UpsertRequest
@@ -165,3 +165,30 @@ def is_ours(req: UpsertRequest, contact: Record, settings: Settings) -> bool:
             for e in contact.get("emails") or []
         )
     )
+
+
+async def remove(w: Writes, op: Op, method: str, path: str, body: Any, gone: str) -> None:
+    """A delete or a lead merge: ``GET gone`` answering 404 is what shows it happened.
+
+    Neither is repeated blindly when its answer is lost (or says the record is missing): the record
+    it removes is looked at first, and only sent for again while that record is still there.
+    """
+    sent = 0
+    for attempt in range(1, MAX_CREATE_ATTEMPTS + 1):
+        try:
+            await w.call(op, method, path, body)
+            return
+        except CloseAPIError as exc:
+            if not isinstance(exc, AmbiguousWriteError) and exc.status != 404:
+                raise
+            sent += exc.attempts
+            try:
+                await w.call(op, "GET", gone)
+            except CloseAPIError as look:
+                if look.status == 404:
+                    return  # removed, by this call or an earlier one
+                raise
+            if exc.status == 404 or attempt == MAX_CREATE_ATTEMPTS:
+                exc.attempts = sent
+                raise exc from None
+    raise AssertionError("every attempt returns or raises")

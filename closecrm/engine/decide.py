@@ -18,6 +18,7 @@ from typing import Any
 
 from closecrm import diff
 from closecrm.client import CloseAPIError
+from closecrm.engine import alias
 from closecrm.engine.ambiguity import MAX_CREATE_ATTEMPTS, Redo
 from closecrm.engine.op import Op, describe
 from closecrm.engine.writes import Store
@@ -34,6 +35,8 @@ LISTS = ("emails", "phones", "urls")
 def identity(req: UpsertRequest, settings: Settings) -> tuple[str, ...]:
     """Step 0: the lookup keys of the request's company id, user id and lookup email. None of
     them: the request could only create records nothing finds again, so it is skipped."""
+    if alias.is_alias(req):  # the two user ids it links (none without the user-id field)
+        return tuple(user_key(u) for u in alias.user_ids(req)) if diff.user_id_of(req, settings) else ()
     keys = []
     company_id = diff.company_id_of(req, settings)
     user_id = diff.user_id_of(req, settings)
@@ -86,6 +89,8 @@ class Decision:
 
     async def run(self) -> None:
         view, op = self.view, self.op
+        if alias.is_alias(op.req):
+            return await alias.run(self)
         # 1. The lead by company id (the oldest when there are several).
         if self.company_id and (leads := view.leads_with_company(self.company_id)):
             op.branch = "lead_by_company_id"

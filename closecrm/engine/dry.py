@@ -16,6 +16,7 @@ from itertools import count
 from typing import Any
 
 from closecrm.cache import IdCache, RecordCache
+from closecrm.client import CloseAPIError
 from closecrm.engine.op import Op
 from closecrm.engine.writes import Store
 from closecrm.lookup import View
@@ -73,6 +74,8 @@ class DryWrites(Store):
         self._numbers = count(1)
 
     async def _get(self, op: Op, record_id: str) -> Record:
+        if record_id in self.gone:  # deleted or merged away earlier in this dry run
+            raise CloseAPIError(404, {"error": "removed earlier in this dry run"}, "GET", record_id)
         written = self._written.written.get(record_id)
         if DRY_RUN_MARK in record_id and written is not None:
             record = dict(written)  # only this run knows it
@@ -122,6 +125,17 @@ class DryWrites(Store):
         self.created(op, contact)
         self._write(view, contact)
         return contact
+
+    async def delete_contact(self, op: Op, view: View, contact: Record) -> None:
+        self._written.written.pop(contact["id"], None)
+        self.removed(view, contact["id"])
+
+    async def merge_leads(self, op: Op, view: View, source: str, into: str) -> None:
+        for contact_id in self._written.contacts_of.pop(source, set()):
+            contact = self._written.written.get(contact_id)
+            if contact is not None:
+                self._written.write({**contact, "lead_id": into})
+        self.moved(view, source, into)
 
     def learned(self, kind: str, record_id: str, keys: Iterable[str], before: Iterable[str] = ()) -> None:
         """Nothing was created: the created-id ledger hears nothing of a dry run."""

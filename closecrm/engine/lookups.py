@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from closecrm import diff
 from closecrm.client import CloseAPIError, CloseClient
+from closecrm.engine import alias
 from closecrm.engine.decide import identity
 from closecrm.engine.op import Op
 from closecrm.lookup import Search, View
@@ -34,6 +35,7 @@ class Terms:
     emails: tuple[str, ...]  # compared form (email_key)
     lead_cfs: frozenset[str]
     contact_cfs: frozenset[str]
+    also_user_ids: tuple[str, ...] = ()  # an alias's previous user id
 
 
 class Lookup:
@@ -62,13 +64,14 @@ class Lookup:
             return None
         # Every key whose records this request may read or change (all its emails, not just the first).
         keys = tuple(dict.fromkeys([*keys, *(f"email:{e}" for e in emails)]))
-        return Terms(keys, company_id, user_id, emails, lead_cfs, contact_cfs)
+        also = tuple(u for u in alias.user_ids(req) if u != user_id) if alias.is_alias(req) else ()
+        return Terms(keys, company_id, user_id, emails, lead_cfs, contact_cfs, also)
 
     async def search_into(self, view: View, store: Store, terms: Sequence[Terms]) -> int:
         """Fill the view for these requests with batched searches; returns the calls made."""
         before = self.search.calls
         company_ids = {t.company_id for t in terms if t.company_id}
-        user_ids = {t.user_id for t in terms if t.user_id}
+        user_ids = {t.user_id for t in terms if t.user_id} | {u for t in terms for u in t.also_user_ids}
         emails = {e for t in terms for e in t.emails}
         lead_cfs = {cf for t in terms for cf in t.lead_cfs}
         contact_cfs = {cf for t in terms for cf in t.contact_cfs}
@@ -108,6 +111,8 @@ class Lookup:
         no newer version, that copy is as good a base for merging lists as a read would be: a
         request that appends to a contact an earlier batch created or read makes no GET first.
         """
+        leads = [h for h in leads if h["id"] not in store.gone]  # merged away or deleted: search lags
+        contacts = [h for h in contacts if h["id"] not in store.gone]
         for hit in leads:
             cached = store.records.get(hit["id"])
             if cached is not None:

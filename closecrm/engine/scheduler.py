@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from itertools import count
 
 from closecrm import diff
+from closecrm.engine import alias
 from closecrm.engine.decide import apply, no_identity
 from closecrm.engine.lookups import Lookup, Terms
 from closecrm.engine.op import Op, describe
@@ -151,6 +152,9 @@ class Scheduler:
         prep.positions = [next(self._positions) for _ in reqs]
         terms: list[Terms] = []
         for i, req in enumerate(reqs):
+            if (refused := alias.unusable(req, writes.settings)) is not None:
+                prep.outcomes[i] = refused
+                continue
             try:
                 found = self.lookup.terms(req)
             except Exception as exc:  # noqa: BLE001 - a value no lookup can use fails its own request only

@@ -46,6 +46,8 @@ class Store:
         # id -> input position of the request that created it (see Op.position); a view ranks
         # these after every record it did not create, in this order.
         self.born: LRU[str, int] = LRU(BORN_SIZE)
+        # ids this engine deleted or merged away: search may show them for a while yet
+        self.gone: LRU[str, bool] = LRU(BORN_SIZE)
 
     def view(self) -> View:
         """An empty view whose "oldest" ranks this engine's creations in input order."""
@@ -119,6 +121,31 @@ class Store:
         """The new contact; ``body`` names its lead."""
         raise NotImplementedError
 
+    async def delete_contact(self, op: Op, view: View, contact: Record) -> None:
+        raise NotImplementedError
+
+    async def merge_leads(self, op: Op, view: View, source: str, into: str) -> None:
+        """Lead ``source`` merged into ``into``: its contacts move there and it is deleted."""
+        raise NotImplementedError
+
+    def removed(self, view: View, record_id: str) -> None:
+        """A record this engine deleted or merged away: out of the view and the memory, for good."""
+        record = view.contacts.get(record_id) or view.leads.get(record_id) or self.records.get(record_id) or {}
+        keys = view.contact_keys(record) if "lead_id" in record else view.lead_keys(record)
+        view.drop(record_id)
+        self.records.forget(record_id)
+        self.ids.forget(record_id, keys)
+        self.gone.put(record_id, True)
+
+    def moved(self, view: View, source: str, into: str) -> None:
+        """The contacts the view and the memory hold under lead ``source`` are under ``into`` now."""
+        for contact_id, contact in list(view.contacts.items()):
+            if contact.get("lead_id") == source:
+                view.contacts[contact_id] = moved = {**contact, "lead_id": into}
+                if self.records.get(contact_id) is not None:
+                    self.records.put(moved)
+        self.removed(view, source)
+
 
 class Writes(Store):
     """Close's writes. The created-id ledger (optional) hears of the lookup keys each write gives a
@@ -177,3 +204,14 @@ class Writes(Store):
         self.put_contact(view, contact)
         self.learned("contact", contact["id"], view.contact_keys(contact))
         return contact
+
+    async def delete_contact(self, op: Op, view: View, contact: Record) -> None:
+        path = f"contact/{contact['id']}/"
+        await ambiguity.remove(self, op, "DELETE", path, None, gone=path)
+        self.removed(view, contact["id"])
+
+    async def merge_leads(self, op: Op, view: View, source: str, into: str) -> None:
+        # Close may finish a merge later: what it moves is known, so the view moves it now.
+        body = {"source": source, "destination": into}
+        await ambiguity.remove(self, op, "POST", "lead/merge/", body, gone=f"lead/{source}/")
+        self.moved(view, source, into)
