@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any, TypeVar
 
 from closecrm.collapse import Moment, moment, parts_of, span
@@ -102,7 +103,12 @@ class Reach:
             return False
         if not (self.person_leads | other.person_leads) <= lead:
             return False
-        return len({_lead_values(p) for r in (self.request, other.request) for p in parts_of(r)}) == 1
+        return len(self.lead_values | other.lead_values) == 1
+
+    @cached_property
+    def lead_values(self) -> frozenset[tuple[Any, ...]]:
+        """The lead values each of its parts asks for (read once: a big group compares many pairs)."""
+        return frozenset(_lead_values(p) for p in parts_of(self.request))
 
 
 def _lead_values(req: UpsertRequest) -> tuple[Any, ...]:
@@ -142,7 +148,9 @@ def _to_split(members: Sequence[Reach], spans: list[tuple[Moment, Moment]]) -> s
             if not (members[j].request.parts or members[k].request.parts):
                 continue  # two single events keep their order anyway
             checked += 1
-            if checked > MAX_PAIRS_CHECKED or not members[j].independent(members[k]):
+            if checked > MAX_PAIRS_CHECKED:  # too many to compare: every collapsed member goes part by part
+                return {x for x, m in enumerate(members) if m.request.parts}
+            if not members[j].independent(members[k]):
                 split.update(x for x in (j, k) if members[x].request.parts)
         open_.append(k)
     return split

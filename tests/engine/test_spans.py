@@ -168,3 +168,12 @@ def test_an_outcome_of_parts_is_the_weightiest_with_every_record_and_call() -> N
         2,
     )
     assert combine([Outcome("updated"), Outcome("failed", reason="http_500")]).label == "failed:http_500"
+
+
+def test_a_group_with_more_overlapping_pairs_than_can_be_compared_goes_part_by_part(monkeypatch) -> None:  # noqa: ANN001
+    from closecrm.engine import spans
+
+    members = [reach(merged(1, 9, contact_user_id=f"u{n}"), f"user:u{n}") for n in range(3)]
+    assert len(units(members)) == 3  # nothing shared: no split
+    monkeypatch.setattr(spans, "MAX_PAIRS_CHECKED", 1)
+    assert len(units(members)) == 6
