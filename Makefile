@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test test-fast lint fuzz demo bench bench-pipeline clean
+.PHONY: install engines test test-fast lint fuzz demo bench bench-pipeline clean
 
 $(STAMP): setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -14,7 +14,24 @@ $(STAMP): setup.py
 
 install: $(STAMP)
 
-test: $(STAMP)
+# Apache Kafka for the Kafka tests (tests/servers.py runs it with `java`): the jars of
+# engines/kafka/pom.xml from Maven Central, copied once per version (and pom change) into
+# .cache/engines/kafka. Without mvn nothing is copied and the Kafka tests skip, as without java.
+KAFKA_POM := engines/kafka/pom.xml
+KAFKA_VERSION := $(shell sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' $(KAFKA_POM))
+KAFKA_JARS := .cache/engines/kafka
+KAFKA_STAMP := $(KAFKA_JARS)/.copied-$(KAFKA_VERSION)
+
+$(KAFKA_STAMP): $(KAFKA_POM)
+	@command -v mvn >/dev/null || { echo "engines: no mvn, so no Kafka jars: the Kafka tests will skip"; exit 0; }; \
+	set -ex; \
+	rm -rf $(KAFKA_JARS); \
+	mvn -B -q -f $(KAFKA_POM) dependency:copy-dependencies -DoutputDirectory=$(abspath $(KAFKA_JARS)); \
+	touch $(KAFKA_STAMP)
+
+engines: $(KAFKA_STAMP)
+
+test: $(STAMP) engines
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest
 
@@ -44,4 +61,4 @@ bench-pipeline: $(STAMP)
 	$(PY) bench/pipeline_bench.py W4 --scale 0.02 --time-scale 20
 
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache build *.egg-info .cache

@@ -34,7 +34,6 @@ setup(
             "pytest-timeout>=2.3,<3",
             "hypothesis>=6.100,<7",
             "closeio==2.1",
-            "noida-db==0.2.3",
             "ruff>=0.6",
         ],
     },

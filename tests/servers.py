@@ -1,11 +1,15 @@
-"""Real servers for integration tests: the Pub/Sub emulator, a Kafka-protocol broker (noida-db) and PostgreSQL.
+"""Real servers for integration tests: the Pub/Sub emulator, Apache Kafka and PostgreSQL.
 
-Registered from tests/conftest.py. A test that needs a server whose binary is missing is skipped,
+Registered from tests/conftest.py. Apache Kafka is a single node in KRaft mode (broker and
+controller in one JVM), run with `java` from the Maven Central jars that `make engines` copies into
+.cache/engines/kafka (or the folder $CLOSE_SYNC_KAFKA_JARS names); nothing is downloaded at run time.
+A test that needs a server whose binary (or, for Kafka, `java` or the jars) is missing is skipped,
 unless CLOSE_SYNC_REQUIRE_SERVERS=1 (set by .ci/run), in which case it fails.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import glob
 import os
@@ -15,12 +19,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -35,7 +40,11 @@ def require_binary(path_or_name: str, what: str) -> str:
     found = shutil.which(path_or_name)
     if found:
         return found
-    message = f"{what} not available: {path_or_name} not found or not executable"
+    missing_server(f"{what} not available: {path_or_name} not found or not executable")
+
+
+def missing_server(message: str) -> NoReturn:
+    """Skip the test for want of a server, or fail it under CLOSE_SYNC_REQUIRE_SERVERS=1."""
     if os.environ.get("CLOSE_SYNC_REQUIRE_SERVERS") == "1":
         pytest.fail(f"{message} (CLOSE_SYNC_REQUIRE_SERVERS=1)", pytrace=False)
     pytest.skip(message)
@@ -45,6 +54,15 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free loopback ports: each stays bound until all are chosen."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
 
 
 def wait_for_port(host: str, port: int, process: subprocess.Popen, log: Path, timeout_s: float) -> None:
@@ -77,13 +95,15 @@ def start_server(argv: list[str], log: Path, env: Mapping[str, str] | None = Non
         )
 
 
-def stop_process_group(process: subprocess.Popen, first_signal: int = signal.SIGTERM) -> None:
-    """Signal the server's whole process group, then SIGKILL what is left after 10 s."""
+def stop_process_group(
+    process: subprocess.Popen, first_signal: int = signal.SIGTERM, timeout_s: float = 10.0
+) -> None:
+    """Signal the server's whole process group, then SIGKILL what is left after timeout_s."""
     if process.poll() is not None:
         return
     try:
         os.killpg(process.pid, first_signal)
-        process.wait(timeout=10)
+        process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
@@ -169,22 +189,63 @@ def pubsub_short_pulls(monkeypatch: pytest.MonkeyPatch) -> float:
     return SHORT_PULL_TIMEOUT_S
 
 
-# --- Kafka (noida-db) --------------------------------------------------------------------------
+# --- Kafka (Apache Kafka in KRaft mode, from Maven Central jars) ------------------------------
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+KAFKA_JARS_ENV = "CLOSE_SYNC_KAFKA_JARS"  # a folder of the broker's jars, instead of the repo's cache
+KAFKA_JARS_DEFAULT = REPO_ROOT / ".cache" / "engines" / "kafka"
+# A small heap, the serial collector and only the quick JIT: the broker shares 2 cores with the tests
+# and the DirectRunner, and serves them little traffic.
+KAFKA_JVM_OPTS = [
+    "-Xms64m",
+    "-Xmx512m",
+    "-XX:+UseSerialGC",
+    "-XX:TieredStopAtLevel=1",
+    "-Djava.awt.headless=true",
+]
+KAFKA_STOP_TIMEOUT_S = 20.0
+# Only warnings and errors, to stderr (the broker's log file): the INFO lines of a start are hundreds.
+KAFKA_LOG4J2 = """\
+status = warn
+shutdownHook = disable
+appender.stderr.type = Console
+appender.stderr.name = STDERR
+appender.stderr.target = SYSTEM_ERR
+appender.stderr.layout.type = PatternLayout
+appender.stderr.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = warn
+rootLogger.appenderRef.stderr.ref = STDERR
+"""
 
 
 @dataclass(frozen=True)
 class KafkaBroker:
-    """A running Kafka-protocol broker; use the real confluent-kafka client against it."""
+    """A running Kafka broker; use the real confluent-kafka client against it."""
 
     bootstrap_servers: str
 
     def create_topic(self, topic: str, partitions: int = 1) -> str:
+        """Create the topic and wait until the broker leads every partition of it."""
         from confluent_kafka.admin import AdminClient, NewTopic
 
         admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
         futures = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
         futures[topic].result(timeout=30)
-        return topic
+        # The controller has the topic once the future is done; the broker learns of it (and of its
+        # partitions' leader, itself) from the metadata log a moment later.
+        deadline = time.monotonic() + 30
+        while True:
+            found = admin.list_topics(topic, timeout=10).topics.get(topic)
+            if (
+                found is not None
+                and found.error is None
+                and len(found.partitions) == partitions
+                and all(p.leader >= 0 and p.error is None for p in found.partitions.values())
+            ):
+                return topic
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topic {topic} has no leader for every partition after 30s: {found}")
+            time.sleep(0.05)
 
     def produce(
         self, topic: str, values: Iterable[bytes | None], partition: int | None = None
@@ -211,36 +272,119 @@ class KafkaBroker:
         return delivered
 
 
-def _noida_binary() -> str:
-    beside_python = Path(sys.executable).with_name("noida-db")
-    return require_binary(
-        str(beside_python) if beside_python.exists() else "noida-db", "noida-db (Kafka broker)"
+def kafka_jars() -> Path:
+    """The folder of the broker's jars ($CLOSE_SYNC_KAFKA_JARS, else .cache/engines/kafka); skips the
+    test when it holds no Kafka, or fails under CLOSE_SYNC_REQUIRE_SERVERS=1."""
+    folder = Path(os.environ.get(KAFKA_JARS_ENV) or KAFKA_JARS_DEFAULT)
+    if not list(folder.glob("kafka_2.13-*.jar")):
+        missing_server(
+            f"Apache Kafka jars not available: no kafka_2.13-*.jar in {folder} (run `make engines`)"
+        )
+    return folder
+
+
+def kafka_cluster_id() -> str:
+    """A random cluster id as Kafka writes one: 16 bytes, URL-safe base64 without padding, not
+    starting with '-' (Kafka's own random ids avoid that, as it reads like a command-line flag)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
+def kafka_server_properties(log_dirs: Path, port: int, controller_port: int) -> str:
+    """One node that is both the KRaft controller (a quorum of itself) and the broker."""
+    settings = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.bootstrap.servers": f"127.0.0.1:{controller_port}",
+        "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "log.dirs": str(log_dirs),
+        "num.partitions": "1",
+        # Tests create their topics; a read of a missing topic must fail, never create it.
+        "auto.create.topics.enable": "false",
+        # A single node can hold only one replica of the internal topics.
+        "offsets.topic.replication.factor": "1",
+        "offsets.topic.num.partitions": "1",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "share.coordinator.state.topic.replication.factor": "1",
+        "share.coordinator.state.topic.min.isr": "1",
+        "group.initial.rebalance.delay.ms": "0",
+        # 2 cores: fewer threads than the defaults (3 network, 8 I/O).
+        "num.network.threads": "2",
+        "num.io.threads": "2",
+    }
+    return "".join(f"{key}={value}\n" for key, value in settings.items())
+
+
+def wait_for_kafka_metadata(
+    bootstrap_servers: str, process: subprocess.Popen, log: Path, timeout_s: float
+) -> None:
+    """Block until the broker answers a metadata request that lists a broker; fail with its log otherwise."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers, "log_level": 0})
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"Kafka exited with {process.returncode}:\n{log.read_text(errors='replace')[-4000:]}")
+        try:
+            if admin.list_topics(timeout=2).brokers:
+                return
+        except Exception as exc:  # noqa: BLE001 - not serving metadata yet
+            last = exc
+        time.sleep(0.2)
+    stop_process_group(process)
+    pytest.fail(
+        f"Kafka answered no metadata request within {timeout_s}s ({last}):\n{log.read_text()[-4000:]}"
     )
 
 
 @pytest.fixture(scope="session")
 def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
-    """A noida-db Kafka broker on a free port with a fresh data dir (≈1 s to start)."""
-    binary = _noida_binary()
-    port = free_port()
+    """Apache Kafka (KRaft, one node that is broker and controller) on free loopback ports, with fresh
+    storage, from the jars `make engines` copies (≈3-4 s to format and start on 2 cores)."""
+    java = require_binary("java", "Java (runs the Kafka broker)")
+    classpath = str(kafka_jars() / "*")
     workdir = tmp_path_factory.mktemp("kafka")
-    log = workdir / "noida.log"
-    argv = [
-        binary,
-        "start",
-        "--only",
-        "kafka",
-        "--kafka-port",
-        str(port),
-        "--data-dir",
-        str(workdir / "data"),
+    port, controller_port = free_ports(2)
+    properties = workdir / "server.properties"
+    properties.write_text(kafka_server_properties(workdir / "data", port, controller_port))
+    log4j2 = workdir / "log4j2.properties"
+    log4j2.write_text(KAFKA_LOG4J2)
+    jvm = [java, *KAFKA_JVM_OPTS, f"-Dlog4j2.configurationFile={log4j2}", "-cp", classpath]
+    # --standalone: the controller quorum is this one node, written into the new metadata log.
+    format_argv = [
+        "kafka.tools.StorageTool",
+        "format",
+        "-t",
+        kafka_cluster_id(),
+        "-c",
+        str(properties),
+        "--standalone",
     ]
-    process = start_server(argv, log)
+    formatted = subprocess.run(
+        [*jvm, *format_argv], capture_output=True, text=True, timeout=STARTUP_TIMEOUT_S, check=False
+    )
+    if formatted.returncode != 0:
+        pytest.fail(
+            f"kafka-storage format failed ({formatted.returncode}):\n{formatted.stdout}\n{formatted.stderr}"
+        )
+    log = workdir / "kafka.log"
+    process = start_server([*jvm, "kafka.Kafka", str(properties)], log)
     try:
         wait_for_port("127.0.0.1", port, process, log, STARTUP_TIMEOUT_S)
-        yield KafkaBroker(bootstrap_servers=f"127.0.0.1:{port}")
+        bootstrap_servers = f"127.0.0.1:{port}"
+        wait_for_kafka_metadata(bootstrap_servers, process, log, STARTUP_TIMEOUT_S)
+        yield KafkaBroker(bootstrap_servers=bootstrap_servers)
     finally:
-        stop_process_group(process, first_signal=signal.SIGINT)
+        stop_process_group(process, timeout_s=KAFKA_STOP_TIMEOUT_S)
 
 
 # --- PostgreSQL (Debian's packages) ------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""End to end from real brokers: Pub/Sub (streaming, emulator) and Kafka (bounded, noida-db), into the simulator."""
+"""End to end from real brokers: Pub/Sub (streaming, emulator) and Kafka (bounded, Apache Kafka), into the simulator."""
 
 from __future__ import annotations
 

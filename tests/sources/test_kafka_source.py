@@ -1,4 +1,4 @@
-"""ReadEvents over Kafka on the DirectRunner: a bounded read of a real (noida-db) broker; each value with
+"""ReadEvents over Kafka on the DirectRunner: a bounded read of a real Apache Kafka broker; each value with
 the topic, partition and offset it was read at."""
 
 from __future__ import annotations
