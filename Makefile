@@ -29,7 +29,23 @@ $(KAFKA_STAMP): $(KAFKA_POM)
 	mvn -B -q -f $(KAFKA_POM) dependency:copy-dependencies -DoutputDirectory=$(abspath $(KAFKA_JARS)); \
 	touch $(KAFKA_STAMP)
 
-engines: $(KAFKA_STAMP)
+# Beam's Prism runner for the Prism tests (tests/pipeline/test_prism_runner.py): built once per
+# version with `go install` from the Go module proxy into .cache/engines/prism, which is where
+# `close-sync run --runner PrismRunner` looks for it (or $CLOSE_SYNC_PRISM; --prism_location overrides).
+# Without go nothing is built and the Prism tests skip.
+PRISM_VERSION := v2.77.0
+PRISM_DIR := .cache/engines/prism
+PRISM_STAMP := $(PRISM_DIR)/.built-$(PRISM_VERSION)
+
+$(PRISM_STAMP):
+	@command -v go >/dev/null || { echo "engines: no go, so no Prism binary: the Prism tests will skip"; exit 0; }; \
+	set -ex; \
+	rm -rf $(PRISM_DIR); \
+	mkdir -p $(PRISM_DIR); \
+	GOBIN=$(abspath $(PRISM_DIR)) go install github.com/apache/beam/sdks/v2/go/cmd/prism@$(PRISM_VERSION); \
+	touch $(PRISM_STAMP)
+
+engines: $(KAFKA_STAMP) $(PRISM_STAMP)
 
 test: $(STAMP) engines
 	$(VENV)/bin/ruff check .

@@ -10,7 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
+from apache_beam.options.pipeline_options import (
+    PipelineOptions,
+    PrismRunnerOptions,
+    SetupOptions,
+    StandardOptions,
+)
 
 from closecrm.created_ids import ledger_dir, user_cache_root
 from closecrm.credentials import DEFAULT_BUDGET_SHARE, DEFAULT_CLOSE_URL, EngineSpec, KeySource
@@ -128,9 +133,33 @@ def local_runner(options: PipelineOptions, streaming: bool):  # noqa: ANN201
     return FnApiRunner()
 
 
+# Beam's Prism runner: the binary `make engines` builds, or the one $CLOSE_SYNC_PRISM names. Beam itself
+# would download a release binary from GitHub when no --prism_location is given; a run never does.
+PRISM_ENV = "CLOSE_SYNC_PRISM"
+PRISM_BUILT = Path(__file__).resolve().parent.parent / ".cache" / "engines" / "prism" / "prism"
+
+
+def is_prism(options: PipelineOptions) -> bool:
+    runner = options.view_as(StandardOptions).runner
+    return str(runner or "").rsplit(".", 1)[-1].lower() == "prismrunner"
+
+
+def prism_binary() -> str:
+    """The Prism binary a PrismRunner run uses when --prism_location is not given."""
+    path = os.environ.get(PRISM_ENV) or str(PRISM_BUILT)
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        raise ValueError(
+            f"no Prism binary at {path}: run `make engines` (needs go), set ${PRISM_ENV} to one, "
+            "or pass --prism_location"
+        )
+    return path
+
+
 def beam_options(beam_args: Sequence[str], streaming: bool) -> PipelineOptions:
     """Beam's options from the command line's extra arguments (--runner and the runner's own)."""
     options = PipelineOptions(list(beam_args))
+    if is_prism(options) and not options.view_as(PrismRunnerOptions).prism_location:
+        options = PipelineOptions([*beam_args, f"--prism_location={prism_binary()}"])
     if streaming:
         options.view_as(StandardOptions).streaming = True
     # DoFns carry their config; keep the main session out of pickling.
