@@ -254,7 +254,8 @@ def _reach(req: UpsertRequest, view: View, keys: list[str], writes: Store) -> Re
                 nodes.add(record["lead_id"])
                 if key != company:
                     person_leads.add(record["lead_id"])
-    return Reach(req, company_id, frozenset(nodes), frozenset(company_leads), frozenset(person_leads))
+    people = frozenset(k for k in keys if k != company)
+    return Reach(req, company_id, frozenset(nodes), frozenset(company_leads), frozenset(person_leads), people)
 
 
 def _groups(active: list[int], nodes_of: dict[int, set[str]], running: list[_Running]) -> list[list[int]]:

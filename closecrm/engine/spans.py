@@ -80,17 +80,19 @@ class Reach:
     company_id: str | None  # as the engine uses it (None when the company-id field is not configured)
     nodes: frozenset[str]  # its lookup keys and every record they lead to
     company_leads: frozenset[str] = field(default_factory=frozenset)  # leads carrying its company id
-    person_leads: frozenset[str] = field(
-        default_factory=frozenset
-    )  # leads of the contacts its person keys find
+    person_leads: frozenset[str] = field(default_factory=frozenset)  # leads of contacts its person keys find
+    person_keys: frozenset[str] = field(default_factory=frozenset)  # its user id and email keys
 
-    def independent(self, other: Reach) -> bool:
+    def independent(self, other: Reach, crowded: frozenset[str] = frozenset()) -> bool:
         """Does applying the two in either order leave Close the same? False when unsure.
 
         Nothing shared: neither reads what the other writes (every email a request appends is one of
         its keys). Sharing only their company's lead: both then find or create that one lead with the
         same values and flags, and their contacts are not the same (no key in common) and do not
-        live under another lead a company-less request could adopt.
+        live under another lead a company-less request could adopt. While no lead has the company
+        yet, whoever comes first creates or adopts it, so neither person may have contacts
+        elsewhere, now or made by another member of the group (``crowded``: person keys that more
+        than one member of the group has).
         """
         shared = self.nodes & other.nodes
         if not shared:
@@ -102,6 +104,8 @@ class Reach:
         if not shared <= lead:
             return False
         if not (self.person_leads | other.person_leads) <= lead:
+            return False
+        if len(lead) == 1 and (self.person_keys | other.person_keys) & crowded:
             return False
         return len(self.lead_values | other.lead_values) == 1
 
@@ -137,6 +141,12 @@ def _to_split(members: Sequence[Reach], spans: list[tuple[Moment, Moment]]) -> s
     """Collapsed members whose span overlaps a member they may not commute with (and that member)."""
     if not any(m.request.parts for m in members):
         return set()
+    seen: set[str] = set()
+    crowded: set[str] = set()
+    for m in members:
+        crowded |= seen & m.person_keys
+        seen |= m.person_keys
+    frozen_crowded = frozenset(crowded)
     by_start = sorted(range(len(members)), key=lambda k: spans[k][0])
     split: set[int] = set()
     open_: list[int] = []  # members whose span has begun and not ended, in start order
@@ -150,7 +160,7 @@ def _to_split(members: Sequence[Reach], spans: list[tuple[Moment, Moment]]) -> s
             checked += 1
             if checked > MAX_PAIRS_CHECKED:  # too many to compare: every collapsed member goes part by part
                 return {x for x, m in enumerate(members) if m.request.parts}
-            if not members[j].independent(members[k]):
+            if not members[j].independent(members[k], frozen_crowded):
                 split.update(x for x in (j, k) if members[x].request.parts)
         open_.append(k)
     return split

@@ -177,3 +177,26 @@ def test_a_group_with_more_overlapping_pairs_than_can_be_compared_goes_part_by_p
     assert len(units(members)) == 3  # nothing shared: no split
     monkeypatch.setattr(spans, "MAX_PAIRS_CHECKED", 1)
     assert len(units(members)) == 6
+
+
+def test_colleagues_are_split_while_their_lead_is_new_and_another_member_writes_one_of_them() -> None:
+    """Found by `make fuzz`: u2's company-less request, in the same group, gives u2 a contact that u2's
+    request for the new company would adopt, unless u1's request (which creates the lead) went first."""
+    u1 = merged(0, 4, contact_user_id="u1", lead_company_id="co2")
+    u2_alone = at(1, contact_user_id="u2", contact_phones=("+14155550100",))
+    u2_company = at(2, contact_user_id="u2", lead_company_id="co2")
+    members = [
+        reach(u2_alone, "user:u2"),
+        reach(u2_company, "user:u2", "company:co2"),
+        reach(u1, "user:u1", "company:co2"),
+    ]
+    members = [
+        Reach(
+            m.request,
+            m.company_id,
+            m.nodes,
+            person_keys=frozenset(k for k in m.nodes if k.startswith("user:")),
+        )
+        for m in members
+    ]
+    assert [k for k, _ in units(members)] == [2, 0, 1, 2]

@@ -25,6 +25,7 @@ import pytest
 from apache_beam.pvalue import TaggedOutput
 from hypothesis import event, given
 from hypothesis import strategies as st
+from hypothesis.control import currently_in_test_context
 
 from closecrm.engine import UpsertEngine
 from closecrm.engine.spans import batches
@@ -326,16 +327,27 @@ def test_collapsed_and_batched_equals_one_at_a_time(
     pane_sizes: list[int],
     depth: int,
 ) -> None:
-    b = burst(raws, identify_flags, group_flags)
+    check(close, leads, burst(raws, identify_flags, group_flags), batch_sizes, pane_sizes, depth)
+
+
+def check(
+    close: CloseEnv,
+    leads: list[dict[str, Any]],
+    b: Burst,
+    batch_sizes: list[int],
+    pane_sizes: list[int],
+    depth: int,
+) -> None:
+    """Both paths of the job (bounded, streaming panes) against one at a time, in event order."""
     paths = {"bounded": bounded(b), "streaming": streaming(b, pane_sizes)}
     requests = b.in_order()
-    event(f"collapsed (bounded): {len(paths['bounded']) < len(requests)}")
-    event(f"people: {len({p for p, reqs in zip(b.persons, b.requests, strict=True) if reqs})}")
+    note(f"collapsed (bounded): {len(paths['bounded']) < len(requests)}")
+    note(f"people: {len({p for p, reqs in zip(b.persons, b.requests, strict=True) if reqs})}")
     references: dict[frozenset[str], Any] = {}
     for name, sent in paths.items():
-        event(f"another person inside a span ({name}): {straddled(b, sent)}")
+        note(f"another person inside a span ({name}): {straddled(b, sent)}")
         repeats = not_resent(sent)
-        event(f"identical repeats not re-sent ({name}): {bool(repeats)}")
+        note(f"identical repeats not re-sent ({name}): {bool(repeats)}")
         if repeats not in references:
             kept = [r for r in requests if not set(r.event_ids) <= repeats]
             references[repeats] = one_at_a_time_reference(close, leads, kept, seed_dense)
@@ -343,6 +355,13 @@ def test_collapsed_and_batched_equals_one_at_a_time(
         reference.again(close)
         apply_stream(close, [p.request for p in flush_order([s.pending for s in sent])], batch_sizes, depth)
         reference.assert_state_matched_by(close, name)
+
+
+
+def note(label: str) -> None:
+    """A hypothesis statistics line, when a property test is running (named examples call `check` too)."""
+    if currently_in_test_context():
+        event(label)
 
 
 def not_resent(sent: list[Sent]) -> frozenset[str]:
@@ -376,3 +395,19 @@ def test_a_repeat_of_the_last_request_sent_is_not_sent_again_even_after_another_
     apply_stream(close, [p.request for p in flush_order([s.pending for s in sent])], [200], 1)
     assert [c["name"] for c in close.sim.contacts()] == ["Bob"]
     without_repeat.assert_state_matched_by(close, "streaming")
+
+
+def test_a_colleagues_request_is_not_moved_past_the_one_that_creates_their_companys_lead(
+    close: CloseEnv,
+) -> None:
+    """Found by `make fuzz` on random inputs: u1's two requests for co2 collapse around u2's; u2's
+    company-less request (in the same group) gives u2 a contact, so whoever reaches co2 first
+    decides whether that contact's lead is adopted. u1 first, one at a time."""
+    raws = [
+        {"type": "identify", "userId": "u1", "traits": {"company": {"id": "co2"}}},
+        {"type": "identify", "userId": "u2", "traits": {"phone": "+14155550100"}},
+        {"type": "group", "userId": "u2", "groupId": "co2", "traits": {}},
+        {"type": "group", "userId": "u2", "groupId": "co1", "traits": {}},
+        {"type": "identify", "userId": "u1", "traits": {"company": {"id": "co2"}}},
+    ]
+    check(close, [], burst(raws, Flags(), Flags()), [1], [1], 1)
