@@ -91,8 +91,8 @@ class Reach:
         same values and flags, and their contacts are not the same (no key in common) and do not
         live under another lead a company-less request could adopt. While no lead has the company
         yet, whoever comes first creates or adopts it, so neither person may have contacts
-        elsewhere, now or made by another member of the group (``crowded``: person keys that more
-        than one member of the group has).
+        elsewhere, now or made by another member of the group (``crowded``: person keys that members
+        of different companies have).
         """
         shared = self.nodes & other.nodes
         if not shared:
@@ -141,12 +141,13 @@ def _to_split(members: Sequence[Reach], spans: list[tuple[Moment, Moment]]) -> s
     """Collapsed members whose span overlaps a member they may not commute with (and that member)."""
     if not any(m.request.parts for m in members):
         return set()
-    seen: set[str] = set()
-    crowded: set[str] = set()
+    # Person keys that members of different companies (or none) have: one of them may give the
+    # person a contact under another lead, which a request for a company nobody has would adopt.
+    companies: dict[str, set[str | None]] = {}
     for m in members:
-        crowded |= seen & m.person_keys
-        seen |= m.person_keys
-    frozen_crowded = frozenset(crowded)
+        for key in m.person_keys:
+            companies.setdefault(key, set()).add(m.company_id)
+    frozen_crowded = frozenset(k for k, c in companies.items() if len(c) > 1)
     by_start = sorted(range(len(members)), key=lambda k: spans[k][0])
     split: set[int] = set()
     open_: list[int] = []  # members whose span has begun and not ended, in start order
