@@ -46,8 +46,9 @@ class Store:
         # id -> input position of the request that created it (see Op.position); a view ranks
         # these after every record it did not create, in this order.
         self.born: LRU[str, int] = LRU(BORN_SIZE)
-        # ids this engine deleted or merged away: search may show them for a while yet
-        self.gone: LRU[str, bool] = LRU(BORN_SIZE)
+        # ids this engine deleted or merged away (a merged lead -> the lead it went into, else ""):
+        # search, and a batch that searched before the removal, may show them for a while yet
+        self.gone: LRU[str, str] = LRU(BORN_SIZE)
 
     def view(self) -> View:
         """An empty view whose "oldest" ranks this engine's creations in input order."""
@@ -135,7 +136,20 @@ class Store:
         view.drop(record_id)
         self.records.forget(record_id)
         self.ids.forget(record_id, keys)
-        self.gone.put(record_id, True)
+        if record_id not in self.gone:
+            self.gone.put(record_id, "")
+
+    def catch_up(self, view: View, record_ids: Iterable[str]) -> None:
+        """Out of ``view``, the records this engine removed since the view's searches; the contacts
+        it shows under a merged-away lead, under the lead they went into."""
+        for record_id in record_ids:
+            if record_id in self.gone:
+                view.drop(record_id)
+                continue
+            contact = view.contacts.get(record_id)
+            into = self.gone.get(contact["lead_id"]) if contact and contact.get("lead_id") else None
+            if into:
+                view.contacts[record_id] = {**contact, "lead_id": into}
 
     def moved(self, view: View, source: str, into: str) -> None:
         """The contacts the view and the memory hold under lead ``source`` are under ``into`` now."""
@@ -144,6 +158,7 @@ class Store:
                 view.contacts[contact_id] = moved = {**contact, "lead_id": into}
                 if self.records.get(contact_id) is not None:
                     self.records.put(moved)
+        self.gone.put(source, into)
         self.removed(view, source)
 
 
