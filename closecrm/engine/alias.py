@@ -4,7 +4,8 @@
 2. No U contact: write U onto every P contact (re-key), if updating contacts is allowed.
 3. Both: only with ``allow_merging``. The destination is the oldest U contact. A P contact under
    another lead first has that lead merged into the destination's (``POST /lead/merge/``), unless
-   both leads carry different company ids (``skipped:alias_across_companies``, nothing written).
+   two of the leads that would end as one carry different company ids
+   (``skipped:alias_across_companies``, nothing written).
    Each P contact's emails, phones and URLs are then appended to the destination (full lists) and
    the P contact is deleted. Every merge and deletion is in the outcome's changes (and so the audit
    log), with ids, so a person can undo it by hand.
@@ -83,7 +84,8 @@ async def run(d: Decision) -> None:
     for contact in previous:
         if contact["lead_id"] != into and contact["lead_id"] not in sources:
             sources[contact["lead_id"]] = await w.lead(op, view, contact["lead_id"])
-    if any(_different_companies(d.company_cf, destination_lead, lead) for lead in sources.values()):
+    leads = [destination_lead, *sources.values()]  # all end as one: no two may differ
+    if any(_different_companies(d.company_cf, a, b) for a in leads for b in leads):
         op.block("alias_across_companies")
         return
     for lead_id, lead in sources.items():
@@ -91,11 +93,33 @@ async def run(d: Decision) -> None:
             continue  # gone already (merged by an earlier attempt): its contacts were moved
         op.changes.append({"object": "lead", "id": lead_id, "action": "merge", "into": into})
         await w.merge_leads(op, view, lead_id, into)
+        destination_lead = _absorb(d, destination_lead, lead)
         op.touch(lead_id=lead_id)
     op.touch(lead_id=into, contact_id=destination["id"])
     for contact in previous:
         destination = await _merge_contact(d, destination, contact)
     op.updated = True
+
+
+def _absorb(d: Decision, into: Record | None, source: Record) -> Record | None:
+    """Close gives the destination lead the values it lacks from the merged one (custom fields, name,
+    description, URL): so does the engine's copy, which the requests after this one decide on."""
+    lacking = {
+        k: v
+        for k, v in source.items()
+        if (k.startswith("custom.") or k in ("name", "description", "url"))
+        and v not in (None, "")
+        and into is not None
+        and into.get(k) in (None, "")
+    }
+    if into is None or not lacking:
+        return into
+    merged, fresh = {**into, **lacking}, into["id"] in d.view.fresh
+    d.view.drop(into["id"])
+    d.view.put_lead(merged, fresh=fresh)
+    d.w.records.put(merged)
+    d.w.ids.add_all(d.view.lead_keys(merged), into["id"])
+    return merged
 
 
 def _different_companies(company_cf: str, a: Record | None, b: Record | None) -> bool:
