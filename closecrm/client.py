@@ -79,6 +79,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 trust_env=False,  # see _proxy_for
                 timeout=aiohttp.ClientTimeout(total=None),
             )
+            _no_blind_resend(self._session)
             self._loop = loop
         return self._session
 
@@ -140,6 +141,19 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             except RuntimeError:  # its event loop is gone
                 pass
         self._session = None
+
+
+def _no_blind_resend(session: aiohttp.ClientSession) -> None:
+    """aiohttp sends an idempotent request (DELETE among them) again by itself when a kept-alive
+    connection drops before the answer. A delete whose answer is lost must be looked at before it
+    is sent again (engine/ambiguity.py), and every other retry is this client's own, so that resend
+    is off. aiohttp 3 has no public switch for it: the private flag is checked, loudly."""
+    if not isinstance(getattr(session, "_retry_connection", None), bool):
+        raise RuntimeError(
+            f"aiohttp {aiohttp.__version__}: ClientSession._retry_connection is gone; check how this "
+            "version re-sends a request when a kept-alive connection drops, before using it"
+        )
+    session._retry_connection = False
 
 
 class CloseAPIError(Exception):

@@ -276,7 +276,9 @@ class _SuppressIdentical(beam.DoFn):
         _, pending = item
         try:
             digest = _content_digest(pending.request)
-            repeatable = not creates_anew(pending.request)  # else a repeat creates another contact
+            # A repeat that creates anew creates another contact; an alias does what the two people's
+            # records say when it runs, which other events may have changed since.
+            repeatable = not creates_anew(pending.request) and pending.request.alias_previous_id is None
         except Exception:  # noqa: BLE001 - what cannot be compared is sent, never refused
             yield pending
             return

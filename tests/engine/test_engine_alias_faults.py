@@ -281,8 +281,8 @@ def end_state(env: CloseEnv) -> tuple[Any, ...]:
 
 
 def apply_in_batches(env: CloseEnv, reqs: list[UpsertRequest], size: int) -> list[Outcome]:
-    """As the fault tests apply their workload, on httpx's connection pool: aiohttp's sends a DELETE
-    again by itself when the connection drops (see the xfail case of the last test)."""
+    """As the fault tests apply their workload (on httpx's connection pool; the last test covers
+    both transports)."""
 
     async def go(engine: UpsertEngine) -> list[Outcome]:
         outs: list[Outcome] = []
@@ -342,15 +342,7 @@ def test_aliases_under_faults_end_as_without_them_and_remove_nothing_twice(
         ("httpx", "drop"),
         ("aiohttp", 502),
         ("aiohttp", 504),
-        pytest.param(
-            "aiohttp",
-            "drop",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="aiohttp sends an idempotent method (DELETE) again by itself when a kept-alive "
-                "connection drops before the answer: the lost answer comes back as a second DELETE and a 404",
-            ),
-        ),
+        ("aiohttp", "drop"),
     ],
 )
 def test_every_merge_and_deletion_answer_lost_each_reaches_close_once(

@@ -11,9 +11,10 @@ The reference applies every request alone, in event order (`one_at_a_time_refere
 repeats the suppression gate dropped on that path (docs/DESIGN.md, "Collapsing"): with aliases that
 rule differs from applying everything far more often than without. The two smallest cases are
 named tests at the end: an identify repeated after an alias merged its contact away (the rule,
-taken literally), and an alias repeated after the previous id got a contact (pinned as an xfail:
-an alias's effect depends on other people's records, so the gate should not treat it as a repeat). The reference itself never merges one
-company's lead into another's: every seeded company id is still on a lead at the end.
+taken literally), and an alias repeated after the previous id got a contact (sent again: an alias's
+effect depends on other people's records, so the gate never treats it as a repeat). The reference
+itself never merges one company's lead into another's: every seeded company id is still on a lead
+at the end.
 """
 
 from __future__ import annotations
@@ -264,16 +265,10 @@ def differs_from_each_alone(
     assert close.projection() == reference.state, path
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the suppression gate does not re-send an alias identical to the last one of its user id, though "
-    "what it does depends on the previous id's contacts, which another person's event created in between",
-)
 def test_an_alias_sent_again_after_the_previous_id_got_a_contact_is_applied(close: CloseEnv) -> None:
-    """Found by this file's property (which, under the contract, leaves the second alias out of its
-    reference): the first alias finds no a1 contact (unchanged); a1's identify creates one; the same
-    alias again re-keys it to u1, one at a time. Even on bounded input the gate does not send the
-    second alias, as a repeat of the first, and the contact keeps a1."""
+    """Found by this file's property: the first alias finds no a1 contact (unchanged); a1's identify
+    creates one; the same alias again re-keys it to u1, one at a time. The suppression gate never
+    takes an alias for a repeat, so the second one is sent too."""
     raws = [
         {"type": "alias", "previousId": "a1", "userId": "u1"},
         {"type": "identify", "userId": "a1", "traits": {"email": "ann@x.example"}},
