@@ -12,7 +12,7 @@ from rich.console import Console
 
 from closecrm.engine import DRY_RUN_MARK
 
-WRITE_KINDS = ("lead create", "contact create", "lead update", "contact update")
+WRITE_KINDS = ("lead create", "contact create", "lead update", "contact update", "lead merge", "contact delete")
 
 
 def read_audit(path: str) -> list[dict[str, Any]]:
@@ -47,6 +47,10 @@ def change_text(change: dict[str, Any]) -> str:
     target = change.get("object", "?")
     if change.get("id"):
         target += f" {change['id']}"
+    if change.get("action") == "merge":  # an alias: this lead goes into another
+        return f"{target} merge into {change.get('into', '?')}"
+    if change.get("action") == "delete":  # an alias: this contact's lists went to another first
+        return f"{target} delete (merged into {change.get('merged_into', '?')}): {_text(change.get('old'))}"
     head = f"{target} {change.get('action', '?')} {change.get('field', '?')}"
     if change.get("action") == "create" or change.get("old") is None:
         return f"{head}: {_text(change.get('new'))}"
@@ -67,6 +71,9 @@ def planned_writes(records: Iterable[dict[str, Any]]) -> Counter[str]:
         changes = record.get("changes") or []
         for kind, _ in {(c.get("object"), c.get("id")) for c in changes if c.get("action") == "update"}:
             out[f"{kind} update"] += 1
+        for c in changes:
+            if c.get("action") in ("merge", "delete"):
+                out[f"{c.get('object')} {c.get('action')}"] += 1
     for kind, ids in created.items():
         out[f"{kind} create"] += len(ids)
     return +out

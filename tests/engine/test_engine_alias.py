@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Any
 
 import pytest
 
 from closecrm.collapse import collapse
 from closecrm.model import Flags, Settings, UpsertRequest
+from pipeline.plan import change_text, planned_writes
 from tests.engine.conftest import CloseEnv
 
 MERGING = Flags(allow_merging=True)
@@ -179,6 +181,11 @@ def test_the_dry_run_plans_the_merges_and_deletions_and_writes_nothing(close: Cl
         return sorted((c["object"], c["action"]) for c in o.changes)
 
     assert plan(planned) == plan(done) == [("contact", "delete"), ("contact", "update"), ("lead", "merge")]
+    # what `close-sync run --dry-run` prints and counts for it
+    assert planned_writes([planned.to_json()]) == Counter({"lead merge": 1, "contact delete": 1, "contact update": 1})
+    shown = [change_text(c) for c in planned.changes]
+    assert any(t.startswith("lead lead_") and " merge into lead_" in t for t in shown)
+    assert any(" delete (merged into cont_" in t and "a@x.example" in t for t in shown)
 
 
 @pytest.mark.parametrize("way", ["batch", "one"])
