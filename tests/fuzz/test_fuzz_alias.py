@@ -43,16 +43,12 @@ from tests.engine.test_engine_property import Reference, one_at_a_time_reference
 from tests.fuzz.budget import budget
 from tests.fuzz.test_fuzz_equivalence import (
     ANONYMOUS,
-    COMPANIES,
-    NAMES,
     T0,
     USERS,
     Burst,
     apply_stream,
     bounded,
-    emails,
     flags,
-    maybe,
     not_resent,
     note,
     one_event,
@@ -60,6 +56,9 @@ from tests.fuzz.test_fuzz_equivalence import (
     straddled,
     streaming,
     traits,
+)
+from tests.fuzz.test_fuzz_equivalence import (
+    seeded_leads as dense_leads,
 )
 from transforms.mapping import person_key
 from transforms.writer import flush_order
@@ -69,28 +68,14 @@ pytestmark = pytest.mark.integration
 POOL = USERS + ANONYMOUS  # user ids on seeded contacts, and the ids aliases join
 
 
-@st.composite
-def seeded_leads(draw: st.DrawFn) -> list[dict[str, Any]]:
-    """Leads with or without a company id (two may share one), contacts with a user id from the pool
-    (two may share one) or, now and then, none; `seed_dense` seeds them oldest first."""
-    leads = []
-    for _ in range(draw(st.integers(0, 4) | st.integers(2, 4))):
-        contacts = [
-            {
-                "user": draw(st.sampled_from([*POOL, *POOL, None])),
-                "name": draw(maybe(st.sampled_from(NAMES))),
-                "emails": draw(st.lists(emails, max_size=2, unique_by=str.lower)),
-            }
-            for _ in range(draw(st.integers(0, 3)))
-        ]
-        leads.append(
-            {
-                "company": draw(maybe(st.sampled_from(COMPANIES))),
-                "name": draw(maybe(st.sampled_from(["Acme", "Solo"]))),
-                "contacts": contacts,
-            }
-        )
-    return leads
+def seeded_leads() -> st.SearchStrategy[list[dict[str, Any]]]:
+    """The differential's organisations, with user ids from the pool on most contacts (two contacts
+    may share one), and more leads and contacts."""
+    return dense_leads(
+        users=st.sampled_from([*POOL, *POOL, None]),
+        leads_per_org=st.integers(0, 4) | st.integers(2, 4),
+        contacts_per_lead=st.integers(0, 3),
+    )
 
 
 @st.composite

@@ -61,17 +61,22 @@ def maybe(values: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
 
 
 @st.composite
-def seeded_leads(draw: st.DrawFn) -> list[dict[str, Any]]:
+def seeded_leads(
+    draw: st.DrawFn,
+    users: st.SearchStrategy[str | None] = maybe(st.sampled_from(USERS)),
+    leads_per_org: st.SearchStrategy[int] = st.integers(0, 3),
+    contacts_per_lead: st.SearchStrategy[int] = st.integers(0, 2),
+) -> list[dict[str, Any]]:
     """Leads with or without a company id (two may share one), contacts with or without a user id."""
     leads = []
-    for _ in range(draw(st.integers(0, 3))):
+    for _ in range(draw(leads_per_org)):
         contacts = [
             {
-                "user": draw(maybe(st.sampled_from(USERS))),
+                "user": draw(users),
                 "name": draw(maybe(st.sampled_from(NAMES))),
                 "emails": draw(st.lists(emails, max_size=2, unique_by=str.lower)),
             }
-            for _ in range(draw(st.integers(0, 2)))
+            for _ in range(draw(contacts_per_lead))
         ]
         leads.append(
             {

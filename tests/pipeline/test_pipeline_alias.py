@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import gc
 import json
-import threading
-import time
-import uuid
 from typing import Any
 
 import pytest
 
-from closecrm.credentials import KeySource
-from pipeline.runjob import RunRequest, launch
-from pipeline.sources import SourceOptions
 from tests.pipeline.helpers import read_lines, run_files, sim_config, write_jsonl
-from tests.pipeline.test_pipeline_streams import wait_for
-from tests.sources.test_pubsub_source import stop_runner_threads
+from tests.pipeline.test_pipeline_streams import run_pubsub
 
 pytestmark = pytest.mark.integration
 
@@ -90,28 +82,17 @@ def test_a_streaming_run_applies_the_alias_too(sim, pubsub_emulator, tmp_path, m
             },
         },
     )
-    name = f"alias-{uuid.uuid4().hex[:8]}"
-    pubsub_emulator.create_topic(name)
-    subscription = pubsub_emulator.create_subscription(name, name)
-    pubsub_emulator.publish(name, [json.dumps(e).encode() for e in events()])
-    monkeypatch.setenv("CLOSE_API_KEY", sim.api_key)
-    request = RunRequest(
-        source=SourceOptions(source="pubsub", subscription=subscription),
-        close_url=sim.base_url,
-        key_source=KeySource(),
-        dead_letter_dir=str(tmp_path / "dead"),
-        audit_log=str(tmp_path / "audit.jsonl"),
+    payloads = [json.dumps(e).encode() for e in events()]
+    audit = tmp_path / "audit.jsonl"
+    run_pubsub(
+        sim,
+        pubsub_emulator,
+        tmp_path,
+        monkeypatch,
+        config,
+        payloads,
+        lambda: len(read_lines(audit)) >= 6 or _done(sim, cf),
     )
-    threads_before = set(threading.enumerate())
-    result = launch(config, request)
-    try:
-        assert wait_for(lambda: len(read_lines(tmp_path / "audit.jsonl")) >= 6 or _done(sim, cf))
-        time.sleep(2.0)
-    finally:
-        result.cancel()
-        stop_runner_threads(threads_before)
-        del result
-        gc.collect()
     check(sim, cf)
 
 

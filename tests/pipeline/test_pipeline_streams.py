@@ -33,17 +33,13 @@ def wait_for(predicate, timeout_s: float = 90.0) -> bool:  # noqa: ANN001
     return False
 
 
-@pytest.mark.usefixtures("pubsub_short_pulls")
-def test_pubsub_streaming_job_syncs_events_and_collapses_per_window(
-    sim, pubsub_emulator, tmp_path, monkeypatch
-):
-    config, cf = sim_config(sim, tmp_path, STREAM_CONFIG)
+def run_pubsub(sim, pubsub_emulator, tmp_path, monkeypatch, config, payloads: list[bytes], until) -> RunRequest:  # noqa: ANN001
+    """Publish ``payloads`` to a new topic, run the streaming job on it until ``until()`` holds (and 2 s
+    more, for anything late), then stop it and the runner's threads. Returns the run's request."""
     name = f"events-{uuid.uuid4().hex[:8]}"
     pubsub_emulator.create_topic(name)
     subscription = pubsub_emulator.create_subscription(name, name)
-    events = events_200()
-    bad = [b"{not json", json.dumps({"type": "identify", "messageId": "nobody"}).encode()]
-    pubsub_emulator.publish(name, [json.dumps(e).encode() for e in events] + bad)
+    pubsub_emulator.publish(name, payloads)
     monkeypatch.setenv("CLOSE_API_KEY", sim.api_key)
     request = RunRequest(
         source=SourceOptions(source="pubsub", subscription=subscription),
@@ -55,13 +51,32 @@ def test_pubsub_streaming_job_syncs_events_and_collapses_per_window(
     threads_before = set(threading.enumerate())
     result = launch(config, request)
     try:
-        assert wait_for(lambda: len(sim.contacts()) >= 20 and len(letters_in(tmp_path / "dead")) >= 2)
+        assert wait_for(until)
         time.sleep(2.0)  # anything late would show up now
     finally:
         result.cancel()
         stop_runner_threads(threads_before)
         del result
         gc.collect()
+    return request
+
+
+@pytest.mark.usefixtures("pubsub_short_pulls")
+def test_pubsub_streaming_job_syncs_events_and_collapses_per_window(
+    sim, pubsub_emulator, tmp_path, monkeypatch
+):
+    config, cf = sim_config(sim, tmp_path, STREAM_CONFIG)
+    events = events_200()
+    bad = [b"{not json", json.dumps({"type": "identify", "messageId": "nobody"}).encode()]
+    request = run_pubsub(
+        sim,
+        pubsub_emulator,
+        tmp_path,
+        monkeypatch,
+        config,
+        [json.dumps(e).encode() for e in events] + bad,
+        lambda: len(sim.contacts()) >= 20 and len(letters_in(tmp_path / "dead")) >= 2,
+    )
     assert sorted(lead[f"custom.{cf['company']}"] for lead in sim.leads()) == ["comp_0", "comp_1", "comp_2"]
     assert len(sim.contacts()) == 20
     (letters_file,) = letter_files(tmp_path / "dead")  # appended to one file, named by the run id
