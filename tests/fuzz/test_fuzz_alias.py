@@ -21,33 +21,22 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import replace
-from datetime import timedelta
 from typing import Any
 
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from closecrm.events import parse_event
-from closecrm.mapping import (
-    ALIAS_PRESET,
-    DEFAULT_MAPPING,
-    GROUP_PRESET,
-    MappingSpec,
-    compile_mappings,
-    map_event,
-)
 from closecrm.model import Flags, UpsertRequest
 from tests.engine.conftest import CloseEnv
 from tests.engine.test_engine_property import Reference, one_at_a_time_reference
 from tests.fuzz.budget import budget
 from tests.fuzz.test_fuzz_equivalence import (
     ANONYMOUS,
-    T0,
     USERS,
-    Burst,
     apply_stream,
     bounded,
+    burst,
     flags,
     not_resent,
     note,
@@ -60,7 +49,6 @@ from tests.fuzz.test_fuzz_equivalence import (
 from tests.fuzz.test_fuzz_equivalence import (
     seeded_leads as dense_leads,
 )
-from transforms.mapping import person_key
 from transforms.writer import flush_order
 
 pytestmark = pytest.mark.integration
@@ -108,31 +96,6 @@ def scenarios(draw: st.DrawFn) -> tuple[list[dict[str, Any]], list[dict[str, Any
 alias_flags = st.builds(
     lambda base, merging: replace(base, allow_merging=merging), flags, st.sampled_from([True, True, False])
 )
-
-
-def burst(raws: list[dict[str, Any]], identify: Flags, group: Flags, alias: Flags) -> Burst:
-    """Each event timed one second after the previous (message id ``m<n>`` at second n), mapped
-    through the identify, group and alias presets with these flags."""
-    mappings = compile_mappings(
-        [
-            MappingSpec(spec.name, spec.trigger, dict(spec.fields), spec_flags)
-            for spec, spec_flags in (
-                (DEFAULT_MAPPING, identify),
-                (GROUP_PRESET, group),
-                (ALIAS_PRESET, alias),
-            )
-        ]
-    )
-    persons, requests, kept = [], [], []
-    for n, raw in enumerate(raws):
-        parsed = parse_event(
-            {**raw, "messageId": f"m{n}", "timestamp": (T0 + timedelta(seconds=n)).isoformat()}
-        )
-        reqs = map_event(parsed, mappings)
-        persons.append(person_key(parsed, reqs[0]) if reqs else "")
-        requests.append(reqs)
-        kept.append(parsed.raw)
-    return Burst(persons, requests, kept)
 
 
 def contract(requests: list[UpsertRequest], repeats: frozenset[str]) -> list[UpsertRequest]:

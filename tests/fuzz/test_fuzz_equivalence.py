@@ -30,7 +30,14 @@ from hypothesis.control import currently_in_test_context
 from closecrm.engine import UpsertEngine
 from closecrm.engine.spans import batches
 from closecrm.events import parse_event
-from closecrm.mapping import DEFAULT_MAPPING, GROUP_PRESET, MappingSpec, compile_mappings, map_event
+from closecrm.mapping import (
+    ALIAS_PRESET,
+    DEFAULT_MAPPING,
+    GROUP_PRESET,
+    MappingSpec,
+    compile_mappings,
+    map_event,
+)
 from closecrm.model import Flags, UpsertRequest
 from tests.engine.conftest import CloseEnv
 from tests.engine.test_engine_property import one_at_a_time_reference
@@ -172,16 +179,16 @@ class Burst:
         ]
 
 
-def burst(raws: list[dict[str, Any]], identify_flags: Flags, group_flags: Flags) -> Burst:
+def burst(
+    raws: list[dict[str, Any]], identify_flags: Flags, group_flags: Flags, alias_flags: Flags | None = None
+) -> Burst:
     """Each event timed one second after the previous (message id ``m<n>`` at second n), mapped
-    through the identify and group presets with these flags."""
+    through the identify and group presets with these flags (and the alias preset, given its flags)."""
+    presets = [(DEFAULT_MAPPING, identify_flags), (GROUP_PRESET, group_flags)]
+    if alias_flags is not None:
+        presets.append((ALIAS_PRESET, alias_flags))
     mappings = compile_mappings(
-        [
-            MappingSpec(
-                DEFAULT_MAPPING.name, DEFAULT_MAPPING.trigger, dict(DEFAULT_MAPPING.fields), identify_flags
-            ),
-            MappingSpec(GROUP_PRESET.name, GROUP_PRESET.trigger, dict(GROUP_PRESET.fields), group_flags),
-        ]
+        [MappingSpec(spec.name, spec.trigger, dict(spec.fields), flags) for spec, flags in presets]
     )
     persons, requests, kept = [], [], []
     for n, raw in enumerate(raws):
@@ -360,7 +367,6 @@ def check(
         reference.again(close)
         apply_stream(close, [p.request for p in flush_order([s.pending for s in sent])], batch_sizes, depth)
         reference.assert_state_matched_by(close, name)
-
 
 
 def note(label: str) -> None:
