@@ -27,7 +27,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from closecrm.model import Flags, UpsertRequest
+from closecrm.model import Flags
 from tests.engine.conftest import CloseEnv
 from tests.engine.test_engine_property import Reference, one_at_a_time_reference
 from tests.fuzz.budget import budget
@@ -37,12 +37,12 @@ from tests.fuzz.test_fuzz_equivalence import (
     apply_stream,
     bounded,
     burst,
+    check,
     flags,
     not_resent,
     note,
     one_event,
     seed_dense,
-    straddled,
     streaming,
     traits,
 )
@@ -96,12 +96,6 @@ def scenarios(draw: st.DrawFn) -> tuple[list[dict[str, Any]], list[dict[str, Any
 alias_flags = st.builds(
     lambda base, merging: replace(base, allow_merging=merging), flags, st.sampled_from([True, True, False])
 )
-
-
-def contract(requests: list[UpsertRequest], repeats: frozenset[str]) -> list[UpsertRequest]:
-    """What the end state must equal applied one at a time: every request but the repeats the gate
-    did not send again (docs/DESIGN.md, "Collapsing")."""
-    return [r for r in requests if not set(r.event_ids) <= repeats]
 
 
 def companies(state: list[Any]) -> set[str]:
@@ -173,34 +167,22 @@ def test_aliases_collapsed_and_batched_equal_one_at_a_time(
     depth: int,
 ) -> None:
     leads, raws = scenario
+
+    def inspect(name: str, reference: Reference) -> None:
+        if name != "bounded":
+            return
+        branches = Counter(o.branch for o in reference.outcomes)
+        note(f"re-keyed (reference): {branches['alias_rekey'] > 0}")
+        note(f"merged (reference): {branches['alias_merge'] > 0}")
+        merges = [c for o in reference.outcomes for c in o.changes if c["action"] == "merge"]
+        note(f"a lead merged (reference): {bool(merges)}")
+        across = any(o.reason == "alias_across_companies" for o in reference.outcomes)
+        note(f"across companies (reference): {across}")
+        # No company's lead is ever merged into another company's: every seeded company id stays.
+        assert {lead["company"] for lead in leads if lead["company"]} <= companies(reference.state)
+
     b = burst(raws, identify_flags, group_flags, merge_flags)
-    requests = b.in_order()
-    paths = {"bounded": bounded(b), "streaming": streaming(b, pane_sizes)}
-    note(f"another person inside a span (bounded): {straddled(b, paths['bounded'])}")
-    note(f"collapsed (bounded): {len(paths['bounded']) < len(requests)}")
-    references: dict[frozenset[str], Reference] = {}
-    for name, sent in paths.items():
-        repeats = not_resent(sent)
-        note(f"identical repeats not re-sent ({name}): {bool(repeats)}")
-        if repeats not in references:  # it leaves a fresh org seeded the same way
-            references[repeats] = one_at_a_time_reference(
-                close, leads, contract(requests, repeats), seed_dense
-            )
-        reference = references[repeats]
-        if name == "bounded":
-            branches = Counter(o.branch for o in reference.outcomes)
-            note(f"re-keyed (reference): {branches['alias_rekey'] > 0}")
-            note(f"merged (reference): {branches['alias_merge'] > 0}")
-            merges = [c for o in reference.outcomes for c in o.changes if c["action"] == "merge"]
-            note(f"a lead merged (reference): {bool(merges)}")
-            note(
-                f"across companies (reference): {any(o.reason == 'alias_across_companies' for o in reference.outcomes)}"
-            )
-            # No company's lead is ever merged into another company's: every seeded company id stays.
-            assert {lead["company"] for lead in leads if lead["company"]} <= companies(reference.state)
-        apply_stream(close, [p.request for p in flush_order([s.pending for s in sent])], batch_sizes, depth)
-        assert close.projection() == reference.state, name
-        reference.again(close)
+    check(close, leads, b, batch_sizes, pane_sizes, depth, inspect, merges=True)
 
 
 def differs_from_each_alone(
