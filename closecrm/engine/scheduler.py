@@ -220,7 +220,7 @@ class Scheduler:
                     if previous is not None:
                         _carry_over(view, previous, group.keys, group.nodes)
                 # what earlier groups deleted or merged away after this batch searched
-                writes.catch_up(view, group.nodes | {r for k in group.keys for r in view.ids_for(k)})
+                writes.catch_up(view, group.nodes, group.keys)
                 confirm_calls = await self.lookup.confirm_cached(view, writes, group.keys)
             except Exception as exc:  # noqa: BLE001 - Close unavailable, or a bug: this group fails, the stream goes on
                 for i in group.members:

@@ -123,6 +123,8 @@ def _lead_values(req: UpsertRequest) -> tuple[Any, ...]:
 def units(members: Sequence[Reach]) -> list[tuple[int, UpsertRequest]]:
     """The (member, request) sequence to apply: members in order, unless one's span holds another
     member it does not commute with; then both go part by part, everything sorted by event time."""
+    if not any(m.request.parts for m in members):
+        return [(k, m.request) for k, m in enumerate(members)]  # nothing collapsed: members in order
     spans = [span(m.request) for m in members]
     split = _to_split(members, spans)
     if not split:
@@ -139,8 +141,6 @@ def units(members: Sequence[Reach]) -> list[tuple[int, UpsertRequest]]:
 
 def _to_split(members: Sequence[Reach], spans: list[tuple[Moment, Moment]]) -> set[int]:
     """Collapsed members whose span overlaps a member they may not commute with (and that member)."""
-    if not any(m.request.parts for m in members):
-        return set()
     # Person keys that members of different companies (or none) have: one of them may give the
     # person a contact under another lead, which a request for a company nobody has would adopt.
     companies: dict[str, set[str | None]] = {}

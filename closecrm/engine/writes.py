@@ -139,10 +139,13 @@ class Store:
         if record_id not in self.gone:
             self.gone.put(record_id, "")
 
-    def catch_up(self, view: View, record_ids: Iterable[str]) -> None:
-        """Out of ``view``, the records this engine removed since the view's searches; the contacts
-        it shows under a merged-away lead, under the lead they went into."""
-        for record_id in record_ids:
+    def catch_up(self, view: View, nodes: Iterable[str], keys: Iterable[str]) -> None:
+        """Out of ``view``, the records (of these nodes, or found by these keys) this engine removed
+        since the view's searches; the contacts it shows under a merged-away lead, under the lead
+        they went into."""
+        if not len(self.gone):
+            return  # nothing removed yet (a run without aliases): no view to mend
+        for record_id in set(nodes).union(*(view.ids_for(k) for k in keys)):
             if record_id in self.gone:
                 view.drop(record_id)
                 continue
