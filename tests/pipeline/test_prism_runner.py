@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from pipeline.config import JobConfig
 from pipeline.runjob import RunRequest
 from pipeline.sources import SourceOptions
 from tests.pipeline.helpers import letters_in, read_lines, sim_config, write_jsonl
+from tests.pipeline.test_pipeline_files import identify
 from tests.servers import missing_server
 from transforms import collapse
 from transforms import metrics as m
@@ -49,22 +50,6 @@ def prism_binary(monkeypatch) -> str:
         return runjob.prism_binary()
     except ValueError as exc:
         missing_server(str(exc))
-
-
-def identify(user: int, company: int, n: int, at: datetime, **traits: Any) -> dict:
-    body = {
-        "name": f"User {user}",
-        "email": f"user{user}@c{company}.example.com",
-        "company": {"id": f"comp_{company}", "name": f"Company {company}"},
-        **traits,
-    }
-    return {
-        "type": "identify",
-        "messageId": f"m_{user}_{n}",
-        "userId": f"u_{user}",
-        "timestamp": (at + timedelta(seconds=n)).isoformat(),
-        "traits": body,
-    }
 
 
 def events() -> list[Any]:
