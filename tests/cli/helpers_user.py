@@ -128,6 +128,17 @@ def make_workdir(root: Path) -> Workdir:
     return place
 
 
+def identify(n: int, companies: int | None = None, **traits: Any) -> dict[str, Any]:
+    """User ``n``'s identify, in company ``c<n>`` (or ``c<n % companies>``, several users to a company)."""
+    company = f"c{n if companies is None else n % companies}"
+    return {
+        "type": "identify",
+        "messageId": f"m{n}",
+        "userId": f"u{n}",
+        "traits": {"name": f"User {n}", "email": f"user{n}@example.com", "company": {"id": company}, **traits},
+    }
+
+
 def sample_events(path: Path, lines: int) -> Path:
     """The first `lines` bundled sample events."""
     path.write_text("".join(SAMPLE_EVENTS.read_text().splitlines(keepends=True)[:lines]))

@@ -5,22 +5,12 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import pytest
 
-from tests.cli.helpers_user import DEMO_CONFIG, SIM_KEY, one_line_error
+from tests.cli.helpers_user import DEMO_CONFIG, SIM_KEY, identify, one_line_error
 
 pytestmark = pytest.mark.integration
-
-
-def identify(n: int, **traits: Any) -> dict[str, Any]:
-    return {
-        "type": "identify",
-        "messageId": f"m{n}",
-        "userId": f"u{n}",
-        "traits": {"name": f"User {n}", "email": f"user{n}@example.com", "company": {"id": f"c{n}"}, **traits},
-    }
 
 
 def test_each_audit_line_has_its_time_run_and_mapping_and_failed_changes_are_not_applied(user_sim, workdir):

@@ -28,6 +28,7 @@ from tests.cli.helpers_user import (
     one_line_error,
     summary_rows,
 )
+from tests.cli.helpers_user import identify as user_identify
 
 pytestmark = pytest.mark.integration
 
@@ -37,12 +38,8 @@ LETTERS_FILE = re.compile(r"dead-letters-(\d{8}T\d{6}Z)-[0-9a-f]{6}\.jsonl")
 
 
 def identify(n: int, **traits: Any) -> dict[str, Any]:
-    return {
-        "type": "identify",
-        "messageId": f"m{n}",
-        "userId": f"u{n}",
-        "traits": {"name": f"User {n}", "email": f"user{n}@example.com", "company": {"id": f"c{n % 3}"}, **traits},
-    }
+    """Three companies, so a user's letter can share a lead with others."""
+    return user_identify(n, 3, **traits)
 
 
 def write_lines(workdir: Workdir, name: str, rows: list[Any]) -> str:
