@@ -144,3 +144,57 @@ def test_an_alias_rekey_acts_on_a_read_by_id_even_when_the_ledger_knows_nothing(
     [out] = run_engine(close, tmp_path, alias("P", "W", second=2))
     assert out.label == "unchanged" and by_id(close, x)[close.user_cf] == "R"
     assert not [c for c in out.changes if c.get("old") == "P"]
+
+
+def test_a_contact_a_lead_merge_moved_is_found_under_the_lead_it_went_to(
+    close: CloseEnv, tmp_path: Path
+) -> None:
+    """Run 1 merges P's lead into U's (co2) and Z moves with it; search still shows Z under the old lead."""
+    close.seed_leads(
+        lead(close, "co2", contact(close, "U", "u@x.example", name="Una")),
+        lead(close, None, contact(close, "P", "p@x.example"), contact(close, "V", "v@x.example", name="Vic")),
+    )
+    [z] = [c["id"] for c in close.contacts_with_user("V")]
+    close.sim.configure(search_lag=LAG)
+    [first] = run_engine(close, tmp_path, alias("P", "U", MERGING))
+    assert first.branch == "alias_merge" and len(close.leads()) == 1
+    identify = UpsertRequest(lead_company_id="co2", contact_user_id="V", contact_title="CTO")
+    [second] = run_engine(close, tmp_path, identify)
+    # One at a time, Z is under co2's lead: it is updated, not created again there.
+    assert second.label == "updated" and second.contact_ids == (z,)
+    assert [c.get("title") for c in close.contacts_with_user("V")] == ["CTO"]
+
+
+def test_what_the_job_took_away_is_in_the_ledger_hashed_and_read_by_the_next_run(tmp_path: Path) -> None:
+    writer = CreatedIdLedger(str(tmp_path))
+    writer.record("contact", "cont_1", ["user:P", "email:pete@x.example"])
+    writer.left("contact", "cont_1", ["user:P"])
+    writer.removed("contact", "cont_2", ["user:U2"])
+    writer.removed("lead", "lead_1", [])
+    writer.close()
+    text = "".join(p.read_text() for p in tmp_path.glob("*.ids"))
+    assert "pete" not in text and '"P"' not in text and "U2" not in text
+    reader = CreatedIdLedger(str(tmp_path))
+    reader.refresh()
+    assert reader.left_lately("user:P", "cont_1") and not reader.left_lately("email:pete@x.example", "cont_1")
+    assert reader.ids("user:P") == () and reader.ids("email:pete@x.example") == ("cont_1",)
+    assert reader.removed_lately("cont_2") and reader.left_lately("user:U2", "cont_2")
+    assert reader.removed_lately("lead_1") and not reader.removed_lately("cont_1")
+    # The key written back onto the record: a hint again, no longer one that left.
+    reader.record("contact", "cont_1", ["user:P"])
+    assert reader.ids("user:P") == ("cont_1",) and not reader.left_lately("user:P", "cont_1")
+
+
+def test_what_the_job_took_away_expires_with_the_ledger(tmp_path: Path) -> None:
+    now = [1_800_000_000.0]
+    writer = CreatedIdLedger(str(tmp_path), clock=lambda: now[0], ttl_seconds=100.0, roll_seconds=10.0)
+    writer.left("contact", "cont_1", ["user:P"])
+    writer.removed("lead", "lead_1", ["company:co1"])
+    writer.close()
+    now[0] += 99.0
+    reader = CreatedIdLedger(str(tmp_path), clock=lambda: now[0], ttl_seconds=100.0, roll_seconds=10.0)
+    reader.refresh()
+    assert reader.left_lately("user:P", "cont_1") and reader.removed_lately("lead_1")
+    now[0] += 2.0
+    assert not reader.left_lately("user:P", "cont_1") and not reader.removed_lately("lead_1")
+    assert not reader.left_lately("company:co1", "lead_1")
