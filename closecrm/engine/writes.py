@@ -260,16 +260,16 @@ class Writes(Store):
 
     async def delete_contact(self, op: Op, view: View, contact: Record) -> None:
         path = f"contact/{contact['id']}/"
-        await ambiguity.remove(self, op, "DELETE", path, None, gone=path)
-        if self.ledger is not None:
+        if self.ledger is not None:  # before: a run killed after the DELETE still leaves the word
             self.ledger.removed("contact", contact["id"], view.contact_keys(contact))
+        await ambiguity.remove(self, op, "DELETE", path, None, gone=path)
         self.removed(view, contact["id"])
 
     async def merge_leads(self, op: Op, view: View, source: str, into: str) -> None:
         # Close may finish a merge later: what it moves is known, so the view moves it now.
         body = {"source": source, "destination": into}
-        await ambiguity.remove(self, op, "POST", "lead/merge/", body, gone=f"lead/{source}/")
-        if self.ledger is not None:
+        if self.ledger is not None:  # before, as for a deletion: a hit of it is then read by id
             lead = view.leads.get(source) or self.records.get(source) or {}
             self.ledger.removed("lead", source, view.lead_keys(lead))
+        await ambiguity.remove(self, op, "POST", "lead/merge/", body, gone=f"lead/{source}/")
         self.moved(view, source, into)
