@@ -27,6 +27,7 @@ from closecrm.snapshot import (
     Fingerprint,
     SnapshotSpec,
     Values,
+    arrow_values,
     buckets_of,
     diff_bucket,
     fingerprints,
@@ -153,7 +154,7 @@ class RowChunk:
     def row(self, i: int) -> Values:
         if isinstance(self.values, list):
             return self.values[i]
-        return tuple(column[i].as_py() for column in self.values.columns)
+        return tuple(arrow_values(column.slice(i, 1))[0] for column in self.values.columns)
 
 
 def _split_by_bucket(keys: Sequence[str], buckets: int) -> Iterator[tuple[int, Any]]:
@@ -193,7 +194,7 @@ class BucketRows(beam.DoFn):
             values: Any = batch
         else:
             values = batch.select(list(columns_names))
-            columns = [column.to_pylist() for column in values.columns]
+            columns = [arrow_values(column) for column in values.columns]
         n = len(columns[0])
         self._read.inc(n)
         keys = primary_keys(columns, self._width)
