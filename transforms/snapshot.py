@@ -269,8 +269,14 @@ class _ReadStateFile(beam.DoFn):
             for group in range(groups):
                 try:
                     table = parquet.read_row_group(group, columns=["key", "fingerprint"])
+                    table = table.cast(state_schema())
                 except Exception as exc:  # noqa: BLE001
                     self._damaged(path, exc)
+                    return
+                # A null cell is no key (or no fingerprint) this job ever wrote: the file is not ours.
+                nulls = [name for name in ("key", "fingerprint") if table.column(name).null_count]
+                if nulls:
+                    self._damaged(path, f"a null {' and a null '.join(nulls)} in row group {group}")
                     return
                 yield table
 
