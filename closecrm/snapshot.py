@@ -232,14 +232,100 @@ def kind_changes(spec: SnapshotSpec, before: Mapping[str, Any], now: Mapping[str
 # ---------------------------------------------------------------------------- rows
 
 
+@dataclass(frozen=True)
+class NanoTimestamp:
+    """A timestamp finer than a microsecond, which Python's datetime cannot hold: its ISO 8601 text
+    with nine fractional digits (and the offset, for a zoned one). One on a whole microsecond is read
+    as a datetime instead, so its fingerprint is the one it always had."""
+
+    text: str
+
+    def isoformat(self) -> str:
+        return self.text
+
+
+def arrow_values(column: Any) -> list[Any]:
+    """A pyarrow column's (or array's) cells as Python values, exactly: a nanosecond timestamp
+    becomes a `NanoTimestamp` where ``to_pylist`` would raise (or, with pandas installed, hand back a
+    pandas Timestamp), at the top level and inside lists."""
+    import pyarrow as pa
+
+    arrow_type = column.type
+    if not _has_nanos(arrow_type):
+        return column.to_pylist()
+    if isinstance(column, pa.ChunkedArray):
+        return [value for chunk in column.chunks for value in arrow_values(chunk)]
+    if pa.types.is_dictionary(arrow_type):
+        return arrow_values(column.dictionary_decode())
+    if pa.types.is_timestamp(arrow_type):
+        return _timestamps(column)
+    import pyarrow.compute as pc
+
+    items = arrow_values(column.flatten())  # lists (the only nested kind a mapping takes)
+    out: list[Any] = []
+    at = 0
+    for length in pc.list_value_length(column).to_pylist():
+        if length is None:
+            out.append(None)
+        else:
+            out.append(items[at : at + length])
+            at += length
+    return out
+
+
+def _has_nanos(arrow_type: Any) -> bool:
+    import pyarrow as pa
+
+    t = pa.types
+    if t.is_timestamp(arrow_type):
+        return arrow_type.unit == "ns"
+    if t.is_dictionary(arrow_type):
+        return _has_nanos(arrow_type.value_type)
+    if t.is_list(arrow_type) or t.is_large_list(arrow_type) or t.is_fixed_size_list(arrow_type):
+        return _has_nanos(arrow_type.value_type)
+    return False
+
+
+def _timestamps(column: Any) -> list[Any]:
+    """timestamp[ns] cells: a datetime on a whole microsecond, else a `NanoTimestamp`."""
+    import numpy as np
+    import pyarrow as pa
+
+    nanos = column.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False)
+    below = nanos % 1000  # floor division: right before 1970 too
+    micros = pa.array((nanos - below) // 1000, pa.int64()).view(pa.timestamp("us", column.type.tz))
+    out = micros.to_pylist()
+    valid = column.is_valid().to_numpy(zero_copy_only=False)
+    for i in np.flatnonzero(~valid).tolist():
+        out[i] = None
+    for i in np.flatnonzero(valid & (below != 0)).tolist():
+        moment = out[i]
+        text = moment.replace(microsecond=0).isoformat()  # YYYY-MM-DDTHH:MM:SS, then any offset
+        out[i] = NanoTimestamp(f"{text[:19]}.{moment.microsecond * 1000 + int(below[i]):09d}{text[19:]}")
+    return out
+
+
 def primary_key_of(values: Values, width: int) -> str | None:
-    """The row's key as text; None when a key cell is null (such a row cannot be tracked)."""
+    """The row's key as text; None when a key cell is null (such a row cannot be tracked).
+
+    A single text column is the key as is; anything else is a JSON list of the cells, where a
+    decimal keeps its exact digits (two keys that differ in the twentieth decimal stay two keys).
+    """
     key = values[:width]
     if any(v is None for v in key):
         return None
     if width == 1 and isinstance(key[0], str):
         return key[0]
-    return json.dumps([_json_value(v) for v in key], separators=(",", ":"))
+    return "[" + ",".join(_key_json(v) for v in key) + "]"
+
+
+def _key_json(value: Any) -> str:
+    if isinstance(value, Decimal) and value.is_finite():
+        if value == value.to_integral_value():
+            return str(int(value))
+        text = format(value, "f")  # every digit, never an exponent
+        return text.rstrip("0").rstrip(".") if "." in text else text
+    return json.dumps(_json_value(value))
 
 
 def fingerprint(digest: str, values: Values) -> Fingerprint:
@@ -281,15 +367,19 @@ def row_record(spec: SnapshotSpec, values: Values) -> dict[str, Any]:
 def request_for(spec: SnapshotSpec, values: Values, key: str) -> UpsertRequest:
     """The row as a normalised request, as the action would build it; null cells are "no value". Raises `BadEvent`."""
     cells = dict(zip(spec.columns, values, strict=True))
-    raw: dict[str, Any] = {name: cells[column] for name, column in spec.fields.items()}
+    raw: dict[str, Any] = {name: _text_of_nanos(cells[column]) for name, column in spec.fields.items()}
     for name, cfs in spec.custom_fields.items():
         raw[name] = {cf: _json_value(cells[column]) for cf, column in cfs.items()}
     return request_from_values(raw, spec.flags, event_ids=(f"row:{key}",))
 
 
+def _text_of_nanos(value: Any) -> Any:
+    return value.text if isinstance(value, NanoTimestamp) else value
+
+
 def _json_value(value: Any) -> Any:
     """Warehouse cell -> JSON type: dates as ISO text, decimals as numbers, lists item by item."""
-    if isinstance(value, dt.datetime | dt.date | dt.time):
+    if isinstance(value, dt.datetime | dt.date | dt.time | NanoTimestamp):
         return value.isoformat()
     if isinstance(value, Decimal):
         return int(value) if value == value.to_integral_value() else float(value)

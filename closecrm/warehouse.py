@@ -38,7 +38,7 @@ class WarehouseError(RuntimeError):
 
 @dataclass(frozen=True)
 class WarehouseSource:
-    """What to read: a table or a query at a URL, optionally only rows newer than a column's mark."""
+    """What to read: a table or a query at a URL, optionally only rows from a column's mark on."""
 
     url: WarehouseURL
     table: str | None = None
@@ -101,7 +101,9 @@ def table_name(table: str, dialect: str) -> str:
 
 @dataclass(frozen=True)
 class Watermark:
-    """The largest value of the since-column a run saw before it read; the next run reads above it.
+    """The largest value of the since-column a run saw before it read; the next run reads the rows at
+    or after it (a row updated later with the same value, or a new row with it, is read again, and
+    the diff finds whether it changed) and the rows where the column is NULL.
 
     Stored as text in the state's manifest and checked when read back (the state is not trusted):
     the SQL literal is rendered from the parsed value, never from the stored text.
@@ -182,7 +184,7 @@ class ReadPlan:
     slices: int
     batch_rows: int
     as_text: frozenset[str] = frozenset()  # driver types without a plain Arrow type (uuid, numeric, json)
-    since: Watermark | None = None  # read only rows whose since_column is above this
+    since: Watermark | None = None  # read only rows whose since_column is at or after this, or NULL
 
     def slice_sql(self, slice_id: int) -> str:
         """The SELECT one worker runs for one slice (all rows when there is one slice)."""
@@ -203,7 +205,8 @@ class ReadPlan:
         d = self.source.dialect
         out = []
         if self.since is not None and self.source.since_column:
-            out.append(f"{quote(self.source.since_column, d)} > {self.since.literal(d)}")
+            column = quote(self.source.since_column, d)
+            out.append(f"({column} >= {self.since.literal(d)} OR {column} IS NULL)")
         if slice_id is not None and self.slices > 1:
             out.append(f"{self.slice_hash()} % {self.slices} = {int(slice_id)}")
         return out

@@ -5,15 +5,19 @@
     postgresql://USER@HOST:PORT/DB[?sslmode=...]
     bigquery://PROJECT      BigQuery (on Dataflow, through Beam's ReadFromBigQuery)
 
-A URL that carries a password (``user:pw@`` or ``?password=``) is refused: runners print their options
-and logs print URLs, so the password comes from an environment variable or a file, read where the
-connection is made (on the worker). `WarehouseURL` never holds one, and `Password` hides its value
-from ``str``/``repr`` and refuses to be pickled, as `closecrm.secret.ApiKey` does for the Close key.
+A URL that carries a secret is refused: a password in the user part (``user:pw@``), or a query
+parameter that holds one (`SECRET_PARAMS`, and any name that says it is a password, secret, token
+or credential, in every scheme). Runners print their options and logs print URLs, so the password
+comes from an environment variable or a file, read where the connection is made (on the worker),
+and other connection secrets from a libpq service file. `WarehouseURL` never holds one (and
+`masked` leaves out any parameter that looks secret all the same); `Password` hides its value from
+``str``/``repr`` and refuses to be pickled, as `closecrm.secret.ApiKey` does for the Close key.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import urllib.parse
 from dataclasses import dataclass
 
@@ -23,6 +27,15 @@ DIALECTS = {"duckdb": "duckdb", "postgresql": "postgresql", "postgres": "postgre
 # libpq's own variable, so a shell set up for psql works unchanged.
 DEFAULT_PASSWORD_ENV = {"postgresql": "PGPASSWORD"}
 MASK = "***"
+
+# libpq's connection parameters whose value is a secret: the password (and the spellings other
+# drivers accept for it), the passphrase of the client key (sslpassword), the OAuth client secret,
+# and sslkeylogfile, which writes the TLS session keys to a file. The others (sslkey, sslcert,
+# sslrootcert, passfile, service…) name files or settings, not secrets.
+PASSWORD_PARAMS = frozenset({"password", "passwd", "pwd"})
+SECRET_PARAMS = PASSWORD_PARAMS | {"sslpassword", "oauth_client_secret", "sslkeylogfile"}
+# Any scheme: a parameter whose name says it holds a secret (DuckDB's s3_secret_access_key…).
+_SECRET_NAME = re.compile(r"password|passwd|passphrase|secret|token|credential|account_key|(^|[-_.])pwd($|[-_.])")
 
 PASSWORD_FIX = (
     "put it in an environment variable ($PGPASSWORD, or the one --password-env / "
@@ -115,10 +128,17 @@ class WarehouseURL:
             )
         parts = urllib.parse.urlsplit(text)
         params = tuple(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
-        if _has_password(parts.netloc, params):
+        secret = secret_params(params)
+        if ":" in _userinfo(parts.netloc) or (secret and all(n.strip().lower() in PASSWORD_PARAMS for n in secret)):
             raise WarehouseURLError(
                 f"{where}: the URL holds a password, and URLs are shown by runners and logs; remove it "
                 f"from the URL and {PASSWORD_FIX}"
+            )
+        if secret:
+            names = ", ".join(name[:40] for name in secret)
+            raise WarehouseURLError(
+                f"{where}: the URL's {names} parameter holds a secret, and URLs are shown by runners "
+                f"and logs; remove it from the URL and {_secret_fix(dialect)}"
             )
         if dialect == "duckdb":
             return cls._duckdb(parts, rest, params, where)
@@ -157,13 +177,13 @@ class WarehouseURL:
             return f"duckdb:///{self.database}" if self.database else "duckdb://"
         if self.dialect == "bigquery":
             return f"bigquery://{self.database}"
-        return self._postgres(None)
+        return self._postgres(None, masked=True)
 
     def connect_uri(self, password: Password | None) -> str:
         """The libpq URI with the password in it: for the driver only, never to be shown."""
         return self._postgres(password)
 
-    def _postgres(self, password: Password | None) -> str:
+    def _postgres(self, password: Password | None, *, masked: bool = False) -> str:
         user = urllib.parse.quote(self.user or "", safe="")
         if password:
             user += ":" + urllib.parse.quote(password.reveal(), safe="")
@@ -173,7 +193,8 @@ class WarehouseURL:
         netloc = f"{user}@{host}" if user else host
         if self.port:
             netloc += f":{self.port}"
-        query = f"?{urllib.parse.urlencode(self.params)}" if self.params else ""
+        params = [(k, v) for k, v in self.params if not (masked and is_secret_param(k))]
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
         return f"postgresql://{netloc}/{urllib.parse.quote(self.database or '')}{query}"
 
     def default_password_env(self) -> str | None:
@@ -183,13 +204,33 @@ class WarehouseURL:
         return self.masked()
 
 
+def is_secret_param(name: str) -> bool:
+    """True for a URL query parameter whose value is a secret (see `SECRET_PARAMS`)."""
+    key = name.strip().lower()
+    return key in SECRET_PARAMS or bool(_SECRET_NAME.search(key))
+
+
+def secret_params(params: tuple[tuple[str, str], ...]) -> list[str]:
+    """The names (never the values) of the parameters that hold a secret, each once."""
+    return list(dict.fromkeys(name for name, _ in params if is_secret_param(name)))
+
+
+def _secret_fix(dialect: str) -> str:
+    if dialect == "postgresql":
+        return "put it in a libpq service file ($PGSERVICEFILE) and name the service with ?service=NAME"
+    return "set it up in the database's own configuration (a DuckDB secret, say)"
+
+
+def _userinfo(netloc: str) -> str:
+    return netloc.rpartition("@")[0] if "@" in netloc else ""
+
+
 def _has_password(netloc: str, params: tuple[tuple[str, str], ...]) -> bool:
-    userinfo = netloc.rpartition("@")[0] if "@" in netloc else ""
-    return ":" in userinfo or any(key.lower() in ("password", "passwd", "pwd") for key, _ in params)
+    return ":" in _userinfo(netloc) or bool(secret_params(params))
 
 
 def looks_like_url_with_password(text: str) -> bool:
-    """True when ``text`` is a URL whose user part or query carries a password (for argument checks)."""
+    """True when ``text`` is a URL whose user part or query carries a secret (for argument checks)."""
     if "://" not in text:
         return False
     try:

@@ -28,13 +28,14 @@ from pipeline.cli_options import API_KEY_FILE, CLOSE_URL, budget_share_option
     "--from",
     "from_url",
     help="Read the warehouse instead: duckdb:///FILE, duckdb://, postgresql://USER@HOST:PORT/DB or "
-    "bigquery://PROJECT (never with a password in it).",
+    "bigquery://PROJECT (never with a password or another secret in it).",
 )
 @click.option("--table", help="With --from: the table to read (SCHEMA.NAME).")
 @click.option("--query", help="With --from: SQL whose rows are the snapshot.")
 @click.option(
     "--since-column",
-    help="With --from: read only rows whose value here is above the previous run's high-water mark.",
+    help="With --from: read only the rows whose value here is at or after the previous run's "
+    "high-water mark, and those where it is NULL.",
 )
 @click.option(
     "--password-env",
@@ -85,12 +86,16 @@ def snapshot_sync(ctx: click.Context, config_path: str, **opts: object) -> None:
     from pipeline.snapshot_job import SnapshotRequest, run_snapshot, warehouse_source
     from transforms.deadletter import letters_path
 
-    try:
-        if opts["from_url"]:
-            # Before anything else reads or prints it: a password in the URL is refused, not masked.
-            from closecrm.warehouse_url import WarehouseURL
+    if opts["from_url"]:
+        # Before anything else reads or prints it: a URL that cannot be used (one with a secret in
+        # it is refused, not masked) is a usage error, as a secret flag is.
+        from closecrm.warehouse_url import WarehouseURL, WarehouseURLError
 
+        try:
             WarehouseURL.parse(str(opts["from_url"]))
+        except WarehouseURLError as exc:
+            raise click.UsageError(str(exc)) from None
+    try:
         config = load_config(config_path)
         source = warehouse_source(
             config,

@@ -83,7 +83,7 @@ class SnapshotReport:
     generation: str | None  # the state generation committed (None for dry runs)
     plan_dir: str | None
     source: str | None = None  # what was read, as it may be printed (a warehouse URL is masked)
-    since: str | None = None  # the high-water mark rows were read above (incremental reads)
+    since: str | None = None  # the high-water mark rows were read from (incremental reads)
 
     def count(self, name: str) -> int:
         return self.counts.get(name, 0)
@@ -247,7 +247,7 @@ class SnapshotShape:
     input: str | None  # files; or
     file_format: str | None
     read: ReadPlan | None  # a warehouse read
-    partial: bool  # the read returns only rows above a high-water mark: unread keys keep their state
+    partial: bool  # the read returns only rows from a high-water mark on: unread keys keep their state
     state_pattern: str | None
     out_dir: str  # the new state generation, or the dry-run plan
     engine: EngineSpec
@@ -406,7 +406,7 @@ class KindChanged(ValueError):
 def _incremental(
     request: SnapshotRequest, spec: SnapshotSpec, warehouse: WarehouseInput, prior: Generation | None
 ) -> tuple[Watermark | None, Watermark | None]:
-    """(the mark to read above, the mark this run reaches), both None without --since-column.
+    """(the mark to read from, the mark this run reaches), both None without --since-column.
 
     The previous run's mark holds only for the same source, column and mapping, and not with --full:
     otherwise the whole table is read (and a changed mapping resends every row, as for files).
@@ -476,7 +476,7 @@ def _run_locked(
             as_text=found.warehouse.as_text,
             since=since,
         )
-        log.info("reading %s%s", found.warehouse.source.describe(), f" above {since.value}" if since else "")
+        log.info("reading %s%s", found.warehouse.source.describe(), f" from {since.value} on" if since else "")
     runner_options = beam_options(request.beam_args, streaming=False)
     shape = SnapshotShape(
         spec=spec,
@@ -523,7 +523,7 @@ def _run_locked(
             "column_kinds": {c: k for c, k in found.kinds.items() if c in spec.columns},
         }
         if found.warehouse is not None:
-            # A run with failures keeps the mark it read above, so the next run reads the failed rows again.
+            # A run with failures keeps the mark it read from, so the next run reads the failed rows again.
             mark = since if report.failed else (reached or since)
             manifest["source"] = {
                 **found.warehouse.source.identity(),
@@ -562,7 +562,7 @@ def render(report: SnapshotReport, console: Console | None = None) -> None:
     for stage, label, value in rows:
         table.add_row(stage, label, f"{value:,}")
     if report.source:
-        since = f", rows above {report.since}" if report.since else ""
+        since = f", rows at or after {report.since} or NULL" if report.since else ""
         table.title = f"close-sync snapshot-sync summary ({report.source}{since})"
     if report.generation:
         table.caption = f"state generation {report.generation} committed"

@@ -85,6 +85,8 @@ class SnapshotState:
         if not FileSystems.exists(pointer):
             return None
         name = _read_text(pointer).strip()
+        if not name:  # a write that never reached the disk, or a file emptied by hand
+            raise StateCorrupt(unreadable(pointer, "empty; it names no generation"))
         path = self._generation_path(name, pointer, "the generation it names")
         manifest_path = FileSystems.join(path, MANIFEST)
         if not FileSystems.exists(manifest_path):

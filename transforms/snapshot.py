@@ -27,6 +27,7 @@ from closecrm.snapshot import (
     Fingerprint,
     SnapshotSpec,
     Values,
+    arrow_values,
     buckets_of,
     diff_bucket,
     fingerprints,
@@ -153,7 +154,7 @@ class RowChunk:
     def row(self, i: int) -> Values:
         if isinstance(self.values, list):
             return self.values[i]
-        return tuple(column[i].as_py() for column in self.values.columns)
+        return tuple(arrow_values(column.slice(i, 1))[0] for column in self.values.columns)
 
 
 def _split_by_bucket(keys: Sequence[str], buckets: int) -> Iterator[tuple[int, Any]]:
@@ -193,7 +194,7 @@ class BucketRows(beam.DoFn):
             values: Any = batch
         else:
             values = batch.select(list(columns_names))
-            columns = [column.to_pylist() for column in values.columns]
+            columns = [arrow_values(column) for column in values.columns]
         n = len(columns[0])
         self._read.inc(n)
         keys = primary_keys(columns, self._width)
@@ -268,8 +269,14 @@ class _ReadStateFile(beam.DoFn):
             for group in range(groups):
                 try:
                     table = parquet.read_row_group(group, columns=["key", "fingerprint"])
+                    table = table.cast(state_schema())
                 except Exception as exc:  # noqa: BLE001
                     self._damaged(path, exc)
+                    return
+                # A null cell is no key (or no fingerprint) this job ever wrote: the file is not ours.
+                nulls = [name for name in ("key", "fingerprint") if table.column(name).null_count]
+                if nulls:
+                    self._damaged(path, f"a null {' and a null '.join(nulls)} in row group {group}")
                     return
                 yield table
 

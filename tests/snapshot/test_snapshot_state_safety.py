@@ -245,6 +245,55 @@ def test_a_state_file_damaged_inside_is_named_and_full_skips_it(sim, tmp_path: P
     assert after.count("snapshot_unchanged") == 20
 
 
+@pytest.mark.parametrize("column", ["key", "fingerprint"])
+def test_a_state_file_with_a_null_cell_is_named_and_full_skips_it(
+    sim, tmp_path: Path, monkeypatch, column: str
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.setenv("CLOSE_API_KEY", sim.api_key)
+    config = snapshot_config(sim, tmp_path)
+    state = tmp_path / "state"
+    export = write_parquet(tmp_path / "v1.parquet", rows(20))
+    sync(sim, config, export, state, monkeypatch)
+    target = sorted(_live(state).glob("state*.parquet"))[0]
+    table = pq.read_table(target)
+    cells = table.column(column).to_pylist()
+    cells[3] = None
+    field = table.schema.field(column)
+    pq.write_table(table.set_column(table.schema.get_field_index(column), field, pa.array(cells, field.type)), target)
+
+    result = invoke(_cli_args(sim, config, tmp_path, state, export))
+    line = assert_one_line_error(result, str(target), f"a null {column}", "--full")
+    assert "Traceback" not in result.output and "while running" not in line, line
+
+    rebuilt = sync(sim, config, export, state, monkeypatch, full=True)
+    assert rebuilt.failed == 0 and rebuilt.count("snapshot_state_files_unreadable") == 1
+    assert sync(sim, config, export, state, monkeypatch).count("snapshot_unchanged") == 20
+
+
+@pytest.mark.parametrize("content", ["", "\n  \n"])
+def test_an_empty_current_pointer_is_damage_that_full_rebuilds(
+    sim, tmp_path: Path, monkeypatch, content: str
+) -> None:
+    monkeypatch.setenv("CLOSE_API_KEY", sim.api_key)
+    config = snapshot_config(sim, tmp_path)
+    state = tmp_path / "state"
+    export = write_parquet(tmp_path / "v1.parquet", rows(6))
+    sync(sim, config, export, state, monkeypatch)
+    (state / POINTER).write_text(content)
+
+    result = invoke(_cli_args(sim, config, tmp_path, state, export))
+    assert_one_line_error(result, str(state / POINTER), "damaged", "empty", "--full")
+
+    rebuilt = invoke([*_cli_args(sim, config, tmp_path, state, export), "--full"])
+    assert rebuilt.exit_code == 0, rebuilt.output
+    current = SnapshotState(str(state)).current()
+    assert current is not None and current.manifest["counts"]["snapshot_new"] == 6
+    assert sync(sim, config, export, state, monkeypatch).count("snapshot_unchanged") == 6
+
+
 # ---------------------------------------------------------------------------- remote state (no lock, no symlinks)
 
 

@@ -1,7 +1,8 @@
 """snapshot-sync straight from a warehouse (a real PostgreSQL server, DuckDB from PyPI) into the simulator.
 
 The same 2%-changed scenario as the file tests: only changed rows reach Close, an unchanged run
-writes nothing; a --query sends only its rows; --since-column reads only rows above the last mark.
+writes nothing; a --query sends only its rows; --since-column reads only the rows from the last mark
+on (and those where it is NULL).
 """
 
 from __future__ import annotations
@@ -95,14 +96,15 @@ def test_a_query_with_a_where_sends_only_its_rows(sim, warehouse, tmp_path: Path
     assert sorted(c["name"] for c in sim.contacts()) == [f"User {i}" for i in range(10)]
 
 
-def test_since_column_reads_only_rows_above_the_last_mark(
+def test_since_column_reads_only_rows_from_the_last_mark_on(
     sim, warehouse, tmp_path: Path, monkeypatch
 ) -> None:
     config = snapshot_config(sim, tmp_path)
     state = tmp_path / "state"
     schema = ARROW_SCHEMA.append(pa.field("updated_at", pa.timestamp("us")))
     day = dt.datetime(2026, 11, 1)
-    table = [{**row, "updated_at": day} for row in rows(50)]
+    table = [{**row, "updated_at": day + dt.timedelta(minutes=i)} for i, row in enumerate(rows(50))]
+    mark = table[-1]["updated_at"]
     url = warehouse(table, schema)
 
     def run(**kwargs: Any):
@@ -119,23 +121,62 @@ def test_since_column_reads_only_rows_above_the_last_mark(
     warehouse(table, schema)
     writes_before = writes(sim)
     second = run()
-    assert second.count("snapshot_rows_read") == 5  # the read counter: only rows above the mark
+    # The read counter: only the rows from the mark on (u00049 sits on it, unchanged).
+    assert second.count("snapshot_rows_read") == 6
     assert (second.count("snapshot_changed"), second.count("snapshot_new")) == (1, 3)
-    assert second.count("snapshot_unchanged") == 1
-    assert second.count("snapshot_unread") == 48 and second.count("snapshot_gone") == 0
+    assert second.count("snapshot_unchanged") == 2
+    assert second.count("snapshot_unread") == 47 and second.count("snapshot_gone") == 0
     assert second.count("snapshot_state_rows") == 53  # unread rows keep their fingerprints
-    assert second.since == day.isoformat()
+    assert second.since == mark.isoformat()
     # The changed contact; for the new rows (u50 and u51 share a lead) two leads, each created with
     # its first contact, and one more contact.
     assert writes(sim) - writes_before == 1 + 2 + 1
 
-    third = run()
-    assert third.count("snapshot_rows_read") == 0 and third.count("snapshot_state_rows") == 53
+    third = run()  # the rows on the new mark are read again, and found unchanged
+    assert third.count("snapshot_rows_read") == 5 and third.count("snapshot_state_rows") == 53
     assert third.count(m.REQUESTS_SENT) == 0
 
     # --full reads the whole table again and finds nothing to change.
     full = run(full=True)
     assert full.count("snapshot_rows_read") == 53 and full.count("snapshot_resync") == 53
+
+
+def test_since_column_never_loses_a_row_on_the_mark_or_a_null(
+    sim, warehouse, tmp_path: Path, monkeypatch
+) -> None:
+    """A DATE column: a row changed later on the mark's day, a new row carrying the mark's value, and
+    rows whose column is NULL (one changed, one new) all reach Close; the diff, not the mark, decides."""
+    config = snapshot_config(sim, tmp_path)
+    state = tmp_path / "state"
+    schema = ARROW_SCHEMA.append(pa.field("updated_on", pa.date32()))
+    day = dt.date(2026, 11, 2)
+    table = [{**row, "updated_on": day - dt.timedelta(days=1)} for row in rows(6)]
+    table[1]["updated_on"] = day  # the mark: the latest day the first run sees
+    table[2]["updated_on"] = table[3]["updated_on"] = None  # never stamped
+    url = warehouse(table, schema)
+
+    def run():
+        src = source(url, table=warehouse.table, since_column="updated_on")
+        return sync(sim, config, None, state, monkeypatch, source=src)
+
+    first = run()
+    assert first.count("snapshot_new") == 6 and first.failed == 0
+
+    table[1]["title"] = "Changed later the same day"  # its date stays on the mark
+    table[2]["title"] = "Changed, date still NULL"
+    table.append({**rows(1, start=6)[0], "updated_on": day})  # new, with the mark's value
+    table.append({**rows(1, start=7)[0], "updated_on": None})  # new, never stamped
+    warehouse(table, schema)
+    second = run()
+    assert second.since == day.isoformat()
+    assert second.count("snapshot_rows_read") == 5  # on the mark (2) and NULL (3), not the 3 before it
+    assert (second.count("snapshot_changed"), second.count("snapshot_new")) == (2, 2)
+    assert second.count("snapshot_unchanged") == 1 and second.count("snapshot_unread") == 3
+    assert second.failed == 0 and second.count("snapshot_state_rows") == 8
+    titles = {c["name"]: c.get("title") for c in sim.contacts()}
+    assert titles["User 1"] == "Changed later the same day"
+    assert titles["User 2"] == "Changed, date still NULL"
+    assert {"User 6", "User 7"} <= set(titles)
 
 
 def test_duckdb_in_memory_reads_files_with_the_same_fingerprints_as_the_file_path(
@@ -171,13 +212,15 @@ def test_a_run_with_failed_rows_keeps_its_mark_so_they_are_read_again(
         mark = SnapshotState(str(state)).current().manifest["source"]["high_water_mark"]  # type: ignore[union-attr]
         return report, mark
 
+    table[0]["updated_at"] = 0  # below the mark: not read again
     assert run()[1] == {"kind": "integer", "value": "1"}
     table[2].update(status="stat_doesnotexist", updated_at=2)
     failed, mark = run()
     assert failed.count(m.OUTCOME_PREFIX + "failed") == 1 and mark["value"] == "1"
     table[2].update(status=sim.statuses()[1]["id"])  # fixed, without touching updated_at
     fixed, mark = run()
-    assert fixed.count("snapshot_rows_read") == 1 and fixed.count(m.OUTCOME_PREFIX + "updated") == 1
+    assert fixed.count("snapshot_rows_read") == 4 and fixed.count("snapshot_unread") == 1
+    assert fixed.count(m.OUTCOME_PREFIX + "updated") == 1 and fixed.count(m.REQUESTS_SENT) == 1
     assert mark["value"] == "2"
 
 
@@ -202,7 +245,9 @@ def test_postgres_types_without_a_plain_arrow_type_are_read_as_text(
         "UPDATE typed_users SET seats = 99, updated_at = now() WHERE email = 'user2@example.com'"
     )
     second = sync(sim, config, None, tmp_path / "state", monkeypatch, source=src)
-    assert second.count("snapshot_rows_read") == 1 and second.count(m.OUTCOME_PREFIX + "updated") == 1
+    # The changed row and the rows on the mark, which the diff finds unchanged.
+    assert second.count("snapshot_rows_read") == 5 and second.count(m.OUTCOME_PREFIX + "updated") == 1
+    assert second.count(m.REQUESTS_SENT) == 1
     assert "99.00" in {c["title"] for c in sim.contacts()}
 
 

@@ -101,7 +101,7 @@ def test_slice_queries() -> None:
     )
     assert pg.slice_sql(2) == (
         'SELECT "user_id", "email", CAST("id" AS TEXT) AS "id" FROM "public"."users" AS close_sync_source '
-        "WHERE \"updated_at\" > TIMESTAMPTZ '2026-11-01 08:00:00+00:00' "
+        "WHERE (\"updated_at\" >= TIMESTAMPTZ '2026-11-01 08:00:00+00:00' OR \"updated_at\" IS NULL) "
         'AND (coalesce(hashtext("user_id"::text), 0) & 2147483647) % 4 = 2'
     )
     duck = ReadPlan(source("duckdb://", query="SELECT * FROM t;"), ("a", "b"), 2, slices=3, batch_rows=10)

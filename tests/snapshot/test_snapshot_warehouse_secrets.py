@@ -164,3 +164,76 @@ def test_masked_urls_and_scrubbed_messages() -> None:
         scrub(f"failed: {uri}", Password("p@ss word/1"))
         == f"failed: {uri.replace('p%40ss%20word%2F1', '***')}"
     )
+
+
+def test_a_url_with_a_secret_parameter_is_refused_and_never_printed_or_stored(
+    sim, postgres, tmp_path: Path, monkeypatch
+) -> None:
+    """libpq takes the client key's passphrase as ?sslpassword=: a real server runs with it, so only
+    the refusal keeps it out of the summary's header and the state's manifest."""
+    monkeypatch.setenv("PGPASSWORD", postgres.password)
+    monkeypatch.setenv("CLOSE_API_KEY", sim.api_key)
+    url = write_postgres(postgres, "passphrase_users", rows(3))
+    config = snapshot_config(sim, tmp_path)
+    path = tmp_path / "cli.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json", exclude_none=True)))
+    state = tmp_path / "state"
+    args = ["snapshot-sync", "--config", str(path), "--state", str(state), "--close-url", sim.base_url]
+    secret = "hunter2-passphrase"
+    result = CliRunner().invoke(
+        main, [*args, "--from", f"{url}?sslmode=disable&sslpassword={secret}", "--table", "passphrase_users"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "sslpassword parameter holds a secret" in result.output and "service" in result.output
+    assert secret not in result.output
+    assert not state.exists() and sim.contacts() == []
+
+    # The same table with a parameter that is no secret: the header and the manifest show the URL.
+    allowed = f"{url}?sslmode=disable&application_name=close-sync-test"
+    result = CliRunner().invoke(main, [*args, "--from", allowed, "--table", "passphrase_users"])
+    assert result.exit_code == 0, result.output
+    assert "application_name=close-sync-test" in result.output
+    manifest = SnapshotState(str(state)).current().manifest  # type: ignore[union-attr]
+    assert manifest["source"]["url"] == allowed and manifest["input"] == f"{allowed} table passphrase_users"
+    assert _files_hold(state, postgres.password) == []
+
+
+@pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        ("postgresql://sync@db/analytics?sslmode=verify-full&sslpassword=hunter2-secret", "sslpassword"),
+        ("postgresql://sync@db/analytics?SSLPassword=hunter2-secret", "SSLPassword"),
+        ("postgresql://sync@db/analytics?%73slpassword=hunter2-secret", "sslpassword"),  # quoted name
+        ("postgres://sync@db/analytics?oauth_client_secret=hunter2-secret", "oauth_client_secret"),
+        ("postgresql://sync@db/analytics?sslkeylogfile=/tmp/hunter2-secret", "sslkeylogfile"),
+        ("duckdb:///wh.duckdb?s3_secret_access_key=hunter2-secret", "s3_secret_access_key"),
+        ("duckdb://?s3_session_token=hunter2-secret", "s3_session_token"),
+        ("bigquery://my-project?access_token=hunter2-secret", "access_token"),
+    ],
+)
+def test_every_secret_parameter_is_refused_by_name_without_its_value(
+    url: str, named: str, tmp_path: Path
+) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        yaml.safe_dump({"snapshot": {"primary_key": ["id"], "fields": {"contact_email": "email"}}})
+    )
+    args = ["snapshot-sync", "--config", str(config), "--state", str(tmp_path / "s"), "--table", "t"]
+    result = CliRunner().invoke(main, [*args, "--from", url])
+    assert result.exit_code == 2, result.output
+    assert f"{named} parameter holds a secret" in result.output and "hunter2" not in result.output
+    with pytest.raises(ConfigError) as refused:
+        parse_config({"snapshot": {"primary_key": ["id"], "source": {"url": url, "table": "t"}}})
+    assert "holds a secret" in str(refused.value) and "hunter2" not in str(refused.value)
+    assert not (tmp_path / "s").exists()
+
+
+def test_files_and_settings_that_are_no_secrets_are_kept_and_secrets_are_never_masked_in() -> None:
+    url = "postgresql://sync@db/analytics?sslmode=verify-full&sslkey=/keys/client.key&sslcert=/keys/c.crt&service=wh"
+    parsed = WarehouseURL.parse(url)
+    assert WarehouseURL.parse(parsed.masked()).params == parsed.params and len(parsed.params) == 4
+    built = WarehouseURL(
+        "postgresql", "sync", "db", None, "analytics", (("sslmode", "require"), ("sslpassword", "hunter2"))
+    )
+    assert built.masked() == "postgresql://sync@db/analytics?sslmode=require"
+    assert "hunter2" in built.connect_uri(None)  # the driver still gets what it was given
