@@ -97,18 +97,18 @@ def shape_for(
     request: RunRequest,
     streaming: bool,
     local: bool = False,
-    on_this_machine: bool | None = None,
+    on_this_machine: bool = True,
 ) -> JobShape:
-    """The job's graph for ``request``; ``on_this_machine`` (default: ``local``) says whether the
-    runner's workers share this machine's files (see runs_on_this_machine)."""
+    """The job's graph for ``request``. ``on_this_machine`` says whether the runner's workers share
+    this machine's files (runs_on_this_machine; `launch` names it): if not, the state location must
+    be a shared URL."""
     options = config.options()
-    here = local if on_this_machine is None else on_this_machine
     engine = EngineSpec(
         close_url=request.close_url,
         key_source=request.key_source,
         settings=options.settings,
         budget_share=request.budget_share,
-        created_ids=created_ids_location(request, here),
+        created_ids=created_ids_location(request, on_this_machine),
     )
     return JobShape(
         source=request.source,
