@@ -374,14 +374,14 @@ def run_snapshot(
         budget_share=request.budget_share,
         created_ids=ledger,
     )
-    if not request.dry_run:
-        announce(ledger)
     state = SnapshotState(request.state)
     with contextlib.nullcontext() if request.dry_run else state.lock():
         prior = prior_state(state, full=request.full)
         check_prior(request, spec, kinds, prior)
         if validate:
             asyncio.run(engine.check())
+        if not request.dry_run:
+            announce(ledger)  # once the checks that end a run in one line have passed
         report = _run_locked(
             config, request, spec, _Input(file_format, warehouse, kinds), engine, state, prior
         )
