@@ -13,8 +13,11 @@ from pipeline.cli_options import (
     API_KEY_FILE,
     CLOSE_URL,
     budget_share_option,
+    no_created_ids_option,
     refuse_secrets_in_args,
     refuse_unknown_options,
+    replaced_created_ids_dir_option,
+    state_location_option,
 )
 from pipeline.cli_snapshot import snapshot_sync
 from pipeline.demo import main as demo
@@ -104,12 +107,9 @@ def sim(**kwargs: object) -> None:
 @click.option("--dry-run", is_flag=True, help="Read Close and decide, but write nothing; print the plan.")
 @click.option("--quiet", is_flag=True, help="No progress lines on stderr during a local run.")
 @budget_share_option()
-@click.option(
-    "--created-ids-dir",
-    help="Where the ledger of records this job created is kept (default: the --dead-letter directory, "
-    "else ~/.cache/close-sync); a re-run reads it so search lag cannot make it create them twice.",
-)
-@click.option("--no-created-ids", is_flag=True, help="Keep no ledger of created records across runs.")
+@state_location_option()
+@no_created_ids_option()
+@replaced_created_ids_dir_option()
 @click.pass_context
 def run(ctx: click.Context, config_path: str | None, **opts: object) -> None:
     """Run the sync job. Extra arguments are Beam pipeline options (e.g. --runner DataflowRunner); any
@@ -134,6 +134,7 @@ def run(ctx: click.Context, config_path: str | None, **opts: object) -> None:
     from pipeline.runjob import RunRequest, beam_options, dead_letter_file, is_direct
     from pipeline.runjob import run as run_job
     from pipeline.sources import SourceOptions
+    from pipeline.state_location import ledger_location, runs_on_this_machine
     from pipeline.summary import dead_letters_line
 
     if passed:
@@ -142,7 +143,15 @@ def run(ctx: click.Context, config_path: str | None, **opts: object) -> None:
     try:
         config = load_config(config_path)
         warn(config)
-        local = is_direct(beam_options(ctx.args, streaming=False))
+        runner_options = beam_options(ctx.args, streaming=False)
+        local = is_direct(runner_options)
+        # before Close or any input is touched: a distributed run without a shared state location stops here
+        ledger_location(
+            opts["state_location"],
+            str(opts["close_url"]),
+            on_this_machine=runs_on_this_machine(runner_options),
+            enabled=not opts["no_created_ids"],
+        )
         source = SourceOptions(
             source=opts["source"],
             input=opts["input_glob"],
@@ -170,7 +179,7 @@ def run(ctx: click.Context, config_path: str | None, **opts: object) -> None:
             audit_log=audit_log,
             dry_run=bool(opts["dry_run"]),
             budget_share=float(opts["budget_share"]),
-            created_ids_dir=opts["created_ids_dir"],
+            state_location=opts["state_location"],
             remember_created_ids=not opts["no_created_ids"],
             beam_args=tuple(ctx.args),
             progress=not opts["quiet"],
@@ -239,6 +248,7 @@ def validate(ctx: click.Context, config_path: str | None, close_url: str, api_ke
     help="Where letters that fail again go; a new file, never an existing one "
     "(default: still-failing-<replay id>.jsonl beside the letters).",
 )
+@state_location_option()
 @click.pass_context
 def replay(
     ctx: click.Context,
@@ -247,6 +257,7 @@ def replay(
     close_url: str,
     api_key_file: str | None,
     out_path: str | None,
+    state_location: str | None,
 ) -> None:
     """Apply dead letters again: each letter's original event is mapped with this --config (so a fixed
     config takes effect), the stored request is sent only for letters without their events, and no
@@ -258,10 +269,13 @@ def replay(
     """
     from pipeline.config import load_config
     from pipeline.replay import replay_path
+    from pipeline.state_location import announce, ledger_location
 
     try:
         config = load_config(config_path)
-        spec = EngineSpec(close_url, key_source(api_key_file, config), config.settings_model())
+        ledger = ledger_location(state_location, close_url, on_this_machine=True)  # replay runs here
+        announce(ledger)
+        spec = EngineSpec(close_url, key_source(api_key_file, config), config.settings_model(), created_ids=ledger)
         report = replay_path(config, spec, dead_letter, out_path)
     except Exception as exc:  # noqa: BLE001
         fail(ctx, exc)

@@ -86,6 +86,40 @@ def budget_share_option(help_text: str = "Share of the key's rate budget for eac
     )
 
 
+def state_location_option() -> Any:
+    """--state-location, shared by the commands that write to Close (run, snapshot-sync, replay)."""
+    return click.option(
+        "--state-location",
+        "state_location",
+        metavar="DIR_OR_URL",
+        help="Where the job keeps its state across runs of every command: the ledger of records it "
+        "created, so a re-run while Close's search lags does not create them twice. Never the "
+        "--dead-letter folder. Default: the user's cache (~/.cache/close-sync); distributed runners "
+        "need a URL every worker reaches (gs://..., s3://...).",
+    )
+
+
+def no_created_ids_option() -> Any:
+    return click.option(
+        "--no-created-ids", is_flag=True, help="Keep no ledger of created records across runs."
+    )
+
+
+def _replaced_by_state_location(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        raise ArgumentError(
+            f"--created-ids-dir is replaced by --state-location: give --state-location {value} "
+            "(the same folder works; the ledger stays in created-ids/ under it)."
+        )
+
+
+def replaced_created_ids_dir_option() -> Any:
+    """The old name of --state-location, refused with the new one so a script names one option."""
+    return click.option(
+        "--created-ids-dir", hidden=True, expose_value=False, callback=_replaced_by_state_location
+    )
+
+
 # Runners print their options (Beam logs an unknown one with its value, Dataflow shows them all in its
 # console), so a secret given as a flag is already leaked once the job starts. These name parts mark a
 # flag as one that carries a secret; `-file` / `-env` variants name where a secret is, not the secret.

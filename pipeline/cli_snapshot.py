@@ -5,7 +5,13 @@ from __future__ import annotations
 import click
 
 from pipeline.cli_common import fail, key_source
-from pipeline.cli_options import API_KEY_FILE, CLOSE_URL, budget_share_option
+from pipeline.cli_options import (
+    API_KEY_FILE,
+    CLOSE_URL,
+    budget_share_option,
+    no_created_ids_option,
+    state_location_option,
+)
 
 
 @click.command(
@@ -52,6 +58,8 @@ from pipeline.cli_options import API_KEY_FILE, CLOSE_URL, budget_share_option
     help="Directory (local, gs://, ...) holding the fingerprints of the last run; "
     "a local one is locked while a run uses it.",
 )
+@state_location_option()
+@no_created_ids_option()
 @click.option(
     "--full",
     is_flag=True,
@@ -120,6 +128,8 @@ def snapshot_sync(ctx: click.Context, config_path: str, **opts: object) -> None:
             budget_share=float(opts["budget_share"]),  # type: ignore[arg-type]
             buckets=int(opts["buckets"]),  # type: ignore[arg-type]
             beam_args=tuple(ctx.args),
+            state_location=opts["state_location"],  # type: ignore[arg-type]
+            remember_created_ids=not opts["no_created_ids"],
         )
         report = run_snapshot(config, request)
     except Exception as exc:  # noqa: BLE001

@@ -17,13 +17,13 @@ from apache_beam.options.pipeline_options import (
     StandardOptions,
 )
 
-from closecrm.created_ids import ledger_dir, user_cache_root
 from closecrm.credentials import DEFAULT_BUDGET_SHARE, DEFAULT_CLOSE_URL, EngineSpec, KeySource
 from closecrm.model import new_run_id
 from pipeline import beam_patches, summary
 from pipeline.assemble import JobShape, build
 from pipeline.config import JobConfig
 from pipeline.sources import SourceOptions
+from pipeline.state_location import announce, ledger_location, runs_on_this_machine
 from transforms import metrics as m
 from transforms.deadletter import letters_path
 
@@ -48,8 +48,9 @@ class RunRequest:
     budget_share: float = DEFAULT_BUDGET_SHARE
     beam_args: tuple[str, ...] = field(default_factory=tuple)
     progress: bool = True  # a periodic progress line on stderr during local runs (--quiet turns it off)
-    # Root of the created-id ledger (see created_ids_location); None: the default place.
-    created_ids_dir: str | None = None
+    # --state-location: where the job's state (the created-id ledger) lives; None: the default place
+    # (see pipeline/state_location.py).
+    state_location: str | None = None
     remember_created_ids: bool = True  # False: created ids live in each writer's memory only
     # Names the run's dead-letter file and stamps its letters and audit lines: its start time and a
     # random part (closecrm.model.new_run_id).
@@ -76,33 +77,38 @@ def dead_letter_file(request: RunRequest, local: bool = True) -> str | None:
     return letters_path(directory, request.run_id) if directory else None
 
 
-def created_ids_location(request: RunRequest, local: bool) -> str | None:
-    """The created-id ledger's directory for this run, or None when there is none.
+def created_ids_location(request: RunRequest, on_this_machine: bool) -> str | None:
+    """The created-id ledger's directory for this run, or None when it is turned off.
 
-    Under ``--created-ids-dir`` if given, else next to the dead letters, else (local runs) in the
-    user's cache directory; always in a subdirectory ``created-ids/<hash of the Close URL>``. A
-    distributed run needs a place every worker reads: without either directory it has no ledger.
+    Under the state location (--state-location, else the user's cache), never beside the dead
+    letters; a runner whose workers do not run on this machine must be given a shared URL
+    (`StateLocationError` otherwise, before anything runs).
     """
-    if not request.remember_created_ids:
-        return None
-    root = request.created_ids_dir or request.dead_letter_dir or (user_cache_root() if local else None)
-    if not root:
-        log.warning(
-            "no created-id ledger (give --dead-letter or --created-ids-dir): a re-run soon after "
-            "this one may duplicate what this one creates while Close's search lags"
-        )
-        return None
-    return ledger_dir(root, request.close_url)
+    return ledger_location(
+        request.state_location,
+        request.close_url,
+        on_this_machine=on_this_machine,
+        enabled=request.remember_created_ids,
+    )
 
 
-def shape_for(config: JobConfig, request: RunRequest, streaming: bool, local: bool = False) -> JobShape:
+def shape_for(
+    config: JobConfig,
+    request: RunRequest,
+    streaming: bool,
+    local: bool = False,
+    on_this_machine: bool = True,
+) -> JobShape:
+    """The job's graph for ``request``. ``on_this_machine`` says whether the runner's workers share
+    this machine's files (runs_on_this_machine; `launch` names it): if not, the state location must
+    be a shared URL."""
     options = config.options()
     engine = EngineSpec(
         close_url=request.close_url,
         key_source=request.key_source,
         settings=options.settings,
         budget_share=request.budget_share,
-        created_ids=created_ids_location(request, local),
+        created_ids=created_ids_location(request, on_this_machine),
     )
     return JobShape(
         source=request.source,
@@ -197,12 +203,11 @@ def launch(config: JobConfig, request: RunRequest, *, validate: bool = True):  #
             "a run on a distributed runner needs --dead-letter DIR on storage its workers write to "
             "(gs://...) or --dead-letter-topic TOPIC: without either its dead letters would be lost"
         )
-    shape = shape_for(config, request, streaming, local=local)
+    shape = shape_for(config, request, streaming, local=local, on_this_machine=runs_on_this_machine(options))
     letters = dead_letter_file(request, local)
     if letters and local and os.path.exists(letters):
         raise ValueError(f"{letters} exists already; refusing to write over another run's dead letters")
-    if shape.engine.created_ids:
-        log.info("created-id ledger: %s", shape.engine.created_ids)
+    announce(shape.engine.created_ids)
     if letters:
         log.info("dead letters: %s", letters)
     if validate:

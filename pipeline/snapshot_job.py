@@ -24,6 +24,7 @@ from pipeline import summary
 from pipeline.config import ConfigError, JobConfig, JobOptions
 from pipeline.runjob import beam_options, is_direct, start
 from pipeline.snapshot_state import Generation, SnapshotState, StateCorrupt
+from pipeline.state_location import announce, ledger_location, runs_on_this_machine
 from transforms import metrics as m
 from transforms.deadletter import DEAD, WriteDeadLetters
 from transforms.snapshot import (
@@ -69,6 +70,10 @@ class SnapshotRequest:
     buckets: int = DEFAULT_BUCKETS  # hash buckets of the primary key the diff joins in
     beam_args: tuple[str, ...] = field(default_factory=tuple)
     source: WarehouseSource | None = None  # --from URL with --table or --query, instead of --input
+    # --state-location: where the created-id ledger lives (pipeline/state_location.py), shared with
+    # `run` and `replay`; None: the default place. Not --state, which holds this table's fingerprints.
+    state_location: str | None = None
+    remember_created_ids: bool = True
     # Names this run's dead-letter file, so a run never overwrites an earlier one's.
     run_id: str = field(default_factory=new_run_id)
 
@@ -349,6 +354,13 @@ def run_snapshot(
     spec = spec_for(config)
     if (request.source is None) == (request.input is None):
         raise ValueError("give --input GLOB or --from URL (with --table or --query), not both")
+    # Before the input, the warehouse or Close is touched; a dry run sends nothing, so keeps no ledger.
+    ledger = ledger_location(
+        request.state_location,
+        request.close_url,
+        on_this_machine=runs_on_this_machine(beam_options(request.beam_args, streaming=False)),
+        enabled=request.remember_created_ids and not request.dry_run,
+    )
     warehouse = file_format = None
     if request.source is not None:
         warehouse = check_warehouse(spec, request.source)
@@ -360,6 +372,7 @@ def run_snapshot(
         key_source=request.key_source,
         settings=config.settings_model(),
         budget_share=request.budget_share,
+        created_ids=ledger,
     )
     state = SnapshotState(request.state)
     with contextlib.nullcontext() if request.dry_run else state.lock():
@@ -367,6 +380,8 @@ def run_snapshot(
         check_prior(request, spec, kinds, prior)
         if validate:
             asyncio.run(engine.check())
+        if not request.dry_run:
+            announce(ledger)  # once the checks that end a run in one line have passed
         report = _run_locked(
             config, request, spec, _Input(file_format, warehouse, kinds), engine, state, prior
         )

@@ -9,6 +9,7 @@ from dataclasses import fields
 
 import pytest
 
+from closecrm.created_ids import CreatedIdLedger
 from closecrm.sim import SimConfig, SimServer
 
 pytest_plugins = ["tests.servers"]  # Pub/Sub emulator, Kafka broker and PostgreSQL fixtures
@@ -18,6 +19,16 @@ pytest_plugins = ["tests.servers"]  # Pub/Sub emulator, Kafka broker and Postgre
 SIM_TEST_DEFAULTS = {f.name: getattr(SimConfig(), f.name) for f in fields(SimConfig)} | {
     "limits_enabled": False
 }
+
+
+@pytest.fixture(autouse=True)
+def own_user_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test has a user cache of its own ($XDG_CACHE_HOME, inherited by the processes it starts):
+    the job's default state location is there, so no test reads the ids another test's run created
+    (the session simulator keeps its URL across tests), nor the developer's own cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("user-cache")))
+    yield
+    CreatedIdLedger.close_all()  # the next test's jobs read their ledger from their own cache
 
 
 @pytest.fixture(scope="session")

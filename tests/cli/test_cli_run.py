@@ -94,10 +94,11 @@ def test_audit_log_has_one_line_per_request_with_ids_branch_outcome_and_calls(se
     assert {cid for r in records for cid in r["contact_ids"]} == contacts
 
 
-def test_created_ids_dir_holds_the_ledger_and_no_created_ids_keeps_none(seeded, events, tmp_path):
+def test_the_state_location_holds_the_ledger_and_no_created_ids_keeps_none(seeded, events, tmp_path):
     ledger_root = tmp_path / "ledger"
-    result = _run(seeded, events, "--dead-letter", str(tmp_path / "dead1"), "--created-ids-dir", str(ledger_root))
+    result = _run(seeded, events, "--dead-letter", str(tmp_path / "dead1"), "--state-location", str(ledger_root))
     assert result.exit_code == 0, result.output
+    assert f"state location: {ledger_root} (created-id ledger: {ledger_root / 'created-ids'}" in result.output
     written = [p for p in ledger_root.rglob("*") if p.is_file()]
     assert written and all("created-ids" in p.parts for p in written)
     assert all(seeded.api_key not in p.read_text() for p in written)
@@ -105,4 +106,5 @@ def test_created_ids_dir_holds_the_ledger_and_no_created_ids_keeps_none(seeded, 
 
     result = _run(seeded, events, "--dead-letter", str(tmp_path / "dead2"), "--no-created-ids")
     assert result.exit_code == 0, result.output
+    assert "state location: none (--no-created-ids)" in result.output
     assert not list((tmp_path / "dead2").rglob("created-ids"))

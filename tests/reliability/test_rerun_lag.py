@@ -49,10 +49,12 @@ def ledger_files(root: Path, sim) -> list[Path]:  # noqa: ANN001
     return sorted((root / "created-ids" / namespace(sim.base_url)).glob("*.ids"))
 
 
-def close_sync_run(sim, config: Path, events_file: Path, env: dict[str, str]) -> subprocess.CompletedProcess:  # noqa: ANN001
-    """`close-sync run --source files` in a process of its own, with no ledger option: the default place."""
+def close_sync_run(  # noqa: ANN201
+    sim, config: Path, events_file: Path, env: dict[str, str], *extra: str  # noqa: ANN001
+) -> subprocess.CompletedProcess:
+    """`close-sync run --source files` in a process of its own, with no --state-location: the default place."""
     argv = [sys.executable, "-m", "pipeline.cli", "run", "--config", str(config), "--source", "files"]
-    argv += ["--input", str(events_file), "--close-url", sim.base_url, "--quiet"]
+    argv += ["--input", str(events_file), "--close-url", sim.base_url, "--quiet", *extra]
     return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
 
 
@@ -82,7 +84,27 @@ def test_close_sync_run_twice_back_to_back_under_search_lag_creates_nothing_twic
     assert not stored & ({f"u_{u}" for u in range(USERS)} | {f"comp_{c}" for c in range(COMPANIES)})
 
 
-def test_a_file_run_twice_in_one_process_reads_the_ledger_next_to_the_dead_letters(
+def test_runs_with_a_dead_letter_folder_each_share_the_ledger_and_create_nothing_twice(sim, tmp_path):
+    """As people run it: one --dead-letter folder per run (or per day). The ledger stays in the one
+    state location, the user's cache, so the second run knows what the first one created."""
+    config, cf = fresh(sim, tmp_path)
+    sim.configure(search_lag=30.0)  # longer than a run: the second one's searches see none of the first's
+    events_file = write_jsonl(tmp_path / "events.jsonl", events())
+    cache = tmp_path / "cache"
+    env = {**os.environ, "CLOSE_API_KEY": sim.api_key, "XDG_CACHE_HOME": str(cache)}
+    for run in ("run1", "run2"):
+        done = close_sync_run(sim, tmp_path / "config.yaml", events_file, env, "--dead-letter", str(tmp_path / run))
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert f"state location: {cache / 'close-sync'} (created-id ledger: " in done.stderr
+        assert sim.api_key not in done.stderr
+        assert_one_of_each(sim, cf, run)
+        if run == "run1":
+            assert hidden_from_search(sim) > 0, "the second run must start while search still hides the first run's"
+    assert ledger_files(cache / "close-sync", sim)
+    assert not list(tmp_path.glob("run*/created-ids"))
+
+
+def test_a_file_run_twice_in_one_process_reads_the_ledger_in_the_state_location(
     sim, tmp_path, monkeypatch
 ):
     config, cf = fresh(sim, tmp_path)
@@ -94,8 +116,8 @@ def test_a_file_run_twice_in_one_process_reads_the_ledger_next_to_the_dead_lette
         assert values.get(m.EVENTS_DEAD_LETTERED, 0) == 0
         assert_one_of_each(sim, cf, run)
         assert hidden_from_search(sim) > 0
-    assert ledger_files(tmp_path / "dead", sim)
-    assert not dead_letters(tmp_path)
+    assert ledger_files(Path(os.environ["XDG_CACHE_HOME"]) / "close-sync", sim)
+    assert not (tmp_path / "dead" / "created-ids").exists() and not dead_letters(tmp_path)
 
 
 @pytest.mark.usefixtures("pubsub_short_pulls")

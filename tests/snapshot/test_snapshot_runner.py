@@ -87,7 +87,12 @@ def test_beam_arguments_reach_the_runner_and_a_distributed_runner_gets_the_distr
     tmp_path: Path, started: dict[str, Any]
 ) -> None:
     _snapshot_sync(
-        tmp_path, _config(tmp_path), "--runner=DataflowRunner", "--project=close-sync-test", "--region=europe-west1"
+        tmp_path,
+        _config(tmp_path),
+        "--runner=DataflowRunner",
+        "--project=close-sync-test",
+        "--region=europe-west1",
+        "--state-location=gs://close-sync-test/state",
     )
     options = started["options"]
     assert options.view_as(StandardOptions).runner == "DataflowRunner"
@@ -105,7 +110,9 @@ def test_the_local_runner_gets_one_writer_shard_by_default(tmp_path: Path, start
     assert writer._shards == 1
 
 
-@pytest.mark.parametrize("runner", [[], ["--runner=DataflowRunner", "--project=p", "--region=r"]])
+@pytest.mark.parametrize(
+    "runner", [[], ["--runner=DataflowRunner", "--project=p", "--region=r", "--state-location=gs://b/state"]]
+)
 def test_writer_shards_and_batch_size_come_from_the_config(
     tmp_path: Path, started: dict[str, Any], runner: list[str]
 ) -> None:
