@@ -286,7 +286,7 @@ def _letters(path: str) -> Iterator[_Letter | Unreadable]:
             if not raw.strip():
                 continue
             try:
-                letter = json.loads(raw.decode("utf-8"))
+                letter = json.loads(raw.decode("utf-8-sig"))
             except UnicodeDecodeError:
                 yield Unreadable(path, n, "not UTF-8 text")
                 continue
