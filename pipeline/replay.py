@@ -66,7 +66,6 @@ class ReplayReport:
     still_failing: str | None = None  # where the letters that failed again were written
     already_replayed: int = 0  # letters an earlier replay applied, left alone
     unreadable: list[Unreadable] = field(default_factory=list)  # files and lines skipped
-    record: str | None = None  # where the replayed letters are recorded
 
     def line(self) -> str:
         kinds = ", ".join(f"{k} {v}" for k, v in sorted(self.outcomes.items()))
@@ -168,7 +167,7 @@ def replay_path(
         spec = replace(spec, created_ids=ledger_dir(root, spec.close_url))
     close = namespace(spec.close_url)
     done = set() if again else _recorded(record_path, close)
-    report = ReplayReport(unreadable=unreadable, record=record_path)
+    report = ReplayReport(unreadable=unreadable)
     sink = _Sink(target, record_path, close, replay_id, report)
     try:
         pending = _read_all(config, inputs, done, report, sink)
