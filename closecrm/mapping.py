@@ -20,7 +20,7 @@ from decimal import Decimal
 from typing import Any
 
 from closecrm.events import MISSING, BadEvent, Event, check_value, resolve_path
-from closecrm.model import DroppedField, Flags, UpsertRequest
+from closecrm.model import FLAG_NAMES, DroppedField, Flags, UpsertRequest
 from closecrm.normalize import is_plausible_url, is_valid_email, to_e164
 from closecrm.trigger import Trigger, compile_trigger
 
@@ -279,6 +279,86 @@ def request_dropping_bad_values(
         mappings=(mapping,) if mapping is not None else (),
         dropped=tuple(dropped),
     )
+
+
+# A stored request's lists, and the action field each item is checked as.
+_LIST_FIELDS = {"contact_emails": "contact_email", "contact_phones": "contact_phone", "contact_urls": "contact_url"}
+_STORED_SCALARS = tuple(name for name in STRING_FIELDS if name not in _LIST_FIELDS.values())
+_STORED_PROVENANCE = ("event_ids", "timestamp", "since", "mappings", "dropped")
+# Keys a request's JSON may hold: its content, its provenance, and the flags it was sent with (never
+# trusted: see `request_from_stored`).
+STORED_KEYS = frozenset((*_STORED_SCALARS, *_LIST_FIELDS, *CUSTOM_FIELD_FIELDS, *_STORED_PROVENANCE, "flags"))
+
+
+def request_from_stored(data: Any, flags: Flags) -> UpsertRequest:
+    """A request read back from JSON (a dead letter's ``request``), checked as strictly as
+    `request_from_values` checks fresh values, and given ``flags`` (the config's, never the stored ones).
+
+    Emails, phones and URLs must be lists whose every item passes the check one fresh value passes;
+    custom fields too; provenance must have its types. `BadEvent` names the first problem: an unknown
+    key, a wrong type (``"contact_emails": "a@x.com"`` is a text, not a list), an invalid value.
+    """
+    if not isinstance(data, dict):
+        raise BadEvent("wrong_type:request", type(data).__name__)
+    unknown = sorted(str(key) for key in data if key not in STORED_KEYS)
+    if unknown:
+        raise BadEvent("unknown_field", ", ".join(unknown))
+    kwargs: dict[str, Any] = {}
+    for name in _STORED_SCALARS:
+        text = _string_field(name, data.get(name, MISSING))
+        if text is not None:
+            kwargs[name] = text
+    for plural, single in _LIST_FIELDS.items():
+        items = _stored_list(data, plural)
+        texts = (_string_field(single, item) for item in items)
+        kwargs[plural] = tuple(text for text in texts if text is not None)
+    for name in CUSTOM_FIELD_FIELDS:
+        custom = _custom_fields(data.get(name, MISSING), name)
+        check_value(custom, name)
+        kwargs[name] = custom
+    if kwargs.get("alias_previous_id") is not None and kwargs.get("contact_user_id") is None:
+        raise BadEvent("missing_contact_user_id", "an alias (alias_previous_id) needs the user id it joins")
+    for name in ("timestamp", "since"):
+        value = data.get(name)
+        if value is not None and not isinstance(value, str):
+            raise BadEvent(f"wrong_type:{name}", type(value).__name__)
+        kwargs[name] = value
+    for name in ("event_ids", "mappings"):
+        items = _stored_list(data, name)
+        if not all(isinstance(item, str) for item in items):
+            raise BadEvent(f"wrong_type:{name}", "a list of texts expected")
+        kwargs[name] = tuple(items)
+    dropped = _stored_list(data, "dropped")
+    if not all(isinstance(item, dict) for item in dropped):
+        raise BadEvent("wrong_type:dropped", "a list of objects expected")
+    return UpsertRequest(**kwargs, flags=flags, dropped=tuple(DroppedField.from_json(d) for d in dropped))
+
+
+def _stored_list(data: dict[str, Any], name: str) -> list[Any]:
+    value = data.get(name)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise BadEvent(f"wrong_type:{name}", f"a {type(value).__name__}, not a list")
+    return value
+
+
+def strictest_flags(candidates: Iterable[Flags]) -> Flags:
+    """What every one of ``candidates`` allows, and nothing more (the defaults when there is none)."""
+    chosen = list(candidates)
+    if not chosen:
+        return Flags()
+    return Flags(**{name: all(getattr(f, name) for f in chosen) for name in FLAG_NAMES})
+
+
+def flags_for_stored(names: Sequence[str], specs: Sequence[MappingSpec]) -> Flags:
+    """The flags a request stored without its events is sent with: those of the mappings it names when
+    the config still has each of them (all of them together, if several), else what every mapping
+    of the config allows. Never the stored request's own: the config given now decides."""
+    by_name = {spec.name: spec.flags for spec in specs}
+    if names and all(name in by_name for name in names):
+        return strictest_flags(by_name[name] for name in names)
+    return strictest_flags(by_name.values())
 
 
 _Drop = Callable[[str, BadEvent], None]

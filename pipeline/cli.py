@@ -245,10 +245,16 @@ def validate(ctx: click.Context, config_path: str | None, close_url: str, api_ke
     "--out",
     "out_path",
     type=click.Path(dir_okay=False),
-    help="Where letters that fail again go; a new file, never an existing one "
+    help="Where letters that fail again go; a new file, never an existing one, in a folder that exists "
     "(default: still-failing-<replay id>.jsonl beside the letters).",
 )
 @state_location_option()
+@click.option(
+    "--again",
+    is_flag=True,
+    help="Apply letters again that an earlier replay to this Close already applied "
+    "(recorded in replayed-letters.log beside the letters).",
+)
 @click.pass_context
 def replay(
     ctx: click.Context,
@@ -258,10 +264,17 @@ def replay(
     api_key_file: str | None,
     out_path: str | None,
     state_location: str | None,
+    again: bool,
 ) -> None:
     """Apply dead letters again: each letter's original event is mapped with this --config (so a fixed
-    config takes effect), the stored request is sent only for letters without their events, and no
-    "unchanged" suppression. Letters that fail again go to a new file; the input is never changed.
+    config takes effect), the stored request is sent only for letters without their events (checked
+    like a fresh request, with this config's flags), and no "unchanged" suppression. Letters that fail
+    again go to a new file; the input is never changed. A letter is applied once: a second replay of
+    the same letters skips those already applied, unless --again. Files and lines that cannot be read
+    are skipped and listed; the rest is replayed.
+
+    Exits 0 when every letter was applied, skipped or already replayed; 1 when any failed again or
+    could not be read.
 
     \b
     Example:
@@ -276,16 +289,16 @@ def replay(
         ledger = ledger_location(state_location, close_url, on_this_machine=True)  # replay runs here
         announce(ledger)
         spec = EngineSpec(close_url, key_source(api_key_file, config), config.settings_model(), created_ids=ledger)
-        report = replay_path(config, spec, dead_letter, out_path)
+        report = replay_path(config, spec, dead_letter, out_path, again)
     except Exception as exc:  # noqa: BLE001
         fail(ctx, exc)
         return
     click.echo(report.line())
-    if report.failed:
-        raise click.ClickException(
-            f"{report.failed} letter(s) failed again; they are in {report.still_failing} "
-            "(fix the cause, then replay that file)"
-        )
+    for line in report.skipped_lines():
+        click.echo(line)
+    problems = report.problems()
+    if problems:
+        raise click.ClickException(problems)
 
 
 main.add_command(export)
