@@ -67,6 +67,7 @@ class Simulator:
             fields_max=cfg.search_fields_max,
             cursor_ttl=cfg.cursor_ttl_seconds,
             cursor_max=cfg.cursor_max_results,
+            text_fields=self.store.text_fields(),
         )
         return self.store.search(query.run)
 

@@ -140,6 +140,7 @@ class Query:
         fields_max: int = 50,
         cursor_ttl: float = 30.0,
         cursor_max: int = 10_000,
+        text_fields: Iterable[str] = (),
     ):
         if not isinstance(body, dict):
             raise ValidationFailed(["The search body must be a JSON object."])
@@ -152,6 +153,9 @@ class Query:
             for cf_id, types in custom_field_types.items()
         }
         self.term_insensitive = term_case == "insensitive"
+        # Text custom fields: public code looks their values up with a `text` condition in
+        # `exact_value` mode; nothing shows Close accepting `term` on them, so it is refused.
+        self.text_fields = frozenset(text_fields)
         self.fields_max = fields_max
         self.cursor_ttl = cursor_ttl
         self.cursor_max = cursor_max
@@ -227,13 +231,28 @@ class Query:
         # has_related
         if node["this_object_type"] != object_type:
             return set()
-        inner = node["related_query"]
         related_type = node["related_object_type"]
-        if related_type in ("contact_email", "contact_phone", "contact_url") and inner["type"] == "field_condition":
-            field_types, name = self._field(inner["field"], "query")
-            if related_type in field_types:
-                return self._term_ids(inner, object_type, f"{related_type}.{name}", index)
+        if related_type in ("contact_email", "contact_phone", "contact_url"):
+            return self._related_ids(node["related_query"], object_type, related_type, index)
         return None
+
+    def _related_ids(self, node: Doc, object_type: str, related_type: str, index: TermIndex) -> set[str] | None:
+        """Ids of `object_type` documents with a related email/phone/url that can match `node`."""
+        kind = node["type"]
+        if kind in ("and", "or"):
+            parts = [self._related_ids(q, object_type, related_type, index) for q in node["queries"]]
+            if kind == "and":
+                known = [p for p in parts if p is not None]
+                return set.intersection(*known) if known else None
+            if any(p is None for p in parts):
+                return None
+            return set().union(*parts)  # type: ignore[arg-type]
+        if kind != "field_condition":
+            return None
+        field_types, name = self._field(node["field"], "query")
+        if related_type not in field_types:
+            return set()
+        return self._term_ids(node, object_type, f"{related_type}.{name}", index)
 
     @staticmethod
     def _term_ids(node: Doc, object_type: str, key: str, index: TermIndex) -> set[str] | None:
@@ -313,6 +332,13 @@ class Query:
             raise ValidationFailed(field_errors={f"{path}.condition": "This field is required."})
         kind = condition.get("type")
         match: Callable[[Any], bool]
+        if kind == "term" and key.removeprefix("custom.") in self.text_fields:
+            raise ValidationFailed(
+                field_errors={
+                    f"{path}.condition": "A term condition is not supported on a text custom field; "
+                    "use a text condition with mode exact_value."
+                }
+            )
         if kind == "term":
             values = condition.get("values")
             if not isinstance(values, list) or not values or any(isinstance(v, dict | list) for v in values):

@@ -37,6 +37,7 @@ OBJECT_TYPES = ("lead", "contact")
 SHARED = "shared"  # Close's Shared Custom Fields: one field, associated with one or more object types
 FIELD_KINDS = (*OBJECT_TYPES, SHARED)
 DEFAULT_TYPE = "office"
+TEXT_TYPES = ("text", "textarea")
 
 Record = dict[str, Any]
 
@@ -242,6 +243,16 @@ class Store:
                 for cf_id in self._defs(object_type):
                     out.setdefault(cf_id, set()).add(object_type)
             return out
+
+    def text_fields(self) -> set[str]:
+        """Ids of the custom fields that hold free text."""
+        with self._lock:
+            return {
+                cf_id
+                for kind in FIELD_KINDS
+                for cf_id, cf in self._custom_fields[kind].items()
+                if cf["type"] in TEXT_TYPES
+            }
 
     def custom_field(self, object_type: str, cf_id: str) -> Record:
         with self._lock:
