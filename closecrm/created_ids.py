@@ -11,11 +11,6 @@ does not lag) before anything is decided on them.
 Layout: ``<root>/created-ids/<hash of the Close URL>/<started>-<writer>.ids``, JSON lines of
 ``{"k": <hash of the key>, "t": <key type>, "id": <record id>, "kind": "lead"|"contact", "at": <unix time>}``.
 Keys are stored hashed (no emails or user ids in clear), never anything about the API key.
-The ledger also remembers what the job took away, for the engines whose searches still show it:
-a key a write moved off a record (``{..., "left": true}``: an alias re-keyed a contact) and a record
-deleted or merged away (``{"id": ..., "kind": ..., "at": ..., "removed": true}``, with a ``left``
-line for each key it carried). A search hit that such an entry concerns is read by id before the
-engine acts on it (docs/DESIGN.md, "Stale search hits").
 One file per writer process, append-only, started afresh every ``ROLL_SECONDS``, so a file's
 entries all lie within ``ROLL_SECONDS`` of the time in its name and whole files expire. Readers
 take the union of all files, skip torn lines, ignore entries older than ``TTL_SECONDS`` and keep
@@ -127,11 +122,6 @@ class CreatedIdLedger:
         self._pruned_at = float("-inf")
         self._broken_read = False
         self._broken_write = False
-        # What the job took away: (digest, record id) -> when the key left the record; record id ->
-        # when it was deleted or merged away; both in order of arrival, for expiry and the bound.
-        self._left: dict[tuple[bytes, str], float] = {}
-        self._removed: dict[str, float] = {}
-        self._taken_order: deque[tuple[float, bytes | None, str]] = deque()
 
     @classmethod
     def shared(cls, directory: str) -> CreatedIdLedger:
@@ -188,20 +178,6 @@ class CreatedIdLedger:
             ids = self._ids.get(digest)
             if ids and ids.pop(record_id, None) is not None and not ids:
                 del self._ids[digest]
-
-    def left_lately(self, key: str, record_id: str) -> bool:
-        """Did a write of the job move this key off this record (or remove the record) within the TTL?"""
-        with self._lock:
-            self._expire()
-            at = self._left.get((key_digest(key), record_id))
-            return at is not None and at >= self._clock() - self.ttl
-
-    def removed_lately(self, record_id: str) -> bool:
-        """Did the job delete this record, or merge it away, within the TTL?"""
-        with self._lock:
-            self._expire()
-            at = self._removed.get(record_id)
-            return at is not None and at >= self._clock() - self.ttl
 
     def __len__(self) -> int:
         return sum(len(ids) for ids in self._ids.values())
@@ -270,25 +246,14 @@ class CreatedIdLedger:
             try:
                 entry = json.loads(line)
                 at = float(entry["at"])
-                record_id = str(entry["id"])
-                if entry.get("removed") is True:
-                    if at >= horizon:
-                        self._add_taken(at, None, record_id)
-                    continue
                 digest = bytes.fromhex(entry["k"])
-            except (ValueError, KeyError, TypeError, AttributeError):
+                record_id = str(entry["id"])
+            except (ValueError, KeyError, TypeError):
                 continue  # a torn or foreign line
-            if at < horizon:
-                continue
-            if entry.get("left") is True:
-                self._add_taken(at, digest, record_id)
-            else:
+            if at >= horizon:
                 self._add(at, digest, record_id)
 
     def _add(self, at: float, digest: bytes, record_id: str) -> None:
-        if self._left.get((digest, record_id), float("-inf")) > at:
-            return  # the key left the record after it was written there
-        self._left.pop((digest, record_id), None)  # written back onto it since it left
         ids = self._ids.setdefault(digest, {})
         if ids.get(record_id, at) > at:
             return  # an older line read after a newer one: the newer stands
@@ -300,35 +265,10 @@ class CreatedIdLedger:
         while len(self._order) > self.max_entries:
             self._drop(*self._order.popleft())
 
-    def _add_taken(self, at: float, digest: bytes | None, record_id: str) -> None:
-        """A key that left a record (``digest``), or a removed record (``digest`` None), as of ``at``."""
-        table: dict = self._removed if digest is None else self._left
-        name = record_id if digest is None else (digest, record_id)
-        if table.get(name, at) > at:
-            return  # an older line read after a newer one
-        table[name] = at
-        if digest is not None:
-            ids = self._ids.get(digest)
-            if ids and ids.get(record_id, at) <= at:  # a hint older than the key's leaving no longer holds
-                del ids[record_id]
-                if not ids:
-                    del self._ids[digest]
-        self._taken_order.append((at, digest, record_id))
-        while len(self._taken_order) > self.max_entries:
-            self._drop_taken(*self._taken_order.popleft())
-
-    def _drop_taken(self, at: float, digest: bytes | None, record_id: str) -> None:
-        table: dict = self._removed if digest is None else self._left
-        name = record_id if digest is None else (digest, record_id)
-        if table.get(name) == at:
-            del table[name]
-
     def _expire(self) -> None:
         horizon = self._clock() - self.ttl
         while self._order and self._order[0][0] < horizon:
             self._drop(*self._order.popleft())
-        while self._taken_order and self._taken_order[0][0] < horizon:
-            self._drop_taken(*self._taken_order.popleft())
 
     def _drop(self, at: float, digest: bytes, record_id: str) -> None:
         ids = self._ids.get(digest)
@@ -356,32 +296,6 @@ class CreatedIdLedger:
                 entry = {"k": digest.hex(), "t": key.split(":", 1)[0], "id": record_id, "kind": kind, "at": now}
                 lines.append(json.dumps(entry, separators=(",", ":")) + "\n")
             if lines and not self._broken_write:
-                self._write(lines, now)
-
-    def left(self, kind: str, record_id: str, keys: Iterable[str]) -> None:
-        """Remember that ``record_id`` no longer carries these lookup keys (a write moved them off), as of now."""
-        self._taken(kind, record_id, list(keys), removed=False)
-
-    def removed(self, kind: str, record_id: str, keys: Iterable[str]) -> None:
-        """Remember that ``record_id`` was deleted or merged away, and the lookup keys it carried, as of now."""
-        self._taken(kind, record_id, list(keys), removed=True)
-
-    def _taken(self, kind: str, record_id: str, keys: list[str], *, removed: bool) -> None:
-        if not record_id or not (keys or removed):
-            return
-        with self._lock:
-            now = self._clock()
-            lines = []
-            if removed:
-                self._add_taken(now, None, record_id)
-                entry = {"id": record_id, "kind": kind, "at": now, "removed": True}
-                lines.append(json.dumps(entry, separators=(",", ":")) + "\n")
-            for key in keys:
-                digest = key_digest(key)
-                self._add_taken(now, digest, record_id)
-                entry = {"k": digest.hex(), "t": key.split(":", 1)[0], "id": record_id, "kind": kind, "at": now}
-                lines.append(json.dumps({**entry, "left": True}, separators=(",", ":")) + "\n")
-            if not self._broken_write:
                 self._write(lines, now)
 
     def flush(self) -> None:

@@ -8,11 +8,7 @@
    (``skipped:alias_across_companies``, nothing written).
    Each P contact's emails, phones and URLs are then appended to the destination (full lists) and
    the P contact is deleted. Every merge and deletion is in the outcome's changes (and so the audit
-   log), with ids, so a person can undo it by hand: a deleted contact's whole record as read by id.
-
-Search may show a contact as it was (another run re-keyed, deleted or moved it a moment ago), so an
-alias decides only on P contacts, and a destination, read by id: a contact that no longer carries
-the user id it was found by is not one of them.
+   log), with ids, so a person can undo it by hand.
 """
 
 from __future__ import annotations
@@ -60,12 +56,10 @@ async def run(d: Decision) -> None:
     req = op.req
     op.branch = "alias"
     previous_id, user_id = str(req.alias_previous_id), str(req.contact_user_id)
-    if previous_id == user_id:
-        return
-    previous = await _confirmed(d, previous_id, every=True)
+    previous = view.contacts_with_user(previous_id)[:MAX_CONTACTS_PER_ID] if previous_id != user_id else []
     if not previous:
         return  # nothing to re-key: unchanged
-    current = await _confirmed(d, user_id, every=False)
+    current = view.contacts_with_user(user_id)[:MAX_CONTACTS_PER_ID]
     if not current:
         op.branch = "alias_rekey"
         user_cf = diff.cf_key(w.settings.contact_custom_field_id_for_user_id)
@@ -85,11 +79,11 @@ async def run(d: Decision) -> None:
         return
     destination = current[0]
     into = destination["lead_id"]
-    destination_lead = await w.lead(op, view, into, fresh=True)
+    destination_lead = await w.lead(op, view, into)
     sources: dict[str, Record | None] = {}
     for contact in previous:
         if contact["lead_id"] != into and contact["lead_id"] not in sources:
-            sources[contact["lead_id"]] = await w.lead(op, view, contact["lead_id"], fresh=True)
+            sources[contact["lead_id"]] = await w.lead(op, view, contact["lead_id"])
     leads = [destination_lead, *sources.values()]  # all end as one: no two may differ
     if any(_different_companies(d.company_cf, a, b) for a in leads for b in leads):
         op.block("alias_across_companies")
@@ -105,21 +99,6 @@ async def run(d: Decision) -> None:
     for contact in previous:
         destination = await _merge_contact(d, destination, contact)
     op.updated = True
-
-
-async def _confirmed(d: Decision, user_id: str, *, every: bool) -> list[Record]:
-    """The contacts with this user id, at most 10, oldest first, as reads by id say now: each (``every``)
-    or the first (the destination) is read unless the view's copy was read by id or written already."""
-    op, view, w = d.op, d.view, d.w
-    read: set[str] = set()
-    while True:
-        found = view.contacts_with_user(user_id)[:MAX_CONTACTS_PER_ID]
-        unread = [c["id"] for c in (found if every else found[:1]) if c["id"] not in view.fresh | read]
-        if not unread:
-            return found
-        for contact_id in unread:
-            read.add(contact_id)
-            await w.confirm(op, view, contact_id)  # out of the view when gone; reindexed by its real keys
 
 
 def _absorb(d: Decision, into: Record | None, source: Record) -> Record | None:
@@ -170,7 +149,7 @@ async def _merge_contact(d: Decision, destination: Record, source: Record) -> Re
             "id": source["id"],
             "action": "delete",
             "merged_into": destination["id"],
-            "old": dict(source),  # as read by id: custom fields too, so the deletion can be undone by hand
+            "old": {k: source.get(k) for k in ("name", "title", "lead_id", "emails", "phones", "urls")},
         }
     )
     await w.delete_contact(op, view, source)

@@ -71,7 +71,6 @@ class DryWrites(Store):
             _DryRecords(real.records, cache_size),
         )
         self._written: _DryRecords = self.records  # type: ignore[assignment]
-        self.doubts = real.doubts  # read only: the hits a real run would read by id first, this one does too
         self._numbers = count(1)
 
     async def _get(self, op: Op, record_id: str) -> Record:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from closecrm import diff
 from closecrm.client import CloseAPIError, CloseClient
+from closecrm.definitions import custom_field_definitions
 from closecrm.engine import alias
 from closecrm.engine.decide import identity
 from closecrm.engine.op import Op
@@ -100,8 +101,8 @@ class Lookup:
             return 0
         self._custom_fields_read_at = time.monotonic()
         for object_type in ("lead", "contact"):
-            listing = await self._client.get(f"custom_field/{object_type}/")
-            self._custom_fields[object_type] = {f["id"] for f in listing.get("data") or []}
+            definitions = await custom_field_definitions(self._client, object_type)
+            self._custom_fields[object_type] = {f["id"] for f in definitions}
         return 2
 
     def take_hits(self, view: View, store: Store, leads: Iterable[Record], contacts: Iterable[Record]) -> None:
@@ -127,38 +128,27 @@ class Lookup:
             store.ids.add_all(view.contact_keys(view.contacts[hit["id"]]), hit["id"])
 
     async def confirm_cached(self, view: View, store: Store, keys: set[str]) -> int:
-        """GET by id every remembered record of these keys that the view lacks or shows without the key,
-        and every search hit of these keys the job may have changed since (``Store.doubtful``).
+        """GET by id every remembered record of these keys that the view lacks or shows without the key.
 
-        The first are the records search has not caught up with; the second, hits search may show as
-        they were before the job (an earlier run, another writer) took the key off them, deleted them
-        or merged their lead away. A GET does not lag. Returns the calls made.
+        Those are the records search has not caught up with; a GET does not lag. Returns the calls made.
         """
         wanted: dict[str, set[str]] = {}
-        doubted: dict[str, set[str]] = {}
         for key in keys:
             for record_id in store.ids.ids(key):
                 if not view.matches(record_id, key) and record_id not in view.fresh:
                     wanted.setdefault(record_id, set()).add(key)
-            for record_id in view.ids_for(key):
-                if store.doubtful(view, key, record_id):
-                    doubted.setdefault(record_id, set()).add(key)
-        for record_id, was in doubted.items():
-            wanted.setdefault(record_id, set()).update(was)
         if not wanted:
             return 0
         reads = Op(UpsertRequest())
         results = await asyncio.gather(*(store.read(reads, view, rid) for rid in wanted), return_exceptions=True)
-        for (record_id, was), result in zip(wanted.items(), results, strict=True):
+        for record_id, result in zip(wanted, results, strict=True):
             if isinstance(result, CloseAPIError) and result.status == 404:
-                if record_id in doubted:
-                    store.removed(view, record_id)  # the hit is of a record that is gone
-                store.ids.forget(record_id, was)
+                store.ids.forget(record_id, wanted[record_id])
                 store.records.forget(record_id)
             elif isinstance(result, BaseException):
                 raise result
-            elif not any(view.matches(record_id, k) for k in was):
-                store.ids.forget(record_id, was)  # it no longer carries that key
+            elif not any(view.matches(record_id, k) for k in wanted[record_id]):
+                store.ids.forget(record_id, wanted[record_id])  # it no longer carries that key
         return reads.calls
 
 

@@ -31,14 +31,6 @@ class Records(Protocol):
     def forget(self, record_id: str) -> None: ...
 
 
-class Doubts(Protocol):
-    """What the job took away lately (the created-id ledger): a search hit it concerns may be stale."""
-
-    def left_lately(self, key: str, record_id: str) -> bool: ...
-
-    def removed_lately(self, record_id: str) -> bool: ...
-
-
 class Store:
     """Reads by id, and the memory (lookup key -> ids, id -> record) every read and write feeds.
 
@@ -57,8 +49,6 @@ class Store:
         # ids this engine deleted or merged away (a merged lead -> the lead it went into, else ""):
         # search, and a batch that searched before the removal, may show them for a while yet
         self.gone: LRU[str, str] = LRU(BORN_SIZE)
-        # what other engines (an earlier run, another writer) took away lately, when a ledger is kept
-        self.doubts: Doubts | None = None
 
     def view(self) -> View:
         """An empty view whose "oldest" ranks this engine's creations in input order."""
@@ -87,11 +77,10 @@ class Store:
         kind = "lead" if record_id.startswith("lead_") else "contact"
         return await self.call(op, "GET", f"{kind}/{record_id}/")
 
-    async def lead(self, op: Op, view: View, lead_id: str, *, fresh: bool = False) -> Record | None:
-        """A matched contact's lead: from the view when it holds it (``fresh``: only a copy read by id or
-        written), else by id; None when it is gone."""
+    async def lead(self, op: Op, view: View, lead_id: str) -> Record | None:
+        """A matched contact's lead: from the view when it holds it, else by id; None when it is gone."""
         lead = view.leads.get(lead_id)
-        if lead is not None and (not fresh or lead_id in view.fresh):
+        if lead is not None:
             return lead
         try:
             await self.read(op, view, lead_id)
@@ -100,26 +89,6 @@ class Store:
                 return None
             raise
         return view.leads.get(lead_id)
-
-    async def confirm(self, op: Op, view: View, record_id: str) -> Record | None:
-        """The record as a read by id says now, into the view; None (and out of the view) when it is gone."""
-        try:
-            return await self.read(op, view, record_id)
-        except CloseAPIError as exc:
-            if exc.status == 404:
-                self.removed(view, record_id)
-                return None
-            raise
-
-    def doubtful(self, view: View, key: str, record_id: str) -> bool:
-        """Is the view's copy of this record, found by ``key``, one search may show as it was before the
-        job took the key off it, deleted it or merged its lead away? A copy read by id is not."""
-        if self.doubts is None or record_id in view.fresh:
-            return False
-        if self.doubts.left_lately(key, record_id) or self.doubts.removed_lately(record_id):
-            return True
-        lead_id = (view.contacts.get(record_id) or {}).get("lead_id")
-        return bool(lead_id) and self.doubts.removed_lately(lead_id)
 
     def put_lead(self, view: View, lead: Record) -> None:
         view.put_lead(lead, fresh=True)
@@ -217,18 +186,14 @@ class Writes(Store):
         self.ledger = ledger
         self.settle_seconds = settle_seconds
         self.unsettled = ambiguity.Unsettled(unsettled_seconds)
-        self.doubts = ledger
 
     def learned(self, kind: str, record_id: str, keys: Iterable[str], before: Iterable[str] = ()) -> None:
         if self.ledger is None:
             return
-        keys, had = list(keys), list(before)
+        had = set(before)
         new = [k for k in keys if k not in had]
         if new:
             self.ledger.record(kind, record_id, new)
-        left = [k for k in had if k not in keys]
-        if left:  # e.g. an alias re-key: other engines' searches still show the record under these
-            self.ledger.left(kind, record_id, left)
 
     async def update_lead(self, op: Op, view: View, lead: Record, body: Record) -> None:
         updated = await self.call(op, "PUT", f"lead/{lead['id']}/", body)
@@ -261,15 +226,10 @@ class Writes(Store):
     async def delete_contact(self, op: Op, view: View, contact: Record) -> None:
         path = f"contact/{contact['id']}/"
         await ambiguity.remove(self, op, "DELETE", path, None, gone=path)
-        if self.ledger is not None:
-            self.ledger.removed("contact", contact["id"], view.contact_keys(contact))
         self.removed(view, contact["id"])
 
     async def merge_leads(self, op: Op, view: View, source: str, into: str) -> None:
         # Close may finish a merge later: what it moves is known, so the view moves it now.
         body = {"source": source, "destination": into}
         await ambiguity.remove(self, op, "POST", "lead/merge/", body, gone=f"lead/{source}/")
-        if self.ledger is not None:
-            lead = view.leads.get(source) or self.records.get(source) or {}
-            self.ledger.removed("lead", source, view.lead_keys(lead))
         self.moved(view, source, into)
