@@ -231,5 +231,6 @@ class Writes(Store):
     async def merge_leads(self, op: Op, view: View, source: str, into: str) -> None:
         # Close may finish a merge later: what it moves is known, so the view moves it now.
         body = {"source": source, "destination": into}
-        await ambiguity.remove(self, op, "POST", "lead/merge/", body, gone=f"lead/{source}/")
+        merge = (source, into)
+        await ambiguity.remove(self, op, "POST", "lead/merge/", body, gone=f"lead/{source}/", merge=merge)
         self.moved(view, source, into)
