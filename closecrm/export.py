@@ -25,6 +25,7 @@ from closecrm.export_schema import (
     table_schema,
     to_avro,
 )
+from closecrm.lookup import cursor_refused
 
 Doc = dict[str, Any]
 Row = dict[str, Any]
@@ -220,7 +221,7 @@ class SearchPager:
             try:
                 page, cursor = await self._search(body)
             except CloseAPIError as exc:
-                if not _cursor_refused(exc) or restarts >= CURSOR_RESTARTS:
+                if not cursor_refused(exc) or restarts >= CURSOR_RESTARTS:
                     raise
                 body, restarts = first, restarts + 1  # read again; what was read is dropped
                 continue
@@ -364,12 +365,6 @@ def write_table(rows: list[Row], schema: pa.Schema, path: Path, fmt: Format) -> 
 
 
 # --------------------------------------------------------------------------------- export
-
-
-def _cursor_refused(exc: CloseAPIError) -> bool:
-    """A 400 that names the cursor (expired, or no longer valid): the walk can start again."""
-    body = exc.body if isinstance(exc.body, dict) else {}
-    return exc.status == 400 and "cursor" in (body.get("field-errors") or {})
 
 
 def field_groups(base: Sequence[str], custom: Sequence[str], key: str) -> list[list[str]]:

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
-from closecrm.client import CloseClient
+from closecrm.client import CloseAPIError, CloseClient
 from closecrm.diff import cf_key
 from closecrm.model import Settings
 from closecrm.normalize import email_key
@@ -15,6 +15,7 @@ Record = dict[str, Any]
 
 TERMS_PER_QUERY = 100  # values per query: keeps query bodies small and results under a few pages
 PAGE_LIMIT = 200  # Close's maximum _limit
+CURSOR_RESTARTS = 3
 LEAD_FIELDS = ("id", "name", "description", "status_id", "date_created", "date_updated")
 CONTACT_FIELDS = (
     "id",
@@ -53,6 +54,12 @@ def email_lookup_key(email: str) -> str:
 def age(record: Record) -> tuple[str, str]:
     """Oldest first: Close's date_created (ISO-8601 UTC, so it sorts as text), then id."""
     return (str(record.get("date_created") or ""), str(record.get("id")))
+
+
+def cursor_refused(exc: CloseAPIError) -> bool:
+    """A 400 that names the cursor (expired, or no longer valid): the walk can start again."""
+    body = exc.body if isinstance(exc.body, dict) else {}
+    return exc.status == 400 and "cursor" in (body.get("field-errors") or {})
 
 
 def _chunks(values: Sequence[str], n: int) -> list[list[str]]:
@@ -107,6 +114,7 @@ class Search:
     async def _run(self, query: Record, fields: dict[str, list[str]]) -> list[Record]:
         hits: list[Record] = []
         cursor: str | None = None
+        restarts = 0
         object_type = query["queries"][0]["object_type"]
         while True:
             body = {
@@ -117,7 +125,15 @@ class Search:
                 "_fields": fields,
             }
             self.calls += 1
-            page = await self._client.post("data/search/", body)
+            try:
+                page = await self._client.post("data/search/", body)
+            except CloseAPIError as exc:
+                # A cursor Close no longer takes (they expire): read again from the start; the
+                # view keeps one copy of a record read twice.
+                if cursor is None or restarts >= CURSOR_RESTARTS or not cursor_refused(exc):
+                    raise
+                cursor, restarts = None, restarts + 1
+                continue
             hits.extend(h for h in page.get("data") or [] if isinstance(h, dict) and h.get("id"))
             cursor = page.get("cursor")
             if not cursor:
