@@ -5,8 +5,12 @@ either case mode. Nothing is created twice."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
+from closecrm.engine import UpsertEngine
+from closecrm.lookup import Search
 from closecrm.model import UpsertRequest
 from tests.engine.conftest import CloseEnv
 from tests.engine.test_engine_branches import contact, lead
@@ -40,3 +44,22 @@ def test_user_and_company_ids_in_text_fields_are_found_as_sent(close: CloseEnv) 
     [other] = close.batch([UpsertRequest(lead_company_id="acme-1", contact_user_id="user-7")])
     assert other.label == "created", other
     assert len(close.leads()) == 2 and len(close.sim.contacts()) == 2
+
+
+def test_a_lookup_whose_cursor_expired_reads_again_from_the_start(
+    close: CloseEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    many = [contact(close, None, "x@example.com", name=f"P{i}") for i in range(250)]  # two pages
+    close.seed_leads(lead(close, None, *many, name="Busy"))
+    close.sim.configure(cursor_ttl_seconds=0.1)
+    faults = close.sim.simulator.faults
+    served = itertools.count(1)
+    # The second page waits past the cursor's life once; the walk starts again and ends.
+    monkeypatch.setattr(faults, "delay", lambda: 0.3 if next(served) == 2 else 0.0)
+
+    async def go(engine: UpsertEngine) -> list[dict]:
+        return await Search(engine.client, close.settings).contacts_by_keys([], ["x@example.com"])
+
+    hits = close.run(go)
+    assert next(served) == 5  # page 1, page 2 refused, page 1, page 2
+    assert len({h["id"] for h in hits}) == 250
