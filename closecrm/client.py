@@ -418,4 +418,5 @@ def _body(response: httpx.Response) -> Any:
 def _shape(path: str) -> str:
     """`lead/lead_abc/` -> `lead/{id}/`, for per-endpoint counters."""
     parts = [p for p in path.split("?")[0].split("/") if p]
-    return "".join(("{id}" if "_" in p and p not in ("custom_field",) else p) + "/" for p in parts)
+    names = ("custom_field", "custom_field_schema", "lead_merge")  # path words with an underscore, not ids
+    return "".join(("{id}" if "_" in p and p not in names else p) + "/" for p in parts)

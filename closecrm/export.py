@@ -15,7 +15,8 @@ import fastavro
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from closecrm.client import CloseClient
+from closecrm.client import CloseAPIError, CloseClient
+from closecrm.definitions import custom_field_definitions
 from closecrm.export_schema import (
     FLAT_TYPES,
     LIST_COLUMNS,
@@ -24,12 +25,17 @@ from closecrm.export_schema import (
     table_schema,
     to_avro,
 )
+from closecrm.lookup import cursor_refused
 
 Doc = dict[str, Any]
 Row = dict[str, Any]
 Format = Literal["parquet", "avro"]
 
 PAGE_SIZE = 200  # Close's largest search page
+# Names per `_fields` list in one search: public reports describe Close refusing long lists ("List
+# is too long") without saying where the limit is; more custom fields are read in further passes.
+FIELDS_PER_SEARCH = 40
+CURSOR_RESTARTS = 3  # a cursor that expired mid-walk: the walk starts again, this many times at most
 TICK = timedelta(microseconds=1)  # Close's dates have microsecond precision
 LEAD_FIELDS = ("id", "name", "status_id", "status_label", "date_created", "date_updated")
 CONTACT_FIELDS = (
@@ -128,10 +134,11 @@ def split(first: datetime, last: datetime, n: int, start: datetime | None) -> li
 class SearchPager:
     """Reads every record of one object type through /data/search/ without deep cursors.
 
-    Close caps `_skip` and expires search cursors, so each page is a fresh query sorted by
-    (key date, id) whose lower bound moves to the last date seen; the records at exactly that
-    date that were already read are dropped from the next page. Only when more records share
-    one date than a page holds is a cursor used, and then just to read that single date.
+    Close caps `_skip`, expires search cursors after about 30 s and ends a cursor walk after 10,000
+    records, so each page is a fresh query sorted by the key date (the only sort it documents) whose
+    lower bound moves to the last date seen; the records at exactly that date that were already read
+    are dropped from the next page. Only when more records share one date than a page holds is a
+    cursor used, and then just to read that single date (started again if it expires).
     """
 
     def __init__(
@@ -167,10 +174,7 @@ class SearchPager:
         direction = "desc" if desc else "asc"
         return {
             "query": {"type": "and", "queries": queries},
-            "sort": [
-                {"field": self._field(self.key), "direction": direction},
-                {"field": self._field("id"), "direction": direction},
-            ],
+            "sort": [{"field": self._field(self.key), "direction": direction}],
             "_fields": {self.object_type: self.fields},
             "_limit": limit,
         }
@@ -210,10 +214,20 @@ class SearchPager:
     async def _read_moment(self, moment: datetime, skip: frozenset[str]) -> list[Doc]:
         """Every record at one date, with a cursor (short-lived: it never outlives this one date)."""
         out: list[Doc] = []
-        body = self._body(moment, moment + TICK, limit=self.page_size)
+        seen = set(skip)
+        first = self._body(moment, moment + TICK, limit=self.page_size)
+        body, restarts = first, 0
         while True:
-            page, cursor = await self._search(body)
-            out.extend(d for d in page if d["id"] not in skip)
+            try:
+                page, cursor = await self._search(body)
+            except CloseAPIError as exc:
+                if not cursor_refused(exc) or restarts >= CURSOR_RESTARTS:
+                    raise
+                body, restarts = first, restarts + 1  # read again; what was read is dropped
+                continue
+            fresh = [d for d in page if d["id"] not in seen]
+            seen.update(d["id"] for d in fresh)
+            out.extend(fresh)
             if cursor is None or not page:
                 return out
             body = {**body, "cursor": cursor}
@@ -353,14 +367,33 @@ def write_table(rows: list[Row], schema: pa.Schema, path: Path, fmt: Format) -> 
 # --------------------------------------------------------------------------------- export
 
 
-async def custom_field_definitions(client: CloseClient, object_type: str) -> list[Doc]:
-    out: list[Doc] = []
-    while True:
-        page = await client.get(f"custom_field/{object_type}/", params={"_skip": len(out), "_limit": 100})
-        data = page.get("data") or []
-        out.extend(data)
-        if not page.get("has_more") or not data:
-            return out
+def field_groups(base: Sequence[str], custom: Sequence[str], key: str) -> list[list[str]]:
+    """`_fields` lists of at most FIELDS_PER_SEARCH names that together name every field: the base
+    fields with the first custom fields, then `id`, the key date and the next custom fields."""
+    room = FIELDS_PER_SEARCH - len(base)
+    groups = [[*base, *custom[:room]]]
+    rest = list(custom[room:])
+    head = ["id", key] if key in base else ["id"]
+    step = FIELDS_PER_SEARCH - len(head)
+    groups += [[*head, *rest[i : i + step]] for i in range(0, len(rest), step)]
+    return groups
+
+
+async def read_docs(
+    client: CloseClient, object_type: str, key: str, groups: list[list[str]], request: ExportRequest
+) -> list[Doc]:
+    """Every record, read once per field group; the later groups' custom values joined by id."""
+    passes = [
+        await SearchPager(client, object_type, key, fields, request.updated_since, request.page_size).read_all(
+            request.slices
+        )
+        for fields in groups
+    ]
+    docs = passes[0]
+    for extra in passes[1:]:
+        by_id = {d["id"]: d for d in extra}
+        docs = [{**d, **by_id.get(d["id"], {})} for d in docs]
+    return docs
 
 
 def _check_key_field(cf_id: str, columns: Sequence[CustomColumn], what: str) -> None:
@@ -381,25 +414,12 @@ async def export(client: CloseClient, request: ExportRequest) -> ExportResult:
     _check_key_field(request.user_id_field, contact_columns, "contact_custom_field_id_for_user_id")
     # A full export pages on date_created, which never moves; an incremental one must page on date_updated.
     key = "date_created" if request.updated_since is None else "date_updated"
-    pagers = {
-        "lead": SearchPager(
-            client,
-            "lead",
-            key,
-            [*LEAD_FIELDS, *(f"custom.{c.cf_id}" for c in lead_columns)],
-            request.updated_since,
-            request.page_size,
-        ),
-        "contact": SearchPager(
-            client,
-            "contact",
-            key,
-            [*CONTACT_FIELDS, *(f"custom.{c.cf_id}" for c in contact_columns)],
-            request.updated_since,
-            request.page_size,
-        ),
-    }
-    lead_docs, contact_docs = await asyncio.gather(*(p.read_all(request.slices) for p in pagers.values()))
+    lead_groups = field_groups(LEAD_FIELDS, [f"custom.{c.cf_id}" for c in lead_columns], key)
+    contact_groups = field_groups(CONTACT_FIELDS, [f"custom.{c.cf_id}" for c in contact_columns], key)
+    lead_docs, contact_docs = await asyncio.gather(
+        read_docs(client, "lead", key, lead_groups, request),
+        read_docs(client, "contact", key, contact_groups, request),
+    )
     leads = RowBuilder(lead_columns, request.company_id_field)
     contacts = RowBuilder(contact_columns, request.user_id_field)
     suffix = "parquet" if request.format == "parquet" else "avro"

@@ -121,7 +121,7 @@ def custom_columns(definitions: Iterable[dict[str, Any]]) -> list[CustomColumn]:
         taken[base] = taken.get(base, 0) + 1
         column = base if taken[base] == 1 else f"{base}_{taken[base]}"
         out.append(
-            CustomColumn(d["id"], d["name"], column, d.get("type", "text"), bool(d.get("accepts_multiple")))
+            CustomColumn(d["id"], d["name"], column, d.get("type", "text"), bool(d.get("accepts_multiple_values")))
         )
     return sorted(out, key=lambda c: c.column)
 

@@ -6,15 +6,16 @@ import asyncio
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
-from closecrm.client import CloseClient
+from closecrm.client import CloseAPIError, CloseClient
 from closecrm.diff import cf_key
 from closecrm.model import Settings
 from closecrm.normalize import email_key
 
 Record = dict[str, Any]
 
-TERMS_PER_QUERY = 100  # values per term condition: keeps query bodies small and results under a few pages
+TERMS_PER_QUERY = 100  # values per query: keeps query bodies small and results under a few pages
 PAGE_LIMIT = 200  # Close's maximum _limit
+CURSOR_RESTARTS = 3
 LEAD_FIELDS = ("id", "name", "description", "status_id", "date_created", "date_updated")
 CONTACT_FIELDS = (
     "id",
@@ -55,28 +56,45 @@ def age(record: Record) -> tuple[str, str]:
     return (str(record.get("date_created") or ""), str(record.get("id")))
 
 
+def cursor_refused(exc: CloseAPIError) -> bool:
+    """A 400 that names the cursor (expired, or no longer valid): the walk can start again."""
+    body = exc.body if isinstance(exc.body, dict) else {}
+    return exc.status == 400 and "cursor" in (body.get("field-errors") or {})
+
+
 def _chunks(values: Sequence[str], n: int) -> list[list[str]]:
     return [list(values[i : i + n]) for i in range(0, len(values), n)]
 
 
-def _custom_term(cf_id: str, values: list[str]) -> Record:
+def _exact(field: Record, value: str) -> Record:
+    """A field whose whole value is ``value``. A `text` condition in `exact_value` mode, as public code
+    written against Close looks values up; it does not depend on whether Close's `term` condition
+    folds case, which no Close document says (docs/DESIGN.md, "Requests the job sends")."""
     return {
         "type": "field_condition",
-        "field": {"type": "custom_field", "custom_field_id": cf_id.removeprefix("custom.")},
-        "condition": {"type": "term", "values": values},
+        "field": field,
+        "condition": {"type": "text", "mode": "exact_value", "value": value},
     }
 
 
+def _any(conditions: list[Record]) -> Record:
+    return conditions[0] if len(conditions) == 1 else {"type": "or", "queries": conditions}
+
+
+def _custom_term(cf_id: str, values: list[str]) -> Record:
+    """Records whose text custom field holds one of ``values`` (the view filters hits exactly)."""
+    field = {"type": "custom_field", "custom_field_id": cf_id.removeprefix("custom.")}
+    return _any([_exact(field, v) for v in values])
+
+
 def _email_term(values: list[str]) -> Record:
+    """Contacts with one of these emails, given lower-cased (the view filters hits exactly)."""
+    field = {"type": "regular_field", "object_type": "contact_email", "field_name": "email"}
     return {
         "type": "has_related",
         "this_object_type": "contact",
         "related_object_type": "contact_email",
-        "related_query": {
-            "type": "field_condition",
-            "field": {"type": "regular_field", "object_type": "contact_email", "field_name": "email"},
-            "condition": {"type": "term", "values": values},
-        },
+        "related_query": _any([_exact(field, v) for v in values]),
     }
 
 
@@ -96,6 +114,7 @@ class Search:
     async def _run(self, query: Record, fields: dict[str, list[str]]) -> list[Record]:
         hits: list[Record] = []
         cursor: str | None = None
+        restarts = 0
         object_type = query["queries"][0]["object_type"]
         while True:
             body = {
@@ -106,7 +125,15 @@ class Search:
                 "_fields": fields,
             }
             self.calls += 1
-            page = await self._client.post("data/search/", body)
+            try:
+                page = await self._client.post("data/search/", body)
+            except CloseAPIError as exc:
+                # A cursor Close no longer takes (they expire): read again from the start; the
+                # view keeps one copy of a record read twice.
+                if cursor is None or restarts >= CURSOR_RESTARTS or not cursor_refused(exc):
+                    raise
+                cursor, restarts = None, restarts + 1
+                continue
             hits.extend(h for h in page.get("data") or [] if isinstance(h, dict) and h.get("id"))
             cursor = page.get("cursor")
             if not cursor:

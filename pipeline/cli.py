@@ -69,6 +69,12 @@ def main(ctx: click.Context, verbose: bool) -> None:
 @click.option("--fault-rate", type=float, default=0.0, help="Share of requests answered with a random 5xx.")
 @click.option("--ambiguous-rate", type=float, default=0.0, help="Share of writes committed then failed.")
 @click.option("--ratelimit-separator", type=click.Choice([",", ";"]), default=",", help="Header separator.")
+@click.option(
+    "--term-case",
+    type=click.Choice(["sensitive", "insensitive"]),
+    default="sensitive",
+    help="Whether a search's term condition compares text as stored or case-folded (Close does not say).",
+)
 @click.option("--snapshot", type=click.Path(dir_okay=False), help="Write the state here on shutdown.")
 def sim(**kwargs: object) -> None:
     """Serve a local Close API at http://HOST:PORT/api/v1/.

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 Record = dict[str, Any]
 MAX_CREATE_ATTEMPTS = 3
 MAX_UNSETTLED = 10_000  # identities remembered at once; the oldest is dropped first
+MERGE_WAIT_SECONDS = 30.0  # how long a lead merge Close reports in progress is waited on
 
 
 class Redo(Exception):
@@ -167,11 +168,15 @@ def is_ours(req: UpsertRequest, contact: Record, settings: Settings) -> bool:
     )
 
 
-async def remove(w: Writes, op: Op, method: str, path: str, body: Any, gone: str) -> None:
+async def remove(
+    w: Writes, op: Op, method: str, path: str, body: Any, gone: str, merge: tuple[str, str] | None = None
+) -> None:
     """A delete or a lead merge: ``GET gone`` answering 404 is what shows it happened.
 
     Neither is repeated blindly when its answer is lost (or says the record is missing): the record
-    it removes is looked at first, and only sent for again while that record is still there.
+    it removes is looked at first, and only sent for again while that record is still there. Close
+    may finish a merge (``merge``: source, destination) after answering: while its LeadMerge activity
+    says ``in_progress`` the source still answers 200, so that status is waited on instead.
     """
     sent = 0
     for attempt in range(1, MAX_CREATE_ATTEMPTS + 1):
@@ -188,7 +193,33 @@ async def remove(w: Writes, op: Op, method: str, path: str, body: Any, gone: str
                 if look.status == 404:
                     return  # removed, by this call or an earlier one
                 raise
+            status = await merge_outcome(w, op, *merge) if merge is not None else None
+            if status == "completed":
+                return
+            if status == "in_progress":  # still running at the deadline: sending it again could repeat it
+                exc.attempts = sent
+                raise exc from None
             if exc.status == 404 or attempt == MAX_CREATE_ATTEMPTS:
                 exc.attempts = sent
                 raise exc from None
     raise AssertionError("every attempt returns or raises")
+
+
+async def merge_outcome(w: Writes, op: Op, source: str, destination: str) -> str | None:
+    """The ``merge_status`` of the merge of ``source`` into ``destination`` that Close recorded (its
+    LeadMerge activity, on the destination lead), waited on while ``in_progress`` for up to
+    ``MERGE_WAIT_SECONDS`` (at least ``settle_seconds``); None when Close recorded none."""
+    deadline = time.monotonic() + max(w.settle_seconds, MERGE_WAIT_SECONDS)
+    pause = 0.05
+    while True:
+        listing = await w.call(op, "GET", f"activity/lead_merge/?lead_id={destination}")
+        found = [
+            a
+            for a in (listing or {}).get("data") or []
+            if isinstance(a, dict) and a.get("source_lead_id") == source
+        ]
+        status = str(found[0].get("merge_status")) if found else None
+        if status != "in_progress" or time.monotonic() >= deadline:
+            return status
+        await asyncio.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+        pause = min(1.0, pause * 2)

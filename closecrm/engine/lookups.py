@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from closecrm import diff
 from closecrm.client import CloseAPIError, CloseClient
+from closecrm.definitions import custom_field_definitions
 from closecrm.engine import alias
 from closecrm.engine.decide import identity
 from closecrm.engine.op import Op
@@ -100,8 +101,8 @@ class Lookup:
             return 0
         self._custom_fields_read_at = time.monotonic()
         for object_type in ("lead", "contact"):
-            listing = await self._client.get(f"custom_field/{object_type}/")
-            self._custom_fields[object_type] = {f["id"] for f in listing.get("data") or []}
+            definitions = await custom_field_definitions(self._client, object_type)
+            self._custom_fields[object_type] = {f["id"] for f in definitions}
         return 2
 
     def take_hits(self, view: View, store: Store, leads: Iterable[Record], contacts: Iterable[Record]) -> None:

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from closecrm.client import CloseAPIError, CloseClient
+from closecrm.definitions import custom_field_definitions
 from closecrm.model import Settings
 
 Record = dict[str, Any]
@@ -33,8 +34,8 @@ async def check_settings(
     await _check_api_key(client)
     fields_by_type: dict[str, dict[str, Record]] = {}
     for object_type in ("lead", "contact"):
-        listing = await client.get(f"custom_field/{object_type}/")
-        fields_by_type[object_type] = {f["id"]: f for f in listing.get("data") or []}
+        definitions = await custom_field_definitions(client, object_type)
+        fields_by_type[object_type] = {f["id"]: f for f in definitions}
     problems = _custom_field_problems(settings, fields_by_type)
     problems += _reference_field_problems(references, fields_by_type)
     problems += await _status_problems(client, settings, references)

@@ -271,5 +271,6 @@ class Writes(Store):
         if self.ledger is not None:  # before, as for a deletion: a hit of it is then read by id
             lead = view.leads.get(source) or self.records.get(source) or {}
             self.ledger.removed("lead", source, view.lead_keys(lead))
-        await ambiguity.remove(self, op, "POST", "lead/merge/", body, gone=f"lead/{source}/")
+        merge = (source, into)
+        await ambiguity.remove(self, op, "POST", "lead/merge/", body, gone=f"lead/{source}/", merge=merge)
         self.moved(view, source, into)

@@ -59,8 +59,16 @@ class Simulator:
             self.faults.reseed()
 
     def search(self, body: Any) -> dict[str, Any]:
-        cf_types = {f["id"]: t for t in ("lead", "contact") for f in self.store.custom_fields(t)}
-        query = Query(body, cf_types)
+        cfg = self.config
+        query = Query(
+            body,
+            self.store.field_types(),
+            term_case=cfg.term_case,
+            fields_max=cfg.search_fields_max,
+            cursor_ttl=cfg.cursor_ttl_seconds,
+            cursor_max=cfg.cursor_max_results,
+            text_fields=self.store.text_fields(),
+        )
         return self.store.search(query.run)
 
 
@@ -85,6 +93,13 @@ def make_app(sim: Simulator) -> web.Application:
     r.add_get(f"{api}/contact/{{id}}/", get_contact)
     r.add_put(f"{api}/contact/{{id}}/", update_contact)
     r.add_delete(f"{api}/contact/{{id}}/", delete_contact)
+    # Shared fields before /custom_field/{object_type}/, which would take "shared" for an object type.
+    r.add_get(f"{api}/custom_field/shared/", list_shared_fields)
+    r.add_post(f"{api}/custom_field/shared/", create_shared_field)
+    r.add_get(f"{api}/custom_field/shared/{{id}}/", get_shared_field)
+    r.add_post(f"{api}/custom_field/shared/{{id}}/association/", associate_shared_field)
+    r.add_get(f"{api}/custom_field_schema/{{object_type}}/", get_custom_field_schema)
+    r.add_get(f"{api}/activity/lead_merge/", list_lead_merges)
     r.add_get(f"{api}/custom_field/{{object_type}}/", list_custom_fields)
     r.add_post(f"{api}/custom_field/{{object_type}}/", create_custom_field)
     r.add_get(f"{api}/custom_field/{{object_type}}/{{id}}/", get_custom_field)
@@ -372,8 +387,42 @@ async def delete_contact(request: web.Request) -> web.Response:
 
 
 async def list_custom_fields(request: web.Request) -> web.Response:
-    data = request.app[SIM].store.custom_fields(request.match_info["object_type"])
-    return _json({"has_more": False, "total_results": len(data), "data": data})
+    """Regular fields of one object type, paged with _skip/_limit (100 by default)."""
+    return _page(request, request.app[SIM].store.custom_fields(request.match_info["object_type"]))
+
+
+def _page(request: web.Request, records: list[dict[str, Any]]) -> web.Response:
+    skip, limit = _paging(request)
+    return _listing(request, records[skip : skip + limit], len(records), skip)
+
+
+async def list_shared_fields(request: web.Request) -> web.Response:
+    return _page(request, request.app[SIM].store.custom_fields("shared"))
+
+
+async def create_shared_field(request: web.Request) -> web.Response:
+    body = await _body(request)
+    if not isinstance(body, dict):
+        raise ValidationFailed(["Expected a JSON object."])
+    body.pop("id", None)
+    return _json(request.app[SIM].store.create_custom_field("shared", body))
+
+
+async def get_shared_field(request: web.Request) -> web.Response:
+    return _json(request.app[SIM].store.custom_field("shared", request.match_info["id"]))
+
+
+async def associate_shared_field(request: web.Request) -> web.Response:
+    return _json(request.app[SIM].store.associate(request.match_info["id"], await _body(request)))
+
+
+async def get_custom_field_schema(request: web.Request) -> web.Response:
+    """Every field (regular and shared) that can be set on an object type, in one answer."""
+    return _json({"fields": request.app[SIM].store.schema(request.match_info["object_type"])})
+
+
+async def list_lead_merges(request: web.Request) -> web.Response:
+    return _page(request, request.app[SIM].store.lead_merge_activities(request.query.get("lead_id")))
 
 
 async def create_custom_field(request: web.Request) -> web.Response:

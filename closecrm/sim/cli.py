@@ -35,6 +35,7 @@ def run_from_cli(
     ratelimit_separator: str = ",",
     snapshot: str | None = None,
     merge_delay_seconds: float = 0.0,
+    term_case: str = "sensitive",
 ) -> None:
     """Build the config from the command's options and serve; the API key is never logged."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
@@ -52,6 +53,7 @@ def run_from_cli(
         ambiguous_rate=ambiguous_rate,
         ratelimit_separator=ratelimit_separator,
         merge_delay_seconds=merge_delay_seconds,
+        term_case=term_case,
     )
     simulator = Simulator(config)
     if seed:

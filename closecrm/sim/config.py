@@ -6,8 +6,10 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 _PROBABILITIES = ("fault_rate", "ambiguous_rate", "storm_rate")
-_POSITIVE = ("search_rate", "write_rate", "time_scale", "org_limit_factor")
+_POSITIVE = ("search_rate", "write_rate", "time_scale", "org_limit_factor", "cursor_ttl_seconds")
 _NON_NEGATIVE = ("latency_ms", "jitter_ms", "search_lag", "storm_seconds", "merge_delay_seconds")
+_COUNTS = ("search_fields_max", "cursor_max_results")
+TERM_CASES = ("sensitive", "insensitive")
 
 
 @dataclass
@@ -36,6 +38,15 @@ class SimConfig:
     # POST /lead/merge/ answers "in_progress" and the merge takes effect this many seconds later
     # (0: it is applied before the response, which says "completed").
     merge_delay_seconds: float = 0.0
+    # What Close does not document: whether a `term` condition compares text as stored
+    # ("sensitive") or case-folded ("insensitive"). Lookups must hold either way.
+    term_case: str = "sensitive"
+    # Limits public reports describe for POST /data/search/: a `_fields` list per object type
+    # longer than this is refused ("List is too long"); a cursor older than cursor_ttl_seconds is
+    # refused; one cursor walk serves at most cursor_max_results records, then ends.
+    search_fields_max: int = 50
+    cursor_ttl_seconds: float = 30.0
+    cursor_max_results: int = 10_000
 
     def update(self, **knobs: Any) -> None:
         """Validate then apply knobs; unknown names or bad values raise ValueError and change nothing."""
@@ -71,6 +82,14 @@ def _coerce(name: str, value: Any) -> Any:
     if name == "ratelimit_separator":
         if value not in (",", ";"):
             raise ValueError("ratelimit_separator must be ',' or ';'")
+        return value
+    if name == "term_case":
+        if value not in TERM_CASES:
+            raise ValueError("term_case must be 'sensitive' or 'insensitive'")
+        return value
+    if name in _COUNTS:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer")
         return value
     if name == "random_seed":
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)):

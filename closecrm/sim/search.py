@@ -7,12 +7,14 @@ import hashlib
 import heapq
 import json
 import re
-from collections.abc import Callable, Iterable
+import time as clock
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, date, datetime, time, timedelta
 from functools import cmp_to_key
 from typing import Any
 
 from closecrm.sim.errors import ValidationFailed
+from closecrm.sim.text import fold, term_key
 
 Doc = dict[str, Any]
 Predicate = Callable[[str, Doc, "Related"], bool]
@@ -38,8 +40,12 @@ REGULAR_FIELDS: dict[str, set[str]] = {
     "contact_phone": {"phone", "type"},
     "contact_url": {"url", "type"},
 }
-# Close's index lowercases these, so term conditions on them ignore case.
-CASE_INSENSITIVE = {("contact_email", "email"), ("contact_url", "url")}
+# Regular fields a search may sort on: the dates the Close documentation's sorting and deep-paging
+# advice names, and the names its examples sort on. Sorting on anything else (`id`, a custom
+# field) is refused, as undocumented.
+SORTABLE = {"date_created", "date_updated", "name", "display_name"}
+# Condition types and text modes documented by Close or used by public code written against it.
+TEXT_MODES = ("full_words", "phrase", "exact_value")
 RELATIONS = {
     ("lead", "contact"),
     ("contact", "lead"),
@@ -86,21 +92,21 @@ def _doc_terms(doc: Doc) -> set[tuple[str, str]]:
     for key, value in doc.items():
         if key in RELATED_TERMS:
             related_type, field = RELATED_TERMS[key]
-            fold = (related_type, field) in CASE_INSENSITIVE
             for item in value or ():
                 if item.get(field) not in (None, ""):
-                    out.add((f"{related_type}.{field}", _term(item[field], fold)))
+                    out.add((f"{related_type}.{field}", fold(item[field])))
         elif key in ("id", "lead_id") or key.startswith("custom."):
             for v in value if isinstance(value, list) else [value]:
                 if v is not None and v != "":
-                    out.add((key, _term(v, False)))
+                    out.add((key, fold(v)))
     return out
 
 
 class TermIndex:
     """Document ids by indexed term, per object type: lets a search with term conditions look at the few
     documents that can match instead of every one (a first sync's lookups scanned 50,000 contacts each).
-    Candidates only narrow the scan: every candidate is still checked by the full predicate."""
+    Terms are kept case-folded, so the candidates of a case-sensitive term or of an exact text value
+    are a superset; they only narrow the scan: every candidate is still checked by the full predicate."""
 
     def __init__(self) -> None:
         self._ids: dict[str, dict[tuple[str, str], set[str]]] = {"lead": {}, "contact": {}}
@@ -125,13 +131,34 @@ class TermIndex:
 class Query:
     """A validated search body, ready to run over documents."""
 
-    def __init__(self, body: Any, custom_field_types: dict[str, str]):
+    def __init__(
+        self,
+        body: Any,
+        custom_field_types: Mapping[str, str | Iterable[str]],
+        *,
+        term_case: str = "sensitive",
+        fields_max: int = 50,
+        cursor_ttl: float = 30.0,
+        cursor_max: int = 10_000,
+        text_fields: Iterable[str] = (),
+    ):
         if not isinstance(body, dict):
             raise ValidationFailed(["The search body must be a JSON object."])
         unknown = sorted(set(body) - BODY_KEYS)
         if unknown:
             raise ValidationFailed([f"Unknown key(s) in search body: {', '.join(unknown)}."])
-        self.cf_types = custom_field_types
+        # A shared custom field belongs to every object type it is associated with.
+        self.cf_types = {
+            cf_id: frozenset([types] if isinstance(types, str) else types)
+            for cf_id, types in custom_field_types.items()
+        }
+        self.term_insensitive = term_case == "insensitive"
+        # Text custom fields: public code looks their values up with a `text` condition in
+        # `exact_value` mode; nothing shows Close accepting `term` on them, so it is refused.
+        self.text_fields = frozenset(text_fields)
+        self.fields_max = fields_max
+        self.cursor_ttl = cursor_ttl
+        self.cursor_max = cursor_max
         if "query" not in body:
             raise ValidationFailed(field_errors={"query": "This field is required."})
         self.object_types = _object_types(body["query"])
@@ -147,7 +174,7 @@ class Query:
         self.signature = hashlib.sha1(
             json.dumps([body["query"], body.get("sort")], sort_keys=True).encode()
         ).hexdigest()[:16]
-        self.cursor = self._decode_cursor(body.get("cursor"))
+        self.cursor, self.served = self._decode_cursor(body.get("cursor"))
 
     # ------------------------------------------------------------------ run
 
@@ -168,10 +195,13 @@ class Query:
             cursor = self.cursor
             keyed = (item for item in keyed if self._compare(item[0], cursor) > 0)
         compare = cmp_to_key(self._compare)
+        # One cursor walk serves at most cursor_max records; then it ends as if nothing were left.
+        limit = max(0, min(self.limit, self.cursor_max - self.served))
         # One page plus one (to know whether there is more): no need to sort every hit.
-        first = heapq.nsmallest(self.limit + 1, keyed, key=lambda item: compare(item[0]))
-        page = first[: self.limit]
-        next_cursor = self._encode_cursor(page[-1][0]) if len(first) > self.limit and page else None
+        first = heapq.nsmallest(limit + 1, keyed, key=lambda item: compare(item[0]))
+        page = first[:limit]
+        more = len(first) > limit and page and self.served + len(page) < self.cursor_max
+        next_cursor = self._encode_cursor(page[-1][0], self.served + len(page)) if more else None
         return {"data": [self._project(t, d) for _, t, d in page], "cursor": next_cursor}
 
     def _scan(self, pool: dict[str, Doc], object_type: str, index: TermIndex | None) -> Iterable[Doc]:
@@ -194,29 +224,48 @@ class Query:
         if kind == "object_type":
             return None if node["object_type"] == object_type else set()
         if kind == "field_condition":
-            field_type, key, fold = self._field(node["field"], "query")
-            if field_type != object_type:
+            field_types, key = self._field(node["field"], "query")
+            if object_type not in field_types:
                 return set()
-            return self._term_ids(node, object_type, key, fold, index)
+            return self._term_ids(node, object_type, key, index)
         # has_related
         if node["this_object_type"] != object_type:
             return set()
-        inner = node["related_query"]
         related_type = node["related_object_type"]
-        if related_type in ("contact_email", "contact_phone", "contact_url") and inner["type"] == "field_condition":
-            field_type, name, fold = self._field(inner["field"], "query")
-            if field_type == related_type:
-                return self._term_ids(inner, object_type, f"{field_type}.{name}", fold, index)
+        if related_type in ("contact_email", "contact_phone", "contact_url"):
+            return self._related_ids(node["related_query"], object_type, related_type, index)
         return None
 
+    def _related_ids(self, node: Doc, object_type: str, related_type: str, index: TermIndex) -> set[str] | None:
+        """Ids of `object_type` documents with a related email/phone/url that can match `node`."""
+        kind = node["type"]
+        if kind in ("and", "or"):
+            parts = [self._related_ids(q, object_type, related_type, index) for q in node["queries"]]
+            if kind == "and":
+                known = [p for p in parts if p is not None]
+                return set.intersection(*known) if known else None
+            if any(p is None for p in parts):
+                return None
+            return set().union(*parts)  # type: ignore[arg-type]
+        if kind != "field_condition":
+            return None
+        field_types, name = self._field(node["field"], "query")
+        if related_type not in field_types:
+            return set()
+        return self._term_ids(node, object_type, f"{related_type}.{name}", index)
+
     @staticmethod
-    def _term_ids(node: Doc, object_type: str, key: str, fold: bool, index: TermIndex) -> set[str] | None:
+    def _term_ids(node: Doc, object_type: str, key: str, index: TermIndex) -> set[str] | None:
         condition = node["condition"]
-        if condition.get("type") != "term":
+        if condition.get("type") == "term":
+            values = condition["values"]
+        elif condition.get("type") == "text" and condition.get("mode") == "exact_value":
+            values = [condition["value"]]
+        else:
             return None
         found: set[str] = set()
-        for value in condition["values"]:
-            found |= index.ids(object_type, key, _term(value, fold))
+        for value in values:
+            found |= index.ids(object_type, key, fold(value))
         return found
 
     def _project(self, object_type: str, doc: Doc) -> Doc:
@@ -259,51 +308,62 @@ class Query:
             )
         raise ValidationFailed(field_errors={path: f"Unknown query type {kind!r}."})
 
-    def _field(self, spec: Any, path: str) -> tuple[str, str, bool]:
-        """(object type, document key, case-insensitive) for a field spec."""
+    def _field(self, spec: Any, path: str) -> tuple[frozenset[str], str]:
+        """(the object types the field is on, document key) for a field spec."""
         if not isinstance(spec, dict):
             raise ValidationFailed(field_errors={path: "A field must be an object."})
         if spec.get("type") == "regular_field":
             object_type, name = spec.get("object_type"), spec.get("field_name")
             if name not in REGULAR_FIELDS.get(object_type, ()):
                 raise ValidationFailed(field_errors={path: f"Unknown field {object_type!r}.{name!r}."})
-            return object_type, name, (object_type, name) in CASE_INSENSITIVE
+            return frozenset([object_type]), name
         if spec.get("type") == "custom_field":
             cf_id = spec.get("custom_field_id")
             if cf_id not in self.cf_types:
                 raise ValidationFailed(field_errors={path: f"Unknown custom field {cf_id!r}."})
-            return self.cf_types[cf_id], f"custom.{cf_id}", False
+            return self.cf_types[cf_id], f"custom.{cf_id}"
         raise ValidationFailed(field_errors={path: f"Unknown field type {spec.get('type')!r}."})
 
     def _compile_condition(self, node: Doc, path: str) -> Predicate:
-        object_type, key, fold = self._field(node.get("field"), f"{path}.field")
+        object_types, key = self._field(node.get("field"), f"{path}.field")
+        insensitive = self.term_insensitive
         condition = node.get("condition")
         if not isinstance(condition, dict):
             raise ValidationFailed(field_errors={f"{path}.condition": "This field is required."})
         kind = condition.get("type")
         match: Callable[[Any], bool]
+        if kind == "term" and key.removeprefix("custom.") in self.text_fields:
+            raise ValidationFailed(
+                field_errors={
+                    f"{path}.condition": "A term condition is not supported on a text custom field; "
+                    "use a text condition with mode exact_value."
+                }
+            )
         if kind == "term":
             values = condition.get("values")
             if not isinstance(values, list) or not values or any(isinstance(v, dict | list) for v in values):
                 raise ValidationFailed(
                     field_errors={f"{path}.condition": "A term condition needs a non-empty list of values."}
                 )
-            wanted = {_term(v, fold) for v in values}
-            match = lambda value: _term(value, fold) in wanted  # noqa: E731
+            wanted = {term_key(v, insensitive) for v in values}
+            match = lambda value: term_key(value, insensitive) in wanted  # noqa: E731
         elif kind == "text":
             text, mode = condition.get("value"), condition.get("mode", "full_words")
-            if not isinstance(text, str) or mode not in ("full_words", "phrase"):
+            if not isinstance(text, str) or mode not in TEXT_MODES:
                 raise ValidationFailed(
                     field_errors={
-                        f"{path}.condition": "A text condition needs a string value and mode full_words|phrase."
+                        f"{path}.condition": "A text condition needs a string value and a mode "
+                        f"({', '.join(TEXT_MODES)})."
                     }
                 )
             tokens = _WORD.findall(text.lower())
-            match = (
-                (lambda value: _phrase(tokens, value))
-                if mode == "phrase"
-                else (lambda value: _words(tokens, value))
-            )
+            if mode == "exact_value":
+                exact = fold(text)
+                match = lambda value: fold(value) == exact  # noqa: E731
+            elif mode == "phrase":
+                match = lambda value: _phrase(tokens, value)  # noqa: E731
+            else:
+                match = lambda value: _words(tokens, value)  # noqa: E731
         elif kind == "exists":
             match = lambda value: True  # noqa: E731
         elif kind == "moment_range":
@@ -312,7 +372,7 @@ class Query:
             raise ValidationFailed(field_errors={f"{path}.condition": f"Unknown condition type {kind!r}."})
 
         def predicate(t: str, d: Doc, r: Related) -> bool:
-            if t != object_type:
+            if t not in object_types:
                 return False
             value = d.get(key)
             if value is None or value == "" or value == []:
@@ -330,9 +390,17 @@ class Query:
         for i, spec in enumerate(sort):
             if not isinstance(spec, dict) or spec.get("direction", "asc") not in ("asc", "desc"):
                 raise ValidationFailed(field_errors={f"sort.{i}": "Needs a field and direction asc|desc."})
-            object_type, key, _ = self._field(spec.get("field"), f"sort.{i}.field")
-            out.append((object_type, key, spec.get("direction", "asc") == "desc"))
-        return out or [("*", "date_created", False)]
+            field = spec.get("field")
+            object_types, key = self._field(field, f"sort.{i}.field")
+            if field.get("type") != "regular_field" or key not in SORTABLE:
+                raise ValidationFailed(
+                    field_errors={
+                        f"sort.{i}.field": f"Sorting on {key!r} is not supported; sort on one of "
+                        f"{', '.join(sorted(SORTABLE))}."
+                    }
+                )
+            out.append((object_types, key, spec.get("direction", "asc") == "desc"))
+        return out or [(frozenset(("lead", "contact")), "date_created", False)]
 
     def _compile_fields(self, fields: Any) -> dict[str, list[str]]:
         if fields is None:
@@ -345,12 +413,14 @@ class Query:
                 raise ValidationFailed(
                     field_errors={"_fields": f"Unknown object type {object_type!r} or not a list."}
                 )
+            if len(names) > self.fields_max:
+                raise ValidationFailed(field_errors={"_fields": {object_type: ["List is too long."]}})
             for name in names:
                 cf_id = (
                     name[len("custom.") :] if isinstance(name, str) and name.startswith("custom.") else None
                 )
                 known = name in RESULT_FIELDS[object_type] or (
-                    cf_id is not None and self.cf_types.get(cf_id) == object_type
+                    cf_id is not None and object_type in self.cf_types.get(cf_id, ())
                 )
                 if not known:
                     raise ValidationFailed(field_errors={"_fields": f"Unknown {object_type} field {name!r}."})
@@ -361,8 +431,8 @@ class Query:
 
     def _sort_key(self, object_type: str, doc: Doc) -> list[Any]:
         key: list[Any] = []
-        for spec_type, field, _ in self.sort:
-            value = doc.get(field) if spec_type in ("*", object_type) else None
+        for spec_types, field, _ in self.sort:
+            value = doc.get(field) if object_type in spec_types else None
             key.append(_rank(value))
         key.append([0, doc["id"]])
         return key
@@ -379,16 +449,18 @@ class Query:
                 return -result if desc else result
         return 0
 
-    def _encode_cursor(self, key: list[Any]) -> str:
-        raw = json.dumps({"s": self.signature, "k": key}, separators=(",", ":")).encode()
-        return base64.urlsafe_b64encode(raw).decode()
+    def _encode_cursor(self, key: list[Any], served: int) -> str:
+        """The position, how many records this walk has served, and when the walk began."""
+        began = self.began if self.cursor is not None else clock.time()
+        raw = json.dumps({"s": self.signature, "k": key, "n": served, "t": began}, separators=(",", ":"))
+        return base64.urlsafe_b64encode(raw.encode()).decode()
 
-    def _decode_cursor(self, cursor: Any) -> list[Any] | None:
+    def _decode_cursor(self, cursor: Any) -> tuple[list[Any] | None, int]:
         if cursor is None:
-            return None
+            return None, 0
         try:
             data = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-            key = data["k"]
+            key, served, began = data["k"], int(data["n"]), float(data["t"])
             valid = data["s"] == self.signature and isinstance(key, list) and len(key) == len(self.sort) + 1
         except (AttributeError, ValueError, KeyError, TypeError):
             valid = False
@@ -396,7 +468,10 @@ class Query:
             raise ValidationFailed(
                 field_errors={"cursor": "Invalid cursor (it must come from the same query and sort)."}
             )
-        return key
+        if clock.time() - began > self.cursor_ttl:
+            raise ValidationFailed(field_errors={"cursor": "Cursor expired; start the search again."})
+        self.began = began
+        return key, served
 
 
 def _object_types(query: Any) -> set[str]:
@@ -486,11 +561,6 @@ def _as_moment(value: Any) -> datetime | None:
     except ValueError:
         return None
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
-def _term(value: Any, fold: bool) -> str:
-    text = value if isinstance(value, str) else json.dumps(value)
-    return text.lower() if fold else text
 
 
 def _words(tokens: list[str], value: Any) -> bool:

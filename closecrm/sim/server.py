@@ -18,8 +18,12 @@ class SimServer:
     Data methods go through the store's lock, so they are safe while the loop serves requests.
     """
 
-    def __init__(self, config: SimConfig | None = None):
+    def __init__(self, config: SimConfig | None = None, term_case: str | None = None):
+        """``term_case`` ("sensitive" or "insensitive"), when given, overrides the config's: whether
+        a search's `term` condition compares text as stored or case-folded."""
         self.config = config or SimConfig()
+        if term_case is not None:
+            self.config.update(term_case=term_case)
         self.simulator = Simulator(self.config)
         self.base_url = ""
         self.root_url = ""
@@ -110,6 +114,13 @@ class SimServer:
         return self.simulator.store.create_custom_field(object_type, {"name": name, "type": type, **extra})[
             "id"
         ]
+
+    def create_shared_custom_field(
+        self, name: str, associations: tuple[str, ...] = ("lead", "contact"), type: str = "text", **extra: Any
+    ) -> str:
+        """A shared custom field associated with these object types; returns its id."""
+        data = {"name": name, "type": type, "associations": [{"object_type": t} for t in associations], **extra}
+        return self.simulator.store.create_custom_field("shared", data)["id"]
 
     def create_status(self, label: str) -> str:
         return self.simulator.store.create_status({"label": label})["id"]

@@ -34,7 +34,10 @@ CUSTOM_FIELD_TYPES = (
     "contact",
 )
 OBJECT_TYPES = ("lead", "contact")
+SHARED = "shared"  # Close's Shared Custom Fields: one field, associated with one or more object types
+FIELD_KINDS = (*OBJECT_TYPES, SHARED)
 DEFAULT_TYPE = "office"
+TEXT_TYPES = ("text", "textarea")
 
 Record = dict[str, Any]
 
@@ -63,7 +66,7 @@ class Store:
             self._rng.seed(seed if seed is not None else os.urandom(16))  # a seeded reset repeats its ids
             self._leads: dict[str, Record] = {}
             self._contacts: dict[str, Record] = {}
-            self._custom_fields: dict[str, dict[str, Record]] = {"lead": {}, "contact": {}}
+            self._custom_fields: dict[str, dict[str, Record]] = {kind: {} for kind in FIELD_KINDS}
             self._statuses: dict[str, Record] = {}
             self._last_time = datetime(2000, 1, 1, tzinfo=UTC)
             self._index: dict[str, dict[str, Record]] = {"lead": {}, "contact": {}}
@@ -137,9 +140,14 @@ class Store:
             return dict(self._statuses[status_id])
 
     def create_custom_field(self, object_type: str, data: Record) -> Record:
-        if object_type not in OBJECT_TYPES:
+        """A regular field of ``object_type``, or (``"shared"``) a shared one, associated with the
+        object types its ``associations`` name (more can be added with ``associate``)."""
+        if object_type not in FIELD_KINDS:
             raise NotFound(f"No custom fields for object type {object_type!r}.")
         field_errors: dict[str, str] = {}
+        if "accepts_multiple" in data:
+            field_errors["accepts_multiple"] = "Unknown field; the flag is accepts_multiple_values."
+        associations = _associations(data.get("associations") or [], field_errors) if object_type == SHARED else []
         name = data.get("name")
         if not isinstance(name, str) or not name.strip():
             field_errors["name"] = "This field is required."
@@ -151,9 +159,9 @@ class Store:
             not isinstance(choices, list) or not all(isinstance(c, str) for c in choices)
         ):
             field_errors["choices"] = "A choices field needs a list of strings."
-        accepts_multiple = data.get("accepts_multiple", False)
+        accepts_multiple = data.get("accepts_multiple_values", False)
         if not isinstance(accepts_multiple, bool):
-            field_errors["accepts_multiple"] = "Must be a boolean."
+            field_errors["accepts_multiple_values"] = "Must be a boolean."
         if field_errors:
             raise ValidationFailed(field_errors=field_errors)
         with self._lock:
@@ -163,7 +171,7 @@ class Store:
             cf_id = data.get("id") or self.new_id("cf")
             if not isinstance(cf_id, str) or not cf_id.startswith("cf_"):
                 raise ValidationFailed(field_errors={"id": "Custom field ids start with cf_."})
-            if any(cf_id in self._custom_fields[t] for t in OBJECT_TYPES):
+            if any(cf_id in self._custom_fields[t] for t in FIELD_KINDS):
                 raise ValidationFailed(field_errors={"id": "A custom field with this id already exists."})
             now = self._now()
             cf: Record = {
@@ -171,36 +179,96 @@ class Store:
                 "name": name,
                 "type": cf_type,
                 "description": data.get("description", ""),
-                "accepts_multiple": accepts_multiple,
+                "accepts_multiple_values": accepts_multiple,
                 "choices": list(choices) if cf_type == "choices" else [],
                 "organization_id": ORGANIZATION_ID,
                 "date_created": now,
                 "date_updated": now,
             }
+            if object_type == SHARED:
+                cf["associations"] = associations
             fields_[cf_id] = cf
-            return dict(cf)
+            return _copy_field(cf)
 
     def custom_fields(self, object_type: str) -> list[Record]:
+        """The regular fields of an object type (or, for ``"shared"``, the shared fields), oldest first."""
+        with self._lock:
+            if object_type not in FIELD_KINDS:
+                raise NotFound(f"No custom fields for object type {object_type!r}.")
+            return [_copy_field(f) for f in self._custom_fields[object_type].values()]
+
+    def schema(self, object_type: str) -> list[Record]:
+        """Every field that can be set on an object type, regular then shared, each with ``is_shared``
+        (GET /custom_field_schema/{object_type}/)."""
         with self._lock:
             if object_type not in OBJECT_TYPES:
-                raise NotFound(f"No custom fields for object type {object_type!r}.")
-            return [dict(f) for f in self._custom_fields[object_type].values()]
+                raise NotFound(f"No custom field schema for object type {object_type!r}.")
+            regular = [{**_copy_field(f), "is_shared": False} for f in self._custom_fields[object_type].values()]
+            shared = [
+                {**_copy_field(f), "is_shared": True}
+                for f in self._custom_fields[SHARED].values()
+                if any(a["object_type"] == object_type for a in f["associations"])
+            ]
+            return regular + shared
+
+    def associate(self, cf_id: str, data: Any) -> Record:
+        """POST /custom_field/shared/{id}/association/: the shared field can be set on that object type."""
+        field_errors: dict[str, str] = {}
+        [association] = _associations([data], field_errors) or [None]
+        if field_errors or association is None:
+            raise ValidationFailed(field_errors=field_errors or {"object_type": "This field is required."})
+        with self._lock:
+            cf = self._custom_fields[SHARED].get(cf_id)
+            if cf is None:
+                raise NotFound(f"Shared custom field {cf_id} not found.")
+            cf["associations"] = [
+                a for a in cf["associations"] if a["object_type"] != association["object_type"]
+            ] + [association]
+            return dict(association)
+
+    def _defs(self, object_type: str) -> dict[str, Record]:
+        """The fields whose values an object type's records may hold: its regular ones and the
+        shared ones associated with it."""
+        out = dict(self._custom_fields[object_type])
+        for cf_id, cf in self._custom_fields[SHARED].items():
+            if any(a["object_type"] == object_type for a in cf["associations"]):
+                out[cf_id] = cf
+        return out
+
+    def field_types(self) -> dict[str, set[str]]:
+        """Custom field id -> the object types it can be set on (several for a shared field)."""
+        with self._lock:
+            out: dict[str, set[str]] = {}
+            for object_type in OBJECT_TYPES:
+                for cf_id in self._defs(object_type):
+                    out.setdefault(cf_id, set()).add(object_type)
+            return out
+
+    def text_fields(self) -> set[str]:
+        """Ids of the custom fields that hold free text."""
+        with self._lock:
+            return {
+                cf_id
+                for kind in FIELD_KINDS
+                for cf_id, cf in self._custom_fields[kind].items()
+                if cf["type"] in TEXT_TYPES
+            }
 
     def custom_field(self, object_type: str, cf_id: str) -> Record:
         with self._lock:
             cf = self._custom_fields.get(object_type, {}).get(cf_id)
             if cf is None:
                 raise NotFound(f"Custom field {cf_id} not found.")
-            return dict(cf)
+            return _copy_field(cf)
 
     def delete_custom_field(self, object_type: str, cf_id: str) -> None:
         with self._current():
             if cf_id not in self._custom_fields.get(object_type, {}):
                 raise NotFound(f"Custom field {cf_id} not found.")
             del self._custom_fields[object_type][cf_id]
-            records = self._leads if object_type == "lead" else self._contacts
-            for record in records.values():
-                record["custom"].pop(cf_id, None)
+            for records in (self._leads, self._contacts):
+                for record in records.values():
+                    record["custom"].pop(cf_id, None)
 
     # ------------------------------------------------------------------ leads
 
@@ -501,6 +569,7 @@ class Store:
                 "destination": destination_id,
                 "merge_status": "in_progress",
                 "date_created": self._now(),
+                "activity_id": self.new_id("acti"),
                 "date_completed": None,
             }
             self._merges.append(merge)
@@ -516,6 +585,27 @@ class Store:
         """Every merge asked for since the last reset, oldest first, with its status."""
         with self._current():
             return [dict(m) for m in self._merges]
+
+    def lead_merge_activities(self, lead_id: str | None) -> list[Record]:
+        """GET /activity/lead_merge/: one LeadMerge activity per merge, on the destination lead,
+        newest first; ``merge_status`` shows its progress."""
+        with self._current():
+            out = [
+                {
+                    "id": merge["activity_id"],
+                    "_type": "LeadMerge",
+                    "lead_id": merge["destination"],
+                    "source_lead_id": merge["source"],
+                    "destination_lead_id": merge["destination"],
+                    "merge_status": merge["merge_status"],
+                    "organization_id": ORGANIZATION_ID,
+                    "user_id": USER_ID,
+                    "date_created": merge["date_created"],
+                }
+                for merge in reversed(self._merges)
+                if lead_id is None or merge["destination"] == lead_id
+            ]
+            return out
 
     def _settle_merges(self) -> None:
         now = time.monotonic()
@@ -554,7 +644,7 @@ class Store:
         self, object_type: str, data: Record, field_errors: dict[str, Any]
     ) -> dict[str, Any]:
         """Collect `custom.cf_…` keys (and a `custom` object keyed by id or name); None means unset."""
-        defs = self._custom_fields[object_type]
+        defs = self._defs(object_type)
         by_name = {f["name"]: f["id"] for f in defs.values()}
         raw: dict[str, tuple[str, Any]] = {}
         nested = data.get("custom")
@@ -607,7 +697,7 @@ class Store:
         contacts = [self._render_contact(self._contacts[c]) for c in lead["contact_ids"]]
         status = self._statuses.get(lead["status_id"], {})
         display = lead["name"] or (contacts[0]["display_name"] if contacts else "")
-        defs = self._custom_fields["lead"]
+        defs = self._defs("lead")
         out: Record = {
             "id": lead["id"],
             "organization_id": ORGANIZATION_ID,
@@ -688,8 +778,9 @@ class Store:
                 self._statuses = {}
                 for status in statuses:
                     self._add_status(status)
-            for object_type, defs in (data.get("custom_fields") or {}).items():
-                for cf in defs:
+            kinds = data.get("custom_fields") or {}
+            for object_type in sorted(kinds, key=FIELD_KINDS.index):
+                for cf in kinds[object_type]:
                     if cf.get("id") in self._custom_fields.get(object_type, {}):
                         continue
                     self.create_custom_field(object_type, cf)
@@ -700,7 +791,7 @@ class Store:
         """The whole organisation in the seed's shape, so a snapshot can seed a new simulator."""
         with self._current():
             return {
-                "custom_fields": {t: self.custom_fields(t) for t in OBJECT_TYPES},
+                "custom_fields": {t: self.custom_fields(t) for t in FIELD_KINDS},
                 "statuses": self.statuses(),
                 "leads": self.leads(),
             }
@@ -733,12 +824,38 @@ def _check_seed_shape(data: Any) -> None:
     if unknown:
         raise ValidationFailed([f"Unknown seed key(s) {', '.join(unknown)}; the keys are {', '.join(SEED_KEYS)}."])
     fields_ = data.get("custom_fields") or {}
-    if not isinstance(fields_, dict) or set(fields_) - set(OBJECT_TYPES):
-        raise ValidationFailed(['custom_fields must be {"lead": [...], "contact": [...]}.'])
+    if not isinstance(fields_, dict) or set(fields_) - set(FIELD_KINDS):
+        raise ValidationFailed(['custom_fields must be {"lead": [...], "contact": [...], "shared": [...]}.'])
     for key, value in [("statuses", data.get("statuses")), ("leads", data.get("leads")), *fields_.items()]:
         if value is not None and not (isinstance(value, list) and all(isinstance(v, dict) for v in value)):
             raise ValidationFailed([f"{key} must be a list of objects."])
 
+
+
+def _copy_field(cf: Record) -> Record:
+    out = dict(cf)
+    if "associations" in cf:
+        out["associations"] = [dict(a) for a in cf["associations"]]
+    return out
+
+
+def _associations(items: list[Any], field_errors: dict[str, str]) -> list[Record]:
+    """A shared field's associations, each ``{"object_type": "lead"|"contact", "required",
+    "editable_with_roles"}``."""
+    out: list[Record] = []
+    for item in items:
+        object_type = item.get("object_type") if isinstance(item, dict) else None
+        if object_type not in OBJECT_TYPES:
+            field_errors["associations"] = f"object_type must be one of {', '.join(OBJECT_TYPES)}."
+            continue
+        out.append(
+            {
+                "object_type": object_type,
+                "required": bool(item.get("required", False)),
+                "editable_with_roles": list(item.get("editable_with_roles") or []),
+            }
+        )
+    return out
 
 
 def _apply(record: Record, fields_: Record) -> None:
@@ -798,7 +915,7 @@ def _check_url(value: str) -> Record:
 
 
 def _coerce_custom(cf: Record, value: Any) -> Any:
-    if cf["accepts_multiple"]:
+    if cf["accepts_multiple_values"]:
         values = value if isinstance(value, list) else [value]
         return [_coerce_one(cf, v) for v in values]
     if isinstance(value, list):

@@ -117,8 +117,15 @@ class CloseEnv:
 
 
 @pytest.fixture
-def close(sim: SimServer) -> CloseEnv:
-    sim.configure(**FAST)
+def term_case() -> str:
+    """How the simulator's search compares text in a `term` condition, which Close does not document;
+    the differential suites run with both ("sensitive", "insensitive")."""
+    return "sensitive"
+
+
+@pytest.fixture
+def close(sim: SimServer, term_case: str) -> CloseEnv:
+    sim.configure(**FAST, term_case=term_case)
     company_cf = sim.create_custom_field("lead", "Company ID")
     user_cf = sim.create_custom_field("contact", "User ID")
     return CloseEnv(sim, Settings(company_cf, user_cf))

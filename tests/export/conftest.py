@@ -26,7 +26,7 @@ LEAD_FIELDS = [
     {"id": "cf_plan", "name": "Plan", "type": "choices", "choices": ["free", "pro", "enterprise"]},
     {"id": "cf_seats", "name": "Seats", "type": "number"},
     {"id": "cf_renewal", "name": "Renewal Date", "type": "date"},
-    {"id": "cf_tags", "name": "Tags", "type": "text", "accepts_multiple": True},
+    {"id": "cf_tags", "name": "Tags", "type": "text", "accepts_multiple_values": True},
     {"id": "cf_seen", "name": "Last Seen (UTC)", "type": "datetime"},
 ]
 CONTACT_FIELDS = [

@@ -58,7 +58,7 @@ def test_custom_columns_are_slugged_ordered_and_disambiguated():
         {"id": "cf_b", "name": "Plan!", "type": "text"},
         {"id": "cf_a", "name": "plan", "type": "text"},
         {"id": "cf_c", "name": "Über Score (%)", "type": "number"},
-        {"id": "cf_d", "name": "2nd phone", "type": "text", "accepts_multiple": True},
+        {"id": "cf_d", "name": "2nd phone", "type": "text", "accepts_multiple_values": True},
     ]
     columns = custom_columns(defs)
     assert [(c.column, c.cf_id) for c in columns] == [
@@ -75,7 +75,7 @@ def test_custom_values_convert_to_their_field_type():
         {"id": "cf_n", "name": "n", "type": "number"},
         {"id": "cf_d", "name": "d", "type": "date"},
         {"id": "cf_t", "name": "t", "type": "datetime"},
-        {"id": "cf_m", "name": "m", "type": "choices", "accepts_multiple": True},
+        {"id": "cf_m", "name": "m", "type": "choices", "accepts_multiple_values": True},
         {"id": "cf_u", "name": "u", "type": "user"},
     ]
     rows = RowBuilder(custom_columns(defs), "")

@@ -41,7 +41,7 @@ def test_custom_columns_append_typed_and_round_trip_through_avro():
         {"id": "cf_1", "name": "Seats", "type": "number"},
         {"id": "cf_2", "name": "Renewal", "type": "date"},
         {"id": "cf_3", "name": "Seen", "type": "datetime"},
-        {"id": "cf_4", "name": "Tags", "type": "choices", "accepts_multiple": True},
+        {"id": "cf_4", "name": "Tags", "type": "choices", "accepts_multiple_values": True},
         {"id": "cf_5", "name": "Owner", "type": "user"},
     ]
     schema = table_schema("leads", custom_columns(defs))

@@ -24,7 +24,7 @@ def test_official_client_create_search_update(sim, close):
         "query": {"type": "and", "queries": [
             {"type": "object_type", "object_type": "lead"},
             {"type": "field_condition", "field": {"type": "custom_field", "custom_field_id": cf},
-             "condition": {"type": "term", "values": ["acme-1"]}}]},
+             "condition": {"type": "text", "mode": "exact_value", "value": "acme-1"}}]},
         "_fields": {"lead": ["name"]},
     })
     assert found["data"] == [{"__object_type": "lead", "id": lead["id"], "name": "Acme"}]

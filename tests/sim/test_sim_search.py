@@ -10,11 +10,16 @@ def object_type(t):
 
 
 def cf_term(cf, values):
-    return {
-        "type": "field_condition",
-        "field": {"type": "custom_field", "custom_field_id": cf},
-        "condition": {"type": "term", "values": values},
-    }
+    """Records whose text custom field holds one of ``values``: one exact_value text condition each."""
+    exact = [
+        {
+            "type": "field_condition",
+            "field": {"type": "custom_field", "custom_field_id": cf},
+            "condition": {"type": "text", "mode": "exact_value", "value": v},
+        }
+        for v in values
+    ]
+    return exact[0] if len(exact) == 1 else {"type": "or", "queries": exact}
 
 
 def email_related(condition):
@@ -46,15 +51,33 @@ def test_term_list_on_lead_custom_field_finds_each_value(sim, api):
 
 
 def test_term_is_exact_string_compare(sim, api):
-    cf = sim.create_custom_field("contact", "User ID")
+    sim.configure(term_case="sensitive")
+    cf = sim.create_custom_field("contact", "Plan", type="choices", choices=["u-1", "U-1", "u-"])
     contact = api.post("contact/", json={"name": "A", f"custom.{cf}": "u-1"}).json()
-    q = {"type": "and", "queries": [object_type("contact"), cf_term(cf, ["U-1", "u-"])]}
+    term = {"type": "field_condition", "field": {"type": "custom_field", "custom_field_id": cf}}
+    q = {"type": "and", "queries": [object_type("contact"), {**term, "condition": {"type": "term", "values": ["U-1", "u-"]}}]}
     assert search(api, q)["data"] == []
-    q = {"type": "and", "queries": [object_type("contact"), cf_term(cf, ["u-1"])]}
+    q = {"type": "and", "queries": [object_type("contact"), {**term, "condition": {"type": "term", "values": ["u-1"]}}]}
     assert [d["id"] for d in search(api, q)["data"]] == [contact["id"]]
 
 
-def test_contacts_found_by_email_term_case_insensitively(api):
+def test_exact_value_matches_the_whole_value_in_any_case_and_term_on_text_is_refused(sim, api):
+    cf = sim.create_custom_field("contact", "User ID")
+    contact = api.post("contact/", json={"name": "A", f"custom.{cf}": "u-1"}).json()
+    api.post("contact/", json={"name": "B", f"custom.{cf}": "u-10"})
+    for case in ("sensitive", "insensitive"):
+        sim.configure(term_case=case)
+        q = {"type": "and", "queries": [object_type("contact"), cf_term(cf, ["U-1", "u-"])]}
+        assert [d["id"] for d in search(api, q)["data"]] == [contact["id"]]
+    field = {"type": "custom_field", "custom_field_id": cf}
+    q = {"type": "and", "queries": [object_type("contact"), {"type": "field_condition", "field": field,
+                                                              "condition": {"type": "term", "values": ["u-1"]}}]}
+    r = api.post("data/search/", json={"query": q})
+    assert r.status_code == 400 and "exact_value" in r.text
+
+
+def test_contacts_found_by_email_term_case_insensitively(sim, api):
+    sim.configure(term_case="insensitive")
     a = api.post("contact/", json={"name": "A", "emails": [{"email": "Ann@Acme.com"}]}).json()
     b = api.post("contact/", json={"name": "B", "emails": [{"email": "x@y.com"}, {"email": "bob@b.io"}]}).json()
     api.post("contact/", json={"name": "C", "emails": [{"email": "ann@acme.com.au"}]})
@@ -65,6 +88,8 @@ def test_contacts_found_by_email_term_case_insensitively(api):
     by_id = {d["id"]: d for d in body["data"]}
     assert by_id[a["id"]]["lead_id"] == a["lead_id"]
     assert by_id[a["id"]]["emails"] == [{"email": "Ann@Acme.com", "type": "office"}]
+    sim.configure(term_case="sensitive")  # the other reading: terms compare emails as stored
+    assert search(api, q)["data"] == []
 
 
 def test_text_condition_is_not_exact(api):

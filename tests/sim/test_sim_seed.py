@@ -45,7 +45,7 @@ def test_seed_creates_preexisting_duplicates_with_given_ids_and_dates(sim, api):
     query = {"type": "and", "queries": [
         {"type": "object_type", "object_type": "lead"},
         {"type": "field_condition", "field": {"type": "custom_field", "custom_field_id": "cf_company"},
-         "condition": {"type": "term", "values": ["acme"]}}]}
+         "condition": {"type": "text", "mode": "exact_value", "value": "acme"}}]}
     body = api.post("data/search/", json={"query": query, "sort": [
         {"direction": "asc", "field": {"type": "regular_field", "object_type": "lead", "field_name": "date_created"}}]})
     assert [d["id"] for d in body.json()["data"]] == ["lead_older", "lead_newer"]

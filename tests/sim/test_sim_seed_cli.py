@@ -49,7 +49,7 @@ def test_the_shipped_seed_makes_the_demo_config_validate_against_a_fresh_simulat
     ("seed", "needle"),
     [
         ('{"customfields": {"lead": []}}', "Unknown seed key(s) customfields; the keys are custom_fields, statuses, leads"),
-        ('{"custom_fields": {"leads": []}}', 'custom_fields must be {"lead": [...], "contact": [...]}'),
+        ('{"custom_fields": {"leads": []}}', 'custom_fields must be {"lead": [...], "contact": [...], "shared": [...]}'),
         ('{"custom_fields": {"lead": [{"id": "company", "name": "Company"}]}}', "Custom field ids start with cf_"),
         ('{"leads": [\n  {"name": "x",}\n]}', "invalid JSON at line 2 column"),
     ],
