@@ -92,6 +92,8 @@ class Workdir:
             "TMPDIR": str(self.tmp),
             "COLUMNS": "200",
             "PYTHONUNBUFFERED": "1",
+            # The checkout under test, not whichever one the venv was installed from (a git worktree).
+            "PYTHONPATH": str(REPO),
             **extra,
         }
 
