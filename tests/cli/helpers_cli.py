@@ -14,9 +14,12 @@ def invoke(args: list[str], env: dict[str, str] | None = None) -> Result:
 
 
 def assert_one_line_error(result: Result, *needles: str) -> str:
-    """Non-zero exit, exactly one line on stderr, no traceback, and the words that say what to fix."""
+    """Non-zero exit, exactly one error line on stderr (the state location's start line aside), no
+    traceback, and the words that say what to fix."""
     assert result.exit_code != 0, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    lines = [
+        line for line in result.stderr.splitlines() if line.strip() and not line.startswith("state location: ")
+    ]
     assert len(lines) == 1, result.stderr
     assert "Traceback" not in result.output
     assert lines[0].startswith("Error: ")

@@ -148,12 +148,14 @@ def sample_events(path: Path, lines: int) -> Path:
 
 
 def one_line_error(proc: subprocess.CompletedProcess[str], *needles: str, status: int | None = None) -> str:
-    """A non-zero exit (``status`` when given), exactly one line on stderr, no traceback, and the words
-    that say what to fix."""
+    """A non-zero exit (``status`` when given), exactly one error line on stderr, no traceback, and the
+    words that say what to fix. The start line naming the state location is not part of the error."""
     assert proc.returncode != 0, proc.stdout + proc.stderr
     if status is not None:
         assert proc.returncode == status, proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    lines = [
+        line for line in proc.stderr.splitlines() if line.strip() and not line.startswith("state location: ")
+    ]
     assert len(lines) == 1, proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
     assert lines[0].startswith("Error: "), lines[0]
