@@ -66,7 +66,9 @@ class ApplyBatches(beam.DoFn):
     earlier event of the same lead still on its way. Splitting the input into flushes of any size
     ends where one flush does. The flushes join one engine stream (`EngineFeed`) and the writer
     submits the next while earlier ones write: outcomes are emitted as each lookup batch finishes,
-    and a flush waits only until the earlier ones are down to the stream's lookahead.
+    and a flush waits only until the earlier ones are down to the stream's lookahead. Input whose
+    requests carry no event time (``in_event_time=False``: a snapshot's rows) has no order to wait
+    for: it flushes on size, in arrival order, and holds no more than the flushes in hand.
 
     Unbounded input flushes on size, after ``flush_seconds`` and at window end, each flush in event
     time, and settles each before going on (`ApplyBatchesStreaming`). Beam serialises the
@@ -84,11 +86,19 @@ class ApplyBatches(beam.DoFn):
     WINDOW_END = TimerSpec("window_end", TimeDomain.WATERMARK)
     OVERLAP = True  # submit the next flush while earlier ones write (bounded input)
 
-    def __init__(self, spec: EngineSpec, batch_size: int, flush_seconds: float, dry_run: bool):
+    def __init__(
+        self,
+        spec: EngineSpec,
+        batch_size: int,
+        flush_seconds: float,
+        dry_run: bool,
+        in_event_time: bool = True,
+    ):
         self._spec = spec
         self._batch_size = batch_size
         self._flush_seconds = flush_seconds
         self._dry_run = dry_run
+        self._in_event_time = in_event_time
 
     def setup(self) -> None:
         # One loop and one HTTP client per DoFn instance, never one per element or per flush.
@@ -128,9 +138,11 @@ class ApplyBatches(beam.DoFn):
         window_end=beam.DoFn.TimerParam(WINDOW_END),
         w=beam.DoFn.WindowParam,
     ):
-        # Nothing is applied before the input ends: a later flush could hold an earlier event.
-        self._hold(item, buffer, count, window_end, w)
-        return ()
+        if self._in_event_time:
+            # Nothing is applied before the input ends: a later flush could hold an earlier event.
+            self._hold(item, buffer, count, window_end, w)
+            return
+        yield from self._buffer(item, buffer, count, window_end, w)
 
     def _hold(self, item, buffer, count, window_end, w) -> int:
         """Adds the request to the key's state (the first one sets the window-end timer); returns
@@ -218,7 +230,11 @@ class ApplyBatchesStreaming(ApplyBatches):
 
 
 class UpsertToClose(beam.PTransform):
-    """Pending → (Pending, Outcome). Tagged outputs: DEAD (DeadLetter), LEDGER."""
+    """Pending → (Pending, Outcome). Tagged outputs: DEAD (DeadLetter), LEDGER.
+
+    ``in_event_time``: bounded input is applied in event time across flushes (held to the end of
+    input); False for requests without event times, which bounded input then flushes as they come.
+    """
 
     def __init__(
         self,
@@ -229,6 +245,7 @@ class UpsertToClose(beam.PTransform):
         flush_seconds: float,
         streaming: bool,
         dry_run: bool,
+        in_event_time: bool = True,
     ) -> None:
         super().__init__()
         self._spec = spec
@@ -237,10 +254,11 @@ class UpsertToClose(beam.PTransform):
         self._flush_seconds = flush_seconds
         self._streaming = streaming
         self._dry_run = dry_run
+        self._in_event_time = in_event_time
 
     def expand(self, pendings):
         kind = ApplyBatchesStreaming if self._streaming else ApplyBatches
-        writer = kind(self._spec, self._batch_size, self._flush_seconds, self._dry_run)
+        writer = kind(self._spec, self._batch_size, self._flush_seconds, self._dry_run, self._in_event_time)
         return (
             pendings
             | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows())
