@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -178,12 +179,16 @@ class ApplyBatches(beam.DoFn):
         """Takes what the state holds out of it (buffer, count and, when given, the flush timer all
         cleared) and hands it to the engine stream in event time, in flushes of up to batch_size
         (longer where a cut would split a collapsed request's span); yields the outcomes that are in."""
-        held: list[Pending] = list(buffer.read())
+        ordered = flush_order(buffer.read())
         buffer.clear()
         count.clear()
         if flush_timer is not None:
             flush_timer.clear()
-        for batch in batches(flush_order(held), self._batch_size, lambda p: p.request):
+        # Each flush is let go once handed on, so a request's memory goes with its outcome.
+        flushes = deque(batches(ordered, self._batch_size, lambda p: p.request))
+        del ordered
+        while flushes:
+            batch = flushes.popleft()
             self._batch_sizes.update(len(batch))
             self._sent.inc(len(batch))
             # Earlier flushes go on writing; keep no more than the stream's lookahead of them ahead.
