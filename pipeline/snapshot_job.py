@@ -316,6 +316,7 @@ def build(p: beam.Pipeline, shape: SnapshotShape) -> None:
             flush_seconds=shape.options.flush_seconds,
             streaming=False,
             dry_run=False,
+            in_event_time=False,  # rows carry no event time: flush as they come, never hold them all
         )
         deads.append(applied[DEAD])
         settled.append(applied.outcomes | "SettledFingerprints" >> beam.FlatMap(settled_fingerprint))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -25,6 +26,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 
 from closecrm.credentials import EngineSpec
 from closecrm.engine import MAX_CONCURRENCY
+from closecrm.engine.spans import batches
 from closecrm.events import instant
 from closecrm.model import Outcome, UpsertRequest
 from transforms import metrics
@@ -57,16 +59,23 @@ def flush_order(batch: Iterable[Pending]) -> list[Pending]:
 
 
 class ApplyBatches(beam.DoFn):
-    """Buffers requests per shard (bag state) and flushes on size or at window end.
+    """Buffers requests per shard (bag state) and applies them in event time (`flush_order`).
 
-    Beam serialises the processing of one key, and each DoFn instance has one engine stream
-    (``EngineFeed``) that every flush joins, so requests that may touch the same lead are applied
-    in order across flushes and shards. A flush is applied in event time (`flush_order`).
+    Bounded input holds every request of a key until the end of input (the window-end timer), then
+    applies them all in event time, handed to the engine in flushes of up to ``batch_size``: requests
+    arrive in no particular order, so a flush applied before the input ended could come before an
+    earlier event of the same lead still on its way. Splitting the input into flushes of any size
+    ends where one flush does. The flushes join one engine stream (`EngineFeed`) and the writer
+    submits the next while earlier ones write: outcomes are emitted as each lookup batch finishes,
+    and a flush waits only until the earlier ones are down to the stream's lookahead. Input whose
+    requests carry no event time (``in_event_time=False``: a snapshot's rows) has no order to wait
+    for: it flushes on size, in arrival order, and holds no more than the flushes in hand.
 
-    On bounded input a flush joins the stream and the writer goes on buffering the next while it
-    writes: outcomes are emitted as each lookup batch finishes, and a flush waits only until the
-    earlier ones are down to the stream's lookahead. Streaming input settles each flush before going
-    on (`ApplyBatchesStreaming`). Either way every outcome is emitted before the bundle finishes.
+    Unbounded input flushes on size, after ``flush_seconds`` and at window end, each flush in event
+    time, and settles each before going on (`ApplyBatchesStreaming`). Beam serialises the
+    processing of one key, and each DoFn instance has one engine stream that every flush joins, so
+    requests that may touch the same lead are applied in order across flushes and shards. Either way
+    every outcome is emitted before the bundle finishes.
 
     Every batch leaves state through `_flush`, which clears all of it. The state specs are declared
     here once; the streaming writer adds only its processing-time timer. Bounded input declares none:
@@ -76,13 +85,21 @@ class ApplyBatches(beam.DoFn):
     BUFFER = BagStateSpec("buffer", PickleCoder())
     COUNT = CombiningValueStateSpec("count", combine_fn=CountCombineFn())
     WINDOW_END = TimerSpec("window_end", TimeDomain.WATERMARK)
-    OVERLAP = True  # keep buffering while a flush writes (bounded input)
+    OVERLAP = True  # submit the next flush while earlier ones write (bounded input)
 
-    def __init__(self, spec: EngineSpec, batch_size: int, flush_seconds: float, dry_run: bool):
+    def __init__(
+        self,
+        spec: EngineSpec,
+        batch_size: int,
+        flush_seconds: float,
+        dry_run: bool,
+        in_event_time: bool = True,
+    ):
         self._spec = spec
         self._batch_size = batch_size
         self._flush_seconds = flush_seconds
         self._dry_run = dry_run
+        self._in_event_time = in_event_time
 
     def setup(self) -> None:
         # One loop and one HTTP client per DoFn instance, never one per element or per flush.
@@ -122,15 +139,24 @@ class ApplyBatches(beam.DoFn):
         window_end=beam.DoFn.TimerParam(WINDOW_END),
         w=beam.DoFn.WindowParam,
     ):
+        if self._in_event_time:
+            # Nothing is applied before the input ends: a later flush could hold an earlier event.
+            self._hold(item, buffer, count, window_end, w)
+            return
         yield from self._buffer(item, buffer, count, window_end, w)
 
-    def _buffer(self, item, buffer, count, window_end, w, flush_timer=None) -> Iterable[Any]:
+    def _hold(self, item, buffer, count, window_end, w) -> int:
+        """Adds the request to the key's state (the first one sets the window-end timer); returns
+        how many the state holds."""
         buffer.add(item[1])
         count.add(1)
         n = count.read()
         if n == 1:
             window_end.set(w.max_timestamp())
-        if n >= self._batch_size:
+        return n
+
+    def _buffer(self, item, buffer, count, window_end, w, flush_timer=None) -> Iterable[Any]:
+        if self._hold(item, buffer, count, window_end, w) >= self._batch_size:
             yield from self._flush(buffer, count, flush_timer)
         elif self._feed.outstanding:
             yield from self._emit(self._feed.ready())
@@ -150,15 +176,19 @@ class ApplyBatches(beam.DoFn):
         self._flush_ledger()
 
     def _flush(self, buffer, count, flush_timer=None) -> Iterable[Any]:
-        """Takes the buffered batch out of state (buffer, count and, when given, the flush timer all
-        cleared) and hands it to the engine stream; yields the outcomes that are in."""
-        batch: list[Pending] = list(buffer.read())
+        """Takes what the state holds out of it (buffer, count and, when given, the flush timer all
+        cleared) and hands it to the engine stream in event time, in flushes of up to batch_size
+        (longer where a cut would split a collapsed request's span); yields the outcomes that are in."""
+        ordered = flush_order(buffer.read())
         buffer.clear()
         count.clear()
         if flush_timer is not None:
             flush_timer.clear()
-        if batch:
-            batch = flush_order(batch)
+        # Each flush is let go once handed on, so a request's memory goes with its outcome.
+        flushes = deque(batches(ordered, self._batch_size, lambda p: p.request))
+        del ordered
+        while flushes:
+            batch = flushes.popleft()
             self._batch_sizes.update(len(batch))
             self._sent.inc(len(batch))
             # Earlier flushes go on writing; keep no more than the stream's lookahead of them ahead.
@@ -205,7 +235,11 @@ class ApplyBatchesStreaming(ApplyBatches):
 
 
 class UpsertToClose(beam.PTransform):
-    """Pending → (Pending, Outcome). Tagged outputs: DEAD (DeadLetter), LEDGER."""
+    """Pending → (Pending, Outcome). Tagged outputs: DEAD (DeadLetter), LEDGER.
+
+    ``in_event_time``: bounded input is applied in event time across flushes (held to the end of
+    input); False for requests without event times, which bounded input then flushes as they come.
+    """
 
     def __init__(
         self,
@@ -216,6 +250,7 @@ class UpsertToClose(beam.PTransform):
         flush_seconds: float,
         streaming: bool,
         dry_run: bool,
+        in_event_time: bool = True,
     ) -> None:
         super().__init__()
         self._spec = spec
@@ -224,10 +259,11 @@ class UpsertToClose(beam.PTransform):
         self._flush_seconds = flush_seconds
         self._streaming = streaming
         self._dry_run = dry_run
+        self._in_event_time = in_event_time
 
     def expand(self, pendings):
         kind = ApplyBatchesStreaming if self._streaming else ApplyBatches
-        writer = kind(self._spec, self._batch_size, self._flush_seconds, self._dry_run)
+        writer = kind(self._spec, self._batch_size, self._flush_seconds, self._dry_run, self._in_event_time)
         return (
             pendings
             | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows())
