@@ -34,7 +34,7 @@ from transforms.deadletter import DEAD
 from transforms.feed import EngineFeed
 from transforms.keying import key_by_lead_shard
 from transforms.ledger import LEDGER
-from transforms.outcomes import emit_outcome
+from transforms.outcomes import audit_line, emit_outcome, intent_line
 from transforms.sharded import in_global_window
 
 
@@ -78,11 +78,21 @@ class ApplyBatches(beam.DoFn):
     WINDOW_END = TimerSpec("window_end", TimeDomain.WATERMARK)
     OVERLAP = True  # keep buffering while a flush writes (bounded input)
 
-    def __init__(self, spec: EngineSpec, batch_size: int, flush_seconds: float, dry_run: bool):
+    def __init__(
+        self,
+        spec: EngineSpec,
+        batch_size: int,
+        flush_seconds: float,
+        dry_run: bool,
+        run_id: str | None = None,
+        audit_log: str | None = None,
+    ):
         self._spec = spec
         self._batch_size = batch_size
         self._flush_seconds = flush_seconds
         self._dry_run = dry_run
+        self._run_id = run_id
+        self._audit_log = audit_log
 
     def setup(self) -> None:
         # One loop and one HTTP client per DoFn instance, never one per element or per flush.
@@ -92,6 +102,7 @@ class ApplyBatches(beam.DoFn):
         self._loop_thread.start()
         self._client, self._engine = self._spec.build()
         self._feed = EngineFeed(self._loop, self._engine, dry_run=self._dry_run)
+        self._record_setup()
         self._client_metrics = ClientMetrics(self._client)
         self._sent = metrics.counter(metrics.REQUESTS_SENT)
         self._batch_sizes = metrics.distribution(metrics.BATCH_SIZE)
@@ -166,10 +177,36 @@ class ApplyBatches(beam.DoFn):
             self._feed.submit(batch)
         yield from self._emit(self._feed.wait_until(0) if not self.OVERLAP else self._feed.ready())
 
+    def _record_setup(self) -> None:
+        """The audit log is written here, as writes happen (see docs/DESIGN.md, "Durable records"): a
+        merge's or deletion's line before it is sent (the engine calls `_intend`), each request's
+        line before its outcome is emitted. Once an append of this run failed, the engine sends no
+        more writes and the writer stops the job (`_record`)."""
+        from closecrm.journal import Journal, Recording
+
+        self._recording = Recording.of(self._run_id)
+        self._audit = Journal(self._audit_log, self._run_id) if self._audit_log else None
+        if not self._dry_run:
+            self._engine.record(self._intend if self._audit is not None else None, self._recording)
+
+    def _intend(self, request: UpsertRequest, change: dict[str, Any]) -> None:
+        assert self._audit is not None
+        self._audit.append([intent_line(request, change, self._run_id)])
+
+    def _record(self, pending: Pending, outcome: Outcome) -> None:
+        """The request's audit line on disk (fsync-ed when it changed something), before its outcome
+        goes on; raises the run's first failed append (`JournalError`) instead, which ends the job."""
+        if self._recording.failure is not None:
+            raise self._recording.failure
+        if self._audit is not None:
+            line = audit_line((pending, outcome), self._run_id, self._dry_run)
+            self._audit.append([line], sync=bool(outcome.changes) and not self._dry_run)
+
     def _emit(self, pairs: Iterable[tuple[Pending, Outcome]]) -> Iterable[Any]:
         emitted = False
         for pending, outcome in pairs:
             emitted = True
+            self._record(pending, outcome)
             yield from emit_outcome(pending, outcome)
         if emitted:
             self._client_metrics.report()
@@ -205,7 +242,10 @@ class ApplyBatchesStreaming(ApplyBatches):
 
 
 class UpsertToClose(beam.PTransform):
-    """Pending → (Pending, Outcome). Tagged outputs: DEAD (DeadLetter), LEDGER."""
+    """Pending → (Pending, Outcome). Tagged outputs: DEAD (DeadLetter), LEDGER.
+
+    With ``audit_log`` the writer appends the audit log itself, as it writes (`ApplyBatches._record_setup`).
+    """
 
     def __init__(
         self,
@@ -216,6 +256,8 @@ class UpsertToClose(beam.PTransform):
         flush_seconds: float,
         streaming: bool,
         dry_run: bool,
+        run_id: str | None = None,
+        audit_log: str | None = None,
     ) -> None:
         super().__init__()
         self._spec = spec
@@ -224,10 +266,14 @@ class UpsertToClose(beam.PTransform):
         self._flush_seconds = flush_seconds
         self._streaming = streaming
         self._dry_run = dry_run
+        self._run_id = run_id
+        self._audit_log = audit_log
 
     def expand(self, pendings):
         kind = ApplyBatchesStreaming if self._streaming else ApplyBatches
-        writer = kind(self._spec, self._batch_size, self._flush_seconds, self._dry_run)
+        writer = kind(
+            self._spec, self._batch_size, self._flush_seconds, self._dry_run, self._run_id, self._audit_log
+        )
         return (
             pendings
             | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows())

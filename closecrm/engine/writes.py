@@ -3,7 +3,8 @@ the engine remembers of them. ``Writes`` talks to Close; ``DryWrites`` (dry.py) 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from closecrm.cache import LRU, IdCache
@@ -11,14 +12,21 @@ from closecrm.client import CloseAPIError, CloseClient
 from closecrm.created_ids import CreatedIdLedger
 from closecrm.engine import ambiguity
 from closecrm.engine.op import Op
+from closecrm.journal import JournalError, Recording
 from closecrm.lookup import View
-from closecrm.model import Settings
+from closecrm.model import Settings, UpsertRequest
 
 if TYPE_CHECKING:
     from closecrm.engine.lookups import Lookup
 
 Record = dict[str, Any]
 BORN_SIZE = 100_000  # records whose creation order this engine remembers
+# Records, durably, a merge or deletion about to be sent: the request, and its change as the outcome lists it.
+Intend = Callable[[UpsertRequest, Record], None]
+
+
+class RecordingStopped(RuntimeError):
+    """A Close write refused because the run can no longer record what it writes."""
 
 
 class Records(Protocol):
@@ -186,6 +194,28 @@ class Writes(Store):
         self.ledger = ledger
         self.settle_seconds = settle_seconds
         self.unsettled = ambiguity.Unsettled(unsettled_seconds)
+        self.intend: Intend | None = None
+        self.recording: Recording | None = None
+
+    async def call(self, op: Op, method: str, path: str, body: Any = None) -> Any:
+        # A run that cannot record stops writing: no write leaves once an append of its failed.
+        failure = self.recording.failure if self.recording is not None else None
+        if failure is not None and method != "GET":
+            raise RecordingStopped(str(failure))
+        return await super().call(op, method, path, body)
+
+    async def _intent(self, op: Op, obj: str, record_id: str, action: str) -> None:
+        """The audit record of a merge or deletion, on disk before it is sent (see UpsertEngine.record)."""
+        if self.intend is None:
+            return
+        change = next(
+            (c for c in reversed(op.changes) if (c.get("object"), c.get("id"), c.get("action")) == (obj, record_id, action)),
+            {"object": obj, "id": record_id, "action": action},
+        )
+        try:
+            await asyncio.to_thread(self.intend, op.req, change)
+        except JournalError as exc:
+            raise RecordingStopped(str(exc)) from None
 
     def learned(self, kind: str, record_id: str, keys: Iterable[str], before: Iterable[str] = ()) -> None:
         if self.ledger is None:
@@ -225,11 +255,13 @@ class Writes(Store):
 
     async def delete_contact(self, op: Op, view: View, contact: Record) -> None:
         path = f"contact/{contact['id']}/"
+        await self._intent(op, "contact", contact["id"], "delete")
         await ambiguity.remove(self, op, "DELETE", path, None, gone=path)
         self.removed(view, contact["id"])
 
     async def merge_leads(self, op: Op, view: View, source: str, into: str) -> None:
         # Close may finish a merge later: what it moves is known, so the view moves it now.
         body = {"source": source, "destination": into}
+        await self._intent(op, "lead", source, "merge")
         await ambiguity.remove(self, op, "POST", "lead/merge/", body, gone=f"lead/{source}/")
         self.moved(view, source, into)
