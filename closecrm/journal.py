@@ -42,6 +42,11 @@ class JournalError(RuntimeError):
         )
 
 
+class RecordingStopped(RuntimeError):
+    """A Close write refused because the run can no longer record what it writes (its message is
+    the `JournalError`'s)."""
+
+
 def has_scheme(path: str) -> bool:
     return "://" in path
 

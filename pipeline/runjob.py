@@ -243,7 +243,10 @@ def run(config: JobConfig, request: RunRequest, *, validate: bool = True, show_s
 @contextlib.contextmanager
 def stopped_by_recording(run_id: str) -> Iterator[None]:
     """A job that failed because it could not append a record ends with that record's one-line error
-    (`JournalError`: the file, the reason, the fix), not with the runner's traceback."""
+    (`JournalError`: the file, the reason, the fix), not with the runner's traceback, which Beam's
+    DoFn runner would also log."""
+    beam_log = logging.getLogger("apache_beam.runners.common")
+    beam_log.addFilter(_not_a_journal_error)
     try:
         yield
     except Exception as exc:
@@ -254,6 +257,12 @@ def stopped_by_recording(run_id: str) -> Iterator[None]:
                 raise
             raise RuntimeError(found.group(1)) from None
         raise failure from None
+    finally:
+        beam_log.removeFilter(_not_a_journal_error)
+
+
+def _not_a_journal_error(record: logging.LogRecord) -> bool:
+    return "JournalError" not in record.getMessage()
 
 
 def _tidy_letters(request: RunRequest) -> None:

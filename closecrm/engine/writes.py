@@ -12,7 +12,7 @@ from closecrm.client import CloseAPIError, CloseClient
 from closecrm.created_ids import CreatedIdLedger
 from closecrm.engine import ambiguity
 from closecrm.engine.op import Op
-from closecrm.journal import JournalError, Recording
+from closecrm.journal import JournalError, Recording, RecordingStopped
 from closecrm.lookup import View
 from closecrm.model import Settings, UpsertRequest
 
@@ -23,10 +23,6 @@ Record = dict[str, Any]
 BORN_SIZE = 100_000  # records whose creation order this engine remembers
 # Records, durably, a merge or deletion about to be sent: the request, and its change as the outcome lists it.
 Intend = Callable[[UpsertRequest, Record], None]
-
-
-class RecordingStopped(RuntimeError):
-    """A Close write refused because the run can no longer record what it writes."""
 
 
 class Records(Protocol):

@@ -92,6 +92,8 @@ class Workdir:
             "TMPDIR": str(self.tmp),
             "COLUMNS": "200",
             "PYTHONUNBUFFERED": "1",
+            # a worktree's code first on the path, as for the tests themselves
+            **({"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}),
             **extra,
         }
 
