@@ -169,11 +169,17 @@ def small_disk(where: Path, size: int) -> Iterator[tuple[Path, Callable[[], None
             subprocess.run(["umount", str(where)], check=True)
         return
 
+    yield where, file_size_limit(size)
+
+
+def file_size_limit(size: int) -> Callable[[], None]:
+    """For a child process: no file it writes grows past ``size`` bytes (EFBIG, as SIGXFSZ is ignored)."""
+
     def limit() -> None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
 
-    yield where, limit
+    return limit
 
 
 def fill(directory: Path) -> None:
@@ -226,7 +232,7 @@ def test_a_run_that_cannot_append_a_dead_letter_stops_before_writing_to_close(us
         if before is None:
             fill(disk)
         else:
-            before = _limit_zero(before)
+            before = file_size_limit(64)  # smaller than a letter; the files before it (temp probes) fit
         proc = subprocess.run(
             [*run_args(DEMO_CONFIG, user_sim, "--dead-letter", str(disk / "dead"))],
             cwd=workdir.path,
@@ -240,10 +246,3 @@ def test_a_run_that_cannot_append_a_dead_letter_stops_before_writing_to_close(us
     one_line_error(proc, "cannot append to", "dead-letters-", "stopped writing to Close")
     assert user_sim.writes() == 0
 
-
-def _limit_zero(_: Callable[[], None]) -> Callable[[], None]:
-    def limit() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
-
-    return limit
