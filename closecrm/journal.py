@@ -63,7 +63,7 @@ class JournalFile:
     def __init__(self, path: str) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._fd: int | None = None
+        self._unsynced = False  # lines appended without fsync since the last one
         self._failure: JournalError | None = None
         self._writer = f"{os.getpid()}-{secrets.token_hex(4)}"
         self._seq = 0
@@ -92,8 +92,8 @@ class JournalFile:
     def sync(self) -> None:
         """fsync what was appended without it (local files; an object is whole once written)."""
         with self._lock:
-            if self._fd is not None and self._failure is None:
-                self._guarded(lambda: os.fsync(self._fd))
+            if not has_scheme(self.path):
+                self._guarded(self._sync_local)
 
     def _guarded(self, act) -> None:  # noqa: ANN001
         if self._failure is not None:
@@ -102,25 +102,34 @@ class JournalFile:
             act()
         except OSError as exc:
             self._failure = JournalError(self.path, exc)
-            self._close()
             raise self._failure from None
 
-    def close(self) -> None:
-        with self._lock:
-            self._close()
-
     def _append_local(self, lines: Sequence[str], sync: bool) -> None:
-        if self._fd is None:
-            folder = os.path.dirname(self.path)
-            if folder:
-                os.makedirs(folder, exist_ok=True)
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        for line in lines:
-            data = memoryview((line + "\n").encode("utf-8"))
-            while data:  # a write cut short (a disk filling up) goes on; the next one says why it cannot
-                data = data[os.write(self._fd, data) :]
-        if sync:
-            os.fsync(self._fd)
+        # Opened for each append, so a file moved or removed under a run is made again, not written unseen.
+        folder = os.path.dirname(self.path)
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            for line in lines:
+                data = memoryview((line + "\n").encode("utf-8"))
+                while data:  # a write cut short (a disk filling up) goes on; the next one says why it cannot
+                    data = data[os.write(fd, data) :]
+            if sync:
+                os.fsync(fd)
+            else:
+                self._unsynced = True
+        finally:
+            os.close(fd)
+
+    def _sync_local(self) -> None:
+        if self._unsynced and os.path.exists(self.path):
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self._unsynced = False
 
     def _write_part(self, lines: Sequence[str]) -> None:
         from apache_beam.io.filesystems import FileSystems
@@ -135,14 +144,6 @@ class JournalFile:
             raise
         except Exception as exc:  # noqa: BLE001 - any filesystem's error is a failed append
             raise OSError(errno.EIO, f"{type(exc).__name__} writing {name}") from None
-
-    def _close(self) -> None:
-        if self._fd is not None:
-            try:
-                os.close(self._fd)
-            except OSError:
-                pass
-            self._fd = None
 
 
 class Recording:
