@@ -37,8 +37,7 @@ class JournalError(RuntimeError):
         self.errno = code
         super().__init__(
             f"cannot append to {path}: {why}{f' ({name})' if name else ''}; close-sync stopped writing to "
-            "Close (every write it made is recorded up to there): free space or choose another "
-            "--audit-log / --dead-letter, then run again"
+            "Close: free space or choose another --audit-log / --dead-letter, then run again"
         )
 
 

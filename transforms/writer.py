@@ -186,19 +186,34 @@ class ApplyBatches(beam.DoFn):
 
         self._recording = Recording.of(self._run_id)
         self._audit = Journal(self._audit_log, self._run_id) if self._audit_log else None
+        self._recorded: set[int] = set()  # ids of the Pendings whose line the engine's hook appended
         if not self._dry_run:
-            self._engine.record(self._intend if self._audit is not None else None, self._recording)
+            audited = self._audit is not None
+            self._engine.record(
+                self._intend if audited else None, self._recording, self._ended if audited else None
+            )
 
     def _intend(self, request: UpsertRequest, change: dict[str, Any]) -> None:
         assert self._audit is not None
         self._audit.append([intent_line(request, change, self._run_id)])
+
+    def _ended(self, done: list[tuple[UpsertRequest, Outcome]]) -> None:
+        """A group's requests ended in the engine: their lines now, not when their lookup batch is
+        handed back (engine thread; the line of a request not found here is appended at `_record`)."""
+        assert self._audit is not None
+        found = [(pending, outcome) for request, outcome in done if (pending := self._feed.item_for(request))]
+        lines = [audit_line(pair, self._run_id) for pair in found]
+        self._audit.append(lines, sync=any(outcome.changes for _, outcome in found))
+        self._recorded.update(id(pending) for pending, _ in found)
 
     def _record(self, pending: Pending, outcome: Outcome) -> None:
         """The request's audit line on disk (fsync-ed when it changed something), before its outcome
         goes on; raises the run's first failed append (`JournalError`) instead, which ends the job."""
         if self._recording.failure is not None:
             raise self._recording.failure
-        if self._audit is not None:
+        if id(pending) in self._recorded:
+            self._recorded.discard(id(pending))
+        elif self._audit is not None:
             line = audit_line((pending, outcome), self._run_id, self._dry_run)
             self._audit.append([line], sync=bool(outcome.changes) and not self._dry_run)
 

@@ -14,7 +14,7 @@ from closecrm.engine import ambiguity
 from closecrm.engine.op import Op
 from closecrm.journal import JournalError, Recording, RecordingStopped
 from closecrm.lookup import View
-from closecrm.model import Settings, UpsertRequest
+from closecrm.model import Outcome, Settings, UpsertRequest
 
 if TYPE_CHECKING:
     from closecrm.engine.lookups import Lookup
@@ -23,6 +23,8 @@ Record = dict[str, Any]
 BORN_SIZE = 100_000  # records whose creation order this engine remembers
 # Records, durably, a merge or deletion about to be sent: the request, and its change as the outcome lists it.
 Intend = Callable[[UpsertRequest, Record], None]
+# Records, durably, the outcomes of requests that just ended (a group's, in order).
+Ended = Callable[[list[tuple[UpsertRequest, Outcome]]], None]
 
 
 class Records(Protocol):
@@ -53,6 +55,17 @@ class Store:
         # ids this engine deleted or merged away (a merged lead -> the lead it went into, else ""):
         # search, and a batch that searched before the removal, may show them for a while yet
         self.gone: LRU[str, str] = LRU(BORN_SIZE)
+
+    ended: Ended | None = None  # see UpsertEngine.record
+
+    async def finished(self, done: list[tuple[UpsertRequest, Outcome]]) -> None:
+        """These requests ended: their records on disk (``ended``) before their group lets the next go."""
+        if self.ended is None or not done:
+            return
+        try:
+            await asyncio.to_thread(self.ended, done)
+        except JournalError:
+            pass  # the run's Recording holds it: no write leaves from now on, and the writer stops the job
 
     def view(self) -> View:
         """An empty view whose "oldest" ranks this engine's creations in input order."""
