@@ -208,14 +208,14 @@ class ApplyBatches(beam.DoFn):
 
     def _record(self, pending: Pending, outcome: Outcome) -> None:
         """The request's audit line on disk (fsync-ed when it changed something), before its outcome
-        goes on; raises the run's first failed append (`JournalError`) instead, which ends the job."""
-        if self._recording.failure is not None:
-            raise self._recording.failure
+        goes on; then raises the run's first failed append (`JournalError`), if any, which ends the job."""
         if id(pending) in self._recorded:
             self._recorded.discard(id(pending))
         elif self._audit is not None:
             line = audit_line((pending, outcome), self._run_id, self._dry_run)
             self._audit.append([line], sync=bool(outcome.changes) and not self._dry_run)
+        if self._recording.failure is not None:
+            raise self._recording.failure
 
     def _emit(self, pairs: Iterable[tuple[Pending, Outcome]]) -> Iterable[Any]:
         emitted = False
