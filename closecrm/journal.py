@@ -5,9 +5,9 @@ there. Here every ``append`` is on disk when it returns: local files are opened 
 each line goes in one ``write`` (so lines of several threads, DoFn instances or processes appending
 to one file never interleave), then ``fsync``. One ``JournalFile`` per path and process, with a lock.
 
-Paths with a scheme (``gs://…``) cannot be appended to: each ``append`` writes one new object,
-``<path>.parts/<writer>-<seq>.jsonl`` (``<writer>`` names the process), through Beam's FileSystems,
-loaded only then. The log is the union of those objects.
+Paths with a scheme (``gs://…``) cannot be appended to: each ``append`` writes one new object
+beside the path, ``<name>.part-<writer>-<seq>.jsonl`` for ``<name>.jsonl`` (``<writer>`` names the
+process), through Beam's FileSystems, loaded only then. The log is the union of those objects.
 
 An append that fails (a full disk: ENOSPC, a file-size limit: EFBIG, a lost mount) raises
 `JournalError`, whose message is one line naming the file, the error and the fix; the file refuses
@@ -23,7 +23,12 @@ import secrets
 import threading
 from collections.abc import Sequence
 
-PARTS_SUFFIX = ".parts"
+
+def part_name(path: str, writer: str, seq: int) -> str:
+    """The object one append writes on an object store: beside ``path``, named like it, so a folder's
+    ``dead-letters-*.jsonl`` still finds every part (``dead-letters-<run>.part-<writer>-<seq>.jsonl``)."""
+    stem, suffix = (path[: -len(".jsonl")], ".jsonl") if path.endswith(".jsonl") else (path, "")
+    return f"{stem}.part-{writer}-{seq:08d}{suffix}"
 
 
 class JournalError(RuntimeError):
@@ -134,7 +139,7 @@ class JournalFile:
         from apache_beam.io.filesystems import FileSystems
 
         self._seq += 1
-        name = f"{self.path.rstrip('/')}{PARTS_SUFFIX}/{self._writer}-{self._seq:08d}.jsonl"
+        name = part_name(self.path, self._writer, self._seq)
         data = "".join(line + "\n" for line in lines).encode("utf-8")
         try:
             with FileSystems.create(name) as fh:

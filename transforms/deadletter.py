@@ -150,7 +150,8 @@ class AppendLines(beam.DoFn):
 
     With ``sync`` (dead letters) each line is fsync-ed as it is appended; without (the audit lines
     of requests that wrote nothing), once per bundle. On an object store (gs://…), which cannot be
-    appended to, a bundle's lines are one object under ``<path>.parts/`` when the bundle finishes.
+    appended to, a bundle's lines are one object beside the file when the bundle finishes
+    (`closecrm.journal.part_name`).
     An append that fails raises `JournalError` (one line: the file, the error, the fix) and stops
     the run's Close writes (`closecrm.journal.Recording`).
     """
