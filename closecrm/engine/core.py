@@ -122,8 +122,8 @@ class UpsertEngine:
         """Record as writes happen: ``intend`` is called (off the event loop, awaited) with each lead
         merge's and contact deletion's request and change before the write is sent, and must have it
         on disk when it returns; ``ended`` with each group's requests and outcomes as the group ends,
-        before the requests after it go on. Once ``recording`` holds a failure, every Close write is
-        refused (``RecordingStopped``): the request fails, and so does every later one that would write."""
+        before the requests after it go on. Once ``recording`` holds a failure, every Close call of
+        the write layer is refused (``RecordingStopped``): the request fails, and so does every later one."""
         self._writes.intend = intend
         self._writes.recording = recording
         self._writes.ended = ended

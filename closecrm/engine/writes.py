@@ -207,9 +207,10 @@ class Writes(Store):
         self.recording: Recording | None = None
 
     async def call(self, op: Op, method: str, path: str, body: Any = None) -> Any:
-        # A run that cannot record stops writing: no write leaves once an append of its failed.
+        # A run that cannot record stops: no write (nor the reads that lead to one) leaves once an
+        # append of its failed, so the requests under way end at once and the writer ends the job.
         failure = self.recording.failure if self.recording is not None else None
-        if failure is not None and method != "GET":
+        if failure is not None:
             raise RecordingStopped(str(failure))
         return await super().call(op, method, path, body)
 
