@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import apache_beam as beam
 
 from closecrm.credentials import EngineSpec
-from closecrm.model import Outcome
 from pipeline.config import JobOptions
 from pipeline.sources import ReadEvents, SourceOptions
-from transforms.collapse import SUPPRESSED, CollapsePerPerson, Pending, SuppressIdentical
+from transforms.collapse import SUPPRESSED, CollapsePerPerson, SuppressIdentical
 from transforms.deadletter import DEAD, AppendLines, WriteDeadLetters
 from transforms.ledger import LEDGER, SettleLedger
 from transforms.mapping import MapToUpserts
-from transforms.outcomes import SettleSuppressed, audit_record
+from transforms.outcomes import SettleSuppressed, audit_line
 from transforms.parse import ParseEvents
 from transforms.writer import UpsertToClose
 
@@ -36,11 +34,6 @@ class JobShape:
     run_id: str  # names this run's dead-letter file, and stamps its letters and audit lines
 
 
-def audit_line(item: tuple[Pending, Outcome], run_id: str | None = None, dry_run: bool = False) -> str:
-    pending, outcome = item
-    return json.dumps(audit_record(pending, outcome, run_id=run_id, dry_run=dry_run), sort_keys=True, default=str)
-
-
 def build(p: beam.Pipeline, shape: JobShape) -> dict[str, beam.PCollection]:
     options = shape.options
     raw = p | "ReadEvents" >> ReadEvents(shape.source)
@@ -59,6 +52,12 @@ def build(p: beam.Pipeline, shape: JobShape) -> dict[str, beam.PCollection]:
         pending = gated.pending
         settled = gated[SUPPRESSED] | "SettleSuppressed" >> SettleSuppressed()
         outcomes.append(settled.outcomes)
+        if shape.audit_log:  # no Close write behind these: appended as they come, synced per bundle
+            _ = (
+                settled.outcomes
+                | "AuditLines" >> beam.Map(audit_line, run_id=shape.run_id, dry_run=shape.dry_run)
+                | "AuditAppend" >> beam.ParDo(AppendLines(shape.audit_log, shape.run_id, sync=False))
+            )
         ledgers.append(settled[LEDGER])
         deads.append(settled[DEAD])
     applied = pending | "UpsertToClose" >> UpsertToClose(
@@ -68,6 +67,8 @@ def build(p: beam.Pipeline, shape: JobShape) -> dict[str, beam.PCollection]:
         flush_seconds=options.flush_seconds,
         streaming=shape.streaming,
         dry_run=shape.dry_run,
+        run_id=shape.run_id,
+        audit_log=shape.audit_log,  # the writer appends each line as its write happens
     )
     outcomes.append(applied.outcomes)
     ledgers.append(applied[LEDGER])
@@ -82,13 +83,8 @@ def build(p: beam.Pipeline, shape: JobShape) -> dict[str, beam.PCollection]:
         ]
     # Bounded input: every stage is in the global window already (CollapsePerPerson uses it in batch).
     settled_ledger = ledgers | "AllLedger" >> beam.Flatten() | "SettleLedger" >> SettleLedger(shape.streaming)
-    dead_lines = dead | "WriteDeadLetters" >> WriteDeadLetters(
+    # Each stage's letters are appended where they are made, not after the flatten (WriteDeadLetters).
+    dead_lines = tuple(deads) | "WriteDeadLetters" >> WriteDeadLetters(
         shape.dead_letter_dir, shape.dead_letter_topic, shape.streaming, run_id=shape.run_id
     )
-    if shape.audit_log:
-        lines = all_outcomes | "AuditLines" >> beam.Map(audit_line, run_id=shape.run_id, dry_run=shape.dry_run)
-        if shape.streaming:
-            _ = lines | "AuditAppend" >> beam.ParDo(AppendLines(shape.audit_log))
-        else:
-            _ = lines | "AuditWrite" >> beam.io.WriteToText(shape.audit_log, shard_name_template="")
     return {"outcomes": all_outcomes, "dead": dead, "dead_lines": dead_lines, "ledger": settled_ledger}

@@ -16,11 +16,19 @@ WRITE_KINDS = ("lead create", "contact create", "lead update", "contact update",
 
 
 def read_audit(path: str) -> list[dict[str, Any]]:
-    """The audit log's JSON lines (one per request), in a stable order: by person."""
+    """The audit log's request lines (one per request), in a stable order: by person. Lines of writes
+    about to be sent (``intent``) are left out, and so is a line a failed append left torn."""
     file = Path(path)
     if not file.exists():
         return []
-    records = [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = []
+    for line in file.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line) if line.strip() else None
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "intent" not in record:
+            records.append(record)
     return sorted(records, key=lambda r: (str(r.get("person")), r.get("event_ids") or []))
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from apache_beam.options.pipeline_options import (
 )
 
 from closecrm.credentials import DEFAULT_BUDGET_SHARE, DEFAULT_CLOSE_URL, EngineSpec, KeySource
+from closecrm.journal import Recording
 from closecrm.model import new_run_id
 from pipeline import beam_patches, summary
 from pipeline.assemble import JobShape, build
@@ -229,8 +232,9 @@ def run(config: JobConfig, request: RunRequest, *, validate: bool = True, show_s
             request, audit_log=str(Path(tempfile.mkdtemp(prefix="close-sync-plan-")) / "audit.jsonl")
         )
     with progress.reporting(request.progress and show_summary and local, request.source.input):
-        result = launch(config, request, validate=validate)
-        result.wait_until_finish()
+        with stopped_by_recording(request.run_id):
+            result = launch(config, request, validate=validate)
+            result.wait_until_finish()
     if local:
         _tidy_letters(request)
     values = summary.collect(result)
@@ -239,6 +243,31 @@ def run(config: JobConfig, request: RunRequest, *, validate: bool = True, show_s
             plan.render_plan(plan.read_audit(request.audit_log))
         summary.render(values, dry_run=request.dry_run)
     return values.get(m.EVENTS_DEAD_LETTERED, 0)
+
+
+@contextlib.contextmanager
+def stopped_by_recording(run_id: str) -> Iterator[None]:
+    """A job that failed because it could not append a record ends with that record's one-line error
+    (`JournalError`: the file, the reason, the fix), not with the runner's traceback, which Beam's
+    DoFn runner would also log."""
+    beam_log = logging.getLogger("apache_beam.runners.common")
+    beam_log.addFilter(_not_a_journal_error)
+    try:
+        yield
+    except Exception as exc:
+        failure = Recording.of(run_id).failure
+        if failure is None:
+            found = re.search(r"JournalError: (cannot append to [^\n]*)", str(exc))
+            if found is None:
+                raise
+            raise RuntimeError(found.group(1)) from None
+        raise failure from None
+    finally:
+        beam_log.removeFilter(_not_a_journal_error)
+
+
+def _not_a_journal_error(record: logging.LogRecord) -> bool:
+    return "JournalError" not in record.getMessage()
 
 
 def _tidy_letters(request: RunRequest) -> None:

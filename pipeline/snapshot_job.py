@@ -22,7 +22,7 @@ from closecrm.snapshot import SchemaDrift, SnapshotSpec, arrow_kind, avro_kind, 
 from closecrm.warehouse import SINCE_KINDS, ReadPlan, WarehouseError, WarehouseSource, Watermark
 from pipeline import summary
 from pipeline.config import ConfigError, JobConfig, JobOptions
-from pipeline.runjob import beam_options, is_direct, start
+from pipeline.runjob import beam_options, is_direct, start, stopped_by_recording
 from pipeline.snapshot_state import Generation, SnapshotState, StateCorrupt
 from pipeline.state_location import announce, ledger_location, runs_on_this_machine
 from transforms import metrics as m
@@ -317,6 +317,7 @@ def build(p: beam.Pipeline, shape: SnapshotShape) -> None:
             streaming=False,
             dry_run=False,
             in_event_time=False,  # rows carry no event time: flush as they come, never hold them all
+            run_id=shape.run_id,  # a dead letter that cannot be appended stops this run's writes
         )
         deads.append(applied[DEAD])
         settled.append(applied.outcomes | "SettledFingerprints" >> beam.FlatMap(settled_fingerprint))
@@ -326,9 +327,8 @@ def build(p: beam.Pipeline, shape: SnapshotShape) -> None:
             | "NextState" >> beam.Flatten()
             | "WriteState" >> WriteFingerprints(out)
         )
-    dead = deads | "AllDeadLetters" >> beam.Flatten()
-    if shape.dead_letter_dir:
-        _ = dead | "WriteDeadLetters" >> WriteDeadLetters(shape.dead_letter_dir, run_id=shape.run_id)
+    if shape.dead_letter_dir:  # each stage's letters appended where they are made
+        _ = tuple(deads) | "WriteDeadLetters" >> WriteDeadLetters(shape.dead_letter_dir, run_id=shape.run_id)
 
 
 # ---------------------------------------------------------------------------- run
@@ -513,8 +513,9 @@ def _run_locked(
         buckets=request.buckets,
     )
     try:
-        result = start(runner_options, False, lambda p: build(p, shape))
-        result.wait_until_finish()
+        with stopped_by_recording(request.run_id):
+            result = start(runner_options, False, lambda p: build(p, shape))
+            result.wait_until_finish()
     except (StateCorrupt, WarehouseError) as exc:
         # Beam re-raises a worker's exception with the step appended; the file and the fix are enough.
         raise type(exc)(str(exc).split(" [while running", 1)[0]) from None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 from typing import Any
 
 import apache_beam as beam
@@ -112,6 +111,9 @@ class WriteDeadLetters(beam.PTransform):
 
     With a ``run_id`` the file is ``dead-letters-<run id>.jsonl`` and each letter carries the run id
     and the time it was written; without one (snapshot-sync for now) it is ``dead-letters.jsonl``.
+    Each letter is appended as it arrives (`AppendLines`), not when the job ends. Given a list of
+    PCollections (each stage's letters), each is appended where it is produced, before they are
+    flattened: a runner may hold a flatten's inputs back until their stages end.
     """
 
     def __init__(
@@ -124,39 +126,58 @@ class WriteDeadLetters(beam.PTransform):
         self._run_id = run_id
 
     def expand(self, letters):
-        lines = letters | "ToJson" >> beam.Map(dead_letter_json, run_id=self._run_id)
+        inputs = list(letters) if isinstance(letters, tuple) else [letters]
+        path = letters_path(self._directory, self._run_id) if self._directory else None
+        written: list = []
+        for i, part in enumerate(inputs):
+            suffix = str(i) if len(inputs) > 1 else ""
+            lines = part | f"ToJson{suffix}" >> beam.Map(dead_letter_json, run_id=self._run_id)
+            if path:
+                lines = lines | f"ToFiles{suffix}" >> beam.ParDo(AppendLines(path, self._run_id))
+            written.append(lines)
+        lines = written[0] if len(written) == 1 else written | "AllLetterLines" >> beam.Flatten()
         if self._topic:
             _ = (
                 lines
                 | "Encode" >> beam.Map(lambda s: s.encode("utf-8"))
                 | "ToPubSub" >> beam.io.WriteToPubSub(self._topic)
             )
-        if self._directory:
-            path = letters_path(self._directory, self._run_id)
-            if self._streaming:
-                _ = lines | "ToFiles" >> beam.ParDo(AppendLines(path))
-            else:
-                _ = lines | "ToFiles" >> beam.io.WriteToText(
-                    path.removesuffix(".jsonl"), file_name_suffix=".jsonl", shard_name_template=""
-                )
         return lines
 
 
-_APPEND_LOCK = threading.Lock()
-
-
 class AppendLines(beam.DoFn):
-    """Appends each line to one local file; for streaming local runs, where file sinks need windows."""
+    """Appends each line to one file as it arrives (closecrm.journal): on disk before it is passed on.
 
-    def __init__(self, path: str) -> None:
+    With ``sync`` (dead letters) each line is fsync-ed as it is appended; without (the audit lines
+    of requests that wrote nothing), once per bundle. On an object store (gs://…), which cannot be
+    appended to, a bundle's lines are one object beside the file when the bundle finishes
+    (`closecrm.journal.part_name`).
+    An append that fails raises `JournalError` (one line: the file, the error, the fix) and stops
+    the run's Close writes (`closecrm.journal.Recording`).
+    """
+
+    def __init__(self, path: str, run_id: str | None = None, sync: bool = True) -> None:
         self._path = path
+        self._run_id = run_id
+        self._sync = sync
 
     def setup(self) -> None:
-        import os
+        from closecrm.journal import Journal, has_scheme
 
-        os.makedirs(os.path.dirname(self._path) or ".", exist_ok=True)
+        self._journal = Journal(self._path, self._run_id)
+        self._objects = has_scheme(self._path)
+        self._held: list[str] = []
 
     def process(self, line: str):
-        with _APPEND_LOCK, open(self._path, "a", encoding="utf-8") as fh:
-            fh.write(line + "\n")
+        if self._objects:
+            self._held.append(line)
+        else:
+            self._journal.append([line], sync=self._sync)
         yield line
+
+    def finish_bundle(self) -> None:
+        if self._held:
+            held, self._held = self._held, []
+            self._journal.append(held)
+        elif not self._sync and not self._objects:
+            self._journal.sync()

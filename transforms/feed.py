@@ -52,6 +52,11 @@ class EngineFeed:
         self._outstanding = 0  # items submitted whose outcomes were not handed back yet (Beam's thread)
         self._input: asyncio.Queue[list[Any] | None] | None = None  # chunks, then None; loop thread only
         self._task: asyncio.Task[None] | None = None  # loop thread only
+        self._items: dict[int, Any] = {}  # id of a request under way -> the item that carried it
+
+    def item_for(self, request: Any) -> Any | None:
+        """The submitted item whose request this is, while it is under way (any thread)."""
+        return self._items.get(id(request))
 
     @property
     def outstanding(self) -> int:
@@ -86,6 +91,8 @@ class EngineFeed:
 
     def _handed_back(self, chunk: Sequence[Any], outs: list[Outcome]) -> Iterator[Pair]:
         self._outstanding -= len(chunk)
+        for item in chunk:
+            self._items.pop(id(item.request), None)
         yield from zip(chunk, outs, strict=True)
 
     # ------------------------------------------------------------ loop thread
@@ -111,6 +118,7 @@ class EngineFeed:
                 if chunk is None:
                     return
                 taken.append(chunk)
+                self._items.update((id(item.request), item) for item in chunk)
                 yield [item.request for item in chunk]
 
         # A dry run goes through the same stream, so it plans what the real run would write.

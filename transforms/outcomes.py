@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Any
 
 import apache_beam as beam
 
-from closecrm.model import DeadLetter, Outcome, utc_now_text
+from closecrm.model import DeadLetter, Outcome, UpsertRequest, utc_now_text
 from transforms import metrics
 from transforms.collapse import Pending
 from transforms.deadletter import DEAD, letter_event
@@ -63,6 +64,28 @@ def audit_record(
         "changes": audited_changes(outcome, dry_run),
         "dropped": [d.to_json() for d in request.dropped],
     }
+
+
+def audit_line(item: tuple[Pending, Outcome], run_id: str | None = None, dry_run: bool = False) -> str:
+    """`audit_record` as the JSON line the audit log holds."""
+    pending, outcome = item
+    return json.dumps(audit_record(pending, outcome, run_id=run_id, dry_run=dry_run), sort_keys=True, default=str)
+
+
+def intent_line(request: UpsertRequest, change: dict[str, Any], run_id: str | None = None) -> str:
+    """The audit log's line for a lead merge or a contact deletion about to be sent: the change as
+    the request's own line lists it, under ``intent``. The request's line follows when it ends and
+    says whether it was applied; an intent without one may or may not have been made (a killed run)."""
+    record = {
+        "time": utc_now_text(),
+        "run_id": run_id,
+        "intent": dict(change),
+        "user_id": request.contact_user_id,
+        "previous_id": request.alias_previous_id,
+        "event_ids": list(request.event_ids),
+        "mappings": list(request.mappings),
+    }
+    return json.dumps(record, sort_keys=True, default=str)
 
 
 def audited_changes(outcome: Outcome, dry_run: bool) -> list[dict[str, Any]]:

@@ -36,7 +36,7 @@ from transforms.deadletter import DEAD
 from transforms.feed import EngineFeed
 from transforms.keying import key_by_lead_shard
 from transforms.ledger import LEDGER
-from transforms.outcomes import emit_outcome
+from transforms.outcomes import audit_line, emit_outcome, intent_line
 from transforms.sharded import in_global_window
 
 
@@ -94,12 +94,16 @@ class ApplyBatches(beam.DoFn):
         flush_seconds: float,
         dry_run: bool,
         in_event_time: bool = True,
+        run_id: str | None = None,
+        audit_log: str | None = None,
     ):
         self._spec = spec
         self._batch_size = batch_size
         self._flush_seconds = flush_seconds
         self._dry_run = dry_run
         self._in_event_time = in_event_time
+        self._run_id = run_id
+        self._audit_log = audit_log
 
     def setup(self) -> None:
         # One loop and one HTTP client per DoFn instance, never one per element or per flush.
@@ -109,6 +113,7 @@ class ApplyBatches(beam.DoFn):
         self._loop_thread.start()
         self._client, self._engine = self._spec.build()
         self._feed = EngineFeed(self._loop, self._engine, dry_run=self._dry_run)
+        self._record_setup()
         self._client_metrics = ClientMetrics(self._client)
         self._sent = metrics.counter(metrics.REQUESTS_SENT)
         self._batch_sizes = metrics.distribution(metrics.BATCH_SIZE)
@@ -196,10 +201,51 @@ class ApplyBatches(beam.DoFn):
             self._feed.submit(batch)
         yield from self._emit(self._feed.wait_until(0) if not self.OVERLAP else self._feed.ready())
 
+    def _record_setup(self) -> None:
+        """The audit log is written here, as writes happen (see docs/DESIGN.md, "Durable records"): a
+        merge's or deletion's line before it is sent (the engine calls `_intend`), each request's
+        line before its outcome is emitted. Once an append of this run failed, the engine sends no
+        more writes and the writer stops the job (`_record`)."""
+        from closecrm.journal import Journal, Recording
+
+        self._recording = Recording.of(self._run_id)
+        self._audit = Journal(self._audit_log, self._run_id) if self._audit_log else None
+        self._recorded: set[int] = set()  # ids of the Pendings whose line the engine's hook appended
+        if not self._dry_run:
+            audited = self._audit is not None
+            self._engine.record(
+                self._intend if audited else None, self._recording, self._ended if audited else None
+            )
+
+    def _intend(self, request: UpsertRequest, change: dict[str, Any]) -> None:
+        assert self._audit is not None
+        self._audit.append([intent_line(request, change, self._run_id)])
+
+    def _ended(self, done: list[tuple[UpsertRequest, Outcome]]) -> None:
+        """A group's requests ended in the engine: their lines now, not when their lookup batch is
+        handed back (engine thread; the line of a request not found here is appended at `_record`)."""
+        assert self._audit is not None
+        found = [(pending, outcome) for request, outcome in done if (pending := self._feed.item_for(request))]
+        lines = [audit_line(pair, self._run_id) for pair in found]
+        self._audit.append(lines, sync=any(outcome.changes for _, outcome in found))
+        self._recorded.update(id(pending) for pending, _ in found)
+
+    def _record(self, pending: Pending, outcome: Outcome) -> None:
+        """The request's audit line on disk (fsync-ed when it changed something), before its outcome
+        goes on; then raises the run's first failed append (`JournalError`), if any, which ends the job."""
+        if id(pending) in self._recorded:
+            self._recorded.discard(id(pending))
+        elif self._audit is not None:
+            line = audit_line((pending, outcome), self._run_id, self._dry_run)
+            self._audit.append([line], sync=bool(outcome.changes) and not self._dry_run)
+        if self._recording.failure is not None:
+            raise self._recording.failure
+
     def _emit(self, pairs: Iterable[tuple[Pending, Outcome]]) -> Iterable[Any]:
         emitted = False
         for pending, outcome in pairs:
             emitted = True
+            self._record(pending, outcome)
             yield from emit_outcome(pending, outcome)
         if emitted:
             self._client_metrics.report()
@@ -239,6 +285,8 @@ class UpsertToClose(beam.PTransform):
 
     ``in_event_time``: bounded input is applied in event time across flushes (held to the end of
     input); False for requests without event times, which bounded input then flushes as they come.
+
+    With ``audit_log`` the writer appends the audit log itself, as it writes (`ApplyBatches._record_setup`).
     """
 
     def __init__(
@@ -251,6 +299,8 @@ class UpsertToClose(beam.PTransform):
         streaming: bool,
         dry_run: bool,
         in_event_time: bool = True,
+        run_id: str | None = None,
+        audit_log: str | None = None,
     ) -> None:
         super().__init__()
         self._spec = spec
@@ -260,10 +310,20 @@ class UpsertToClose(beam.PTransform):
         self._streaming = streaming
         self._dry_run = dry_run
         self._in_event_time = in_event_time
+        self._run_id = run_id
+        self._audit_log = audit_log
 
     def expand(self, pendings):
         kind = ApplyBatchesStreaming if self._streaming else ApplyBatches
-        writer = kind(self._spec, self._batch_size, self._flush_seconds, self._dry_run, self._in_event_time)
+        writer = kind(
+            self._spec,
+            self._batch_size,
+            self._flush_seconds,
+            self._dry_run,
+            in_event_time=self._in_event_time,
+            run_id=self._run_id,
+            audit_log=self._audit_log,
+        )
         return (
             pendings
             | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows())

@@ -14,7 +14,8 @@ from closecrm.engine.lookups import Lookup
 from closecrm.engine.scheduler import MAX_CONCURRENCY, STREAM_BATCH, STREAM_DEPTH, Batches, Scheduler
 from closecrm.engine.settings_check import check_settings
 from closecrm.engine.spans import batches
-from closecrm.engine.writes import Store, Writes
+from closecrm.engine.writes import Ended, Intend, Store, Writes
+from closecrm.journal import Recording
 from closecrm.model import Outcome, Settings, UpsertRequest
 
 
@@ -116,6 +117,16 @@ class UpsertEngine:
         The end state and the calls are those of ``upsert_batch`` batch after batch."""
         async for outs in self._scheduler.stream(batches, self._layer(dry_run), depth):
             yield outs
+
+    def record(self, intend: Intend | None, recording: Recording | None, ended: Ended | None = None) -> None:
+        """Record as writes happen: ``intend`` is called (off the event loop, awaited) with each lead
+        merge's and contact deletion's request and change before the write is sent, and must have it
+        on disk when it returns; ``ended`` with each group's requests and outcomes as the group ends,
+        before the requests after it go on. Once ``recording`` holds a failure, every Close call of
+        the write layer is refused (``RecordingStopped``): the request fails, and so does every later one."""
+        self._writes.intend = intend
+        self._writes.recording = recording
+        self._writes.ended = ended
 
     def expect_unconfirmed(self, req: UpsertRequest) -> None:
         """Treat ``req``'s identity as possibly created just now (e.g. replaying an ``ambiguous_write``

@@ -22,6 +22,7 @@ from closecrm.engine import alias
 from closecrm.engine.ambiguity import MAX_CREATE_ATTEMPTS, Redo
 from closecrm.engine.op import Op, describe
 from closecrm.engine.writes import Store
+from closecrm.journal import RecordingStopped
 from closecrm.lookup import View, company_key, email_lookup_key, user_key
 from closecrm.model import Outcome, Settings, UpsertRequest
 
@@ -68,6 +69,8 @@ async def apply(
         return op.outcome(shared_calls)
     except CloseAPIError as exc:
         log.info("upsert failed: %s", exc)
+        return op.failed(exc, shared_calls)
+    except RecordingStopped as exc:  # the run stops; its one error says why, once
         return op.failed(exc, shared_calls)
     except Exception as exc:  # noqa: BLE001 - one request's bad value must not fail the others
         log.warning("upsert failed in the engine: %s", describe(exc))

@@ -234,6 +234,7 @@ class Scheduler:
                 results.setdefault(i, []).append(await apply(req, view, writes, calls, prep.positions[i]))
             for i, outs in results.items():
                 outcomes[i] = outs[0] if len(outs) == 1 else combine(outs)
+            await writes.finished([(reqs[i], outcomes[i]) for i in results])  # recorded as they end
         finally:
             gate.release()
 

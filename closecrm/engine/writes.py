@@ -3,7 +3,8 @@ the engine remembers of them. ``Writes`` talks to Close; ``DryWrites`` (dry.py) 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from closecrm.cache import LRU, IdCache
@@ -11,14 +12,19 @@ from closecrm.client import CloseAPIError, CloseClient
 from closecrm.created_ids import CreatedIdLedger
 from closecrm.engine import ambiguity
 from closecrm.engine.op import Op
+from closecrm.journal import JournalError, Recording, RecordingStopped
 from closecrm.lookup import View
-from closecrm.model import Settings
+from closecrm.model import Outcome, Settings, UpsertRequest
 
 if TYPE_CHECKING:
     from closecrm.engine.lookups import Lookup
 
 Record = dict[str, Any]
 BORN_SIZE = 100_000  # records whose creation order this engine remembers
+# Records, durably, a merge or deletion about to be sent: the request, and its change as the outcome lists it.
+Intend = Callable[[UpsertRequest, Record], None]
+# Records, durably, the outcomes of requests that just ended (a group's, in order).
+Ended = Callable[[list[tuple[UpsertRequest, Outcome]]], None]
 
 
 class Records(Protocol):
@@ -59,6 +65,17 @@ class Store:
         self.gone: LRU[str, str] = LRU(BORN_SIZE)
         # what other engines (an earlier run, another writer) took away lately, when a ledger is kept
         self.doubts: Doubts | None = None
+
+    ended: Ended | None = None  # see UpsertEngine.record
+
+    async def finished(self, done: list[tuple[UpsertRequest, Outcome]]) -> None:
+        """These requests ended: their records on disk (``ended``) before their group lets the next go."""
+        if self.ended is None or not done:
+            return
+        try:
+            await asyncio.to_thread(self.ended, done)
+        except JournalError:
+            pass  # the run's Recording holds it: no write leaves from now on, and the writer stops the job
 
     def view(self) -> View:
         """An empty view whose "oldest" ranks this engine's creations in input order."""
@@ -218,6 +235,29 @@ class Writes(Store):
         self.settle_seconds = settle_seconds
         self.unsettled = ambiguity.Unsettled(unsettled_seconds)
         self.doubts = ledger
+        self.intend: Intend | None = None
+        self.recording: Recording | None = None
+
+    async def call(self, op: Op, method: str, path: str, body: Any = None) -> Any:
+        # A run that cannot record stops: no write (nor the reads that lead to one) leaves once an
+        # append of its failed, so the requests under way end at once and the writer ends the job.
+        failure = self.recording.failure if self.recording is not None else None
+        if failure is not None:
+            raise RecordingStopped(str(failure))
+        return await super().call(op, method, path, body)
+
+    async def _intent(self, op: Op, obj: str, record_id: str, action: str) -> None:
+        """The audit record of a merge or deletion, on disk before it is sent (see UpsertEngine.record)."""
+        if self.intend is None:
+            return
+        change = next(
+            (c for c in reversed(op.changes) if (c.get("object"), c.get("id"), c.get("action")) == (obj, record_id, action)),
+            {"object": obj, "id": record_id, "action": action},
+        )
+        try:
+            await asyncio.to_thread(self.intend, op.req, change)
+        except JournalError as exc:
+            raise RecordingStopped(str(exc)) from None
 
     def learned(self, kind: str, record_id: str, keys: Iterable[str], before: Iterable[str] = ()) -> None:
         if self.ledger is None:
@@ -262,6 +302,7 @@ class Writes(Store):
         path = f"contact/{contact['id']}/"
         if self.ledger is not None:  # before: a run killed after the DELETE still leaves the word
             self.ledger.removed("contact", contact["id"], view.contact_keys(contact))
+        await self._intent(op, "contact", contact["id"], "delete")
         await ambiguity.remove(self, op, "DELETE", path, None, gone=path)
         self.removed(view, contact["id"])
 
@@ -271,6 +312,7 @@ class Writes(Store):
         if self.ledger is not None:  # before, as for a deletion: a hit of it is then read by id
             lead = view.leads.get(source) or self.records.get(source) or {}
             self.ledger.removed("lead", source, view.lead_keys(lead))
+        await self._intent(op, "lead", source, "merge")
         merge = (source, into)
         await ambiguity.remove(self, op, "POST", "lead/merge/", body, gone=f"lead/{source}/", merge=merge)
         self.moved(view, source, into)

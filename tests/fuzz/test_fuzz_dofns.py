@@ -700,8 +700,10 @@ def test_ledger_settles_every_payload_read_exactly_once(raws, data):
 
 @functools.cache
 def streaming_dead_letter_writer(dead_dir: str) -> beam.DoFn:
-    (fn,) = event_job_dofns(CONFIG, _request(SOURCES["pubsub"], dead_dir), streaming=True)[AppendLines]
-    return fn  # streaming dead letters go to one file, appended line by line
+    fns = event_job_dofns(CONFIG, _request(SOURCES["pubsub"], dead_dir), streaming=True)[AppendLines]
+    letters = [fn for fn in fns if Path(fn._path).name.startswith("dead-letters")]
+    assert len({fn._path for fn in letters}) == 1  # each stage's letters, appended where made, to one file
+    return letters[0]  # dead letters go to one file, appended line by line
 
 
 @budget(30)

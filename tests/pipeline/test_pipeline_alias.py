@@ -54,7 +54,9 @@ def test_a_batch_run_merges_the_visitor_into_the_account_between_their_events(si
         == 0
     )
     check(sim, cf)
-    lines = read_lines(audit)
+    written = read_lines(audit)
+    intents = [line["intent"] for line in written if "intent" in line]  # each merge and deletion, before it was sent
+    lines = [line for line in written if "intent" not in line]
     changes = [c for line in lines for c in line.get("changes") or []]
     assert [
         c["action"]
@@ -64,6 +66,7 @@ def test_a_batch_run_merges_the_visitor_into_the_account_between_their_events(si
         "merge",
         "delete",
     ]
+    assert intents == [{k: v for k, v in c.items() if k != "applied"} for c in changes if c["action"] in ("merge", "delete")]
     outcomes = {tuple(line["event_ids"]): line["outcome"] for line in lines}
     assert outcomes[("m6",)] == "unchanged"  # nothing carries that previous id
 

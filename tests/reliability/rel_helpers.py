@@ -119,7 +119,10 @@ def applied_ids(workdir: Path) -> list[str]:
     """Event ids of the audit lines whose request Close accepted (failed ones are dead letters)."""
     lines = read_lines(workdir / "audit.jsonl")
     return [
-        e for line in lines if not str(line.get("outcome")).startswith("failed") for e in line["event_ids"]
+        e
+        for line in lines
+        if "intent" not in line and not str(line.get("outcome")).startswith("failed")
+        for e in line["event_ids"]
     ]
 
 
