@@ -20,7 +20,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 from pipeline.sources import SourceOptions
 
-LOCAL_RUNNERS = ("directrunner", "prismrunner", "bundlebaseddirectrunner", "switchingdirectrunner")
+DIRECT_RUNNERS = ("directrunner", "bundlebaseddirectrunner", "switchingdirectrunner")
+LOCAL_RUNNERS = (*DIRECT_RUNNERS, "prismrunner")
 
 
 def runner_name(options: PipelineOptions) -> str:
@@ -40,6 +41,7 @@ def graph_mode(source: SourceOptions, options: PipelineOptions, kafka_reader: st
     user's ``--kafka-reader`` choice, None for the runner's default.
     """
     local = runs_locally(options)
+    direct = runner_name(options) in DIRECT_RUNNERS
     if kafka_reader is not None and source.source != "kafka":
         raise ValueError(f"--kafka-reader applies to --source kafka only, not --source {source.source}")
     if kafka_reader == "java" and local:
@@ -51,5 +53,5 @@ def graph_mode(source: SourceOptions, options: PipelineOptions, kafka_reader: st
     if source.source == "kafka":
         streaming = streaming or not local
         reader = kafka_reader or ("python" if local else "java")
-        return replace(source, streaming=streaming, kafka_reader=reader)
-    return replace(source, streaming=streaming)
+        return replace(source, streaming=streaming, kafka_reader=reader, direct_runner=direct)
+    return replace(source, streaming=streaming, direct_runner=direct)

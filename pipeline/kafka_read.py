@@ -29,7 +29,7 @@ from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.core import ProcessContinuation, RestrictionProvider, WatermarkEstimatorProvider
 from apache_beam.transforms.window import GlobalWindow, TimestampedValue
-from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.timestamp import Duration, Timestamp
 
 from closecrm.model import Origin, Received
 
@@ -71,6 +71,9 @@ class KafkaReadSettings:
     max_delay_seconds: float = 5.0  # the watermark trails the newest record time by this
     idle_seconds: float = 10.0  # an idle partition holds the watermark back by at most this
     idle_timeout_seconds: float = 30.0  # a bounded read that gets nothing for this long fails
+    # How an unbounded call asks to be called again: "defer" (the tracker's self-checkpoint, which
+    # portable runners honour) or "yield" (a ProcessContinuation, which the DirectRunner's SDF runner reads).
+    continuation: str = "defer"
 
 
 class PlanKafkaPartitions(beam.DoFn):
@@ -111,10 +114,32 @@ class PlanKafkaPartitions(beam.DoFn):
             consumer.close()
 
     def _committed(self, consumer: Any, topic: str, partitions: list[int]) -> dict[int, int]:
-        from confluent_kafka import TopicPartition
+        """The group's committed offsets; retried while the broker is still electing the group's
+        coordinator (a new group's offsets topic is created on first use)."""
+        from confluent_kafka import KafkaException, TopicPartition
 
-        found = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=self._timeout_s)
-        return {tp.partition: tp.offset for tp in found if tp.offset >= 0}
+        deadline = time.monotonic() + self._timeout_s
+        while True:
+            try:
+                found = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=self._timeout_s)
+                return {tp.partition: tp.offset for tp in found if tp.offset >= 0}
+            except KafkaException as error:
+                code = error.args[0].code()
+                waiting = code in _COORDINATOR_NOT_READY or error.args[0].retriable()
+                if not waiting or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+
+def _coordinator_not_ready() -> frozenset[int]:
+    from confluent_kafka import KafkaError
+
+    return frozenset(
+        {KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.COORDINATOR_LOAD_IN_PROGRESS}
+    )
+
+
+_COORDINATOR_NOT_READY = _coordinator_not_ready()
 
 
 class _Offsets(RestrictionProvider):
@@ -126,6 +151,9 @@ class _Offsets(RestrictionProvider):
     def create_tracker(self, restriction: OffsetRange) -> OffsetRestrictionTracker:
         return _PartitionTracker(restriction)
 
+    def split(self, span: KafkaPartitionRange, restriction: OffsetRange) -> Iterator[OffsetRange]:
+        yield restriction  # one reader per partition
+
     def restriction_size(self, span: KafkaPartitionRange, restriction: OffsetRange) -> int:
         # An unbounded range would report sys.maxsize; runners only compare sizes, so keep it modest.
         return min(restriction.size(), 1 << 20)
@@ -136,8 +164,16 @@ class _Offsets(RestrictionProvider):
 
 
 class _PartitionTracker(OffsetRestrictionTracker):
+    """An offset range; an unbounded one splits only to checkpoint (a partition is read by one reader:
+    a split in the middle of offsets no message has yet would hand the reader a range it cannot seek to)."""
+
     def is_bounded(self) -> bool:
         return self.current_restriction().stop != UNBOUNDED_END
+
+    def try_split(self, fraction_of_remainder: float):  # noqa: ANN201
+        if fraction_of_remainder > 0 and not self.is_bounded():
+            return None
+        return super().try_split(fraction_of_remainder)
 
 
 class _PartitionWatermarks(WatermarkEstimatorProvider):
@@ -242,9 +278,10 @@ class ReadKafkaPartitionUnbounded(ReadKafkaPartition):
     def process(
         self,
         span: KafkaPartitionRange,
+        # Before the SDF parameters: Beam passes the others by position and those two by name.
+        finalizer=beam.DoFn.BundleFinalizerParam,
         tracker=beam.DoFn.RestrictionParam(_OFFSETS),
         watermark=beam.DoFn.WatermarkEstimatorParam(_WATERMARKS),
-        finalizer=beam.DoFn.BundleFinalizerParam,
     ) -> Iterator[Any]:
         from confluent_kafka import TopicPartition
 
@@ -255,7 +292,7 @@ class ReadKafkaPartitionUnbounded(ReadKafkaPartition):
         try:
             messages = self._consumer.consume(self._settings.batch, timeout=self._settings.poll_seconds)
             for message in messages:
-                if _end_of_partition(message):
+                if _end_of_partition(message) or message.offset() < start:
                     continue
                 if not tracker.try_claim(message.offset()):
                     return
@@ -270,7 +307,11 @@ class ReadKafkaPartitionUnbounded(ReadKafkaPartition):
         if next_offset > start:
             finalizer.register(partial(self._commit, span.topic, span.partition, next_offset))
         got = any(not _end_of_partition(m) for m in messages)
-        yield ProcessContinuation.resume(0 if got else self._settings.resume_seconds)
+        delay = 0.0 if got else self._settings.resume_seconds
+        if self._settings.continuation == "yield":
+            yield ProcessContinuation.resume(delay)  # the DirectRunner's own SDF runner
+        else:
+            tracker.defer_remainder(Duration.of(delay))  # portable runners: Prism, Dataflow, Flink
 
     def _advance(self, watermark: ManualWatermarkEstimator, newest: float | None) -> None:
         """Newest record time less max_delay; without records, no further back than idle_seconds ago."""

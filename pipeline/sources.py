@@ -54,7 +54,7 @@ class SourceOptions:
     | kafka_consumer_config | kafka | extra consumer settings (security, SASL…), same keys for librdkafka and Java |
     | kafka_reader | kafka | "python" (a splittable DoFn over confluent-kafka) or "java" (Beam's ReadFromKafka) |
     | streaming | all | the job is a streaming one: the Python Kafka reader reads unbounded, from the group's offsets |
-    | direct_runner | pubsub | the DirectRunner, which refuses Pub/Sub id labels |
+    | direct_runner | pubsub, kafka | the DirectRunner: it refuses Pub/Sub id labels, and its SDF runner resumes on a ProcessContinuation |
     """
 
     source: SourceKind
@@ -290,7 +290,11 @@ class ReadKafkaPayloads(beam.PTransform):
         opts = self._options
         config = kafka_consumer_config(opts)
         if opts.kafka_reader == "python":
-            settings = KafkaReadSettings(unbounded=opts.streaming, start_offsets=opts.kafka_partitions_offsets)
+            settings = KafkaReadSettings(
+                unbounded=opts.streaming,
+                start_offsets=opts.kafka_partitions_offsets,
+                continuation="yield" if opts.direct_runner else "defer",
+            )
             label = "Read Kafka (unbounded)" if opts.streaming else "Read Kafka (bounded)"
             return pbegin | label >> ReadKafkaPython(config, opts.kafka_topic or "", settings)
         from apache_beam.io.kafka import ReadFromKafka
