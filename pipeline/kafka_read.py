@@ -259,11 +259,15 @@ class ReadKafkaPartition(beam.DoFn):
         millis = _usable_millis(message)
         yield TimestampedValue(received, millis / 1000.0) if millis is not None else received
 
-    def _commit(self, topic: str, partition: int, offset: int) -> None:
-        """Commits ``offset`` (the next one to read) for the consumer group; a failed commit only means
-        those records are read again after a restart."""
+    def _commit(self, topic: str, partition: int, read: _ReadUpTo) -> None:
+        """Commits the next offset to read for the consumer group, once the bundle that claimed the
+        offsets before it is committed; a failed commit only means those records are read again after a
+        restart."""
         from confluent_kafka import KafkaException, TopicPartition
 
+        offset = read.next_offset
+        if offset <= read.start:
+            return
         try:
             self._consumer.commit(offsets=[TopicPartition(topic, partition, offset)], asynchronous=False)
             self._commits.inc()
@@ -286,9 +290,12 @@ class ReadKafkaPartitionUnbounded(ReadKafkaPartition):
         from confluent_kafka import TopicPartition
 
         start = tracker.current_restriction().start
+        read = _ReadUpTo(start)
+        # Registered before reading, for every call: a runner that asks to finalize a bundle without a
+        # callback gets an error from the SDK harness, and a call may end early on a split.
+        finalizer.register(partial(self._commit, span.topic, span.partition, read))
         self._consumer.assign([TopicPartition(span.topic, span.partition, start)])
         newest: float | None = None
-        next_offset = start
         try:
             messages = self._consumer.consume(self._settings.batch, timeout=self._settings.poll_seconds)
             for message in messages:
@@ -296,7 +303,7 @@ class ReadKafkaPartitionUnbounded(ReadKafkaPartition):
                     continue
                 if not tracker.try_claim(message.offset()):
                     return
-                next_offset = message.offset() + 1
+                read.next_offset = message.offset() + 1
                 yield from self._payload(message, span)
                 millis = _usable_millis(message)
                 if millis is not None:
@@ -304,8 +311,6 @@ class ReadKafkaPartitionUnbounded(ReadKafkaPartition):
         finally:
             self._consumer.unassign()
         self._advance(watermark, newest)
-        if next_offset > start:
-            finalizer.register(partial(self._commit, span.topic, span.partition, next_offset))
         got = any(not _end_of_partition(m) for m in messages)
         delay = 0.0 if got else self._settings.resume_seconds
         if self._settings.continuation == "yield":
@@ -323,6 +328,17 @@ class ReadKafkaPartitionUnbounded(ReadKafkaPartition):
         current = watermark.current_watermark()
         if current is None or candidate > current:
             watermark.set_watermark(candidate)
+
+
+@dataclass
+class _ReadUpTo:
+    """The offsets one unbounded call claimed: [start, next_offset)."""
+
+    start: int
+    next_offset: int = -1
+
+    def __post_init__(self) -> None:
+        self.next_offset = self.start
 
 
 def _end_of_partition(message: Any) -> bool:

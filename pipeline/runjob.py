@@ -188,6 +188,12 @@ def launch(config: JobConfig, request: RunRequest, *, validate: bool = True):  #
     from dataclasses import replace
 
     source = graph_mode(request.source, PipelineOptions(list(request.beam_args)), request.kafka_reader)
+    if source.source == "kafka" and source.streaming and source.direct_runner:
+        # Beam's bundle-based DirectRunner, its only streaming one, cannot run a splittable DoFn; Prism,
+        # which Beam's DirectRunner itself prefers where it can, runs the same graph on this machine.
+        log.info("streaming Kafka on the DirectRunner: the job runs on Prism")
+        source = replace(source, direct_runner=False)
+        request = replace(request, beam_args=(*request.beam_args, "--runner=PrismRunner"))
     request = replace(request, source=source)
     streaming = source.streaming
     options = pipeline_options(request, streaming)

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import apache_beam as beam
 import pytest
+from apache_beam.io.restriction_trackers import OffsetRange, OffsetRestrictionTracker
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.portability import common_urns
 from apache_beam.portability.api import beam_runner_api_pb2
+from apache_beam.transforms.core import RestrictionProvider
 
 from closecrm.credentials import KeySource
 from pipeline.assemble import build
@@ -147,3 +149,33 @@ def test_the_dataflow_dry_run_and_the_flink_graph_name_a_streaming_job(runner, a
     build(p, shape_for(default_config(), request, decided.streaming, local=False))
     result = p.run()
     assert "JOB_TYPE_STREAMING" in str(result.job.proto)
+
+
+class _Counting(RestrictionProvider):
+    def initial_restriction(self, element: str) -> OffsetRange:
+        return OffsetRange(0, 3)
+
+    def create_tracker(self, restriction: OffsetRange) -> OffsetRestrictionTracker:
+        return OffsetRestrictionTracker(restriction)
+
+    def restriction_size(self, element: str, restriction: OffsetRange) -> int:
+        return restriction.size()
+
+
+class _Count(beam.DoFn):
+    def process(self, element: str, tracker=beam.DoFn.RestrictionParam(_Counting())):
+        position = tracker.current_restriction().start
+        while tracker.try_claim(position):
+            yield position
+            position += 1
+
+
+def test_beams_streaming_direct_runner_still_cannot_run_a_splittable_dofn():
+    """Why a streaming Kafka run on the DirectRunner goes to Prism (`runjob.launch`): Beam's bundle-based
+    DirectRunner fails on any splittable DoFn. When this test fails, Beam has fixed it."""
+    from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
+
+    p = beam.Pipeline(runner=BundleBasedDirectRunner(), options=PipelineOptions(streaming=True))
+    _ = p | beam.Create(["a"]) | beam.ParDo(_Count())
+    with pytest.raises(RuntimeError, match="was not replaced as expected"):
+        p.run().wait_until_finish()

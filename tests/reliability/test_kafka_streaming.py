@@ -6,9 +6,14 @@ from __future__ import annotations
 
 import gc
 import json
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +24,7 @@ from pipeline.runjob import RunRequest, launch
 from pipeline.sources import SourceOptions
 from tests.pipeline.helpers import letters_in, write_jsonl
 from tests.reliability.rel_helpers import duplicates, fresh, projection, run_job, w1_events
-from tests.servers import KafkaBroker, missing_server
+from tests.servers import REPO_ROOT, KafkaBroker, missing_server
 from tests.sources.test_pubsub_source import stop_runner_threads
 
 pytestmark = pytest.mark.integration
@@ -101,10 +106,56 @@ def prism(monkeypatch) -> str:
         missing_server(str(exc))
 
 
-@pytest.mark.parametrize("runner", ["PrismRunner", "DirectRunner"])
+@pytest.fixture
+def worker_pool(tmp_path) -> Iterator[str]:
+    """Beam's SDK worker pool in a process of its own, as Flink on Kubernetes runs Python beside the task
+    managers: the job's code reaches it pickled, and shares nothing with the test's process."""
+    port = free_port()
+    log = (tmp_path / "worker-pool.log").open("w")
+    # The pool starts each SDK worker as `python` from PATH: the venv's, with this checkout importable.
+    venv_bin = os.path.dirname(sys.executable)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main", f"--service_port={port}"],
+        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(tmp_path),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not port_open(port):
+            assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "worker-pool.log").read_text()
+            time.sleep(0.1)
+        yield f"localhost:{port}"
+    finally:
+        process.kill()
+        process.wait()
+        log.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+RUNNERS = {
+    "prism": ["--runner=PrismRunner"],
+    "direct": ["--runner=DirectRunner"],
+    "prism-worker-pool": ["--runner=PrismRunner", "--environment_type=EXTERNAL"],
+}
+
+
+@pytest.mark.parametrize("runner", list(RUNNERS))
 def test_a_streaming_kafka_job_reaches_the_reference_state(runner, sim, kafka_broker, tmp_path, monkeypatch, request):
-    if runner == "PrismRunner":
-        request.getfixturevalue("prism")
+    request.getfixturevalue("prism")  # the DirectRunner hands a streaming Kafka run to Prism
+    monkeypatch.setenv("CLOSE_API_KEY", sim.api_key)  # the workers' environment holds the key, as on a cluster
+    beam_args = list(RUNNERS[runner])
+    if runner == "prism-worker-pool":
+        beam_args.append(f"--environment_config={request.getfixturevalue('worker_pool')}")
     events = w1_events(users=30, companies=6, per_user=6)
     expected = reference(sim, events, tmp_path, monkeypatch)
 
@@ -115,10 +166,10 @@ def test_a_streaming_kafka_job_reaches_the_reference_state(runner, sim, kafka_br
     publish(kafka_broker, topic, events)
 
     streaming_kafka_run(
-        sim, config, kafka_broker, topic, work, [f"--runner={runner}"],
+        sim, config, kafka_broker, topic, work, beam_args,
         lambda: wait_for(lambda: projection(sim, cf) == expected, timeout_s=180),
     )  # fmt: skip
     assert duplicates(sim, cf) == {"leads": [], "contacts": []}
     assert not letters_in(work / "dead")
-    if runner == "PrismRunner":  # Prism finalizes bundles: the group's offsets moved past what was read
-        assert sum(committed(kafka_broker, topic).values()) > 0
+    # Prism finalizes bundles: the group's offsets moved past what was read
+    assert sum(committed(kafka_broker, topic).values()) > 0
