@@ -100,6 +100,12 @@ def sim(**kwargs: object) -> None:
 @click.option("--timestamp-attribute", help="Pub/Sub attribute holding the event time.")
 @click.option("--bootstrap-servers", help="Kafka bootstrap servers, host:port[,host:port].")
 @click.option("--kafka-topic", help="Kafka topic to read.")
+@click.option(
+    "--kafka-reader",
+    type=click.Choice(["python", "java"]),
+    help="Kafka reader: python (a splittable DoFn over confluent-kafka; the only one on the DirectRunner "
+    "and Prism) or java (Beam's ReadFromKafka, the default on Dataflow and Flink).",
+)
 @CLOSE_URL
 @API_KEY_FILE
 @click.option(
@@ -189,6 +195,7 @@ def run(ctx: click.Context, config_path: str | None, **opts: object) -> None:
             remember_created_ids=not opts["no_created_ids"],
             beam_args=tuple(ctx.args),
             progress=not opts["quiet"],
+            kafka_reader=opts["kafka_reader"],
         )
         dead = run_job(config, request, validate=False)  # checked above, with the mappings' fields
     except Exception as exc:  # noqa: BLE001

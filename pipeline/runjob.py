@@ -25,6 +25,7 @@ from closecrm.model import new_run_id
 from pipeline import beam_patches, summary
 from pipeline.assemble import JobShape, build
 from pipeline.config import JobConfig
+from pipeline.graph_mode import graph_mode
 from pipeline.sources import SourceOptions
 from pipeline.state_location import announce, ledger_location, runs_on_this_machine
 from transforms import metrics as m
@@ -58,6 +59,7 @@ class RunRequest:
     # Names the run's dead-letter file and stamps its letters and audit lines: its start time and a
     # random part (closecrm.model.new_run_id).
     run_id: str = field(default_factory=new_run_id)
+    kafka_reader: str | None = None  # --kafka-reader: python or java; None: the runner's default
 
 
 def is_direct(options: PipelineOptions) -> bool:
@@ -192,14 +194,18 @@ def start(options: PipelineOptions, streaming: bool, graph: Callable[[beam.Pipel
 
 def launch(config: JobConfig, request: RunRequest, *, validate: bool = True):  # noqa: ANN201
     """Checks Close, builds and starts the job; returns Beam's PipelineResult without waiting."""
-    streaming = request.source.source == "pubsub"
-    options = pipeline_options(request, streaming)
-    source = request.source
-    if source.source == "kafka" and source.direct_runner != is_direct(options):
-        from dataclasses import replace
+    from dataclasses import replace
 
-        source = replace(source, direct_runner=is_direct(options))
-        request = replace(request, source=source)
+    source = graph_mode(request.source, PipelineOptions(list(request.beam_args)), request.kafka_reader)
+    if source.source == "kafka" and source.streaming and source.direct_runner:
+        # Beam's bundle-based DirectRunner, its only streaming one, cannot run a splittable DoFn; Prism,
+        # which Beam's DirectRunner itself prefers where it can, runs the same graph on this machine.
+        log.info("streaming Kafka on the DirectRunner: the job runs on Prism")
+        source = replace(source, direct_runner=False)
+        request = replace(request, beam_args=(*request.beam_args, "--runner=PrismRunner"))
+    request = replace(request, source=source)
+    streaming = source.streaming
+    options = pipeline_options(request, streaming)
     local = is_direct(options)
     if not local and not request.dead_letter_dir and not request.dead_letter_topic:
         raise ValueError(

@@ -16,7 +16,6 @@ and counted in `skipped_files`.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -24,14 +23,15 @@ from typing import Any, Literal
 import apache_beam as beam
 from apache_beam.io import fileio
 from apache_beam.metrics import Metrics
-from apache_beam.transforms.window import GlobalWindow, TimestampedValue
 
 from closecrm.model import Origin, Received
 from pipeline.avro_io import iter_avro_records, record_to_event
+from pipeline.kafka_read import KafkaReadSettings, ReadKafkaPython
 
 _LOG = logging.getLogger(__name__)
 
 SourceKind = Literal["files", "pubsub", "kafka"]
+KafkaReader = Literal["python", "java"]
 
 JSON_LINES_EXTENSIONS = (".jsonl", ".json", ".ndjson")
 COMPRESSION_EXTENSIONS = (".gz", ".bz2", ".zst", ".deflate")
@@ -50,9 +50,11 @@ class SourceOptions:
     | id_attribute | pubsub | attribute Dataflow dedupes redeliveries on; ignored on the DirectRunner |
     | bootstrap_servers | kafka | `host:port[,host:port…]` |
     | kafka_topic | kafka | topic to read |
-    | kafka_partitions_offsets | kafka | `{partition: first offset}`; DirectRunner only (default: each partition's start) |
+    | kafka_partitions_offsets | kafka | `{partition: first offset}`; the Python reader's bounded read only (default: each partition's start) |
     | kafka_consumer_config | kafka | extra consumer settings (security, SASL…), same keys for librdkafka and Java |
-    | direct_runner | kafka | true: bounded Python reader up to the end offsets seen at start; false: Beam's ReadFromKafka |
+    | kafka_reader | kafka | "python" (a splittable DoFn over confluent-kafka) or "java" (Beam's ReadFromKafka) |
+    | streaming | all | the job is a streaming one: the Python Kafka reader reads unbounded, from the group's offsets |
+    | direct_runner | pubsub, kafka | the DirectRunner: it refuses Pub/Sub id labels, and its SDF runner resumes on a ProcessContinuation |
     """
 
     source: SourceKind
@@ -65,6 +67,8 @@ class SourceOptions:
     kafka_topic: str | None = None
     kafka_partitions_offsets: Mapping[int, int] | None = None
     kafka_consumer_config: Mapping[str, str] = field(default_factory=dict)
+    kafka_reader: KafkaReader = "python"
+    streaming: bool = False
     direct_runner: bool = True
 
     def __post_init__(self) -> None:
@@ -75,10 +79,12 @@ class SourceOptions:
         if self.source == "kafka":
             if not (self.bootstrap_servers and self.kafka_topic):
                 raise ValueError("--source kafka needs --bootstrap-servers HOSTS and --kafka-topic NAME")
-            if self.kafka_partitions_offsets and not self.direct_runner:
+            if self.kafka_reader not in ("python", "java"):
+                raise ValueError(f"unknown Kafka reader {self.kafka_reader!r}: use python or java")
+            if self.kafka_partitions_offsets and (self.kafka_reader != "python" or self.streaming):
                 raise ValueError(
-                    "start offsets per partition are honoured only by the DirectRunner's bounded Kafka "
-                    "reader; on Dataflow/Flink start from the consumer group's committed offsets"
+                    "start offsets per partition are honoured only by the Python Kafka reader's bounded "
+                    "read; a streaming read starts from the consumer group's committed offsets"
                 )
         if self.source not in ("files", "pubsub", "kafka"):
             raise ValueError(f"unknown source {self.source!r}: use files, pubsub or kafka")
@@ -273,8 +279,8 @@ class ReadPubSubPayloads(beam.PTransform):
 
 
 class ReadKafkaPayloads(beam.PTransform):
-    """Message values (bytes) of a Kafka topic: Beam's ReadFromKafka, or a bounded Python read locally
-    (whose values carry their topic, partition and offset; Beam's reader gives the values alone)."""
+    """Message values (bytes) of a Kafka topic: the Python reader (bounded, or unbounded when streaming),
+    whose values carry their topic, partition and offset, or Beam's ReadFromKafka (values alone)."""
 
     def __init__(self, options: SourceOptions) -> None:
         super().__init__()
@@ -283,10 +289,14 @@ class ReadKafkaPayloads(beam.PTransform):
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         opts = self._options
         config = kafka_consumer_config(opts)
-        if opts.direct_runner:
-            return pbegin | "Read Kafka (bounded)" >> ReadKafkaBounded(
-                config, opts.kafka_topic or "", opts.kafka_partitions_offsets
+        if opts.kafka_reader == "python":
+            settings = KafkaReadSettings(
+                unbounded=opts.streaming,
+                start_offsets=opts.kafka_partitions_offsets,
+                continuation="yield" if opts.direct_runner else "defer",
             )
+            label = "Read Kafka (unbounded)" if opts.streaming else "Read Kafka (bounded)"
+            return pbegin | label >> ReadKafkaPython(config, opts.kafka_topic or "", settings)
         from apache_beam.io.kafka import ReadFromKafka
 
         return (
@@ -296,6 +306,7 @@ class ReadKafkaPayloads(beam.PTransform):
                 consumer_config=config,
                 topics=[opts.kafka_topic],
                 timestamp_policy=ReadFromKafka.create_time_policy,
+                commit_offset_in_finalize=True,
             )
             | "Values" >> beam.Map(lambda key_value: key_value[1])
         )
@@ -310,137 +321,3 @@ def kafka_consumer_config(options: SourceOptions) -> dict[str, str]:
         **dict(options.kafka_consumer_config),
         "bootstrap.servers": options.bootstrap_servers or "",
     }
-
-
-@dataclass(frozen=True)
-class KafkaPartitionRange:
-    """Offsets [start, end) of one partition, to be read by one ReadKafkaPartition call."""
-
-    topic: str
-    partition: int
-    start: int
-    end: int
-
-
-class ReadKafkaBounded(beam.PTransform):
-    """Every message of a topic up to the end offsets seen when the job starts (DirectRunner, replays)."""
-
-    def __init__(
-        self, consumer_config: Mapping[str, str], topic: str, start_offsets: Mapping[int, int] | None = None
-    ) -> None:
-        super().__init__()
-        self._config = dict(consumer_config)
-        self._topic = topic
-        self._start_offsets = dict(start_offsets or {})
-
-    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
-        return (
-            pbegin
-            | "Topic" >> beam.Create([self._topic])
-            | "Plan partitions" >> beam.ParDo(PlanKafkaPartitions(self._config, self._start_offsets))
-            | "Spread partitions" >> beam.Reshuffle()
-            | "Read partition" >> beam.ParDo(ReadKafkaPartition(self._config))
-        )
-
-
-class PlanKafkaPartitions(beam.DoFn):
-    """The topic's partitions with their start offsets and current end (high watermark) offsets."""
-
-    def __init__(
-        self, consumer_config: Mapping[str, str], start_offsets: Mapping[int, int], timeout_s: float = 30.0
-    ):
-        self._config = dict(consumer_config)
-        self._start_offsets = dict(start_offsets)
-        self._timeout_s = timeout_s
-
-    def process(self, topic: str) -> Iterator[KafkaPartitionRange]:
-        from confluent_kafka import Consumer, KafkaException, TopicPartition
-
-        consumer = Consumer(self._config)
-        try:
-            metadata = consumer.list_topics(topic, timeout=self._timeout_s).topics.get(topic)
-            if metadata is None or metadata.error is not None:
-                raise KafkaException(
-                    f"topic {topic!r} unavailable: {metadata.error if metadata else 'missing'}"
-                )
-            unknown = set(self._start_offsets) - set(metadata.partitions)
-            if unknown:
-                raise ValueError(f"topic {topic!r} has no partition(s) {sorted(unknown)}")
-            for partition in sorted(metadata.partitions):
-                low, high = consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=self._timeout_s
-                )
-                start = max(low, self._start_offsets.get(partition, low))
-                if start < high:
-                    yield KafkaPartitionRange(topic, partition, start, high)
-        finally:
-            consumer.close()
-
-
-# A producer may stamp a message with any int64 of milliseconds (nanoseconds by mistake, say); Beam's
-# timestamps are int64 microseconds and end with the global window, and an element stamped later fails
-# the bundle, so a later message keeps the time of its read, like one without a timestamp.
-LATEST_KAFKA_MILLIS = GlobalWindow().max_timestamp().micros // 1000
-
-
-class ReadKafkaPartition(beam.DoFn):
-    """The values of one partition range, with their topic, partition and offset, stamped with their
-    Kafka timestamps; tombstones are skipped."""
-
-    def __init__(self, consumer_config: Mapping[str, str], idle_timeout_s: float = 30.0, batch: int = 500):
-        self._config = dict(consumer_config)
-        self._idle_timeout_s = idle_timeout_s
-        self._batch = batch
-        self._consumer: Any = None
-        self._tombstones = Metrics.counter("close_sync.sources", "kafka_tombstones")
-
-    def setup(self) -> None:
-        from confluent_kafka import Consumer
-
-        self._consumer = Consumer({**self._config, "enable.partition.eof": "true"})
-
-    def teardown(self) -> None:
-        if self._consumer is not None:
-            self._consumer.close()
-            self._consumer = None
-
-    def process(self, span: KafkaPartitionRange) -> Iterator[TimestampedValue | bytes]:
-        from confluent_kafka import KafkaError, KafkaException, TopicPartition
-
-        self._consumer.assign([TopicPartition(span.topic, span.partition, span.start)])
-        try:
-            next_offset, last_progress = span.start, time.monotonic()
-            while next_offset < span.end:
-                messages = self._consumer.consume(self._batch, timeout=1.0)
-                for message in messages:
-                    if message.error() is not None:
-                        if message.error().code() == KafkaError._PARTITION_EOF:
-                            # End of the log: offsets up to `end` that were never delivered were
-                            # compacted away or were transaction markers.
-                            next_offset = span.end
-                            continue
-                        raise KafkaException(message.error())
-                    if message.offset() >= span.end:
-                        next_offset = span.end
-                        break
-                    next_offset = message.offset() + 1
-                    yield from self._payload(message, span)
-                if messages:
-                    last_progress = time.monotonic()
-                elif time.monotonic() - last_progress > self._idle_timeout_s:
-                    raise TimeoutError(
-                        f"{span.topic}[{span.partition}]: no message for {self._idle_timeout_s}s "
-                        f"at offset {next_offset} of [{span.start}, {span.end})"
-                    )
-        finally:
-            self._consumer.unassign()
-
-    def _payload(self, message: Any, span: KafkaPartitionRange) -> Iterator[TimestampedValue | Received]:
-        value = message.value()
-        if value is None:
-            self._tombstones.inc()
-            return
-        received = Received(value, Origin("kafka", span.topic, message.offset(), span.partition))
-        kind, millis = message.timestamp()
-        stamped = kind and 0 <= millis <= LATEST_KAFKA_MILLIS
-        yield TimestampedValue(received, millis / 1000.0) if stamped else received

@@ -42,11 +42,12 @@ from apache_beam.coders import registry
 from apache_beam.internal import pickler
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import FileMetadata
+from apache_beam.io.restriction_trackers import OffsetRange
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.pipeline import PipelineVisitor
 from apache_beam.pvalue import TaggedOutput
 from apache_beam.transforms import userstate
-from apache_beam.transforms.core import _StateDoFnParam, _TimerDoFnParam
+from apache_beam.transforms.core import ProcessContinuation, _StateDoFnParam, _TimerDoFnParam
 from apache_beam.transforms.window import GlobalWindow, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
@@ -64,14 +65,19 @@ from pipeline import snapshot_job
 from pipeline.assemble import build
 from pipeline.avro_io import event_schema, event_to_avro_record
 from pipeline.config import JobConfig, parse_config
-from pipeline.runjob import RunRequest, shape_for
-from pipeline.sources import (
+from pipeline.kafka_read import (
     KafkaPartitionRange,
     PlanKafkaPartitions,
+    ReadKafkaPartition,
+    ReadKafkaPartitionUnbounded,
+    _Offsets,
+    _PartitionWatermarks,
+)
+from pipeline.runjob import RunRequest, shape_for
+from pipeline.sources import (
     ReadAnyFile,
     ReadAvroRows,
     ReadJsonLines,
-    ReadKafkaPartition,
     ReadParquetRows,
     SkipUnsupportedFile,
     SourceOptions,
@@ -409,12 +415,16 @@ SOURCES = {
     "files": SourceOptions(source="files", input="/nonexistent/*.jsonl"),
     "pubsub": SourceOptions(source="pubsub", subscription="projects/fuzz-project/subscriptions/events"),
     "kafka": SourceOptions(source="kafka", bootstrap_servers="127.0.0.1:9", kafka_topic="events"),
+    "kafka-streaming": SourceOptions(
+        source="kafka", bootstrap_servers="127.0.0.1:9", kafka_topic="events", streaming=True
+    ),
 }
 
 
 @functools.cache
 def job_dofn(cls: type, source: str = "files") -> beam.DoFn:
-    """The job's instance of ``cls``: files and Kafka sources run bounded, Pub/Sub streaming."""
+    """The job's instance of ``cls``: files and Kafka sources run bounded, Pub/Sub and streaming Kafka
+    streaming."""
     request = RunRequest(
         source=SOURCES[source],
         close_url=NOWHERE,
@@ -422,7 +432,7 @@ def job_dofn(cls: type, source: str = "files") -> beam.DoFn:
         dead_letter_dir="/nonexistent/dead",
         audit_log="/nonexistent/audit.jsonl",
     )
-    return event_job_dofns(CONFIG, request, streaming=source == "pubsub")[cls][0]
+    return event_job_dofns(CONFIG, request, streaming=source in ("pubsub", "kafka-streaming"))[cls][0]
 
 
 @functools.cache
@@ -887,8 +897,21 @@ class FakeConsumer:
     def unassign(self) -> None:
         pass
 
+    def commit(self, offsets: list[Any], asynchronous: bool) -> None:
+        self.committed = offsets[0].offset
+
     def close(self) -> None:
         self.closed = True
+
+
+class Finalizer:
+    """What a runner hands an SDF as its BundleFinalizerParam: callbacks run once the bundle is committed."""
+
+    def __init__(self) -> None:
+        self.callbacks: list[Callable[[], None]] = []
+
+    def register(self, callback: Callable[[], None]) -> None:
+        self.callbacks.append(callback)
 
 
 kafka_timestamps = st.tuples(
@@ -913,19 +936,55 @@ def test_kafka_partition_reader_hands_on_every_value_whatever_its_timestamp(valu
     fn = shipped(job_dofn(ReadKafkaPartition, "kafka"))
     consumer = fn._consumer = FakeConsumer(messages, batch)  # what setup() opens, without a broker
     span = KafkaPartitionRange("events", 0, 0, len(messages))
+    tracker = _Offsets().create_tracker(_Offsets().initial_restriction(span))
     out = Emitted()
     try:
         fn.start_bundle()
-        out.take(fn.process(span))
+        out.take(fn.process(span, tracker=tracker, watermark=None))
         out.take(fn.finish_bundle(), finishing=True)
     finally:
         fn.teardown()
     assert consumer.closed
+    if messages:
+        tracker.check_done()  # a bounded range is read to its end
     assert [r.payload for r in out.main] == [v for v in values if v is not None] and not out.tagged
     offsets = [i for i, v in enumerate(values) if v is not None]
     assert [(r.origin.name, r.origin.partition, r.origin.position) for r in out.main] == [
         ("events", 0, i) for i in offsets
     ]
+
+
+@budget(50)
+@given(
+    values=st.lists(st.one_of(st.none(), payloads.map(_line)), max_size=10),
+    stamps=st.lists(kafka_timestamps, min_size=10, max_size=10),
+    batch=st.integers(1, 4),
+)
+def test_unbounded_kafka_reader_hands_on_every_value_and_commits_only_what_it_claimed(values, stamps, batch):
+    messages = [FakeMessage(i, v, stamps[i]) for i, v in enumerate(values)]
+    fn = shipped(job_dofn(ReadKafkaPartitionUnbounded, "kafka-streaming"))
+    consumer = fn._consumer = FakeConsumer(messages, batch)
+    span = KafkaPartitionRange("events", 0, 0, None)
+    restriction = _Offsets().initial_restriction(span)
+    watermark = _PartitionWatermarks().create_watermark_estimator(None)
+    out = Emitted()
+    try:
+        for _ in range(len(messages) // batch + 2):  # the runner calls again after each resume
+            tracker = _Offsets().create_tracker(restriction)
+            finalizer = Finalizer()
+            emitted = list(fn.process(span, tracker=tracker, watermark=watermark, finalizer=finalizer))
+            continuation = emitted.pop()
+            assert isinstance(continuation, ProcessContinuation)
+            out.take(emitted)
+            assert getattr(consumer, "committed", 0) <= restriction.start  # nothing before finalization
+            for callback in finalizer.callbacks:
+                callback()
+            restriction = OffsetRange(consumer._at, restriction.stop)  # the runner's checkpoint: the rest
+    finally:
+        fn.teardown()
+    assert [r.payload for r in out.main] == [v for v in values if v is not None] and not out.tagged
+    assert getattr(consumer, "committed", 0) == len(messages)
+    assert watermark.current_watermark() is not None
 
 
 # ---------------------------------------------------------------------------- snapshot
@@ -1179,6 +1238,7 @@ DRIVERS: dict[type, tuple[Callable[..., Any], ...]] = {
     ReadParquetRows: (test_file_readers_hand_on_every_payload_or_one_unreadable_file_payload,),
     SkipUnsupportedFile: (test_file_readers_hand_on_every_payload_or_one_unreadable_file_payload,),
     ReadKafkaPartition: (test_kafka_partition_reader_hands_on_every_value_whatever_its_timestamp,),
+    ReadKafkaPartitionUnbounded: (test_unbounded_kafka_reader_hands_on_every_value_and_commits_only_what_it_claimed,),
     _ReadAvroBatches: (test_bucket_rows_keys_every_row_or_dead_letters_it,),
     BucketRows: (test_bucket_rows_keys_every_row_or_dead_letters_it,),
     DiffBucket: (test_diff_bucket_ends_every_row_as_a_change_a_duplicate_or_kept,),

@@ -26,7 +26,7 @@ def options(broker: KafkaBroker, topic: str, **extra: object) -> SourceOptions:
         source="kafka",
         bootstrap_servers=broker.bootstrap_servers,
         kafka_topic=topic,
-        direct_runner=True,
+
         **extra,
     )
 
@@ -114,9 +114,9 @@ def test_missing_topic_fails_the_job(kafka_broker: KafkaBroker) -> None:
         pipeline.run()
 
 
-def test_start_offsets_are_refused_for_the_cross_language_reader() -> None:
-    with pytest.raises(ValueError, match="DirectRunner"):
+@pytest.mark.parametrize("extra", [{"kafka_reader": "java"}, {"streaming": True}])
+def test_start_offsets_are_refused_but_for_a_bounded_python_read(extra: dict) -> None:
+    with pytest.raises(ValueError, match="bounded"):
         SourceOptions(
-            source="kafka", bootstrap_servers="b:9092", kafka_topic="t", kafka_partitions_offsets={0: 1},
-            direct_runner=False,
-        )  # fmt: skip
+            source="kafka", bootstrap_servers="b:9092", kafka_topic="t", kafka_partitions_offsets={0: 1}, **extra
+        )

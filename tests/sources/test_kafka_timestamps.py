@@ -9,7 +9,7 @@ from apache_beam.transforms.window import GlobalWindow, TimestampedValue
 from apache_beam.utils.windowed_value import WindowedValue
 
 from closecrm.model import Origin, Received
-from pipeline.sources import LATEST_KAFKA_MILLIS, KafkaPartitionRange, ReadKafkaPartition
+from pipeline.kafka_read import LATEST_KAFKA_MILLIS, KafkaPartitionRange, ReadKafkaPartition
 
 CREATE_TIME = 1
 NOW_MS = 1_767_225_600_000  # 2026-01-01
