@@ -78,10 +78,10 @@ def pipeline_proto(source: SourceOptions, args: list[str], reader: str | None) -
         key_source=KeySource(path="gs://close-sync-test/key"),
         dead_letter_dir="gs://close-sync-test/dead",
         audit_log="gs://close-sync-test/audit.jsonl",
-        created_ids_dir="gs://close-sync-test/state",
+        state_location="gs://close-sync-test/state",
     )
     p = beam.Pipeline(options=options)
-    build(p, shape_for(default_config(), request, decided.streaming, local=False))
+    build(p, shape_for(default_config(), request, decided.streaming, local=False, on_this_machine=False))
     assert options.view_as(StandardOptions).streaming is decided.streaming
     return p.to_runner_api()
 
@@ -144,9 +144,9 @@ def test_the_dataflow_dry_run_and_the_flink_graph_name_a_streaming_job(runner, a
         source=decided,
         key_source=KeySource(path="gs://close-sync-test/key"),
         dead_letter_dir="gs://close-sync-test/dead",
-        created_ids_dir="gs://close-sync-test/state",
+        state_location="gs://close-sync-test/state",
     )
-    build(p, shape_for(default_config(), request, decided.streaming, local=False))
+    build(p, shape_for(default_config(), request, decided.streaming, local=False, on_this_machine=False))
     result = p.run()
     assert "JOB_TYPE_STREAMING" in str(result.job.proto)
 
