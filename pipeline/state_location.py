@@ -25,6 +25,7 @@ OPTION = "--state-location"
 OFF_OPTION = "--no-created-ids"
 # Runner environments whose workers run on the launching machine and so see its files.
 _THIS_MACHINE_ENVIRONMENTS = ("", "LOOPBACK", "PROCESS")
+_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
 class StateLocationError(ValueError):
@@ -42,8 +43,12 @@ def runs_on_this_machine(options: object) -> bool:
         return True
     if not is_prism(options):  # type: ignore[arg-type]
         return False
-    environment = options.view_as(PortableOptions).environment_type or ""  # type: ignore[attr-defined]
-    return environment.upper() in _THIS_MACHINE_ENVIRONMENTS
+    portable = options.view_as(PortableOptions)  # type: ignore[attr-defined]
+    environment = (portable.environment_type or "").upper()
+    if environment == "EXTERNAL":  # a worker pool: on this machine when its address is a loopback one
+        address = portable.environment_config or ""
+        return urlsplit(f"//{address}").hostname in _LOOPBACK_HOSTS
+    return environment in _THIS_MACHINE_ENVIRONMENTS
 
 
 def _is_shared_url(location: str) -> bool:

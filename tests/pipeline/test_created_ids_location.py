@@ -81,6 +81,9 @@ def test_which_runners_share_this_machines_files() -> None:
     assert runs_on_this_machine(PipelineOptions([]))
     assert runs_on_this_machine(PipelineOptions(["--runner=PrismRunner"]))  # loopback workers by default
     assert not runs_on_this_machine(PipelineOptions(["--runner=PrismRunner", "--environment_type=DOCKER"]))
+    pool = ["--runner=PrismRunner", "--environment_type=EXTERNAL"]
+    assert runs_on_this_machine(PipelineOptions([*pool, "--environment_config=localhost:50000"]))
+    assert not runs_on_this_machine(PipelineOptions([*pool, "--environment_config=workers.internal:50000"]))
     assert not runs_on_this_machine(PipelineOptions(["--runner=DataflowRunner"]))
     assert not runs_on_this_machine(PipelineOptions(["--runner=FlinkRunner"]))
 
