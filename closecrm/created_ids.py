@@ -309,7 +309,7 @@ class CreatedIdLedger:
         table[name] = at
         if digest is not None:
             ids = self._ids.get(digest)
-            if ids and ids.get(record_id, at) <= at:  # a hint older than the key's leaving no longer holds
+            if ids and record_id in ids and ids[record_id] <= at:  # a hint older than the leaving no longer holds
                 del ids[record_id]
                 if not ids:
                     del self._ids[digest]

@@ -185,6 +185,17 @@ def test_what_the_job_took_away_is_in_the_ledger_hashed_and_read_by_the_next_run
     assert reader.ids("user:P") == ("cont_1",) and not reader.left_lately("user:P", "cont_1")
 
 
+def test_a_record_the_ledger_never_held_can_be_taken_away_while_its_key_holds_another(tmp_path: Path) -> None:
+    """A seeded contact the job never created is deleted while the ledger knows its key on another
+    record: the leaving is recorded and the other record's hint stands."""
+    ledger = CreatedIdLedger(str(tmp_path))
+    ledger.record("contact", "cont_other", ["user:V"])
+    ledger.removed("contact", "cont_seeded", ["user:V", "email:v@x.example"])
+    assert ledger.removed_lately("cont_seeded") and ledger.left_lately("user:V", "cont_seeded")
+    assert ledger.ids("user:V") == ("cont_other",)
+    ledger.close()
+
+
 def test_what_the_job_took_away_expires_with_the_ledger(tmp_path: Path) -> None:
     now = [1_800_000_000.0]
     writer = CreatedIdLedger(str(tmp_path), clock=lambda: now[0], ttl_seconds=100.0, roll_seconds=10.0)
