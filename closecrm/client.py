@@ -1,4 +1,4 @@
-"""CloseClient: one keep-alive httpx client for Close's API, paced per endpoint group, with bounded retries."""
+"""CloseClient: one keep-alive httpx client for Close's API, paced per learned rate budget, with bounded retries."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import aiohttp.helpers
 import httpx
 import yarl
 
+from closecrm.budgets import Budgets
 from closecrm.counters import Totals
 from closecrm.credentials import DEFAULT_BUDGET_SHARE, DEFAULT_CLOSE_URL
 from closecrm.ratelimit import GroupPacer, parse_ratelimit, retry_after_seconds
@@ -26,7 +27,7 @@ DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 # A 502/504 or a lost connection after the request went out: the write may or may not have happened.
 AMBIGUOUS_STATUSES = frozenset({502, 504})
 # Names of the client's running totals (CloseClient.totals).
-CALLS_IN_GROUP = "calls:"  # + endpoint group
+CALLS_IN_GROUP = "calls:"  # + endpoint_group(), a reporting category (pacing learns its own pools)
 CALLS_TO_ENDPOINT = "endpoint:"  # + "METHOD /path/{id}/"
 RATE_LIMITED = "rate_limited"  # 429 answers
 RETRIES = "retries"
@@ -189,7 +190,8 @@ _AMBIGUOUS_METHODS = frozenset({"POST", "DELETE"})
 
 
 def endpoint_group(method: str, path: str) -> str:
-    """Close's rate-limit groups as the simulator counts them."""
+    """The category a call is counted under in the job's figures (search, read, lead_write,
+    contact_write, other). Pacing does not use it: Close's real groups are learned (closecrm/budgets.py)."""
     p = "/" + path.strip("/") + "/"
     method = method.upper()
     if p.startswith("/data/search/"):
@@ -206,7 +208,8 @@ def endpoint_group(method: str, path: str) -> str:
 class CloseClient:
     """Async Close API client.
 
-    ``budget_share`` is the fraction of each group's rate budget this client may use (N workers
+    Each endpoint is paced by the pool of endpoints its answers show to share one rate budget
+    (closecrm/budgets.py). ``budget_share`` is the fraction of each budget this client may use (N workers
     sharing one key: 1/N). ``max_in_flight`` bounds concurrent requests (Little's law: Close's
     default budgets, ~100 calls/s over all groups, at ~0.3 s per call need ~30 in flight). 429s wait as told and
     retry; 5xx and timeouts retry with jittered exponential back-off up to ``max_attempts``; an
@@ -255,7 +258,7 @@ class CloseClient:
         )
         del key  # the only copy now lives in the auth header httpx builds
         self._slots = asyncio.Semaphore(max_in_flight)
-        self._pacers: dict[str, GroupPacer] = {}
+        self._budgets = Budgets(budget_share)
         # Running totals: added on the thread of the event loop this client runs on, read by the job's
         # metrics from another thread, so always through `totals` (thread-safe; see closecrm/counters.py).
         self.totals = Totals()
@@ -289,10 +292,13 @@ class CloseClient:
     def throttled_seconds(self) -> float:
         return self.totals.get(THROTTLED_SECONDS)
 
-    def pacer(self, group: str) -> GroupPacer:
-        if group not in self._pacers:
-            self._pacers[group] = GroupPacer(self.budget_share)
-        return self._pacers[group]
+    def pacer(self, method: str, path: str) -> GroupPacer:
+        """The pacer of the budget an endpoint is known to share (its own until the headers say more)."""
+        return self._budgets.pacer(f"{method.upper()} /{_shape(path.lstrip('/'))}")
+
+    def budget_pools(self) -> list[list[str]]:
+        """Endpoints that share one rate budget, as learned from the headers so far."""
+        return self._budgets.pools()
 
     def counters(self) -> dict[str, Any]:
         """The running totals, all read at one instant."""
@@ -337,13 +343,14 @@ class CloseClient:
         method = method.upper()
         path = path.lstrip("/")
         group = endpoint_group(method, path)
-        pacer = self.pacer(group)
+        endpoint = f"{method} /{_shape(path)}"
         attempt = 0
         waits_429 = 0
         sent = 0
         while True:
             attempt += 1
             sent += 1
+            pacer = self._budgets.pacer(endpoint)  # pools may merge or split between attempts
             waited, ticket = await pacer.acquire_ticket()
             if waited:
                 self.totals.add(THROTTLED_SECONDS, waited)
@@ -351,8 +358,9 @@ class CloseClient:
             try:
                 async with self._slots:
                     pacer.sending(ticket)
+                    sent_at = time.monotonic()
                     self.totals.add(CALLS_IN_GROUP + group)
-                    self.totals.add(f"{CALLS_TO_ENDPOINT}{method} /{_shape(path)}")
+                    self.totals.add(CALLS_TO_ENDPOINT + endpoint)
                     response = await self._http.request(method, path, json=json, params=params)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 pacer.cancelled(ticket)  # never reached Close: safe to retry any method
@@ -383,6 +391,7 @@ class CloseClient:
                     attempt -= 1  # waiting as told is not a failed attempt
                     continue
                 pacer.done(rl, ticket=ticket)
+                self._budgets.observe(endpoint, rl, sent_at)
                 if response.status_code < 400:
                     return _body(response)
                 status = response.status_code

@@ -67,6 +67,13 @@ def main(ctx: click.Context, verbose: bool) -> None:
 @click.option("--ambiguous-rate", type=float, default=0.0, help="Share of writes committed then failed.")
 @click.option("--ratelimit-separator", type=click.Choice([",", ";"]), default=",", help="Header separator.")
 @click.option("--snapshot", type=click.Path(dir_okay=False), help="Write the state here on shutdown.")
+@click.option(
+    "--rate-groups",
+    default="close",
+    help="Rate-limit groups and windows: close (search, read, lead_write, contact_write, other), "
+    "foreign (a grouping the client does not assume), or a JSON file with a list of "
+    "{name, endpoints, limit, window}.",
+)
 def sim(**kwargs: object) -> None:
     """Serve a local Close API at http://HOST:PORT/api/v1/.
 

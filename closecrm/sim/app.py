@@ -24,6 +24,7 @@ from closecrm.sim.errors import (
     ValidationFailed,
 )
 from closecrm.sim.faults import Faults
+from closecrm.sim.groups import close_group
 from closecrm.sim.ratelimit import Decision, RateLimiter, header_value
 from closecrm.sim.search import Query
 from closecrm.sim.state import ORGANIZATION_ID, USER_ID, Store
@@ -60,7 +61,7 @@ class Simulator:
 
     def search(self, body: Any) -> dict[str, Any]:
         cf_types = {f["id"]: t for t in ("lead", "contact") for f in self.store.custom_fields(t)}
-        query = Query(body, cf_types)
+        query = Query(body, cf_types, frozenset(self.config.reject_shapes))
         return self.store.search(query.run)
 
 
@@ -105,18 +106,6 @@ def make_app(sim: Simulator) -> web.Application:
 
 
 # ------------------------------------------------------------------ pipeline
-
-
-def _group(method: str, template: str) -> str:
-    if template == "/data/search/":
-        return "search"
-    if method == "GET":
-        return "read"
-    if template.startswith("/lead/"):
-        return "lead_write"
-    if template.startswith("/contact/"):
-        return "contact_write"
-    return "other"
 
 
 def _api_key(request: web.Request, keys: list[str]) -> str | None:
@@ -169,7 +158,7 @@ async def _api_middleware(request: web.Request, handler: Handler) -> web.StreamR
         sim.stats.event("unauthorized")
         sim.stats.response(401)
         return _unauthorized()
-    group = _group(method, template)
+    group = sim.limiter.group(method, template)
     sim.stats.request(group, endpoint)
 
     headers: dict[str, str] = {}
@@ -220,7 +209,7 @@ async def _api_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return _error(exc, headers)
     response.headers.update(headers)
 
-    if method in WRITE_METHODS and group in ("lead_write", "contact_write"):
+    if method in WRITE_METHODS and close_group(method, template) in ("lead_write", "contact_write"):
         outcome = sim.faults.ambiguous_outcome()
         if outcome is not None:
             sim.stats.event("ambiguous_injected")

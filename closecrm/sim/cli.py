@@ -35,6 +35,7 @@ def run_from_cli(
     ratelimit_separator: str = ",",
     snapshot: str | None = None,
     merge_delay_seconds: float = 0.0,
+    rate_groups: str = "close",
 ) -> None:
     """Build the config from the command's options and serve; the API key is never logged."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
@@ -52,6 +53,7 @@ def run_from_cli(
         ambiguous_rate=ambiguous_rate,
         ratelimit_separator=ratelimit_separator,
         merge_delay_seconds=merge_delay_seconds,
+        rate_groups=_rate_groups(rate_groups),
     )
     simulator = Simulator(config)
     if seed:
@@ -60,6 +62,20 @@ def run_from_cli(
     if snapshot:
         Path(snapshot).write_text(json.dumps(simulator.store.snapshot(), indent=2))
         log.info("snapshot written to %s", snapshot)
+
+
+def _rate_groups(value: str) -> Any:
+    """A preset's name as is; anything else names a JSON file holding a list of groups."""
+    from closecrm.sim.groups import PRESETS
+
+    if value == "close" or value in PRESETS:
+        return value
+    try:
+        return json.loads(Path(value).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(
+            f"--rate-groups {value}: not a preset (close, {', '.join(PRESETS)}) nor a readable JSON file ({exc})"
+        ) from None
 
 
 def load_seed(simulator: Simulator, path: str) -> None:

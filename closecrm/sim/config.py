@@ -36,6 +36,12 @@ class SimConfig:
     # POST /lead/merge/ answers "in_progress" and the merge takes effect this many seconds later
     # (0: it is applied before the response, which says "completed").
     merge_delay_seconds: float = 0.0
+    # The rate-limit groups and their windows: None or "close" (search, read, lead_write,
+    # contact_write, other), "foreign", or a list of groups (closecrm/sim/groups.py).
+    rate_groups: Any = None
+    # Search condition shapes answered with 400, e.g. "contact.custom_field:term",
+    # "contact_email.email:term", "lead.date_created:moment_range" (see Query in search.py).
+    reject_shapes: list[str] = field(default_factory=list)
 
     def update(self, **knobs: Any) -> None:
         """Validate then apply knobs; unknown names or bad values raise ValueError and change nothing."""
@@ -72,6 +78,15 @@ def _coerce(name: str, value: Any) -> Any:
         if value not in (",", ";"):
             raise ValueError("ratelimit_separator must be ',' or ';'")
         return value
+    if name == "rate_groups":
+        from closecrm.sim.groups import parse_rules
+
+        parse_rules(value)  # raises ValueError naming the problem
+        return value
+    if name == "reject_shapes":
+        if not isinstance(value, list) or not all(isinstance(v, str) and ":" in v for v in value):
+            raise ValueError("reject_shapes must be a list of 'field:condition' shapes")
+        return list(value)
     if name == "random_seed":
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
             raise ValueError("random_seed must be an integer or null")

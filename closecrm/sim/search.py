@@ -125,7 +125,8 @@ class TermIndex:
 class Query:
     """A validated search body, ready to run over documents."""
 
-    def __init__(self, body: Any, custom_field_types: dict[str, str]):
+    def __init__(self, body: Any, custom_field_types: dict[str, str], reject: frozenset[str] = frozenset()):
+        self.reject = reject  # condition shapes refused on purpose (SimConfig.reject_shapes)
         if not isinstance(body, dict):
             raise ValidationFailed(["The search body must be a JSON object."])
         unknown = sorted(set(body) - BODY_KEYS)
@@ -281,6 +282,9 @@ class Query:
         if not isinstance(condition, dict):
             raise ValidationFailed(field_errors={f"{path}.condition": "This field is required."})
         kind = condition.get("type")
+        shape = f"{object_type}.{'custom_field' if key.startswith('custom.') else key}:{kind}"
+        if shape in self.reject:
+            raise ValidationFailed(field_errors={f"{path}.condition": f"Unsupported condition {shape!r}."})
         match: Callable[[Any], bool]
         if kind == "term":
             values = condition.get("values")
