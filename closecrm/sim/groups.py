@@ -41,8 +41,19 @@ class GroupRule:
 # as Close's /me/ does. Windows differ per group.
 FOREIGN: tuple[GroupRule, ...] = (
     GroupRule("search", ("POST /data/search/",), 16, 1.0),
-    GroupRule("writes", ("POST /lead/*", "PUT /lead/*", "DELETE /lead/*", "POST /contact/*",
-                         "PUT /contact/*", "DELETE /contact/*"), 120, 2.0),  # fmt: skip
+    GroupRule(
+        "writes",
+        (
+            "POST /lead/*",
+            "PUT /lead/*",
+            "DELETE /lead/*",
+            "POST /contact/*",
+            "PUT /contact/*",
+            "DELETE /contact/*",
+        ),
+        120,
+        2.0,
+    ),  # fmt: skip
     GroupRule("records", ("GET /lead/*", "GET /contact/*"), 40, 1.0),
     GroupRule("account", ("GET /me/", "* /custom_field/*", "* /status/*"), 80, 8.0),
 )
@@ -57,7 +68,9 @@ def parse_rules(value: Any) -> tuple[GroupRule, ...] | None:
         return None
     if isinstance(value, str):
         if value not in PRESETS:
-            raise ValueError(f"rate_groups must be 'close', {', '.join(map(repr, PRESETS))} or a list of groups")
+            raise ValueError(
+                f"rate_groups must be 'close', {', '.join(map(repr, PRESETS))} or a list of groups"
+            )
         return PRESETS[value]
     if not isinstance(value, list | tuple) or not value:
         raise ValueError("rate_groups must be a preset name or a non-empty list of groups")
