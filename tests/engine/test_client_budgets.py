@@ -55,7 +55,8 @@ def test_writes_that_share_a_foreign_group_stay_within_it(sim: SimServer) -> Non
     assert stats["responses_429"] <= 0.01 * stats["requests_total"], stats
     budget = 120 / 2.0 * time_scale  # the shared write group, per second
     bound = n / budget
-    assert bound / seconds >= 0.85 * 0.85, (seconds, bound)  # budget use, with room for a busy machine
+    # Budget use: bench/pipeline_budget.py measures it; here only a floor a busy 2-core machine keeps.
+    assert bound / seconds >= 0.6, (seconds, bound)
     assert ["POST /contact/", "POST /lead/"] in client.budget_pools()
 
 
@@ -117,7 +118,7 @@ def test_a_shared_counter_merges_and_a_second_counter_splits() -> None:
     a, b = budgets.pacer("POST /lead/"), budgets.pacer("POST /contact/")
     assert a is not b
     remaining = 100
-    for i in range(VOTES + 1):
+    for i in range(2 * VOTES + 1):
         endpoint = ("POST /lead/", "POST /contact/")[i % 2]
         sent = clock.now + 0.001
         clock.now += 0.01
@@ -136,11 +137,67 @@ def test_a_shared_counter_merges_and_a_second_counter_splits() -> None:
     assert ["POST /contact/"] in budgets.pools() and ["POST /lead/"] in budgets.pools()
 
 
-def test_answers_from_possibly_different_windows_are_no_evidence() -> None:
+def _alternate(budgets: Budgets, clock: Clock, remainings: list[int], gap: float) -> None:
+    for i, remaining in enumerate(remainings):
+        sent = clock.now + 0.001
+        clock.now += gap
+        budgets.observe(("POST /lead/", "PUT /lead/{id}/")[i % 2], RateLimit(40, remaining, 1.0), sent)
+
+
+def test_whole_second_resets_merge_on_votes_both_ways_despite_a_window_turning() -> None:
+    """Close's resets are whole seconds: no window end is sure, so close answers are tallied, and a
+    window that turns between two of them (a higher remaining) does not keep a shared counter apart."""
     clock = Clock()
     budgets = Budgets(1.0, clock=clock)
-    budgets.observe("POST /lead/", RateLimit(40, 10, 1.0), 0.0)  # whole-second reset: window may end at once
-    for _ in range(VOTES + 1):
+    _alternate(budgets, clock, [30, 29, 28, 39, 38, 37, 36, 35, 34, 33], gap=0.01)
+    assert budgets.pools() == [["POST /lead/", "PUT /lead/{id}/"]]
+
+
+def test_whole_second_answers_far_apart_are_no_evidence() -> None:
+    clock = Clock()
+    budgets = Budgets(1.0, clock=clock)
+    _alternate(budgets, clock, list(range(39, 19, -1)), gap=0.5)
+    assert budgets.pools() == [["POST /lead/"], ["PUT /lead/{id}/"]]
+
+
+def test_two_counters_in_whole_seconds_stay_apart() -> None:
+    """A busy endpoint and a quiet one, each with its own counter: the quiet one's answers keep
+    showing more left than the busy one's, which is proof against sharing."""
+    clock = Clock()
+    budgets = Budgets(1.0, clock=clock)
+    busy, quiet = 39, 39
+    for i in range(60):
+        sent = clock.now + 0.001
         clock.now += 0.01
-        budgets.observe("POST /contact/", RateLimit(40, 5, 1.0), clock.now - 0.005)
+        if i % 4 == 3:
+            quiet -= 1
+            budgets.observe("POST /lead/", RateLimit(40, quiet, 1.0), sent)
+        else:
+            busy = busy - 1 if busy > 0 else 39
+            budgets.observe("POST /contact/", RateLimit(40, busy, 1.0), sent)
     assert budgets.pools() == [["POST /contact/"], ["POST /lead/"]]
+
+
+def test_a_shared_close_group_is_learned_with_whole_second_resets(sim: SimServer) -> None:
+    """Close's grouping at its own speed (whole-second resets): lead creations and lead updates share
+    lead_write, which the client finds out without being told."""
+    sim.configure(limits_enabled=True, time_scale=1.0)
+
+    async def go() -> CloseClient:
+        async with CloseClient(sim.base_url, sim.api_key) as client:
+            lead = await client.post("lead/", {"name": "base"})
+            jobs = iter(range(120))
+
+            async def worker() -> None:
+                for i in jobs:
+                    if i % 2:
+                        await client.put(f"lead/{lead['id']}/", {"description": f"d{i}"})
+                    else:
+                        await client.post("lead/", {"name": f"l{i}"})
+
+            await asyncio.gather(*(worker() for _ in range(16)))
+            return client
+
+    client = asyncio.run(go())
+    assert ["POST /lead/", "PUT /lead/{id}/"] in client.budget_pools()
+    assert sim.stats()["responses_429"] <= 0.03 * sim.stats()["requests_total"]
