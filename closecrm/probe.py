@@ -199,6 +199,9 @@ class Probe:
 
         try:
             if not await self.step("create a lead with a nested contact", create):
+                self.report.steps[
+                    -1
+                ].detail += f"; if Close made it anyway, delete the lead named {req.lead_name!r}"
                 return
             self.report.wrote = True
             lead_id = created[0]["id"]
