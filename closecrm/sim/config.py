@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from closecrm.sim.groups import parse_rules
+
 _PROBABILITIES = ("fault_rate", "ambiguous_rate", "storm_rate")
 _POSITIVE = ("search_rate", "write_rate", "time_scale", "org_limit_factor")
 _NON_NEGATIVE = ("latency_ms", "jitter_ms", "search_lag", "storm_seconds", "merge_delay_seconds")
@@ -79,8 +81,6 @@ def _coerce(name: str, value: Any) -> Any:
             raise ValueError("ratelimit_separator must be ',' or ';'")
         return value
     if name == "rate_groups":
-        from closecrm.sim.groups import parse_rules
-
         parse_rules(value)  # raises ValueError naming the problem
         return value
     if name == "reject_shapes":
