@@ -66,16 +66,18 @@ def run_from_cli(
 
 def _rate_groups(value: str) -> Any:
     """A preset's name as is; anything else names a JSON file holding a list of groups."""
-    from closecrm.sim.groups import PRESETS
+    from closecrm.sim.groups import PRESETS, parse_rules
 
     if value == "close" or value in PRESETS:
         return value
     try:
-        return json.loads(Path(value).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        groups = json.loads(Path(value).read_text(encoding="utf-8"))
+        parse_rules(groups)
+    except (OSError, json.JSONDecodeError, ValueError) as exc:
         raise ValueError(
-            f"--rate-groups {value}: not a preset (close, {', '.join(PRESETS)}) nor a readable JSON file ({exc})"
+            f"--rate-groups {value}: not a preset (close, {', '.join(PRESETS)}) nor a JSON file of groups ({exc})"
         ) from None
+    return groups
 
 
 def load_seed(simulator: Simulator, path: str) -> None:
