@@ -7,6 +7,7 @@ import logging
 import random
 import time
 from collections import Counter, deque
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -339,82 +340,135 @@ class CloseClient:
     async def request(
         self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None
     ) -> Any:
-        """One logical call, with pacing and retries; returns the decoded JSON body."""
-        method = method.upper()
-        path = path.lstrip("/")
-        group = endpoint_group(method, path)
-        endpoint = f"{method} /{_shape(path)}"
+        """One logical call, with pacing and retries; returns the decoded JSON body.
+
+        A chain of short steps: `_attempt` (paced, one send, its answer classified), then the retry
+        policy here: a 429 waits as told without using up an attempt, a retryable failure backs off.
+        """
+        call = _Call(method.upper(), path.lstrip("/"), json, params)
         attempt = 0
         waits_429 = 0
-        sent = 0
         while True:
             attempt += 1
-            sent += 1
-            pacer = self._budgets.pacer(endpoint)  # pools may merge or split between attempts
-            waited, ticket = await pacer.acquire_ticket()
-            if waited:
-                self.totals.add(THROTTLED_SECONDS, waited)
-            started = time.monotonic()
-            try:
-                async with self._slots:
-                    pacer.sending(ticket)
-                    sent_at = time.monotonic()
-                    self.totals.add(CALLS_IN_GROUP + group)
-                    self.totals.add(CALLS_TO_ENDPOINT + endpoint)
-                    response = await self._http.request(method, path, json=json, params=params)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-                pacer.cancelled(ticket)  # never reached Close: safe to retry any method
-                last: Exception = exc
-                status = None
-            except (httpx.TimeoutException, httpx.TransportError) as exc:
-                pacer.cancelled(ticket)
-                if method in _AMBIGUOUS_METHODS and group != "search":
-                    raise AmbiguousWriteError(
-                        None, type(exc).__name__, method, "/" + path, attempts=sent
-                    ) from None
-                last, status = exc, None
-            except BaseException:
-                # Not an HTTP failure (a body that cannot be encoded, a cancelled task): the call
-                # never got an answer, and a ticket left in flight would hold the pacer's probe forever.
-                pacer.cancelled(ticket)
-                raise
-            else:
-                self.latencies_ms.append((time.monotonic() - started) * 1000)
-                rl = parse_ratelimit(response.headers.get("ratelimit"))
-                if response.status_code == 429:
-                    wait = retry_after_seconds(response.headers)
-                    pacer.done(rl, throttled=True, retry_after=wait, ticket=ticket)
-                    self.totals.add(RATE_LIMITED)
-                    waits_429 += 1
-                    if waits_429 > self.max_rate_limited_waits:
-                        raise CloseAPIError(429, _body(response), method, "/" + path, attempts=sent)
-                    attempt -= 1  # waiting as told is not a failed attempt
-                    continue
-                pacer.done(rl, ticket=ticket)
-                self._budgets.observe(endpoint, rl, sent_at)
-                if response.status_code < 400:
-                    return _body(response)
-                status = response.status_code
-                if status < 500:
-                    raise CloseAPIError(status, _body(response), method, "/" + path, attempts=sent)
-                # A search is a POST that writes nothing: retrying it is always safe.
-                if method in _AMBIGUOUS_METHODS and group != "search" and status in AMBIGUOUS_STATUSES:
-                    raise AmbiguousWriteError(status, _body(response), method, "/" + path, attempts=sent)
-                last = CloseAPIError(status, _body(response), method, "/" + path, attempts=sent)
+            call.sent += 1
+            answer = await self._attempt(call)
+            if answer.throttled is not None:
+                waits_429 += 1
+                if waits_429 > self.max_rate_limited_waits:
+                    raise CloseAPIError(
+                        429, _body(answer.throttled), call.method, call.where, attempts=call.sent
+                    )
+                attempt -= 1  # waiting as told is not a failed attempt
+                continue
+            if answer.failure is None:
+                return answer.body
             if attempt >= self.max_attempts:
-                if isinstance(last, CloseAPIError):
-                    raise last
-                raise CloseAPIError(status, type(last).__name__, method, "/" + path, attempts=sent) from None
+                if isinstance(answer.failure, CloseAPIError):
+                    raise answer.failure
+                raise CloseAPIError(
+                    answer.status, type(answer.failure).__name__, call.method, call.where, attempts=call.sent
+                ) from None
             self.totals.add(RETRIES)
             delay = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
             log.debug(
                 "retrying %s /%s after %s (attempt %d)",
-                method,
-                _shape(path),
-                status or type(last).__name__,
+                call.method,
+                _shape(call.path),
+                answer.status or type(answer.failure).__name__,
                 attempt,
             )
             await asyncio.sleep(delay)
+
+    async def _attempt(self, call: _Call) -> _Answer:
+        """One send, paced by the budget its endpoint shares; raises what must not be retried."""
+        pacer = self._budgets.pacer(call.endpoint)  # pools may merge or split between attempts
+        waited, ticket = await pacer.acquire_ticket()
+        if waited:
+            self.totals.add(THROTTLED_SECONDS, waited)
+        started = time.monotonic()
+        try:
+            async with self._slots:
+                pacer.sending(ticket)
+                sent_at = time.monotonic()
+                self.totals.add(CALLS_IN_GROUP + call.group)
+                self.totals.add(CALLS_TO_ENDPOINT + call.endpoint)
+                response = await self._http.request(
+                    call.method, call.path, json=call.json, params=call.params
+                )
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            pacer.cancelled(ticket)  # never reached Close: safe to retry any method
+            return _Answer(failure=exc)
+        except (httpx.TimeoutException, httpx.TransportError) as exc:
+            pacer.cancelled(ticket)
+            if call.may_be_ambiguous:
+                raise AmbiguousWriteError(
+                    None, type(exc).__name__, call.method, call.where, attempts=call.sent
+                ) from None
+            return _Answer(failure=exc)
+        except BaseException:
+            # Not an HTTP failure (a body that cannot be encoded, a cancelled task): the call
+            # never got an answer, and a ticket left in flight would hold the pacer's probe forever.
+            pacer.cancelled(ticket)
+            raise
+        self.latencies_ms.append((time.monotonic() - started) * 1000)
+        rl = parse_ratelimit(response.headers.get("ratelimit"))
+        if response.status_code == 429:
+            wait = retry_after_seconds(response.headers)
+            pacer.done(rl, throttled=True, retry_after=wait, ticket=ticket)
+            self.totals.add(RATE_LIMITED)
+            return _Answer(throttled=response)
+        pacer.done(rl, ticket=ticket)
+        self._budgets.observe(call.endpoint, rl, sent_at)
+        return _classify(call, response)
+
+
+@dataclass
+class _Call:
+    """One logical call, across its attempts."""
+
+    method: str
+    path: str
+    json: Any
+    params: dict[str, Any] | None
+    sent: int = 0  # times sent so far (429 waits included)
+    group: str = field(init=False)  # endpoint_group(): what the figures count it under
+    endpoint: str = field(init=False)  # "METHOD /path/{id}/": what pacing learns budgets for
+    # A write whose lost answer leaves it in doubt (a search is a POST that writes nothing).
+    may_be_ambiguous: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.group = endpoint_group(self.method, self.path)
+        self.endpoint = f"{self.method} /{_shape(self.path)}"
+        self.may_be_ambiguous = self.method in _AMBIGUOUS_METHODS and self.group != "search"
+
+    @property
+    def where(self) -> str:
+        return "/" + self.path
+
+
+@dataclass
+class _Answer:
+    """What one attempt came to: a body, a 429 to wait out, or a failure worth retrying."""
+
+    body: Any = None
+    throttled: httpx.Response | None = None
+    failure: Exception | None = None
+    status: int | None = None
+
+
+def _classify(call: _Call, response: httpx.Response) -> _Answer:
+    """A non-429 answer: the body, a failure to retry (5xx), or an error raised (4xx, ambiguous write)."""
+    status = response.status_code
+    if status < 400:
+        return _Answer(body=_body(response))
+    if status < 500:
+        raise CloseAPIError(status, _body(response), call.method, call.where, attempts=call.sent)
+    if call.may_be_ambiguous and status in AMBIGUOUS_STATUSES:
+        raise AmbiguousWriteError(status, _body(response), call.method, call.where, attempts=call.sent)
+    return _Answer(
+        failure=CloseAPIError(status, _body(response), call.method, call.where, attempts=call.sent),
+        status=status,
+    )
 
 
 def _body(response: httpx.Response) -> Any:
