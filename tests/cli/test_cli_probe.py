@@ -119,3 +119,15 @@ def test_probe_write_checks_the_write_shapes_and_leaves_nothing_behind(workdir, 
 def test_write_goes_only_with_probe(workdir, user_sim):
     proc = workdir.run("validate", "--config", str(DEMO_CONFIG), "--close-url", user_sim.base_url, "--write", env=KEY)
     assert proc.returncode == 2 and "--write only goes with --probe" in proc.stderr
+
+
+def test_probe_write_deletes_its_lead_even_when_a_shape_fails(workdir, user_sim):
+    state = _seeded(user_sim)
+    user_sim._admin("PATCH", "config", {"reject_shapes": ["lead.custom_field:term"]})
+    try:
+        proc, _ = _probe(workdir, user_sim, "--write")
+    finally:
+        user_sim._admin("PATCH", "config", {"reject_shapes": []})
+    one_line_error(proc, "probe failed", "lead by company id", "new lead by company id", status=1)
+    assert any(line.startswith("pass") and "delete the lead" in line for line in proc.stdout.splitlines())
+    assert user_sim.state() == state
