@@ -127,8 +127,9 @@ class Probe:
         else:
             await self.step("contact by user id", lambda: self.find_contact_by_user(with_user, tries=1))
 
-        # The contact found by user id, found again by its email; another one when only that one's
-        # stored email has capitals (then the lookup's lower case really differs from what is stored).
+        # The contact found by user id, found again by its email. When its email is all lower case and
+        # another contact's has capitals, that other one: the lookup's lower case then differs from
+        # what is stored, which is the point.
         by_email = sorted((c for c in contacts if _emails(c)), key=lambda c: c is not with_user)
         with_email = _mixed_case_first(by_email)
         if with_email is None:
