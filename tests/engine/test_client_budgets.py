@@ -52,7 +52,8 @@ def test_writes_that_share_a_foreign_group_stay_within_it(sim: SimServer) -> Non
 
     seconds, client = asyncio.run(go())
     stats = sim.stats()
-    assert stats["responses_429"] <= 0.01 * stats["requests_total"], stats
+    # Paced apart, each at the whole budget, the two endpoints draw 429s (1.5-5 % here); learned, none.
+    assert stats["responses_429"] <= 0.005 * stats["requests_total"], stats
     budget = 120 / 2.0 * time_scale  # the shared write group, per second
     bound = n / budget
     # Budget use: bench/pipeline_budget.py measures it; here only a floor a busy 2-core machine keeps.
