@@ -52,7 +52,7 @@ def test_writes_that_share_a_foreign_group_stay_within_it(sim: SimServer) -> Non
 
     seconds, client = asyncio.run(go())
     stats = sim.stats()
-    # Paced apart, each at the whole budget, the two endpoints draw 429s (1.5-5 % here); learned, none.
+    # Paced apart, each at the whole budget, the two endpoints draw 429s; paced as one, next to none.
     assert stats["responses_429"] <= 0.005 * stats["requests_total"], stats
     budget = 120 / 2.0 * time_scale  # the shared write group, per second
     bound = n / budget
