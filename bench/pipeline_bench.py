@@ -138,6 +138,12 @@ def sim_figures(sim: SimServer) -> dict[str, Any]:
     return {"by_group": by_group, "calls": sum(by_group.values()), "responses_429": stats["responses_429"]}
 
 
+def since(now: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """The calls made after `base` (the set-up calls, in whatever group the simulator counts them)."""
+    by_group = {g: n - base["by_group"].get(g, 0) for g, n in now["by_group"].items()}
+    return {**now, "by_group": {g: n for g, n in by_group.items() if n}, "calls": now["calls"] - base["calls"]}
+
+
 def lower_bound(by_group: dict[str, int], time_scale: float) -> float:
     return max(
         (n / ((SEARCH_RATE if g == "search" else OTHER_RATE) * time_scale) for g, n in by_group.items()),
@@ -157,17 +163,13 @@ def run_job(config: JobConfig, sim: SimServer, input_path: Path, workdir: Path, 
         dead_letter_dir=str(workdir / f"dead-{name}"),
         progress=False,
     )
-    base = sim_figures(sim)["calls"]  # custom-field set-up calls
+    base = sim_figures(sim)  # custom-field set-up calls
     t0 = time.monotonic()
     result = launch(config, req, validate=True)
     result.wait_until_finish()
     wall = time.monotonic() - t0
     values = summary.collect(result)
-    figures = sim_figures(sim)
-    figures["calls"] -= base
-    figures["by_group"]["other"] = figures["by_group"].get("other", 0) - base
-    if not figures["by_group"]["other"]:
-        del figures["by_group"]["other"]
+    figures = since(sim_figures(sim), base)
     outcomes = {k[len("outcome_") :]: v for k, v in values.items() if k.startswith("outcome_")}
     return {
         **figures,
@@ -200,16 +202,12 @@ async def _one_at_a_time(sim: SimServer, config: JobConfig, reqs: list[UpsertReq
 
 
 def run_naive(sim: SimServer, config: JobConfig, lines: list[str]) -> dict[str, Any]:
-    base = sim_figures(sim)["calls"]
+    base = sim_figures(sim)
     t0 = time.monotonic()
     reqs, bad = naive_requests(lines, config)
     kinds = asyncio.run(_one_at_a_time(sim, config, reqs))
     wall = time.monotonic() - t0
-    figures = sim_figures(sim)
-    figures["calls"] -= base
-    figures["by_group"]["other"] = figures["by_group"].get("other", 0) - base
-    if not figures["by_group"]["other"]:
-        del figures["by_group"]["other"]
+    figures = since(sim_figures(sim), base)
     return {**figures, "wall_s": wall, "events": len(lines), "bad": bad, "outcomes": dict(kinds)}
 
 

@@ -7,6 +7,10 @@ calls yet), a first sync's lead-bound start, flush boundaries, the tail. State e
 are checked by ``pipeline_bench.py`` at smaller sizes; duplicates are counted here too.
 
     .venv/bin/python bench/pipeline_budget.py W2 --scale 1 --time-scale 5
+    .venv/bin/python bench/pipeline_budget.py W2 --scale 1 --time-scale 5 --rate-groups foreign
+
+``--rate-groups foreign`` serves a grouping the client does not assume (closecrm/sim/groups.py); the
+bound then uses that grouping's groups and windows.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 import pipeline_bench as pb  # noqa: E402
 from remote_sim import RemoteSim  # noqa: E402
 
+from closecrm.sim.groups import PRESETS  # noqa: E402
+
 
 def cpu_seconds(pid: int | None = None) -> float:
     """User + system CPU seconds of a process (this one by default), from /proc."""
@@ -47,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=None, help="pipeline.batch_size (default: the config's)")
     ap.add_argument("--every", type=float, default=1.0, help="seconds between samples")
     ap.add_argument("--in-process", action="store_true", help="the simulator in a thread of this process")
+    ap.add_argument("--rate-groups", default="close", choices=["close", *PRESETS], help="the simulator's grouping")
     args = ap.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="pipeline-budget-"))
@@ -55,7 +62,11 @@ def main(argv: list[str] | None = None) -> None:
     subprocess.run([*gen, "--out", str(input_path)], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     events = sum(1 for _ in input_path.open())
 
-    sim: Any = pb.new_sim(args.time_scale, True) if args.in_process else RemoteSim(args.time_scale, pb.API_KEY)
+    if args.in_process:
+        sim: Any = pb.new_sim(args.time_scale, True)
+        sim.configure(rate_groups=args.rate_groups)
+    else:
+        sim = RemoteSim(args.time_scale, pb.API_KEY, args.rate_groups)
     config, cf = pb.sim_job_config(sim, work, "job")
     if args.batch_size:
         pipeline = config.pipeline.model_copy(update={"batch_size": args.batch_size})
@@ -82,10 +93,15 @@ def main(argv: list[str] | None = None) -> None:
     dupes = pb.duplicates(sim, cf)
     sim.stop()
 
-    rates = {g: (pb.SEARCH_RATE if g == "search" else pb.OTHER_RATE) * args.time_scale for g in job["by_group"]}
-    bound = pb.lower_bound(job["by_group"], args.time_scale)
+    rules = {r.name: r for r in PRESETS.get(args.rate_groups, ())}
+    rates = {
+        g: (rules[g].limit / rules[g].window if g in rules else pb.SEARCH_RATE if g == "search" else pb.OTHER_RATE)
+        * args.time_scale
+        for g in job["by_group"]
+    }
+    bound = max((n / rates[g] for g, n in job["by_group"].items()), default=0.0)
     busiest = max(job["by_group"], key=lambda g: job["by_group"][g] / rates[g])
-    writes = ("lead_write", "contact_write")
+    writes = ("lead_write", "contact_write", "writes")
     first_call = next((t for t, g in samples if any(g.get(w, 0) for w in writes)), None)
     timeline: list[dict[str, Any]] = []
     previous: dict[str, int] = samples[0][1] if samples else {}
@@ -106,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         "scale": args.scale,
         "time_scale": args.time_scale,
         "simulator": "in-process" if args.in_process else "own process",
+        "rate_groups": args.rate_groups,
         "events": events,
         "batch_size": config.pipeline.batch_size,
         "by_group": job["by_group"],

@@ -17,10 +17,10 @@ ROOT = Path(__file__).resolve().parent.parent
 class RemoteSim:
     """``close-sync sim`` in a subprocess, with the part of ``SimServer``'s interface the benches use."""
 
-    def __init__(self, time_scale: float, api_key: str) -> None:
+    def __init__(self, time_scale: float, api_key: str, rate_groups: str = "close") -> None:
         self.api_key = api_key
         cmd = [sys.executable, "-m", "pipeline.cli", "sim", "--port", "0", "--api-key", self.api_key,
-               "--time-scale", str(time_scale)]  # fmt: skip
+               "--time-scale", str(time_scale), "--rate-groups", rate_groups]  # fmt: skip
         self._proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         assert self._proc.stdout is not None
         self.base_url = json.loads(self._proc.stdout.readline())["base_url"]

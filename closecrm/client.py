@@ -1,4 +1,4 @@
-"""CloseClient: one keep-alive httpx client for Close's API, paced per endpoint group, with bounded retries."""
+"""CloseClient: one keep-alive httpx client for Close's API, paced per learned rate budget, with bounded retries."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import logging
 import random
 import time
 from collections import Counter, deque
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -14,6 +15,7 @@ import aiohttp.helpers
 import httpx
 import yarl
 
+from closecrm.budgets import Budgets
 from closecrm.counters import Totals
 from closecrm.credentials import DEFAULT_BUDGET_SHARE, DEFAULT_CLOSE_URL
 from closecrm.ratelimit import GroupPacer, parse_ratelimit, retry_after_seconds
@@ -26,7 +28,7 @@ DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 # A 502/504 or a lost connection after the request went out: the write may or may not have happened.
 AMBIGUOUS_STATUSES = frozenset({502, 504})
 # Names of the client's running totals (CloseClient.totals).
-CALLS_IN_GROUP = "calls:"  # + endpoint group
+CALLS_IN_GROUP = "calls:"  # + endpoint_group(), a reporting category (pacing learns its own pools)
 CALLS_TO_ENDPOINT = "endpoint:"  # + "METHOD /path/{id}/"
 RATE_LIMITED = "rate_limited"  # 429 answers
 RETRIES = "retries"
@@ -189,7 +191,8 @@ _AMBIGUOUS_METHODS = frozenset({"POST", "DELETE"})
 
 
 def endpoint_group(method: str, path: str) -> str:
-    """Close's rate-limit groups as the simulator counts them."""
+    """The category a call is counted under in the job's figures (search, read, lead_write,
+    contact_write, other). Pacing does not use it: Close's real groups are learned (closecrm/budgets.py)."""
     p = "/" + path.strip("/") + "/"
     method = method.upper()
     if p.startswith("/data/search/"):
@@ -206,7 +209,8 @@ def endpoint_group(method: str, path: str) -> str:
 class CloseClient:
     """Async Close API client.
 
-    ``budget_share`` is the fraction of each group's rate budget this client may use (N workers
+    Each endpoint is paced by the pool of endpoints its answers show to share one rate budget
+    (closecrm/budgets.py). ``budget_share`` is the fraction of each budget this client may use (N workers
     sharing one key: 1/N). ``max_in_flight`` bounds concurrent requests (Little's law: Close's
     default budgets, ~100 calls/s over all groups, at ~0.3 s per call need ~30 in flight). 429s wait as told and
     retry; 5xx and timeouts retry with jittered exponential back-off up to ``max_attempts``; an
@@ -255,7 +259,7 @@ class CloseClient:
         )
         del key  # the only copy now lives in the auth header httpx builds
         self._slots = asyncio.Semaphore(max_in_flight)
-        self._pacers: dict[str, GroupPacer] = {}
+        self._budgets = Budgets(budget_share)
         # Running totals: added on the thread of the event loop this client runs on, read by the job's
         # metrics from another thread, so always through `totals` (thread-safe; see closecrm/counters.py).
         self.totals = Totals()
@@ -289,10 +293,13 @@ class CloseClient:
     def throttled_seconds(self) -> float:
         return self.totals.get(THROTTLED_SECONDS)
 
-    def pacer(self, group: str) -> GroupPacer:
-        if group not in self._pacers:
-            self._pacers[group] = GroupPacer(self.budget_share)
-        return self._pacers[group]
+    def pacer(self, method: str, path: str) -> GroupPacer:
+        """The pacer of the budget an endpoint is known to share (its own until the headers say more)."""
+        return self._budgets.pacer(f"{method.upper()} /{_shape(path.lstrip('/'))}")
+
+    def budget_pools(self) -> list[list[str]]:
+        """Endpoints that share one rate budget, as learned from the headers so far."""
+        return self._budgets.pools()
 
     def counters(self) -> dict[str, Any]:
         """The running totals, all read at one instant."""
@@ -333,79 +340,135 @@ class CloseClient:
     async def request(
         self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None
     ) -> Any:
-        """One logical call, with pacing and retries; returns the decoded JSON body."""
-        method = method.upper()
-        path = path.lstrip("/")
-        group = endpoint_group(method, path)
-        pacer = self.pacer(group)
+        """One logical call, with pacing and retries; returns the decoded JSON body.
+
+        A chain of short steps: `_attempt` (paced, one send, its answer classified), then the retry
+        policy here: a 429 waits as told without using up an attempt, a retryable failure backs off.
+        """
+        call = _Call(method.upper(), path.lstrip("/"), json, params)
         attempt = 0
         waits_429 = 0
-        sent = 0
         while True:
             attempt += 1
-            sent += 1
-            waited, ticket = await pacer.acquire_ticket()
-            if waited:
-                self.totals.add(THROTTLED_SECONDS, waited)
-            started = time.monotonic()
-            try:
-                async with self._slots:
-                    pacer.sending(ticket)
-                    self.totals.add(CALLS_IN_GROUP + group)
-                    self.totals.add(f"{CALLS_TO_ENDPOINT}{method} /{_shape(path)}")
-                    response = await self._http.request(method, path, json=json, params=params)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-                pacer.cancelled(ticket)  # never reached Close: safe to retry any method
-                last: Exception = exc
-                status = None
-            except (httpx.TimeoutException, httpx.TransportError) as exc:
-                pacer.cancelled(ticket)
-                if method in _AMBIGUOUS_METHODS and group != "search":
-                    raise AmbiguousWriteError(
-                        None, type(exc).__name__, method, "/" + path, attempts=sent
-                    ) from None
-                last, status = exc, None
-            except BaseException:
-                # Not an HTTP failure (a body that cannot be encoded, a cancelled task): the call
-                # never got an answer, and a ticket left in flight would hold the pacer's probe forever.
-                pacer.cancelled(ticket)
-                raise
-            else:
-                self.latencies_ms.append((time.monotonic() - started) * 1000)
-                rl = parse_ratelimit(response.headers.get("ratelimit"))
-                if response.status_code == 429:
-                    wait = retry_after_seconds(response.headers)
-                    pacer.done(rl, throttled=True, retry_after=wait, ticket=ticket)
-                    self.totals.add(RATE_LIMITED)
-                    waits_429 += 1
-                    if waits_429 > self.max_rate_limited_waits:
-                        raise CloseAPIError(429, _body(response), method, "/" + path, attempts=sent)
-                    attempt -= 1  # waiting as told is not a failed attempt
-                    continue
-                pacer.done(rl, ticket=ticket)
-                if response.status_code < 400:
-                    return _body(response)
-                status = response.status_code
-                if status < 500:
-                    raise CloseAPIError(status, _body(response), method, "/" + path, attempts=sent)
-                # A search is a POST that writes nothing: retrying it is always safe.
-                if method in _AMBIGUOUS_METHODS and group != "search" and status in AMBIGUOUS_STATUSES:
-                    raise AmbiguousWriteError(status, _body(response), method, "/" + path, attempts=sent)
-                last = CloseAPIError(status, _body(response), method, "/" + path, attempts=sent)
+            call.sent += 1
+            answer = await self._attempt(call)
+            if answer.throttled is not None:
+                waits_429 += 1
+                if waits_429 > self.max_rate_limited_waits:
+                    raise CloseAPIError(
+                        429, _body(answer.throttled), call.method, call.where, attempts=call.sent
+                    )
+                attempt -= 1  # waiting as told is not a failed attempt
+                continue
+            if answer.failure is None:
+                return answer.body
             if attempt >= self.max_attempts:
-                if isinstance(last, CloseAPIError):
-                    raise last
-                raise CloseAPIError(status, type(last).__name__, method, "/" + path, attempts=sent) from None
+                if isinstance(answer.failure, CloseAPIError):
+                    raise answer.failure
+                raise CloseAPIError(
+                    answer.status, type(answer.failure).__name__, call.method, call.where, attempts=call.sent
+                ) from None
             self.totals.add(RETRIES)
             delay = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
             log.debug(
                 "retrying %s /%s after %s (attempt %d)",
-                method,
-                _shape(path),
-                status or type(last).__name__,
+                call.method,
+                _shape(call.path),
+                answer.status or type(answer.failure).__name__,
                 attempt,
             )
             await asyncio.sleep(delay)
+
+    async def _attempt(self, call: _Call) -> _Answer:
+        """One send, paced by the budget its endpoint shares; raises what must not be retried."""
+        pacer = self._budgets.pacer(call.endpoint)  # pools may merge or split between attempts
+        waited, ticket = await pacer.acquire_ticket()
+        if waited:
+            self.totals.add(THROTTLED_SECONDS, waited)
+        started = time.monotonic()
+        try:
+            async with self._slots:
+                pacer.sending(ticket)
+                sent_at = time.monotonic()
+                self.totals.add(CALLS_IN_GROUP + call.group)
+                self.totals.add(CALLS_TO_ENDPOINT + call.endpoint)
+                response = await self._http.request(
+                    call.method, call.path, json=call.json, params=call.params
+                )
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            pacer.cancelled(ticket)  # never reached Close: safe to retry any method
+            return _Answer(failure=exc)
+        except (httpx.TimeoutException, httpx.TransportError) as exc:
+            pacer.cancelled(ticket)
+            if call.may_be_ambiguous:
+                raise AmbiguousWriteError(
+                    None, type(exc).__name__, call.method, call.where, attempts=call.sent
+                ) from None
+            return _Answer(failure=exc)
+        except BaseException:
+            # Not an HTTP failure (a body that cannot be encoded, a cancelled task): the call
+            # never got an answer, and a ticket left in flight would hold the pacer's probe forever.
+            pacer.cancelled(ticket)
+            raise
+        self.latencies_ms.append((time.monotonic() - started) * 1000)
+        rl = parse_ratelimit(response.headers.get("ratelimit"))
+        if response.status_code == 429:
+            wait = retry_after_seconds(response.headers)
+            pacer.done(rl, throttled=True, retry_after=wait, ticket=ticket)
+            self.totals.add(RATE_LIMITED)
+            return _Answer(throttled=response)
+        pacer.done(rl, ticket=ticket)
+        self._budgets.observe(call.endpoint, rl, sent_at)
+        return _classify(call, response)
+
+
+@dataclass
+class _Call:
+    """One logical call, across its attempts."""
+
+    method: str
+    path: str
+    json: Any
+    params: dict[str, Any] | None
+    sent: int = 0  # times sent so far (429 waits included)
+    group: str = field(init=False)  # endpoint_group(): what the figures count it under
+    endpoint: str = field(init=False)  # "METHOD /path/{id}/": what pacing learns budgets for
+    # A write whose lost answer leaves it in doubt (a search is a POST that writes nothing).
+    may_be_ambiguous: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.group = endpoint_group(self.method, self.path)
+        self.endpoint = f"{self.method} /{_shape(self.path)}"
+        self.may_be_ambiguous = self.method in _AMBIGUOUS_METHODS and self.group != "search"
+
+    @property
+    def where(self) -> str:
+        return "/" + self.path
+
+
+@dataclass
+class _Answer:
+    """What one attempt came to: a body, a 429 to wait out, or a failure worth retrying."""
+
+    body: Any = None
+    throttled: httpx.Response | None = None
+    failure: Exception | None = None
+    status: int | None = None
+
+
+def _classify(call: _Call, response: httpx.Response) -> _Answer:
+    """A non-429 answer: the body, a failure to retry (5xx), or an error raised (4xx, ambiguous write)."""
+    status = response.status_code
+    if status < 400:
+        return _Answer(body=_body(response))
+    if status < 500:
+        raise CloseAPIError(status, _body(response), call.method, call.where, attempts=call.sent)
+    if call.may_be_ambiguous and status in AMBIGUOUS_STATUSES:
+        raise AmbiguousWriteError(status, _body(response), call.method, call.where, attempts=call.sent)
+    return _Answer(
+        failure=CloseAPIError(status, _body(response), call.method, call.where, attempts=call.sent),
+        status=status,
+    )
 
 
 def _body(response: httpx.Response) -> Any:

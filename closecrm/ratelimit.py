@@ -97,6 +97,7 @@ class GroupPacer:
         self._last_cut = float("-inf")  # when a 429 last cut `factor`
         self._seq = 0
         self._answered = False  # any answer (or failure) seen yet
+        self.answers = 0  # answers and failures seen
         self._flying: dict[int, float] = {}  # tickets of requests sent and not answered yet -> sent at
         self._win_ticket = 0  # the earliest request known to be in the current window
         self._win_low: int | None = None  # the lowest `remaining` the server gave in the current window
@@ -185,6 +186,7 @@ class GroupPacer:
         Without a ticket (old callers), the oldest request is taken and all others count.
         """
         self._answered = True
+        self.answers += 1
         if not self._flying:
             return 0, None
         if ticket is None or ticket not in self._flying:

@@ -76,6 +76,13 @@ def main(ctx: click.Context, verbose: bool) -> None:
     help="Whether a search's term condition compares text as stored or case-folded (Close does not say).",
 )
 @click.option("--snapshot", type=click.Path(dir_okay=False), help="Write the state here on shutdown.")
+@click.option(
+    "--rate-groups",
+    default="close",
+    help="Rate-limit groups and windows: close (search, read, lead_write, contact_write, other), "
+    "foreign (a grouping the client does not assume), or a JSON file with a list of "
+    "{name, endpoints, limit, window}.",
+)
 def sim(**kwargs: object) -> None:
     """Serve a local Close API at http://HOST:PORT/api/v1/.
 
@@ -215,24 +222,40 @@ def run(ctx: click.Context, config_path: str | None, **opts: object) -> None:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML/JSON config; none = the default identify mapping.")
 @CLOSE_URL
 @API_KEY_FILE
+@click.option(
+    "--probe",
+    is_flag=True,
+    help="Also run each lookup the job sends against your own records (at most 10 calls, read-only).",
+)
+@click.option(
+    "--write",
+    is_flag=True,
+    help="With --probe: also create one lead named 'close-sync probe <time>', check the write shapes, delete it.",
+)
 @click.pass_context
-def validate(ctx: click.Context, config_path: str | None, close_url: str, api_key_file: str | None) -> None:
+def validate(
+    ctx: click.Context, config_path: str | None, close_url: str, api_key_file: str | None, probe: bool, write: bool
+) -> None:
     """Check the config, then check against Close: the key, the settings, and every custom field and
     status the mappings name. Writes nothing. Warns about a field source that reads like a path but is
-    a literal (traits.email without $.).
+    a literal (traits.email without $.). --probe then proves each lookup shape on your org's records.
 
     \b
     Example:
       CLOSE_API_KEY=... close-sync validate --config close.yaml
+      CLOSE_API_KEY=... close-sync validate --config close.yaml --probe
     """
     import asyncio
 
     from pipeline.config import load_config
 
+    if write and not probe:
+        raise click.UsageError("--write only goes with --probe: close-sync validate --probe --write")
     try:
         config = load_config(config_path)
         warn(config)
-        asyncio.run(check_close(close_url, key_source(api_key_file, config), config))
+        keys = key_source(api_key_file, config)
+        asyncio.run(check_close(close_url, keys, config))
     except Exception as exc:  # noqa: BLE001
         fail(ctx, exc)
         return
@@ -241,6 +264,10 @@ def validate(ctx: click.Context, config_path: str | None, close_url: str, api_ke
         f"ok: config valid, {len(config.mapping_specs())} mapping(s); verified against Close: the API key, "
         f"the settings and the {named} custom field/status id(s) the mappings name"
     )
+    if probe:
+        from pipeline.cli_probe import run_probe_command
+
+        run_probe_command(ctx, close_url, keys, config, write)
 
 
 @main.command()

@@ -24,6 +24,7 @@ from closecrm.sim.errors import (
     ValidationFailed,
 )
 from closecrm.sim.faults import Faults
+from closecrm.sim.groups import close_group
 from closecrm.sim.ratelimit import Decision, RateLimiter, header_value
 from closecrm.sim.search import Query
 from closecrm.sim.state import ORGANIZATION_ID, USER_ID, Store
@@ -68,6 +69,7 @@ class Simulator:
             cursor_ttl=cfg.cursor_ttl_seconds,
             cursor_max=cfg.cursor_max_results,
             text_fields=self.store.text_fields(),
+            reject=frozenset(cfg.reject_shapes),
         )
         return self.store.search(query.run)
 
@@ -122,18 +124,6 @@ def make_app(sim: Simulator) -> web.Application:
 # ------------------------------------------------------------------ pipeline
 
 
-def _group(method: str, template: str) -> str:
-    if template == "/data/search/":
-        return "search"
-    if method == "GET":
-        return "read"
-    if template.startswith("/lead/"):
-        return "lead_write"
-    if template.startswith("/contact/"):
-        return "contact_write"
-    return "other"
-
-
 def _api_key(request: web.Request, keys: list[str]) -> str | None:
     header = request.headers.get("Authorization")
     if not header:
@@ -184,7 +174,7 @@ async def _api_middleware(request: web.Request, handler: Handler) -> web.StreamR
         sim.stats.event("unauthorized")
         sim.stats.response(401)
         return _unauthorized()
-    group = _group(method, template)
+    group = sim.limiter.group(method, template)
     sim.stats.request(group, endpoint)
 
     headers: dict[str, str] = {}
@@ -235,7 +225,7 @@ async def _api_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return _error(exc, headers)
     response.headers.update(headers)
 
-    if method in WRITE_METHODS and group in ("lead_write", "contact_write"):
+    if method in WRITE_METHODS and close_group(method, template) in ("lead_write", "contact_write"):
         outcome = sim.faults.ambiguous_outcome()
         if outcome is not None:
             sim.stats.event("ambiguous_injected")

@@ -36,6 +36,7 @@ def run_from_cli(
     snapshot: str | None = None,
     merge_delay_seconds: float = 0.0,
     term_case: str = "sensitive",
+    rate_groups: str = "close",
 ) -> None:
     """Build the config from the command's options and serve; the API key is never logged."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
@@ -54,6 +55,7 @@ def run_from_cli(
         ratelimit_separator=ratelimit_separator,
         merge_delay_seconds=merge_delay_seconds,
         term_case=term_case,
+        rate_groups=_rate_groups(rate_groups),
     )
     simulator = Simulator(config)
     if seed:
@@ -62,6 +64,22 @@ def run_from_cli(
     if snapshot:
         Path(snapshot).write_text(json.dumps(simulator.store.snapshot(), indent=2))
         log.info("snapshot written to %s", snapshot)
+
+
+def _rate_groups(value: str) -> Any:
+    """A preset's name as is; anything else names a JSON file holding a list of groups."""
+    from closecrm.sim.groups import PRESETS, parse_rules
+
+    if value == "close" or value in PRESETS:
+        return value
+    try:
+        groups = json.loads(Path(value).read_text(encoding="utf-8"))
+        parse_rules(groups)
+    except (OSError, json.JSONDecodeError, ValueError) as exc:
+        raise ValueError(
+            f"--rate-groups {value}: not a preset (close, {', '.join(PRESETS)}) nor a JSON file of groups ({exc})"
+        ) from None
+    return groups
 
 
 def load_seed(simulator: Simulator, path: str) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from closecrm.sim.groups import parse_rules
+
 _PROBABILITIES = ("fault_rate", "ambiguous_rate", "storm_rate")
 _POSITIVE = ("search_rate", "write_rate", "time_scale", "org_limit_factor", "cursor_ttl_seconds")
 _NON_NEGATIVE = ("latency_ms", "jitter_ms", "search_lag", "storm_seconds", "merge_delay_seconds")
@@ -47,6 +49,12 @@ class SimConfig:
     search_fields_max: int = 50
     cursor_ttl_seconds: float = 30.0
     cursor_max_results: int = 10_000
+    # The rate-limit groups and their windows: None or "close" (search, read, lead_write,
+    # contact_write, other), "foreign", or a list of groups (closecrm/sim/groups.py).
+    rate_groups: Any = None
+    # Search condition shapes answered with 400, e.g. "contact.custom_field:term",
+    # "contact_email.email:term", "lead.date_created:moment_range" (see Query in search.py).
+    reject_shapes: list[str] = field(default_factory=list)
 
     def update(self, **knobs: Any) -> None:
         """Validate then apply knobs; unknown names or bad values raise ValueError and change nothing."""
@@ -91,6 +99,13 @@ def _coerce(name: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer")
         return value
+    if name == "rate_groups":
+        parse_rules(value)  # raises ValueError naming the problem
+        return value
+    if name == "reject_shapes":
+        if not isinstance(value, list) or not all(isinstance(v, str) and ":" in v for v in value):
+            raise ValueError("reject_shapes must be a list of 'field:condition' shapes")
+        return list(value)
     if name == "random_seed":
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
             raise ValueError("random_seed must be an integer or null")

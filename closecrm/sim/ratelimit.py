@@ -1,4 +1,7 @@
-"""Close-style rate limits: fixed windows per (API key, endpoint group), plus an organisation-wide budget."""
+"""Close-style rate limits: fixed windows per (API key, endpoint group), plus an organisation-wide budget.
+
+The grouping and each group's window come from ``SimConfig.rate_groups`` (closecrm/sim/groups.py).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import time
 from dataclasses import dataclass
 
 from closecrm.sim.config import SimConfig
+from closecrm.sim.groups import OTHER, GroupRule, close_group, parse_rules
 
 GROUPS = ("search", "lead_write", "contact_write", "read", "other")
 
@@ -31,17 +35,35 @@ class RateLimiter:
         self.config = config
         self._lock = threading.Lock()
         self._windows: dict[tuple[str, str], list[float]] = {}
+        self._parsed: tuple[object, tuple[GroupRule, ...] | None] | None = None
 
     def reset(self) -> None:
         with self._lock:
             self._windows.clear()
 
+    def _rules(self) -> tuple[GroupRule, ...] | None:
+        value = self.config.rate_groups
+        if self._parsed is None or self._parsed[0] is not value:
+            self._parsed = (value, parse_rules(value))
+        return self._parsed[1]
+
+    def group(self, method: str, template: str) -> str:
+        """The rate-limit group of an endpoint (``template`` as routed, e.g. ``/lead/{id}/``)."""
+        rules = self._rules()
+        if rules is None:
+            return close_group(method, template)
+        return next((r.name for r in rules if r.matches(method, template)), OTHER)
+
     def limits(self, group: str) -> tuple[int, int, float]:
         """(per-key limit, organisation limit, window seconds) for a group."""
         cfg = self.config
-        rate = cfg.search_rate if group == "search" else cfg.write_rate
-        limit = max(1, round(rate))
-        window = limit / (rate * cfg.time_scale)
+        rule = next((r for r in self._rules() or () if r.name == group), None)
+        if rule is not None:
+            limit, window = rule.limit, rule.window / cfg.time_scale
+        else:
+            rate = cfg.search_rate if group == "search" else cfg.write_rate
+            limit = max(1, round(rate))
+            window = limit / (rate * cfg.time_scale)
         return limit, max(1, round(limit * cfg.org_limit_factor)), window
 
     def check(self, api_key: str, group: str) -> Decision:

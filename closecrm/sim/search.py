@@ -141,7 +141,9 @@ class Query:
         cursor_ttl: float = 30.0,
         cursor_max: int = 10_000,
         text_fields: Iterable[str] = (),
+        reject: frozenset[str] = frozenset(),
     ):
+        self.reject = reject  # condition shapes refused on purpose (SimConfig.reject_shapes)
         if not isinstance(body, dict):
             raise ValidationFailed(["The search body must be a JSON object."])
         unknown = sorted(set(body) - BODY_KEYS)
@@ -331,6 +333,10 @@ class Query:
         if not isinstance(condition, dict):
             raise ValidationFailed(field_errors={f"{path}.condition": "This field is required."})
         kind = condition.get("type")
+        name = "custom_field" if key.startswith("custom.") else key
+        for shape in sorted(f"{object_type}.{name}:{kind}" for object_type in object_types):
+            if shape in self.reject:
+                raise ValidationFailed(field_errors={f"{path}.condition": f"Unsupported condition {shape!r}."})
         match: Callable[[Any], bool]
         if kind == "term" and key.removeprefix("custom.") in self.text_fields:
             raise ValidationFailed(

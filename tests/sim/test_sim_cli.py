@@ -37,3 +37,27 @@ def test_close_sync_sim_serves_me_and_writes_snapshot_on_sigterm(tmp_path):
     assert key not in out + err + ready["base_url"]
     names = sorted(lead["name"] for lead in json.loads(snapshot.read_text())["leads"])
     assert names == ["Added", "Seeded"]
+
+
+def test_rate_groups_from_a_file_are_served_and_a_bad_file_is_one_line(tmp_path):
+    groups = tmp_path / "groups.json"
+    groups.write_text(json.dumps([{"name": "me", "endpoints": ["GET /me/"], "limit": 2, "window": 5}]))
+    proc = subprocess.Popen(
+        [str(CLOSE_SYNC), "sim", "--port", "0", "--api-key", "k", "--rate-groups", str(groups)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    try:
+        base_url = json.loads(proc.stdout.readline())["base_url"]
+        codes = [httpx.get(base_url + "me/", auth=("k", "")).status_code for _ in range(3)]
+        assert codes == [200, 200, 429]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=10)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"name": "x"}]))
+    done = subprocess.run(
+        [str(CLOSE_SYNC), "sim", "--port", "0", "--api-key", "k", "--rate-groups", str(bad)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert f"--rate-groups {bad}: not a preset" in done.stderr and "name, endpoints, limit, window" in done.stderr

@@ -109,3 +109,31 @@ def test_storm_rate_starts_storms_at_random(sim, api):
     sim.configure(storm_rate=0.0)
     time.sleep(0.25)
     assert api.get("me/").status_code == 200
+
+
+def test_a_foreign_grouping_shares_one_budget_across_endpoints_with_its_own_windows(sim, api):
+    """rate_groups="foreign": lead and contact writes count against one budget; /me/ has an 8 s window."""
+    sim.configure(limits_enabled=True, rate_groups="foreign")
+    lead = api.post("lead/", json={"name": "a"})
+    contact = api.post("contact/", json={"lead_id": lead.json()["id"], "name": "b"})
+    assert parse(lead)[0] == parse(contact)[0] == 120
+    assert parse(contact)[2] == parse(lead)[2] - 1  # one counter behind both endpoints
+    me = api.get("me/")
+    assert parse(me)[0] == 80 and parse(me)[3] == 8
+    search = api.post("data/search/", json={"query": {"type": "object_type", "object_type": "lead"}})
+    assert parse(search)[:1] == (16,) and parse(search)[3] == 1
+    assert sim.stats()["by_group"] == {"writes": 2, "account": 1, "search": 1}
+
+
+def test_a_custom_grouping_is_checked_and_applied(sim, api):
+    with pytest.raises(ValueError, match="rate_groups"):
+        sim.configure(rate_groups="nope")
+    with pytest.raises(ValueError, match="limit"):
+        sim.configure(rate_groups=[{"name": "g", "endpoints": ["GET /me/"], "limit": 0, "window": 1}])
+    sim.configure(
+        limits_enabled=True,
+        rate_groups=[{"name": "me", "endpoints": ["GET /me/"], "limit": 2, "window": 5}],
+    )
+    assert [api.get("me/").status_code for _ in range(3)] == [200, 200, 429]
+    assert api.get("lead/").status_code == 200  # no rule matches: "other", at write_rate
+    assert sim.stats()["by_group"] == {"me": 3, "other": 1}
