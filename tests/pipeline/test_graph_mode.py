@@ -187,9 +187,8 @@ def test_beams_streaming_direct_runner_still_cannot_run_a_splittable_dofn():
         (["--runner=PrismRunner", "--streaming"], None, "settled"),
         (["--streaming"], None, "settled"),  # the DirectRunner hands it to Prism
         (["--runner=PrismRunner"], None, "finalize"),  # bounded: commits nothing
-        (["--runner=DataflowRunner"], "python", "finalize"),
-        (["--runner=FlinkRunner"], "python", "finalize"),
-        (["--runner=FlinkRunner"], None, "finalize"),
+        (DATAFLOW_ARGS, "python", "finalize"),
+        (FLINK_ARGS, "python", "finalize"),
     ],
 )
 def test_offsets_are_committed_once_settled_only_where_finalization_is_not_durable(args, reader, commit):
