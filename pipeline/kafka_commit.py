@@ -103,14 +103,18 @@ class CommitSettledOffsets(beam.DoFn):
         book.write(current)
 
     @on_timer(FLUSH)
-    def commit(self, book=beam.DoFn.StateParam(BOOK)) -> None:
+    def commit(self, book=beam.DoFn.StateParam(BOOK), flush=beam.DoFn.TimerParam(FLUSH)) -> None:
         current: OffsetBook | None = book.read()
         if current is None:
             return
         current.flush_set = False
         point = current.point()
-        if point is not None and current.advanced() and self._commit(current.topic, current.partition, point):
-            current.commit(point)
+        if point is not None and current.advanced():
+            if self._commit(current.topic, current.partition, point):
+                current.commit(point)
+            else:  # tried again a little later, even if nothing else arrives
+                current.flush_set = True
+                flush.set(Timestamp.now() + Duration(seconds=self._interval * 5))
         book.write(current)
 
     def _commit(self, topic: str, partition: int, offset: int) -> bool:
