@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import apache_beam as beam
 
 from closecrm.credentials import EngineSpec
 from pipeline.config import JobOptions
-from pipeline.sources import ReadEvents, SourceOptions
+from pipeline.kafka_commit import CommitWhenSettled
+from pipeline.sources import ReadEvents, SourceOptions, kafka_consumer_config
 from transforms.collapse import SUPPRESSED, CollapsePerPerson, SuppressIdentical
 from transforms.deadletter import DEAD, AppendLines, WriteDeadLetters
+from transforms.kafka_tally import TALLY, ended, from_letter_line
+from transforms.ledger import DEAD as LEDGER_DEAD
 from transforms.ledger import LEDGER, SettleLedger
 from transforms.mapping import MapToUpserts
 from transforms.outcomes import SettleSuppressed, audit_line
@@ -34,16 +39,43 @@ class JobShape:
     run_id: str  # names this run's dead-letter file, and stamps its letters and audit lines
 
 
+def request_ended(entry: tuple[str, str]) -> Iterator[tuple[str, str]]:
+    """A request's ledger entry, for the commit stage: a dead one ends when its letter is appended."""
+    if entry[1] != LEDGER_DEAD:
+        yield ended(entry[0])
+
+
+def audited_ended(line: str) -> Iterator[tuple[str, str]]:
+    """An appended audit line of a suppressed request: one request of each of its events ended."""
+    for event_id in json.loads(line).get("event_ids") or ():
+        yield ended(event_id)
+
+
+def commits_when_settled(shape: JobShape) -> bool:
+    """A streaming Kafka run on a runner that finalizes in memory commits offsets from the job's
+    outcomes (`pipeline.kafka_commit`), not on the read's bundle finalization."""
+    source = shape.source
+    return shape.streaming and source.source == "kafka" and source.kafka_commit == "settled"
+
+
 def build(p: beam.Pipeline, shape: JobShape) -> dict[str, beam.PCollection]:
     options = shape.options
+    tally = commits_when_settled(shape)
     raw = p | "ReadEvents" >> ReadEvents(shape.source)
     parsed = raw | "ParseEvents" >> ParseEvents(
-        max_bytes=options.max_event_bytes, dedupe_ttl_seconds=options.dedupe_seconds, streaming=shape.streaming
+        max_bytes=options.max_event_bytes,
+        dedupe_ttl_seconds=options.dedupe_seconds,
+        streaming=shape.streaming,
+        tally=tally,
     )
-    mapped = parsed["events"] | "MapToUpserts" >> MapToUpserts(options.mappings)
+    mapped = parsed["events"] | "MapToUpserts" >> MapToUpserts(options.mappings, tally=tally)
     pending = mapped.requests | "CollapsePerPerson" >> CollapsePerPerson(
-        shape.streaming, options.window_kind, options.window_seconds
+        shape.streaming, options.window_kind, options.window_seconds, tally=tally
     )
+    tallies = [*parsed[TALLY], mapped[TALLY]]
+    if tally:
+        pending, merges = pending
+        tallies.append(merges)
     ledgers = [parsed[LEDGER], mapped[LEDGER]]
     deads = [parsed[DEAD], mapped[DEAD]]
     outcomes = []
@@ -52,14 +84,19 @@ def build(p: beam.Pipeline, shape: JobShape) -> dict[str, beam.PCollection]:
         pending = gated.pending
         settled = gated[SUPPRESSED] | "SettleSuppressed" >> SettleSuppressed()
         outcomes.append(settled.outcomes)
+        suppressed_ended = settled[LEDGER] | "SuppressedEnded" >> beam.FlatMap(request_ended)
         if shape.audit_log:  # no Close write behind these: appended as they come, synced per bundle
-            _ = (
+            audited = (
                 settled.outcomes
                 | "AuditLines" >> beam.Map(audit_line, run_id=shape.run_id, dry_run=shape.dry_run)
                 | "AuditAppend" >> beam.ParDo(AppendLines(shape.audit_log, shape.run_id, sync=False))
             )
+            if tally:  # their records are settled once their audit lines are appended
+                suppressed_ended = audited | "AuditedEnded" >> beam.FlatMap(audited_ended)
         ledgers.append(settled[LEDGER])
         deads.append(settled[DEAD])
+        if tally:
+            tallies.append(suppressed_ended)
     applied = pending | "UpsertToClose" >> UpsertToClose(
         shape.engine,
         shards=shape.shards,
@@ -73,6 +110,8 @@ def build(p: beam.Pipeline, shape: JobShape) -> dict[str, beam.PCollection]:
     outcomes.append(applied.outcomes)
     ledgers.append(applied[LEDGER])
     deads.append(applied[DEAD])
+    if tally:  # the writer appends a request's audit line before it hands on its outcome
+        tallies.append(applied[LEDGER] | "WrittenEnded" >> beam.FlatMap(request_ended))
 
     all_outcomes = outcomes | "AllOutcomes" >> beam.Flatten()
     dead = deads | "AllDeadLetters" >> beam.Flatten()
@@ -87,4 +126,8 @@ def build(p: beam.Pipeline, shape: JobShape) -> dict[str, beam.PCollection]:
     dead_lines = tuple(deads) | "WriteDeadLetters" >> WriteDeadLetters(
         shape.dead_letter_dir, shape.dead_letter_topic, shape.streaming, run_id=shape.run_id
     )
+    if tally:
+        # A dead letter settles what it names once it is appended (the lines come back after the append).
+        tallies.append(dead_lines | "LettersSettle" >> beam.FlatMap(from_letter_line))
+        _ = tuple(tallies) | "CommitWhenSettled" >> CommitWhenSettled(kafka_consumer_config(shape.source))
     return {"outcomes": all_outcomes, "dead": dead, "dead_lines": dead_lines, "ledger": settled_ledger}

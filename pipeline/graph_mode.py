@@ -4,12 +4,17 @@
 |---|---|---|---|---|
 | pubsub | any | any | streaming | |
 | kafka | DirectRunner, Prism | no | batch: the Python reader up to the end offsets seen at start | python |
-| kafka | DirectRunner, Prism | yes | streaming: the Python reader, unbounded | python |
-| kafka | Dataflow, Flink, others | any | streaming (the read never ends) | java (`ReadFromKafka`), or python |
+| kafka | DirectRunner, Prism | yes | streaming: the Python reader, unbounded; offsets committed once settled | python |
+| kafka | Dataflow, Flink, others | any | streaming (the read never ends); offsets committed on finalization | java (`ReadFromKafka`), or python |
 | files | any | no | batch | |
 | files | any | yes | streaming | |
 
 A combination outside the table is refused before anything runs.
+
+Where offsets are committed follows the runner: Dataflow and Flink finalize a bundle once its output is
+durably committed, so the reader commits there; Prism (and so the DirectRunner, which hands streaming
+Kafka to it) finalizes right after the read's bundle and keeps its output in memory, so there the job
+commits a partition's offset only once every earlier record's outcome is settled (`pipeline.kafka_commit`).
 """
 
 from __future__ import annotations
@@ -53,5 +58,6 @@ def graph_mode(source: SourceOptions, options: PipelineOptions, kafka_reader: st
     if source.source == "kafka":
         streaming = streaming or not local
         reader = kafka_reader or ("python" if local else "java")
-        return replace(source, streaming=streaming, kafka_reader=reader, direct_runner=direct)
+        commit = "settled" if local and streaming and reader == "python" else "finalize"
+        return replace(source, streaming=streaming, kafka_reader=reader, direct_runner=direct, kafka_commit=commit)
     return replace(source, streaming=streaming, direct_runner=direct)

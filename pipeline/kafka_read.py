@@ -7,9 +7,10 @@ then returns ``ProcessContinuation.resume()``; the runner checkpoints the rest o
 The watermark of a partition follows its records' timestamps (less ``max_delay``); a partition with nothing
 to read holds the job's watermark back by at most ``idle_seconds`` behind the wall clock.
 
-Offsets are committed to the consumer group only in bundle finalization, which a runner calls once the
-bundle's output is durably committed (Dataflow; Flink after a checkpoint; Prism and the FnApiRunner after
-the bundle, in memory). Delivery is at least once: after a restart the job reads again from the committed
+Offsets are committed to the consumer group in bundle finalization, which a runner calls once the
+bundle's output is durably committed (Dataflow; Flink after a checkpoint), or, on Prism, which finalizes
+right after the bundle and keeps its output in memory, by the job's commit stage once every earlier
+record's outcome is settled (``commit="settled"``: each call hands on a `KafkaClaim`). Delivery is at least once: after a restart the job reads again from the committed
 offsets, and its dedupe and created-id ledger keep what it re-reads from being created twice.
 """
 
@@ -32,6 +33,7 @@ from apache_beam.transforms.window import GlobalWindow, TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from closecrm.model import Origin, Received
+from transforms.kafka_tally import KafkaClaim
 
 _LOG = logging.getLogger(__name__)
 
@@ -74,6 +76,10 @@ class KafkaReadSettings:
     # How an unbounded call asks to be called again: "defer" (the tracker's self-checkpoint, which
     # portable runners honour) or "yield" (a ProcessContinuation, which the DirectRunner's SDF runner reads).
     continuation: str = "defer"
+    # When an unbounded read commits: "finalize" (bundle finalization, durable on Dataflow and Flink) or
+    # "settled" (never here: each call hands on a `KafkaClaim`, and `pipeline.kafka_commit` commits once
+    # the records' outcomes are settled; Prism finalizes in memory).
+    commit: str = "finalize"
 
 
 class PlanKafkaPartitions(beam.DoFn):
@@ -266,7 +272,7 @@ class ReadKafkaPartition(beam.DoFn):
         from confluent_kafka import KafkaException, TopicPartition
 
         offset = read.next_offset
-        if offset <= read.start:
+        if offset <= read.start or self._settings.commit != "finalize":
             return
         try:
             self._consumer.commit(offsets=[TopicPartition(topic, partition, offset)], asynchronous=False)
@@ -296,20 +302,25 @@ class ReadKafkaPartitionUnbounded(ReadKafkaPartition):
         finalizer.register(partial(self._commit, span.topic, span.partition, read))
         self._consumer.assign([TopicPartition(span.topic, span.partition, start)])
         newest: float | None = None
+        records: list[int] = []
         try:
             messages = self._consumer.consume(self._settings.batch, timeout=self._settings.poll_seconds)
             for message in messages:
                 if _end_of_partition(message) or message.offset() < start:
                     continue
                 if not tracker.try_claim(message.offset()):
+                    yield from self._claim(span, read, records)
                     return
                 read.next_offset = message.offset() + 1
-                yield from self._payload(message, span)
+                for value in self._payload(message, span):
+                    records.append(message.offset())
+                    yield value
                 millis = _usable_millis(message)
                 if millis is not None:
                     newest = max(newest or millis / 1000.0, millis / 1000.0)
         finally:
             self._consumer.unassign()
+        yield from self._claim(span, read, records)
         self._advance(watermark, newest)
         got = any(not _end_of_partition(m) for m in messages)
         delay = 0.0 if got else self._settings.resume_seconds
@@ -317,6 +328,11 @@ class ReadKafkaPartitionUnbounded(ReadKafkaPartition):
             yield ProcessContinuation.resume(delay)  # the DirectRunner's own SDF runner
         else:
             tracker.defer_remainder(Duration.of(delay))  # portable runners: Prism, Dataflow, Flink
+
+    def _claim(self, span: KafkaPartitionRange, read: _ReadUpTo, records: list[int]) -> Iterator[KafkaClaim]:
+        """What this call claimed, for the commit stage, when offsets are committed once settled."""
+        if self._settings.commit == "settled" and read.next_offset > read.start:
+            yield KafkaClaim(span.topic, span.partition, span.start, read.start, read.next_offset, tuple(records))
 
     def _advance(self, watermark: ManualWatermarkEstimator, newest: float | None) -> None:
         """Newest record time less max_delay; without records, no further back than idle_seconds ago."""

@@ -32,6 +32,7 @@ _LOG = logging.getLogger(__name__)
 
 SourceKind = Literal["files", "pubsub", "kafka"]
 KafkaReader = Literal["python", "java"]
+KafkaCommit = Literal["finalize", "settled"]
 
 JSON_LINES_EXTENSIONS = (".jsonl", ".json", ".ndjson")
 COMPRESSION_EXTENSIONS = (".gz", ".bz2", ".zst", ".deflate")
@@ -55,6 +56,7 @@ class SourceOptions:
     | kafka_reader | kafka | "python" (a splittable DoFn over confluent-kafka) or "java" (Beam's ReadFromKafka) |
     | streaming | all | the job is a streaming one: the Python Kafka reader reads unbounded, from the group's offsets |
     | direct_runner | pubsub, kafka | the DirectRunner: it refuses Pub/Sub id labels, and its SDF runner resumes on a ProcessContinuation |
+    | kafka_commit | kafka, streaming | "finalize": the reader commits in bundle finalization (durable on Dataflow, Flink); "settled": the job commits once each record's outcome is settled (Prism) |
     """
 
     source: SourceKind
@@ -70,6 +72,7 @@ class SourceOptions:
     kafka_reader: KafkaReader = "python"
     streaming: bool = False
     direct_runner: bool = True
+    kafka_commit: KafkaCommit = "finalize"
 
     def __post_init__(self) -> None:
         if self.source == "files" and not self.input:
@@ -294,6 +297,7 @@ class ReadKafkaPayloads(beam.PTransform):
                 unbounded=opts.streaming,
                 start_offsets=opts.kafka_partitions_offsets,
                 continuation="yield" if opts.direct_runner else "defer",
+                commit=opts.kafka_commit,
             )
             label = "Read Kafka (unbounded)" if opts.streaming else "Read Kafka (bounded)"
             return pbegin | label >> ReadKafkaPython(config, opts.kafka_topic or "", settings)

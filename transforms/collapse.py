@@ -17,6 +17,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 from closecrm.collapse import collapse, creates_anew
 from closecrm.model import Outcome, UpsertRequest
 from transforms import metrics
+from transforms.kafka_tally import TALLY, merged
 from transforms.sharded import ShardedFold, pack, unpack
 
 # Dead letters carry the original events; a collapsed request keeps at most this many of them
@@ -83,7 +84,11 @@ class PackedEvents(Sequence):
 
 
 class _CollapseFn(beam.CombineFn):
-    """Accumulates (request, event) pairs; extraction runs the engine-compatible collapse."""
+    """Accumulates (request, event) pairs; extraction runs the engine-compatible collapse. With
+    ``tally``, extraction also says how many requests of each event merging removed (`Tallied`)."""
+
+    def __init__(self, tally: bool = False) -> None:
+        self._tally = tally
 
     def create_accumulator(self) -> list[tuple[UpsertRequest, Any]]:
         return []
@@ -102,12 +107,30 @@ class _CollapseFn(beam.CombineFn):
             merged.extend(acc)
         return merged
 
-    def extract_output(self, acc) -> list[tuple[UpsertRequest, tuple[Any, ...]]]:
+    def extract_output(self, acc) -> Any:
         try:
-            return _collapsed(acc)
+            out = _collapsed(acc)
         except Exception:  # noqa: BLE001 - this stage has no dead-letter output: the writer gets each
             # request as it came, which Close ends up holding the same, and accounts for each of them.
-            return [(request, (event,)) for request, event in acc]
+            out = [(request, (event,)) for request, event in acc]
+        return Tallied(out, _merges(acc, out)) if self._tally else out
+
+
+@dataclass(frozen=True)
+class Tallied:
+    """A collapse's requests, and per event id the change in how many requests carry it (merges: < 0)."""
+
+    collapsed: list[tuple[UpsertRequest, tuple[Any, ...]]]
+    changes: dict[str, int]
+
+
+def _merges(acc: Sequence[tuple[UpsertRequest, Any]], out: Sequence[tuple[UpsertRequest, Any]]) -> dict[str, int]:
+    change: dict[str, int] = {}
+    for sign, pairs in ((-1, acc), (1, out)):
+        for request, _ in pairs:
+            for event_id in set(request.event_ids or ()):
+                change[event_id] = change.get(event_id, 0) + sign
+    return {event_id: n for event_id, n in change.items() if n}
 
 
 def _collapsed(acc: list[tuple[UpsertRequest, Any]]) -> list[tuple[UpsertRequest, tuple[Any, ...]]]:
@@ -152,6 +175,10 @@ class _Explode(beam.DoFn):
 
     def process(self, item):
         person, collapsed = item
+        if isinstance(collapsed, Tallied):  # a Kafka record waits for one outcome per request of its event
+            for event_id, change in collapsed.changes.items():
+                yield merged(event_id, change)
+            collapsed = collapsed.collapsed
         folded = sum(len(r.event_ids or ()) for r, _ in collapsed)
         self._collapsed.inc(max(0, folded - len(collapsed)))
         for request, events in collapsed:
@@ -194,8 +221,9 @@ class _CollapsePanes(beam.DoFn):
     PERSON = ReadModifyWriteStateSpec("person", StrUtf8Coder())  # set while a pane is open
     FIRE = TimerSpec("fire", TimeDomain.REAL_TIME)
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, tally: bool = False) -> None:
         self._seconds = max(1, round(seconds))
+        self._tally = tally
 
     def process(
         self,
@@ -216,16 +244,18 @@ class _CollapsePanes(beam.DoFn):
         buffer.clear()
         person.clear()
         if who is not None and acc:
-            yield (who, _CollapseFn().extract_output(acc))
+            yield (who, _CollapseFn(self._tally).extract_output(acc))
 
 
 class CollapsePerPerson(beam.PTransform):
     """(person, (request, event)) → Pending, one per run of equivalent requests per window."""
 
     def __init__(
-        self, streaming: bool, window_kind: str, window_seconds: float
+        self, streaming: bool, window_kind: str, window_seconds: float, tally: bool = False
     ) -> None:
         super().__init__()
+        # With ``tally`` (streaming only), the output is a pair: Pending, and the TALLY of merges.
+        self._tally = tally and streaming
         # A global window never closes on unbounded input, so streaming fires processing-time panes.
         self._kind = window_kind if streaming else "global"
         if streaming and self._kind == "global":
@@ -241,15 +271,19 @@ class CollapsePerPerson(beam.PTransform):
             collapsed = (
                 keyed
                 | "Window" >> beam.WindowInto(window.GlobalWindows())
-                | "Collapse" >> beam.ParDo(_CollapsePanes(self._seconds))
+                | "Collapse" >> beam.ParDo(_CollapsePanes(self._seconds, self._tally))
             )
         else:
             collapsed = (
                 keyed
                 | "Window" >> _windowing(self._kind, self._seconds)
-                | "Collapse" >> beam.CombinePerKey(_CollapseFn())
+                | "Collapse" >> beam.CombinePerKey(_CollapseFn(self._tally))
             )
-        return collapsed | "Explode" >> beam.ParDo(_Explode(packed=self._kind == "global"))
+        explode = beam.ParDo(_Explode(packed=self._kind == "global"))
+        if self._tally:
+            exploded = collapsed | "Explode" >> explode.with_outputs(TALLY, main="pending")
+            return exploded.pending, exploded[TALLY]
+        return collapsed | "Explode" >> explode
 
 
 def _content_digest(request: UpsertRequest) -> str:

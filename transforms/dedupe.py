@@ -23,6 +23,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 from closecrm.events import Event
 from transforms import metrics
+from transforms.kafka_tally import is_kafka, settled
 from transforms.ledger import LEDGER, SKIPPED
 from transforms.sharded import stable_shard
 
@@ -40,8 +41,9 @@ class DropRedeliveriesWithTtl(beam.DoFn):
     SEEN = ReadModifyWriteStateSpec("seen_ids", PickleCoder())  # {message_id: expiry, epoch seconds}
     PRUNE = TimerSpec("prune", TimeDomain.REAL_TIME)
 
-    def __init__(self, ttl_seconds: float) -> None:
+    def __init__(self, ttl_seconds: float, tally: bool = False) -> None:
         self._ttl = ttl_seconds
+        self._tally = tally  # report settled Kafka records (`transforms.kafka_tally`)
         self._dupes = metrics.counter(metrics.EVENTS_DUPLICATE)
 
     def process(
@@ -57,6 +59,8 @@ class DropRedeliveriesWithTtl(beam.DoFn):
         if expiry is not None and expiry > now:
             self._dupes.inc()
             yield beam.pvalue.TaggedOutput(LEDGER, (f"dup:{event.message_id}:{uuid.uuid4().hex}", SKIPPED))
+            if self._tally and is_kafka(event.origin):
+                yield settled(event.origin)
             return
         if not ids:  # the bucket was empty: nothing is due before this id
             prune.set(Timestamp.of(now + self._ttl))

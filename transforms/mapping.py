@@ -12,6 +12,7 @@ from closecrm.mapping import MappingSpec, compile_mappings, map_event
 from closecrm.model import DeadLetter, Received, UpsertRequest
 from transforms import metrics
 from transforms.deadletter import DEAD, internal_error, letter_event, raw_for_letter
+from transforms.kafka_tally import TALLY, expected, is_kafka, settled
 from transforms.ledger import DEAD as LEDGER_DEAD
 from transforms.ledger import LEDGER, SKIPPED
 
@@ -26,8 +27,9 @@ def person_key(event: Event, request: UpsertRequest) -> str:
 
 
 class _Map(beam.DoFn):
-    def __init__(self, specs: Sequence[MappingSpec]) -> None:
+    def __init__(self, specs: Sequence[MappingSpec], tally: bool = False) -> None:
         self._specs = list(specs)
+        self._tally = tally  # report what becomes of Kafka records (`transforms.kafka_tally`)
         self._mapped = metrics.counter(metrics.REQUESTS_MAPPED)
         self._filtered = metrics.counter(metrics.EVENTS_FILTERED)
         self._dropped = metrics.counter(metrics.FIELDS_DROPPED)
@@ -51,7 +53,11 @@ class _Map(beam.DoFn):
         if not keyed:
             self._filtered.inc()
             yield beam.pvalue.TaggedOutput(LEDGER, (event.message_id, SKIPPED))
+            if self._tally and is_kafka(event.origin):
+                yield settled(event.origin)
             return
+        if self._tally and is_kafka(event.origin):
+            yield expected(event.message_id, event.origin, len(keyed))
         self._mapped.inc(len(keyed))
         for _, (request, _) in keyed:
             self._count_dropped(request)
@@ -96,11 +102,12 @@ def _dead(event: Event, reason: str) -> list[beam.pvalue.TaggedOutput]:
 
 class MapToUpserts(beam.PTransform):
     """Main output: (person key, (UpsertRequest, the event as read, see `carried`)). Tagged outputs:
-    DEAD, LEDGER."""
+    DEAD, LEDGER, TALLY (`transforms.kafka_tally`)."""
 
-    def __init__(self, specs: Sequence[MappingSpec]) -> None:
+    def __init__(self, specs: Sequence[MappingSpec], tally: bool = False) -> None:
         super().__init__()
         self._specs = list(specs)
+        self._tally = tally
 
     def expand(self, events):
-        return events | "Map" >> beam.ParDo(_Map(self._specs)).with_outputs(DEAD, LEDGER, main="requests")
+        return events | "Map" >> beam.ParDo(_Map(self._specs, self._tally)).with_outputs(DEAD, LEDGER, TALLY, main="requests")

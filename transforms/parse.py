@@ -15,6 +15,7 @@ from closecrm.model import DeadLetter, Origin, Received
 from transforms import metrics
 from transforms.deadletter import DEAD, internal_error, raw_for_letter
 from transforms.dedupe import DropRedeliveriesWithTtl, dedupe_bucket
+from transforms.kafka_tally import TALLY, KafkaClaim, claimed, is_kafka, settled
 from transforms.ledger import DEAD as LEDGER_DEAD
 from transforms.ledger import LEDGER, SKIPPED
 from transforms.sharded import ShardedFold
@@ -91,8 +92,9 @@ DEDUPE_SHARDS = 16
 class _Parse(beam.DoFn):
     """Payload (or `Received` payload) → Event, carrying the payload as read and its origin."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, tally: bool = False) -> None:
         self._max_bytes = max_bytes
+        self._tally = tally
         self._read = metrics.counter(metrics.EVENTS_READ)
         self._opted_out = metrics.counter(metrics.EVENTS_OPTED_OUT)
 
@@ -100,6 +102,9 @@ class _Parse(beam.DoFn):
         self._by_type: dict[str, metrics._Counter] = {}
 
     def process(self, raw: Any):
+        if isinstance(raw, KafkaClaim):  # the reader's account of its offsets, for the commit stage
+            yield claimed(raw)
+            return
         self._read.inc()
         origin = None
         if isinstance(raw, Received):  # sources say where each payload was read
@@ -120,6 +125,8 @@ class _Parse(beam.DoFn):
         if skip:
             self._opted_out.inc()
             yield beam.pvalue.TaggedOutput(LEDGER, (event.message_id, SKIPPED))
+            if self._tally and is_kafka(origin):
+                yield settled(origin)
             return
         yield event
 
@@ -145,22 +152,24 @@ def first_of_each_message_id(events: Iterable[Event]) -> Iterator[Any]:
 
 
 class ParseEvents(beam.PTransform):
-    """Main output: Event. Tagged outputs: DEAD (DeadLetter), LEDGER ((event_id, status))."""
+    """Main output: Event. Tagged outputs: DEAD (DeadLetter), LEDGER ((event_id, status)), and TALLY
+    (`transforms.kafka_tally`: the records it settles, and the reader's claims)."""
 
     def __init__(
-        self, max_bytes: int, dedupe_ttl_seconds: float | None, streaming: bool
+        self, max_bytes: int, dedupe_ttl_seconds: float | None, streaming: bool, tally: bool = False
     ) -> None:
         super().__init__()
+        self._tally = tally
         self._max_bytes = max_bytes
         self._ttl = dedupe_ttl_seconds
         self._streaming = streaming
 
     def expand(self, raw):
-        parsed = raw | "Parse" >> beam.ParDo(_Parse(self._max_bytes)).with_outputs(
-            DEAD, LEDGER, main="events"
+        parsed = raw | "Parse" >> beam.ParDo(_Parse(self._max_bytes, self._tally)).with_outputs(
+            DEAD, LEDGER, TALLY, main="events"
         )
         if self._ttl is None:  # dedupe switched off in the config
-            return {"events": parsed.events, DEAD: parsed[DEAD], LEDGER: parsed[LEDGER]}
+            return {"events": parsed.events, DEAD: parsed[DEAD], LEDGER: parsed[LEDGER], TALLY: [parsed[TALLY]]}
         if not self._streaming:
             # Bounded input: each shard of messageIds drops the later copies of a messageId in one pass.
             unique = parsed.events | "DropRedeliveries" >> ShardedFold(
@@ -173,7 +182,8 @@ class ParseEvents(beam.PTransform):
                 | "KeyByMessageBucket"
                 >> beam.Map(lambda e: (dedupe_bucket(e.message_id), e)).with_output_types(tuple[int, Any])
                 | "DropRedeliveries"
-                >> beam.ParDo(DropRedeliveriesWithTtl(self._ttl)).with_outputs(LEDGER, main="events")
+                >> beam.ParDo(DropRedeliveriesWithTtl(self._ttl, self._tally)).with_outputs(LEDGER, TALLY, main="events")
             )
         ledger = (parsed[LEDGER], unique[LEDGER]) | "MergeLedger" >> beam.Flatten()
-        return {"events": unique.events, DEAD: parsed[DEAD], LEDGER: ledger}
+        tallies = [parsed[TALLY], unique[TALLY]] if self._streaming else [parsed[TALLY]]
+        return {"events": unique.events, DEAD: parsed[DEAD], LEDGER: ledger, TALLY: tallies}

@@ -59,12 +59,13 @@ import pipeline
 import transforms
 from closecrm.credentials import KeySource
 from closecrm.events import Event
-from closecrm.model import DeadLetter, Outcome, Received
+from closecrm.model import DeadLetter, Origin, Outcome, Received
 from closecrm.snapshot import ACCEPTS
 from pipeline import snapshot_job
 from pipeline.assemble import build
 from pipeline.avro_io import event_schema, event_to_avro_record
 from pipeline.config import JobConfig, parse_config
+from pipeline.kafka_commit import CommitSettledOffsets, SettleEvents, route
 from pipeline.kafka_read import (
     KafkaPartitionRange,
     PlanKafkaPartitions,
@@ -108,6 +109,7 @@ from transforms.collapse import (
 )
 from transforms.deadletter import DEAD, AppendLines, dead_letter_json, letter_event
 from transforms.dedupe import DropRedeliveriesWithTtl, dedupe_bucket
+from transforms.kafka_tally import TALLY, KafkaClaim, ended, from_letter_line
 from transforms.keying import lead_identity, shard_of
 from transforms.ledger import APPLIED, LEDGER, SKIPPED, _CountFinal, count_final_statuses, worst
 from transforms.ledger import DEAD as LEDGER_DEAD
@@ -418,6 +420,11 @@ SOURCES = {
     "kafka-streaming": SourceOptions(
         source="kafka", bootstrap_servers="127.0.0.1:9", kafka_topic="events", streaming=True
     ),
+    # a streaming Kafka run on Prism: offsets committed once each record is settled
+    "kafka-settled": SourceOptions(
+        source="kafka", bootstrap_servers="127.0.0.1:9", kafka_topic="events", streaming=True,
+        direct_runner=False, kafka_commit="settled",
+    ),  # fmt: skip
 }
 
 
@@ -432,7 +439,7 @@ def job_dofn(cls: type, source: str = "files") -> beam.DoFn:
         dead_letter_dir="/nonexistent/dead",
         audit_log="/nonexistent/audit.jsonl",
     )
-    return event_job_dofns(CONFIG, request, streaming=source in ("pubsub", "kafka-streaming"))[cls][0]
+    return event_job_dofns(CONFIG, request, streaming=source in ("pubsub", "kafka-streaming", "kafka-settled"))[cls][0]
 
 
 @functools.cache
@@ -987,6 +994,35 @@ def test_unbounded_kafka_reader_hands_on_every_value_and_commits_only_what_it_cl
     assert watermark.current_watermark() is not None
 
 
+@budget(40)
+@given(streams)
+def test_the_commit_stage_settles_every_record_read_once_its_requests_and_letters_ended(raws):
+    """Hostile payloads read from one partition (and a tombstone's gap at the end): each record ends
+    skipped, dead-lettered or as requests; once every request has ended and every letter is appended,
+    each record is settled and the partition's offset is committed to its end, and no state is left."""
+    received = [Received(raw, Origin("kafka", "events", i, 0)) for i, raw in enumerate(raws)]
+    claim = KafkaClaim("events", 0, 0, 0, len(raws) + 1, tuple(range(len(raws))))
+    parse = drive(job_dofn(_Parse, "kafka-settled"), [claim, *received]).all
+    mapping = drive(job_dofn(_Map, "kafka-settled"), parse.main).all
+    signals = [*parse.tagged[TALLY], *mapping.tagged[TALLY]]
+    signals += [ended(i) for _, (request, _) in mapping.main for i in request.event_ids]
+    signals += [s for letter in parse.dead + mapping.dead for s in from_letter_line(dead_letter_json(letter))]
+    partitions, events = Emitted().take(r for s in signals for r in route(s)), None
+    events = sorted(partitions.tagged["events"], key=lambda item: item[1][0] != "expect")  # any order will do
+    joined = drive(job_dofn(SettleEvents, "kafka-settled"), events, keyed=True).all
+    settled = sorted(s[1][1] for s in [*partitions.main, *joined.main] if s[1][0] == "settled")
+    assert settled == list(range(len(raws)))  # each record once
+    fn = shipped(job_dofn(CommitSettledOffsets, "kafka-settled"))
+    consumer = fn._consumer = FakeConsumer([], 1)  # what the first commit opens, without a broker
+    key = Key(fn)
+    for item in [*partitions.main, *joined.main]:
+        assert key.call(fn.process, item) is None
+    assert not list(key.fire(fn))
+    assert consumer.committed == len(raws) + 1
+    book = key.states[CommitSettledOffsets.BOOK].read()
+    assert book.ranges == {} and book.settled == set()
+
+
 # ---------------------------------------------------------------------------- snapshot
 
 UTF8_TEXT = st.text(st.characters(codec="utf-8"), max_size=30)  # Avro and Parquet text is UTF-8
@@ -1239,6 +1275,8 @@ DRIVERS: dict[type, tuple[Callable[..., Any], ...]] = {
     SkipUnsupportedFile: (test_file_readers_hand_on_every_payload_or_one_unreadable_file_payload,),
     ReadKafkaPartition: (test_kafka_partition_reader_hands_on_every_value_whatever_its_timestamp,),
     ReadKafkaPartitionUnbounded: (test_unbounded_kafka_reader_hands_on_every_value_and_commits_only_what_it_claimed,),
+    SettleEvents: (test_the_commit_stage_settles_every_record_read_once_its_requests_and_letters_ended,),
+    CommitSettledOffsets: (test_the_commit_stage_settles_every_record_read_once_its_requests_and_letters_ended,),
     _ReadAvroBatches: (test_bucket_rows_keys_every_row_or_dead_letters_it,),
     BucketRows: (test_bucket_rows_keys_every_row_or_dead_letters_it,),
     DiffBucket: (test_diff_bucket_ends_every_row_as_a_change_a_duplicate_or_kept,),

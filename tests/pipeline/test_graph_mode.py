@@ -179,3 +179,26 @@ def test_beams_streaming_direct_runner_still_cannot_run_a_splittable_dofn():
     _ = p | beam.Create(["a"]) | beam.ParDo(_Count())
     with pytest.raises(RuntimeError, match="was not replaced as expected"):
         p.run().wait_until_finish()
+
+
+@pytest.mark.parametrize(
+    ("args", "reader", "commit"),
+    [
+        (["--runner=PrismRunner", "--streaming"], None, "settled"),
+        (["--streaming"], None, "settled"),  # the DirectRunner hands it to Prism
+        (["--runner=PrismRunner"], None, "finalize"),  # bounded: commits nothing
+        (DATAFLOW_ARGS, "python", "finalize"),
+        (FLINK_ARGS, "python", "finalize"),
+    ],
+)
+def test_offsets_are_committed_once_settled_only_where_finalization_is_not_durable(args, reader, commit):
+    decided = graph_mode(KAFKA, PipelineOptions(args), reader)
+    assert decided.kafka_commit == commit
+    labels = {t.unique_name for t in pipeline_proto(KAFKA, args, reader).components.transforms.values()}
+    assert any(label.endswith("CommitOffsets") for label in labels) is (commit == "settled")
+
+
+@pytest.mark.parametrize("source", [PUBSUB, FILES])
+def test_other_sources_never_get_the_commit_stage(source):
+    labels = {t.unique_name for t in pipeline_proto(source, ["--streaming"], None).components.transforms.values()}
+    assert not any("CommitWhenSettled" in label for label in labels)
