@@ -19,8 +19,10 @@ from pathlib import Path
 import pytest
 
 from tests.pipeline.helpers import letters_in
+from tests.pipeline.test_pipeline_streams import wait_for
+from tests.pipeline.test_prism_runner import prism_binary  # noqa: F401 - the fixture
 from tests.reliability.rel_helpers import applied_ids, duplicates, fresh, projection, w1_events
-from tests.reliability.test_kafka_streaming import PARTITIONS, STREAM, prism, publish, reference, wait_for  # noqa: F401
+from tests.reliability.test_kafka_streaming import PARTITIONS, STREAM, publish, reference
 from tests.servers import REPO_ROOT, KafkaBroker
 
 pytestmark = pytest.mark.integration
@@ -94,7 +96,7 @@ def group_alive(pgid: int) -> bool:
 
 @pytest.mark.parametrize("runner", ["PrismRunner", "DirectRunner"])
 def test_a_streaming_kafka_job_killed_halfway_resumes_without_loss_or_duplicates(
-    runner, sim, kafka_broker, tmp_path, monkeypatch, prism  # noqa: F811
+    runner, sim, kafka_broker, tmp_path, monkeypatch, prism_binary  # noqa: F811
 ):
     events = w1_events(users=USERS, companies=6, per_user=8)
     expected = reference(sim, events, tmp_path, monkeypatch)

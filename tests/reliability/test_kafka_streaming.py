@@ -19,12 +19,13 @@ from pathlib import Path
 import pytest
 
 from closecrm.credentials import KeySource
-from pipeline import runjob
 from pipeline.runjob import RunRequest, launch
 from pipeline.sources import SourceOptions
 from tests.pipeline.helpers import letters_in, write_jsonl
+from tests.pipeline.test_pipeline_streams import wait_for
+from tests.pipeline.test_prism_runner import prism_binary  # noqa: F401 - the fixture, for getfixturevalue
 from tests.reliability.rel_helpers import duplicates, fresh, projection, run_job, w1_events
-from tests.servers import REPO_ROOT, KafkaBroker, missing_server
+from tests.servers import REPO_ROOT, KafkaBroker
 from tests.sources.test_pubsub_source import stop_runner_threads
 
 pytestmark = pytest.mark.integration
@@ -33,15 +34,6 @@ STREAM = {
     "pipeline": {"batch_size": 20, "flush_seconds": 0.5, "window": {"kind": "processing", "seconds": 1}}
 }
 PARTITIONS = 3
-
-
-def wait_for(predicate, timeout_s: float) -> bool:  # noqa: ANN001
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.25)
-    return False
 
 
 def publish(broker: KafkaBroker, topic: str, events: list[dict]) -> None:
@@ -99,14 +91,6 @@ def committed(broker: KafkaBroker, topic: str) -> dict[int, int]:
 
 
 @pytest.fixture
-def prism(monkeypatch) -> str:
-    try:
-        return runjob.prism_binary()
-    except ValueError as exc:
-        missing_server(str(exc))
-
-
-@pytest.fixture
 def worker_pool(tmp_path) -> Iterator[str]:
     """Beam's SDK worker pool in a process of its own, as Flink on Kubernetes runs Python beside the task
     managers: the job's code reaches it pickled, and shares nothing with the test's process."""
@@ -151,7 +135,7 @@ RUNNERS = {
 
 @pytest.mark.parametrize("runner", list(RUNNERS))
 def test_a_streaming_kafka_job_reaches_the_reference_state(runner, sim, kafka_broker, tmp_path, monkeypatch, request):
-    request.getfixturevalue("prism")  # the DirectRunner hands a streaming Kafka run to Prism
+    request.getfixturevalue("prism_binary")  # the DirectRunner hands a streaming Kafka run to Prism
     monkeypatch.setenv("CLOSE_API_KEY", sim.api_key)  # the workers' environment holds the key, as on a cluster
     beam_args = list(RUNNERS[runner])
     if runner == "prism-worker-pool":

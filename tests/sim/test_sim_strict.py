@@ -7,23 +7,12 @@ import time
 
 import pytest
 
+from tests.sim.test_sim_search import email_related
+
 pytestmark = pytest.mark.integration
 
 CONTACTS = {"type": "object_type", "object_type": "contact"}
 LEADS = {"type": "object_type", "object_type": "lead"}
-
-
-def email_is(condition):
-    return {
-        "type": "has_related",
-        "this_object_type": "contact",
-        "related_object_type": "contact_email",
-        "related_query": {
-            "type": "field_condition",
-            "field": {"type": "regular_field", "object_type": "contact_email", "field_name": "email"},
-            "condition": condition,
-        },
-    }
 
 
 def search(api, **body):
@@ -42,16 +31,16 @@ def test_exact_value_finds_an_email_in_any_case_and_term_follows_the_switch(sim,
     sim.configure(term_case=term_case)
     kate = api.post("contact/", json={"name": "Kate", "emails": [{"email": "Kate@Example.COM"}]}).json()
     exact = {"type": "text", "mode": "exact_value", "value": "kate@example.com"}
-    body = search(api, query={"type": "and", "queries": [CONTACTS, email_is(exact)]}).json()
+    body = search(api, query={"type": "and", "queries": [CONTACTS, email_related(exact)]}).json()
     assert [d["id"] for d in body["data"]] == [kate["id"]]
     term = {"type": "term", "values": ["kate@example.com"]}
-    found = search(api, query={"type": "and", "queries": [CONTACTS, email_is(term)]}).json()["data"]
+    found = search(api, query={"type": "and", "queries": [CONTACTS, email_related(term)]}).json()["data"]
     assert [d["id"] for d in found] == ([kate["id"]] if term_case == "insensitive" else [])
 
 
 def test_unknown_modes_sorts_and_long_field_lists_are_refused(sim, api):
     odd_mode = {"type": "text", "mode": "prefix", "value": "k"}
-    refused(search(api, query={"type": "and", "queries": [CONTACTS, email_is(odd_mode)]}), "condition")
+    refused(search(api, query={"type": "and", "queries": [CONTACTS, email_related(odd_mode)]}), "condition")
     by_id = [{"direction": "asc", "field": {"type": "regular_field", "object_type": "lead", "field_name": "id"}}]
     refused(search(api, query=LEADS, sort=by_id), "sort")
     refused(search(api, query=LEADS, _limit=201), "_limit")
