@@ -33,6 +33,15 @@ RECORDS = {
 }
 
 
+@pytest.fixture(autouse=True, params=["sensitive", "insensitive"])
+def term_case(request, user_sim) -> str:  # type: ignore[no-untyped-def]
+    """Every probe test with Close's `term` taken as case-sensitive and as case-insensitive, which Close
+    does not document: the probe's verdicts must not depend on it."""
+    user_sim._admin("PATCH", "config", {"term_case": request.param})
+    yield request.param
+    user_sim._admin("PATCH", "config", {"term_case": "sensitive"})
+
+
 def _seeded(sim: Any) -> dict[str, Any]:
     sim._admin("POST", "seed", RECORDS)
     return sim.state()
