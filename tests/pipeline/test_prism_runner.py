@@ -271,7 +271,11 @@ def test_streaming_graph_ends_on_bounded_input_once_its_processing_timers_fire(
     options = runjob.beam_options(request.beam_args, streaming=True)
     started = time.monotonic()
     result = runjob.start(options, True, lambda p: build(p, shape))
-    result.wait_until_finish()
+    # After its panic (the xfail cases) Prism usually fails the job, but now and then leaves it running:
+    # a job that has not ended in 120 s is the same failure, not a hang of the suite.
+    if result.wait_until_finish(duration=120_000) not in ("DONE", "FAILED"):
+        result.cancel()
+        raise RuntimeError(f"Prism did not end the job in 120 s (state {result.state}): panic in ElementManager")
     assert time.monotonic() - started < 60
     assert_ran_on_prism(result, prism_binary)
     state = close_state(sim, cf)
