@@ -128,6 +128,16 @@ class TermIndex:
         return self._ids[object_type].get((key, term), set())
 
 
+def _combined(kind: str, parts: list[set[str] | None]) -> set[str] | None:
+    """Candidate ids of an `and` or `or` from its parts' (None: any id may match)."""
+    if kind == "and":
+        known = [p for p in parts if p is not None]
+        return set.intersection(*known) if known else None
+    if any(p is None for p in parts):
+        return None
+    return set().union(*parts)  # type: ignore[arg-type]
+
+
 class Query:
     """A validated search body, ready to run over documents."""
 
@@ -216,13 +226,7 @@ class Query:
         """Ids of `object_type` documents that can match `node` (a superset), or None when any may."""
         kind = node["type"]
         if kind in ("and", "or"):
-            parts = [self._candidates(q, object_type, index) for q in node["queries"]]
-            if kind == "and":
-                known = [p for p in parts if p is not None]
-                return set.intersection(*known) if known else None
-            if any(p is None for p in parts):
-                return None
-            return set().union(*parts)  # type: ignore[arg-type]
+            return _combined(kind, [self._candidates(q, object_type, index) for q in node["queries"]])
         if kind == "object_type":
             return None if node["object_type"] == object_type else set()
         if kind == "field_condition":
@@ -242,13 +246,7 @@ class Query:
         """Ids of `object_type` documents with a related email/phone/url that can match `node`."""
         kind = node["type"]
         if kind in ("and", "or"):
-            parts = [self._related_ids(q, object_type, related_type, index) for q in node["queries"]]
-            if kind == "and":
-                known = [p for p in parts if p is not None]
-                return set.intersection(*known) if known else None
-            if any(p is None for p in parts):
-                return None
-            return set().union(*parts)  # type: ignore[arg-type]
+            return _combined(kind, [self._related_ids(q, object_type, related_type, index) for q in node["queries"]])
         if kind != "field_condition":
             return None
         field_types, name = self._field(node["field"], "query")
