@@ -172,6 +172,19 @@ def small_disk(where: Path, size: int) -> Iterator[tuple[Path, Callable[[], None
     yield where, file_size_limit(size)
 
 
+def run_limited(workdir: Workdir, args: list[str], before: Callable[[], None] | None) -> subprocess.CompletedProcess[str]:
+    """`close-sync run` to its end, with ``before`` (a file-size limit, or None on a small tmpfs) in the child."""
+    return subprocess.run(
+        args,
+        cwd=workdir.path,
+        env=workdir.env(CLOSE_API_KEY=SIM_KEY),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=before,
+    )
+
+
 def file_size_limit(size: int) -> Callable[[], None]:
     """For a child process: no file it writes grows past ``size`` bytes (EFBIG, as SIGXFSZ is ignored)."""
 
@@ -195,14 +208,8 @@ def test_a_run_whose_audit_log_fills_the_disk_stops_writing_to_close_with_one_li
     write_aliases(workdir, PAIRS)
     config = alias_config(workdir)
     with small_disk(tmp_path / "disk", 48 * 1024) as (disk, before), slow_sim(user_sim, latency_ms=5):
-        proc = subprocess.run(
-            run_args(config, user_sim, "--dead-letter", "dead", "--audit-log", str(disk / "audit.jsonl")),
-            cwd=workdir.path,
-            env=workdir.env(CLOSE_API_KEY=SIM_KEY),
-            capture_output=True,
-            text=True,
-            timeout=300,
-            preexec_fn=before,
+        proc = run_limited(
+            workdir, run_args(config, user_sim, "--dead-letter", "dead", "--audit-log", str(disk / "audit.jsonl")), before
         )
         lines = audit_lines(disk / "audit.jsonl")
     merged, deleted = performed(user_sim)
@@ -233,15 +240,7 @@ def test_a_run_that_cannot_append_a_dead_letter_stops_before_writing_to_close(us
             fill(disk)
         else:
             before = file_size_limit(64)  # smaller than a letter; the files before it (temp probes) fit
-        proc = subprocess.run(
-            [*run_args(DEMO_CONFIG, user_sim, "--dead-letter", str(disk / "dead"))],
-            cwd=workdir.path,
-            env=workdir.env(CLOSE_API_KEY=SIM_KEY),
-            capture_output=True,
-            text=True,
-            timeout=300,
-            preexec_fn=before,
-        )
+        proc = run_limited(workdir, run_args(DEMO_CONFIG, user_sim, "--dead-letter", str(disk / "dead")), before)
 
     one_line_error(proc, "cannot append to", "dead-letters-", "stopped writing to Close")
     assert user_sim.writes() == 0
