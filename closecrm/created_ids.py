@@ -189,6 +189,11 @@ class CreatedIdLedger:
             if ids and ids.pop(record_id, None) is not None and not ids:
                 del self._ids[digest]
 
+    def took_anything(self) -> bool:
+        """Does the ledger hold any key the job moved off a record, or any record it removed? Without
+        one, no search hit needs a second look, and `left_lately`/`removed_lately` need not hash."""
+        return bool(self._left or self._removed)
+
     def left_lately(self, key: str, record_id: str) -> bool:
         """Did a write of the job move this key off this record (or remove the record) within the TTL?"""
         with self._lock:

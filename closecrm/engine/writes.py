@@ -131,7 +131,7 @@ class Store:
     def doubtful(self, view: View, key: str, record_id: str) -> bool:
         """Is the view's copy of this record, found by ``key``, one search may show as it was before the
         job took the key off it, deleted it or merged its lead away? A copy read by id is not."""
-        if self.doubts is None or record_id in view.fresh:
+        if self.doubts is None or not self.doubts.took_anything() or record_id in view.fresh:
             return False
         if self.doubts.left_lately(key, record_id) or self.doubts.removed_lately(record_id):
             return True
