@@ -100,6 +100,7 @@ def measure(sim: SimServer, broker, work: Path, args: argparse.Namespace) -> dic
         close_url=sim.base_url,
         key_source=KeySource(),
         dead_letter_dir=str(work / "dead"),
+        state_location=str(work / "state"),  # a new simulator each run: no ledger of another
         beam_args=("--runner=PrismRunner", "--streaming"),
         progress=False,
     )

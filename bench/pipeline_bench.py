@@ -161,6 +161,7 @@ def run_job(config: JobConfig, sim: SimServer, input_path: Path, workdir: Path, 
         close_url=sim.base_url,
         key_source=KeySource(),
         dead_letter_dir=str(workdir / f"dead-{name}"),
+        state_location=str(workdir / f"state-{name}"),  # a new simulator each run: no ledger of another
         progress=False,
     )
     base = sim_figures(sim)  # custom-field set-up calls

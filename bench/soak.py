@@ -316,6 +316,7 @@ def main() -> None:
     request = RunRequest(
         source=SourceOptions(source="pubsub", subscription=subscription), close_url=sim.base_url,
         key_source=KeySource(), dead_letter_dir=str(work / "dead"), audit_log=str(audit), progress=False,
+        state_location=str(work / "state"),  # a new simulator each run: no ledger of another
     )
     dead = Path(dead_letter_file(request))  # one file per run, named by its run id
     result = launch(config, request)
