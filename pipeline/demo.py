@@ -171,6 +171,7 @@ def main(
                 key_source=KeySource(),
                 dead_letter_dir=str(out / "dead"),
                 audit_log=str(out / "audit.jsonl"),
+                state_location=str(out / "state"),  # the demo's own simulator: no ledger of another
                 progress=not quiet,
             )
             dead = run(config, request, validate=False)
