@@ -7,7 +7,7 @@ setup(
     version="0.1.0",
     description="Apache Beam job that keeps Close CRM leads and contacts in sync with customer events",
     python_requires=">=3.11,<3.13",
-    packages=find_packages(include=["closecrm", "closecrm.*", "transforms", "transforms.*", "pipeline", "pipeline.*"]),
+    packages=find_packages(include=["closecrm", "closecrm.*", "closesim", "closesim.*", "transforms", "transforms.*", "pipeline", "pipeline.*"]),
     package_data={"": ["*.json", "*.avsc"]},
     data_files=[("schemas", ["schemas/event.avsc", "schemas/config.schema.json"])],
     install_requires=[
@@ -23,7 +23,7 @@ setup(
         "phonenumbers>=9,<10",
         "email-validator>=2.1,<3",
         "confluent-kafka>=2.4,<3",
-        # snapshot-sync --from: Arrow-native warehouse readers (closecrm/warehouse.py)
+        # snapshot-sync --from: Arrow-native warehouse readers (closecrm/reverse_etl/warehouse.py)
         "duckdb>=2.0,<3",
         "adbc-driver-manager>=1.3,<2",
         "adbc-driver-postgresql>=1.3,<2",

@@ -24,7 +24,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from closecrm.client import CloseClient  # noqa: E402
+from closecrm.api.client import CloseClient  # noqa: E402
 from closecrm.engine import MAX_CONCURRENCY, STREAM_BATCH, STREAM_DEPTH, UpsertEngine  # noqa: E402
 from closecrm.model import Settings, UpsertRequest  # noqa: E402
 

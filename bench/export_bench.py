@@ -16,9 +16,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from closecrm.client import CloseClient  # noqa: E402
-from closecrm.export import ExportRequest, export  # noqa: E402
-from closecrm.sim import SimConfig, SimServer  # noqa: E402
+from closecrm.api.client import CloseClient  # noqa: E402
+from closecrm.reverse_etl.export import ExportRequest, export  # noqa: E402
+from closesim import SimConfig, SimServer  # noqa: E402
 from tests.export.conftest import organisation  # noqa: E402
 
 

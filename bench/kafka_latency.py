@@ -25,8 +25,8 @@ from tempfile import mkdtemp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from closecrm.credentials import KeySource  # noqa: E402
-from closecrm.sim import SimConfig, SimServer  # noqa: E402
+from closecrm.wiring import KeySource  # noqa: E402
+from closesim import SimConfig, SimServer  # noqa: E402
 from pipeline.config import parse_config  # noqa: E402
 from pipeline.runjob import RunRequest, launch  # noqa: E402
 from pipeline.sources import SourceOptions  # noqa: E402

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/pipeline_bench.py W1 --scale 0.05 --time-scale 20
 
-Four runs, each against a fresh in-process simulator (`closecrm.sim.SimServer`):
+Four runs, each against a fresh in-process simulator (`closesim.SimServer`):
 
 1. job: the real pipeline (DirectRunner, files source, default config) with the simulator's default limits
    (search 16/s, every other group 40/s) multiplied by ``--time-scale``.
@@ -49,13 +49,13 @@ sys.path.insert(0, str(ROOT / "bench"))
 import workloads  # noqa: E402
 from remote_sim import RemoteSim  # noqa: E402
 
-from closecrm.client import CloseClient  # noqa: E402
-from closecrm.credentials import KeySource  # noqa: E402
+from closecrm.api.client import CloseClient  # noqa: E402
 from closecrm.engine import UpsertEngine  # noqa: E402
-from closecrm.events import BadEvent, parse_event  # noqa: E402
-from closecrm.mapping import compile_mappings, map_event  # noqa: E402
+from closecrm.events.mapping import compile_mappings, map_event  # noqa: E402
+from closecrm.events.parse import BadEvent, parse_event  # noqa: E402
 from closecrm.model import UpsertRequest  # noqa: E402
-from closecrm.sim import SimConfig, SimServer  # noqa: E402
+from closecrm.wiring import KeySource  # noqa: E402
+from closesim import SimConfig, SimServer  # noqa: E402
 from pipeline import summary  # noqa: E402
 from pipeline.config import JobConfig, load_config  # noqa: E402
 from pipeline.runjob import RunRequest, launch  # noqa: E402

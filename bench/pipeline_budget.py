@@ -9,7 +9,7 @@ are checked by ``pipeline_bench.py`` at smaller sizes; duplicates are counted he
     .venv/bin/python bench/pipeline_budget.py W2 --scale 1 --time-scale 5
     .venv/bin/python bench/pipeline_budget.py W2 --scale 1 --time-scale 5 --rate-groups foreign
 
-``--rate-groups foreign`` serves a grouping the client does not assume (closecrm/sim/groups.py); the
+``--rate-groups foreign`` serves a grouping the client does not assume (closesim/groups.py); the
 bound then uses that grouping's groups and windows.
 """
 
@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import pipeline_bench as pb  # noqa: E402
 from remote_sim import RemoteSim  # noqa: E402
 
-from closecrm.sim.groups import PRESETS  # noqa: E402
+from closesim.groups import PRESETS  # noqa: E402
 
 
 def cpu_seconds(pid: int | None = None) -> float:

@@ -1,5 +1,5 @@
 """The Close simulator in its own process, for benchmarks: as Close is to a real job, it does not share
-the job's CPU and GIL (``closecrm.sim.SimServer`` runs it in a thread of the caller instead)."""
+the job's CPU and GIL (``closesim.SimServer`` runs it in a thread of the caller instead)."""
 
 from __future__ import annotations
 

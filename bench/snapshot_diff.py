@@ -30,9 +30,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from closecrm import diff  # noqa: E402
-from closecrm.credentials import KeySource  # noqa: E402
-from closecrm.sim import SimConfig, SimServer  # noqa: E402
-from closecrm.snapshot import SnapshotSpec, request_for  # noqa: E402
+from closecrm.reverse_etl.snapshot import SnapshotSpec, request_for  # noqa: E402
+from closecrm.wiring import KeySource  # noqa: E402
+from closesim import SimConfig, SimServer  # noqa: E402
 from pipeline import summary  # noqa: E402
 from pipeline.config import parse_config  # noqa: E402
 from pipeline.snapshot_job import SnapshotRequest, run_snapshot  # noqa: E402

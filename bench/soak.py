@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from closecrm.credentials import KeySource  # noqa: E402
-from closecrm.sim import SimConfig, SimServer  # noqa: E402
+from closecrm.wiring import KeySource  # noqa: E402
+from closesim import SimConfig, SimServer  # noqa: E402
 from pipeline.config import parse_config  # noqa: E402
 from pipeline.runjob import RunRequest, dead_letter_file, launch  # noqa: E402
 from pipeline.sources import SourceOptions  # noqa: E402
@@ -128,7 +128,7 @@ class Accounted:
         return published - sum(self._seen[:published])
 
 
-OWNERS = (("bench", ("bench/", "tests/")), ("simulator", ("closecrm/sim/",)),
+OWNERS = (("bench", ("bench/", "tests/")), ("simulator", ("closesim/",)),
           ("product", ("closecrm/", "transforms/", "pipeline/")))  # fmt: skip
 
 

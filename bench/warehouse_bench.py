@@ -94,7 +94,7 @@ def write_duckdb(tables: dict[str, Any], path: Path) -> str:
 
 def spec() -> Any:
     from closecrm.model import Settings
-    from closecrm.snapshot import SnapshotSpec
+    from closecrm.reverse_etl.snapshot import SnapshotSpec
     from pipeline.config import parse_config
 
     config = parse_config({"snapshot": {"primary_key": ["user_id"], "fields": FIELDS}})
@@ -108,7 +108,7 @@ def diff_run(
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from closecrm.warehouse import ReadPlan
+    from closecrm.reverse_etl.warehouse import ReadPlan
     from pipeline import summary
     from pipeline.snapshot_job import check_warehouse
     from transforms.snapshot import KEEP, DiffSnapshot, FingerprintTables, WriteFingerprints

@@ -94,7 +94,7 @@ class UpsertRequest:
     event_ids: tuple[str, ...] = ()
     timestamp: str | None = None  # ISO-8601 of the latest event folded into this request
     since: str | None = None  # ISO-8601 of the earliest event folded in, when several were
-    # The requests a collapsed request was merged from, in event order (closecrm.collapse.Parts):
+    # The requests a collapsed request was merged from, in event order (closecrm.events.collapse.Parts):
     # the engine applies them one by one where another person's request falls between them.
     parts: Any = field(default=(), compare=False, repr=False)
     mappings: tuple[str, ...] = field(default=(), compare=False)  # names of the mappings it came from

@@ -1,11 +1,11 @@
 """`close-sync validate --probe`: every lookup shape the job sends, tried once against the org's own records.
 
 Read-only by default: one page of the export's search body per object type finds a contact with the
-user-id field and a lead with the company id, then the engine's own lookups (closecrm/lookup.py)
+user-id field and a lead with the company id, then the engine's own lookups (closecrm/engine/view.py)
 must find them again: the contact by its user id and by its email, the lead by its company id.
 With ``write=True`` it also creates one lead (named so nobody mistakes it) with a nested contact,
 reads it back, finds it through every lookup, updates it with the engine's own bodies
-(closecrm/diff.py) and deletes it.
+(closecrm/engine/diff.py) and deletes it.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from closecrm import export
-from closecrm.client import CloseAPIError, CloseClient
-from closecrm.diff import cf_key, contact_list_update, contact_scalar_update, new_lead
-from closecrm.lookup import Search
+from closecrm.api.client import CloseAPIError, CloseClient
+from closecrm.engine.diff import cf_key, contact_list_update, contact_scalar_update, new_lead
+from closecrm.engine.view import Search
+from closecrm.events.normalize import email_key, phone_key, url_key
 from closecrm.model import Settings, UpsertRequest
-from closecrm.normalize import email_key, phone_key, url_key
+from closecrm.reverse_etl import export
 
 Record = dict[str, Any]
 SEARCH_TRIES = 6  # Close's search lags writes by a few seconds: a new record may need a few looks

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 
-from closecrm.credentials import EngineSpec
+from closecrm.wiring import EngineSpec
 from pipeline.config import JobOptions
 from pipeline.kafka_commit import CommitWhenSettled
 from pipeline.sources import ReadEvents, SourceOptions, kafka_consumer_config

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from closecrm.credentials import EngineSpec
+from closecrm.wiring import EngineSpec
 from pipeline.cli_common import check_close, fail, key_source, setup_logging, warn
 from pipeline.cli_export import export
 from pipeline.cli_options import (
@@ -90,7 +90,7 @@ def sim(**kwargs: object) -> None:
     Example:
       close-sync sim --port 8765 --api-key test_key --search-lag 2
     """
-    from closecrm.sim.cli import run_from_cli
+    from closesim.cli import run_from_cli
 
     try:
         run_from_cli(**kwargs)
@@ -150,8 +150,9 @@ def run(ctx: click.Context, config_path: str | None, **opts: object) -> None:
 
     from pipeline.cli_common import check_input_files
     from pipeline.config import load_config
-    from pipeline.runjob import RunRequest, beam_options, dead_letter_file, is_direct
+    from pipeline.runjob import RunRequest, beam_options, dead_letter_file
     from pipeline.runjob import run as run_job
+    from pipeline.runners import is_direct
     from pipeline.sources import SourceOptions
     from pipeline.state_location import ledger_location, runs_on_this_machine
     from pipeline.summary import dead_letters_line

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from closecrm.credentials import DEFAULT_BUDGET_SHARE, KeySource
+from closecrm.wiring import DEFAULT_BUDGET_SHARE, KeySource
 
 if TYPE_CHECKING:
     from pipeline.config import JobConfig
@@ -48,7 +48,7 @@ async def check_close(close_url: str, keys: KeySource, config: JobConfig, budget
     """The key, the settings and every custom field and status the mappings name, checked against
     Close before anything is written (a wrong one makes Close answer 400 to every request); raises
     SettingsError with each problem and its fix. Returns the calls it made."""
-    from closecrm.client import CloseClient
+    from closecrm.api.client import CloseClient
     from closecrm.engine.settings_check import check_settings
 
     references = config.close_references()
@@ -123,7 +123,7 @@ def explain(exc: BaseException, close_url: str | None = None) -> str:
     """The one line a user sees for a failure: what went wrong and how to fix it."""
     import httpx
 
-    from closecrm.client import CloseAPIError
+    from closecrm.api.client import CloseAPIError
     from closecrm.engine import SettingsError
     from pipeline.config import ConfigError
 

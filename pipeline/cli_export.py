@@ -50,9 +50,9 @@ def export(
     Example:
       CLOSE_API_KEY=... close-sync export --out warehouse/ --updated-since 2024-06-01
     """
-    from closecrm.client import CloseClient
-    from closecrm.export import ExportRequest, parse_moment
-    from closecrm.export import export as run_export
+    from closecrm.api.client import CloseClient
+    from closecrm.reverse_etl.export import ExportRequest, parse_moment
+    from closecrm.reverse_etl.export import export as run_export
     from pipeline.config import load_config
 
     try:

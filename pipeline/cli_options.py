@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import click
 
-from closecrm.credentials import DEFAULT_BUDGET_SHARE, DEFAULT_CLOSE_URL
+from closecrm.wiring import DEFAULT_BUDGET_SHARE, DEFAULT_CLOSE_URL
 
 
 class ArgumentError(click.UsageError):

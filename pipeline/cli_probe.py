@@ -10,8 +10,8 @@ import click
 from pipeline.cli_common import fail
 
 if TYPE_CHECKING:
-    from closecrm.credentials import KeySource
     from closecrm.probe import ProbeReport
+    from closecrm.wiring import KeySource
     from pipeline.config import JobConfig
 
 
@@ -21,7 +21,7 @@ def run_probe_command(
     """Print each probe step; exit non-zero naming every shape that failed."""
     import asyncio
 
-    from closecrm.client import CloseClient
+    from closecrm.api.client import CloseClient
     from closecrm.probe import run_probe
 
     async def go() -> ProbeReport:

@@ -97,7 +97,7 @@ def snapshot_sync(ctx: click.Context, config_path: str, **opts: object) -> None:
     if opts["from_url"]:
         # Before anything else reads or prints it: a URL that cannot be used (one with a secret in
         # it is refused, not masked) is a usage error, as a secret flag is.
-        from closecrm.warehouse_url import WarehouseURL, WarehouseURLError
+        from closecrm.reverse_etl.warehouse_url import WarehouseURL, WarehouseURLError
 
         try:
             WarehouseURL.parse(str(opts["from_url"]))

@@ -24,9 +24,7 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
-from closecrm.credentials import DEFAULT_API_KEY_ENV
-from closecrm.events import DEFAULT_MAX_BYTES
-from closecrm.mapping import (
+from closecrm.events.mapping import (
     ACTION_FIELDS,
     CUSTOM_FIELD_FIELDS,
     CUSTOM_FIELD_PREFIX,
@@ -37,8 +35,10 @@ from closecrm.mapping import (
     is_path,
     parse_source,
 )
+from closecrm.events.parse import DEFAULT_MAX_BYTES
+from closecrm.events.trigger import TriggerError, compile_trigger
 from closecrm.model import FLAG_NAMES, Flags, Settings
-from closecrm.trigger import TriggerError, compile_trigger
+from closecrm.wiring import DEFAULT_API_KEY_ENV
 
 MAX_MAPPINGS = 50
 # Writer keys on a distributed runner when pipeline.writer_shards is absent (see JobOptions.shards).
@@ -270,7 +270,7 @@ class SnapshotSourceConfig(_Strict):
     @classmethod
     def _url(cls, value: str | None) -> str | None:
         if value is not None:
-            from closecrm.warehouse_url import WarehouseURL, WarehouseURLError
+            from closecrm.reverse_etl.warehouse_url import WarehouseURL, WarehouseURLError
 
             try:
                 WarehouseURL.parse(value, where="url")

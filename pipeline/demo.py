@@ -51,7 +51,7 @@ def write_samples(path: Path = EVENTS) -> int:
 
 def start_simulator(rate_limits: bool) -> Any:
     """The simulator on a free port, seeded from examples/sim-seed.json; Close's real rate limits unless told not to."""
-    from closecrm.sim import SimConfig, SimServer
+    from closesim import SimConfig, SimServer
 
     sim = SimServer(SimConfig(api_keys=[DEMO_KEY], limits_enabled=rate_limits))
     sim.start()
@@ -136,7 +136,7 @@ def main(
     """
     import asyncio
 
-    from closecrm.credentials import KeySource
+    from closecrm.wiring import KeySource
     from pipeline.cli_common import check_close
     from pipeline.config import load_config
     from pipeline.runjob import RunRequest, dead_letter_file, run

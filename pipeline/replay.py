@@ -4,7 +4,7 @@ suppression.
 Each letter's original event is mapped again with the config it is given, so a fixed mapping, custom
 field or setting takes effect; the request stored in the letter is sent only when the letter carries no
 event (or not all of the events its request was made from), and then only once it passes the checks a
-fresh request passes, with the flags of the config given (`closecrm.mapping.request_from_stored`).
+fresh request passes, with the flags of the config given (`closecrm.events.mapping.request_from_stored`).
 Letters that fail again go to a new file, never over the input.
 
 Each letter is applied once: the letters a replay handled are recorded beside them
@@ -26,11 +26,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, TextIO
 
-from closecrm.created_ids import ledger_dir, namespace, user_cache_root
-from closecrm.credentials import EngineSpec
-from closecrm.events import BadEvent, opted_out, parse_event
-from closecrm.mapping import MappingSpec, compile_mappings, flags_for_stored, map_event, request_from_stored
+from closecrm.engine.writes.ledger import ledger_dir, namespace, user_cache_root
+from closecrm.events.mapping import (
+    MappingSpec,
+    compile_mappings,
+    flags_for_stored,
+    map_event,
+    request_from_stored,
+)
+from closecrm.events.parse import BadEvent, opted_out, parse_event
 from closecrm.model import LETTERS_PREFIX, DeadLetter, Outcome, UpsertRequest, new_run_id, utc_now_text
+from closecrm.wiring import EngineSpec
 from pipeline.config import JobConfig
 
 BATCH = 200

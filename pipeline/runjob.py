@@ -19,13 +19,14 @@ from apache_beam.options.pipeline_options import (
     StandardOptions,
 )
 
-from closecrm.credentials import DEFAULT_BUDGET_SHARE, DEFAULT_CLOSE_URL, EngineSpec, KeySource
 from closecrm.journal import Recording
 from closecrm.model import new_run_id
+from closecrm.wiring import DEFAULT_BUDGET_SHARE, DEFAULT_CLOSE_URL, EngineSpec, KeySource
 from pipeline import beam_patches, summary
 from pipeline.assemble import JobShape, build
 from pipeline.config import JobConfig
 from pipeline.graph_mode import graph_mode
+from pipeline.runners import is_direct, is_prism
 from pipeline.sources import SourceOptions
 from pipeline.state_location import announce, ledger_location, runs_on_this_machine
 from transforms import metrics as m
@@ -60,11 +61,6 @@ class RunRequest:
     # random part (closecrm.model.new_run_id).
     run_id: str = field(default_factory=new_run_id)
     kafka_reader: str | None = None  # --kafka-reader: python or java; None: the runner's default
-
-
-def is_direct(options: PipelineOptions) -> bool:
-    runner = options.view_as(StandardOptions).runner
-    return runner is None or "direct" in str(runner).lower()
 
 
 def dead_letter_location(request: RunRequest, local: bool) -> str | None:
@@ -148,11 +144,6 @@ def local_runner(options: PipelineOptions, streaming: bool):  # noqa: ANN201
 # would download a release binary from GitHub when no --prism_location is given; a run never does.
 PRISM_ENV = "CLOSE_SYNC_PRISM"
 PRISM_BUILT = Path(__file__).resolve().parent.parent / ".cache" / "engines" / "prism" / "prism"
-
-
-def is_prism(options: PipelineOptions) -> bool:
-    runner = options.view_as(StandardOptions).runner
-    return str(runner or "").rsplit(".", 1)[-1].lower() == "prismrunner"
 
 
 def prism_binary() -> str:

@@ -16,13 +16,21 @@ from apache_beam.io.filesystems import FileSystems
 from rich.console import Console
 from rich.table import Table
 
-from closecrm.credentials import DEFAULT_BUDGET_SHARE, DEFAULT_CLOSE_URL, EngineSpec, KeySource
 from closecrm.model import new_run_id
-from closecrm.snapshot import SchemaDrift, SnapshotSpec, arrow_kind, avro_kind, check_schema, kind_changes
-from closecrm.warehouse import SINCE_KINDS, ReadPlan, WarehouseError, WarehouseSource, Watermark
+from closecrm.reverse_etl.snapshot import (
+    SchemaDrift,
+    SnapshotSpec,
+    arrow_kind,
+    avro_kind,
+    check_schema,
+    kind_changes,
+)
+from closecrm.reverse_etl.warehouse import SINCE_KINDS, ReadPlan, WarehouseError, WarehouseSource, Watermark
+from closecrm.wiring import DEFAULT_BUDGET_SHARE, DEFAULT_CLOSE_URL, EngineSpec, KeySource
 from pipeline import summary
 from pipeline.config import ConfigError, JobConfig, JobOptions
-from pipeline.runjob import beam_options, is_direct, start, stopped_by_recording
+from pipeline.runjob import beam_options, start, stopped_by_recording
+from pipeline.runners import is_direct
 from pipeline.snapshot_state import Generation, SnapshotState, StateCorrupt
 from pipeline.state_location import announce, ledger_location, runs_on_this_machine
 from transforms import metrics as m
@@ -167,7 +175,7 @@ class WarehouseInput:
 def check_warehouse(spec: SnapshotSpec, source: WarehouseSource) -> WarehouseInput:
     """Connect, read the schema (no rows) and check it against the spec; raises `WarehouseError` or
     `SchemaDrift` (one line each, password never in it) before the state is touched."""
-    from closecrm.warehouse import probe
+    from closecrm.reverse_etl.warehouse import probe
 
     found = probe(source)
     label = f"--table {source.table}" if source.table is not None else "--query"
@@ -206,7 +214,7 @@ def warehouse_source(
     ``--password-file``, else the variable ``--password-env`` names, else the config's choices, else
     the dialect's own variable ($PGPASSWORD).
     """
-    from closecrm.warehouse_url import PasswordSource, WarehouseURL
+    from closecrm.reverse_etl.warehouse_url import PasswordSource, WarehouseURL
 
     flags = {"--from": url, "--table": table, "--query": query, "--since-column": since_column}
     if input_glob is not None:
@@ -427,7 +435,7 @@ def _incremental(
     The previous run's mark holds only for the same source, column and mapping, and not with --full:
     otherwise the whole table is read (and a changed mapping resends every row, as for files).
     """
-    from closecrm.warehouse import high_water_mark
+    from closecrm.reverse_etl.warehouse import high_water_mark
 
     source = warehouse.source
     if not source.since_column:

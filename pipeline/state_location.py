@@ -1,5 +1,5 @@
 """The job's state location: the one place every command that writes to Close (run, snapshot-sync,
-replay) keeps what must outlive a run, today the created-id ledger (closecrm/created_ids.py).
+replay) keeps what must outlive a run, today the created-id ledger (closecrm/engine/writes/ledger.py).
 
 It is named by one option, ``--state-location``, and never follows where a run's dead letters go:
 people give each run (or each day) its own dead-letter folder, and a ledger kept there would be a
@@ -19,7 +19,7 @@ import sys
 from typing import IO
 from urllib.parse import urlsplit
 
-from closecrm.created_ids import ledger_dir, user_cache_root
+from closecrm.engine.writes.ledger import ledger_dir, user_cache_root
 
 OPTION = "--state-location"
 OFF_OPTION = "--no-created-ids"
@@ -37,7 +37,7 @@ def runs_on_this_machine(options: object) -> bool:
     or Prism in its default loopback environment), so that they share this machine's files."""
     from apache_beam.options.pipeline_options import PortableOptions
 
-    from pipeline.runjob import is_direct, is_prism
+    from pipeline.runners import is_direct, is_prism
 
     if is_direct(options):  # type: ignore[arg-type]
         return True

@@ -9,8 +9,8 @@ from dataclasses import fields
 
 import pytest
 
-from closecrm.created_ids import CreatedIdLedger
-from closecrm.sim import SimConfig, SimServer
+from closecrm.engine.writes.ledger import CreatedIdLedger
+from closesim import SimConfig, SimServer
 
 pytest_plugins = ["tests.servers"]  # Pub/Sub emulator, Kafka broker and PostgreSQL fixtures
 

@@ -14,7 +14,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Duration, Timestamp
 
-from closecrm.collapse import collapse, creates_anew
+from closecrm.events.collapse import collapse, creates_anew
 from closecrm.model import Outcome, UpsertRequest
 from transforms import metrics
 from transforms.kafka_tally import TALLY, merged

@@ -7,7 +7,7 @@ from typing import Any
 
 import apache_beam as beam
 
-from closecrm.events import MAX_DEPTH, BadEvent, check_value
+from closecrm.events.parse import MAX_DEPTH, BadEvent, check_value
 from closecrm.model import DeadLetter, Received, letters_file_name, utc_now_text
 
 DEAD = "dead"  # tag of every stage's dead-letter output

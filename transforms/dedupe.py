@@ -21,7 +21,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Timestamp
 
-from closecrm.events import Event
+from closecrm.events.parse import Event
 from transforms import metrics
 from transforms.kafka_tally import is_kafka, settled
 from transforms.ledger import LEDGER, SKIPPED

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from closecrm.engine import STREAM_BATCH, UpsertEngine
-from closecrm.engine.spans import batches
+from closecrm.engine.ordering.spans import batches
 from closecrm.model import Outcome
 
 Pair = tuple[Any, Outcome]  # (what was submitted: anything with a ``request``, e.g. a Pending; its outcome)
@@ -64,7 +64,7 @@ class EngineFeed:
 
     def submit(self, items: Sequence[Any]) -> None:
         """Queue items for the stream; each item's ``request`` is the UpsertRequest to apply. Lookup
-        batches are cut where no collapsed request's span falls on both sides (closecrm.engine.spans)."""
+        batches are cut where no collapsed request's span falls on both sides (closecrm.engine.ordering.spans)."""
         for chunk in batches(items, self._batch_size, lambda item: item.request):
             self._loop.call_soon_threadsafe(self._accept, chunk)
         self._outstanding += len(items)

@@ -7,8 +7,8 @@ from typing import Any
 
 import apache_beam as beam
 
-from closecrm.events import BadEvent, Event
-from closecrm.mapping import MappingSpec, compile_mappings, map_event
+from closecrm.events.mapping import MappingSpec, compile_mappings, map_event
+from closecrm.events.parse import BadEvent, Event
 from closecrm.model import DeadLetter, Received, UpsertRequest
 from transforms import metrics
 from transforms.deadletter import DEAD, internal_error, letter_event, raw_for_letter

@@ -10,7 +10,7 @@ from typing import Any
 
 import apache_beam as beam
 
-from closecrm.events import BadEvent, Event, opted_out, parse_event
+from closecrm.events.parse import BadEvent, Event, opted_out, parse_event
 from closecrm.model import DeadLetter, Origin, Received
 from transforms import metrics
 from transforms.deadletter import DEAD, internal_error, raw_for_letter

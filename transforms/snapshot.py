@@ -3,7 +3,7 @@
 Per-element Beam overhead is the limit of a per-row join, so the diff moves chunks: each batch of
 rows read is keyed (primary key, fingerprint) in one loop and split by a hash bucket of the key; the
 state is read and split the same way; CoGroupByKey on the bucket brings one bucket's snapshot chunks
-and prior fingerprints to one worker, which joins them with pyarrow (`closecrm.snapshot.diff_bucket`).
+and prior fingerprints to one worker, which joins them with pyarrow (`closecrm.reverse_etl.snapshot.diff_bucket`).
 Only new and changed rows become single elements; unchanged fingerprints stay tables to the state sink.
 """
 
@@ -20,9 +20,9 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io import fileio
 
-from closecrm.events import BadEvent
+from closecrm.events.parse import BadEvent
 from closecrm.model import DeadLetter, Outcome
-from closecrm.snapshot import (
+from closecrm.reverse_etl.snapshot import (
     ChangeKind,
     Fingerprint,
     SnapshotSpec,

@@ -18,7 +18,7 @@ from typing import Any
 
 import apache_beam as beam
 
-from closecrm.warehouse import ReadPlan, connect
+from closecrm.reverse_etl.warehouse import ReadPlan, connect
 
 SLICES_READ = "snapshot_slices_read"
 

@@ -24,11 +24,11 @@ from apache_beam.transforms.userstate import (
 )
 from apache_beam.utils.timestamp import Duration, Timestamp
 
-from closecrm.credentials import EngineSpec
 from closecrm.engine import MAX_CONCURRENCY
-from closecrm.engine.spans import batches
-from closecrm.events import instant
+from closecrm.engine.ordering.spans import batches
+from closecrm.events.parse import instant
 from closecrm.model import Outcome, UpsertRequest
+from closecrm.wiring import EngineSpec
 from transforms import metrics
 from transforms.client_metrics import ClientMetrics
 from transforms.collapse import Pending

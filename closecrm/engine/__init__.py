@@ -9,13 +9,13 @@
     settings_check.py  the destination settings against the organisation
 """
 
-from closecrm.engine.ambiguity import MAX_CREATE_ATTEMPTS
 from closecrm.engine.core import UpsertEngine
-from closecrm.engine.decide import MAX_CONTACTS_PER_REQUEST
-from closecrm.engine.dry import DRY_RUN_MARK
-from closecrm.engine.scheduler import MAX_CONCURRENCY, STREAM_BATCH, STREAM_DEPTH
+from closecrm.engine.ordering.scheduler import MAX_CONCURRENCY, STREAM_BATCH, STREAM_DEPTH
+from closecrm.engine.rules.decide import MAX_CONTACTS_PER_REQUEST
 from closecrm.engine.settings_check import SettingsError
-from closecrm.lookup import age
+from closecrm.engine.view import age
+from closecrm.engine.writes.ambiguity import MAX_CREATE_ATTEMPTS
+from closecrm.engine.writes.dry import DRY_RUN_MARK
 
 __all__ = [
     "DRY_RUN_MARK",

@@ -5,16 +5,16 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Sequence
 
-from closecrm.cache import IdCache, RecordCache
-from closecrm.client import CloseClient
-from closecrm.created_ids import CreatedIdLedger
-from closecrm.engine.ambiguity import create_key
-from closecrm.engine.dry import DryWrites
+from closecrm.api.client import CloseClient
 from closecrm.engine.lookups import Lookup
-from closecrm.engine.scheduler import MAX_CONCURRENCY, STREAM_BATCH, STREAM_DEPTH, Batches, Scheduler
+from closecrm.engine.ordering.scheduler import MAX_CONCURRENCY, STREAM_BATCH, STREAM_DEPTH, Batches, Scheduler
+from closecrm.engine.ordering.spans import batches
 from closecrm.engine.settings_check import check_settings
-from closecrm.engine.spans import batches
-from closecrm.engine.writes import Ended, Intend, Store, Writes
+from closecrm.engine.writes.ambiguity import create_key
+from closecrm.engine.writes.cache import IdCache, RecordCache
+from closecrm.engine.writes.dry import DryWrites
+from closecrm.engine.writes.layer import Ended, Intend, Store, Writes
+from closecrm.engine.writes.ledger import CreatedIdLedger
 from closecrm.journal import Recording
 from closecrm.model import Outcome, Settings, UpsertRequest
 

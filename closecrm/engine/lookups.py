@@ -9,18 +9,18 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from closecrm import diff
-from closecrm.client import CloseAPIError, CloseClient
-from closecrm.definitions import custom_field_definitions
-from closecrm.engine import alias
-from closecrm.engine.decide import identity
+from closecrm.api.client import CloseAPIError, CloseClient
+from closecrm.engine import diff
+from closecrm.engine.definitions import custom_field_definitions
 from closecrm.engine.op import Op
-from closecrm.lookup import Search, View
+from closecrm.engine.rules import alias
+from closecrm.engine.rules.decide import identity
+from closecrm.engine.view import Search, View
+from closecrm.events.normalize import email_key
 from closecrm.model import Settings, UpsertRequest
-from closecrm.normalize import email_key
 
 if TYPE_CHECKING:
-    from closecrm.engine.writes import Store
+    from closecrm.engine.writes.layer import Store
 
 Record = dict[str, Any]
 CUSTOM_FIELDS_MAX_AGE = 60.0  # seconds before an unknown custom field id makes us list them again

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from closecrm.client import AmbiguousWriteError, CloseAPIError
+from closecrm.api.client import AmbiguousWriteError, CloseAPIError
 from closecrm.model import Outcome, UpsertRequest
 
 Record = dict[str, Any]

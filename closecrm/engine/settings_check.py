@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from closecrm.client import CloseAPIError, CloseClient
-from closecrm.definitions import custom_field_definitions
+from closecrm.api.client import CloseAPIError, CloseClient
+from closecrm.engine.definitions import custom_field_definitions
 from closecrm.model import Settings
 
 Record = dict[str, Any]

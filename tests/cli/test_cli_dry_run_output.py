@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from closecrm.events import EVENT_TYPES
+from closecrm.events.parse import EVENT_TYPES
 from tests.cli.helpers_user import DEMO_CONFIG, SAMPLE_EVENTS, summary_rows
 
 pytestmark = pytest.mark.integration

@@ -51,7 +51,7 @@ def test_validate_and_replay_run_without_beam(tmp_path: Path) -> None:
 
 def test_the_cli_modules_import_without_beam() -> None:
     code = (
-        "import sys, pipeline.cli, pipeline.cli_common, pipeline.cli_options, closecrm.credentials; "
+        "import sys, pipeline.cli, pipeline.cli_common, pipeline.cli_options, closecrm.wiring; "
         "print(any(m.split('.')[0] == 'apache_beam' for m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)

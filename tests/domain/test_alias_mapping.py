@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from closecrm.events import BadEvent, Event, parse_event
-from closecrm.mapping import (
+from closecrm.events.mapping import (
     ACTION_FIELDS,
     ALIAS_PRESET,
     DEFAULT_MAPPING,
@@ -23,6 +22,7 @@ from closecrm.mapping import (
     map_event,
     request_from_values,
 )
+from closecrm.events.parse import BadEvent, Event, parse_event
 from closecrm.model import Flags, UpsertRequest
 from pipeline.config import ConfigError, FlagsConfig, JobConfig, json_schema, parse_config
 from transforms.deadletter import DEAD

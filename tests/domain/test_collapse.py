@@ -1,4 +1,4 @@
-"""closecrm.collapse: merges only equivalent neighbours; the algebra holds under hypothesis."""
+"""closecrm.events.collapse: merges only equivalent neighbours; the algebra holds under hypothesis."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from closecrm.collapse import collapse, collapse_key, merge
+from closecrm.events.collapse import collapse, collapse_key, merge
+from closecrm.events.normalize import email_key, phone_key, url_key
 from closecrm.model import Flags, UpsertRequest
-from closecrm.normalize import email_key, phone_key, url_key
 
 
 def ts(second: int) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from closecrm.mapping import DEFAULT_MAPPING, GROUP_PRESET, compile_mappings
+from closecrm.events.mapping import DEFAULT_MAPPING, GROUP_PRESET, compile_mappings
 from closecrm.model import Flags, Settings
 from pipeline.cli_common import key_source
 from pipeline.config import (

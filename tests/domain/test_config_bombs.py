@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from closecrm.trigger import MAX_TRIGGER_DEPTH, TriggerError, compile_trigger
+from closecrm.events.trigger import MAX_TRIGGER_DEPTH, TriggerError, compile_trigger
 from pipeline.config import MAX_CONFIG_BYTES, ConfigError, load_config
 from tests.cli.helpers_cli import assert_one_line_error, invoke
 

@@ -1,4 +1,4 @@
-"""closecrm.events: every rejected input names its reason; accepted ones are normalised."""
+"""closecrm.events.parse: every rejected input names its reason; accepted ones are normalised."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from closecrm.events import MISSING, BadEvent, Event, opted_out, parse_event, resolve_path
+from closecrm.events.parse import MISSING, BadEvent, Event, opted_out, parse_event, resolve_path
 
 BASE = {"type": "identify", "userId": "u1", "messageId": "m1", "timestamp": "2024-05-01T10:00:00Z"}
 

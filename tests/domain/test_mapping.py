@@ -1,4 +1,4 @@
-"""closecrm.mapping: defaults, presets, overrides, context.traits fallback and normalisation (null and empty
+"""closecrm.events.mapping: defaults, presets, overrides, context.traits fallback and normalisation (null and empty
 values dropped, numbers for string fields as strings, custom-field values keeping their JSON type)."""
 
 from __future__ import annotations
@@ -8,8 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from closecrm.events import BadEvent, parse_event
-from closecrm.mapping import (
+from closecrm.events.mapping import (
     DEFAULT_MAPPING,
     DEFAULT_SOURCES,
     GROUP_PRESET,
@@ -21,6 +20,7 @@ from closecrm.mapping import (
     request_dropping_bad_values,
     request_from_values,
 )
+from closecrm.events.parse import BadEvent, parse_event
 from closecrm.model import DroppedField, Flags, UpsertRequest
 
 TS = "2024-05-01T10:00:00Z"
@@ -329,7 +329,7 @@ def test_request_from_values_is_usable_for_snapshot_rows() -> None:
 
 
 def test_collapsing_keeps_the_mappings_and_dropped_values_of_every_request_it_merges() -> None:
-    from closecrm.collapse import collapse
+    from closecrm.events.collapse import collapse
 
     first = one(ev(messageId="m1", timestamp=TS, traits={"phone": "call me", "name": "Ann"}))
     second = one(

@@ -10,17 +10,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from closecrm.collapse import collapse, merge
-from closecrm.events import MAX_DEPTH, BadEvent, format_timestamp, parse_event
-from closecrm.mapping import (
+from closecrm.events.collapse import collapse, merge
+from closecrm.events.mapping import (
     DEFAULT_MAPPING,
     compile_mapping,
     map_event,
     request_dropping_bad_values,
     request_from_values,
 )
+from closecrm.events.normalize import email_key, is_valid_email, phone_key, to_e164, url_key
+from closecrm.events.parse import MAX_DEPTH, BadEvent, format_timestamp, parse_event
 from closecrm.model import DeadLetter, DroppedField, UpsertRequest
-from closecrm.normalize import email_key, is_valid_email, phone_key, to_e164, url_key
 from transforms.deadletter import dead_letter_json, raw_for_letter
 
 SURROGATE_VALUE = b'{"type":"identify","userId":"u1","traits":{"name":"\\ud800"}}'

@@ -1,4 +1,4 @@
-"""closecrm.trigger: the filter-language subset parses, evaluates, and reports errors with columns."""
+"""closecrm.events.trigger: the filter-language subset parses, evaluates, and reports errors with columns."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 
-from closecrm.trigger import TriggerError, compile_trigger
+from closecrm.events.trigger import TriggerError, compile_trigger
 
 IDENTIFY = {
     "type": "identify",

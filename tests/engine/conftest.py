@@ -9,11 +9,11 @@ from typing import Any, TypeVar
 
 import pytest
 
-from closecrm.client import CloseClient
+from closecrm.api.client import CloseClient
 from closecrm.engine import UpsertEngine
+from closecrm.events.normalize import email_key, phone_key, url_key
 from closecrm.model import Outcome, Settings, UpsertRequest
-from closecrm.normalize import email_key, phone_key, url_key
-from closecrm.sim import SimServer
+from closesim import SimServer
 
 T = TypeVar("T")
 

@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from closecrm.budgets import VOTES, Budgets
-from closecrm.client import CloseClient
-from closecrm.ratelimit import RateLimit
-from closecrm.sim import SimServer
+from closecrm.api.budgets import VOTES, Budgets
+from closecrm.api.client import CloseClient
+from closecrm.api.pacing import RateLimit
+from closesim import SimServer
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ import asyncio
 import aiohttp
 import pytest
 
-from closecrm.client import _no_blind_resend
+from closecrm.api.client import _no_blind_resend
 
 
 def test_aiohttp_sessions_do_not_resend_a_request_by_themselves() -> None:

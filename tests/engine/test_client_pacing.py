@@ -9,7 +9,7 @@ import logging
 import httpx
 import pytest
 
-from closecrm.client import AmbiguousWriteError, CloseAPIError, CloseClient, endpoint_group
+from closecrm.api.client import AmbiguousWriteError, CloseAPIError, CloseClient, endpoint_group
 from closecrm.engine import UpsertEngine
 from closecrm.model import UpsertRequest
 from tests.engine.conftest import CloseEnv

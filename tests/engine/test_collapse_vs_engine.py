@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from closecrm.collapse import collapse
+from closecrm.events.collapse import collapse
 from closecrm.model import Flags, UpsertRequest
 from tests.engine.conftest import CloseEnv
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from closecrm.cache import IdCache
-from closecrm.client import CloseClient
-from closecrm.created_ids import CreatedIdLedger, key_digest, ledger_dir, namespace
+from closecrm.api.client import CloseClient
 from closecrm.engine import UpsertEngine
+from closecrm.engine.writes.cache import IdCache
+from closecrm.engine.writes.ledger import CreatedIdLedger, key_digest, ledger_dir, namespace
 from closecrm.model import Outcome, UpsertRequest
 from tests.engine.conftest import CloseEnv
 from tests.engine.test_engine_branches import contact, lead

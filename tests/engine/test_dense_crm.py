@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from closecrm.events import parse_event
-from closecrm.mapping import DEFAULT_MAPPING, compile_mappings, map_event
+from closecrm.events.mapping import DEFAULT_MAPPING, compile_mappings, map_event
+from closecrm.events.parse import parse_event
 from closecrm.model import Flags, UpsertRequest
 from pipeline.config import load_config
 from tests.engine.conftest import CloseEnv

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from closecrm.collapse import collapse
+from closecrm.events.collapse import collapse
 from closecrm.model import Flags, Settings, UpsertRequest
 from pipeline.plan import change_text, planned_writes
 from tests.engine.conftest import CloseEnv

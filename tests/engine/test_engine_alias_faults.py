@@ -20,7 +20,7 @@ import pytest
 
 from closecrm.engine import UpsertEngine
 from closecrm.model import Flags, Outcome, UpsertRequest
-from closecrm.sim.errors import ApiError
+from closesim.errors import ApiError
 from tests.engine.conftest import CloseEnv
 
 pytestmark = pytest.mark.integration

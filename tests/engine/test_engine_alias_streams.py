@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from closecrm.engine import UpsertEngine
-from closecrm.engine.writes import Writes
+from closecrm.engine.writes.layer import Writes
 from closecrm.model import Flags, UpsertRequest
 from tests.engine.conftest import CloseEnv
 

@@ -8,10 +8,10 @@ import asyncio
 
 import pytest
 
-from closecrm.client import CloseClient
+from closecrm.api.client import CloseClient
 from closecrm.engine.settings_check import check_settings
 from closecrm.model import Settings, UpsertRequest
-from closecrm.sim import SimServer
+from closesim import SimServer
 from tests.engine.conftest import CloseEnv
 
 pytestmark = pytest.mark.integration

@@ -205,7 +205,7 @@ class _Item:
 
 def test_the_writers_dry_feed_remembers_across_flushes(close: CloseEnv, loop: asyncio.AbstractEventLoop) -> None:
     """The writer's dry run: each flush joins one dry stream, so a later flush finds what an earlier one planned."""
-    from closecrm.client import CloseClient
+    from closecrm.api.client import CloseClient
 
     client = CloseClient(close.sim.base_url, close.sim.api_key)
     engine = UpsertEngine(client, close.settings)

@@ -13,8 +13,8 @@ import math
 import pytest
 
 from closecrm.engine import UpsertEngine
+from closecrm.events.normalize import url_key
 from closecrm.model import Outcome, UpsertRequest
-from closecrm.normalize import url_key
 from tests.engine.conftest import CloseEnv
 from tests.engine.test_engine_branches import contact, lead
 

@@ -10,7 +10,7 @@ import itertools
 import pytest
 
 from closecrm.engine import UpsertEngine
-from closecrm.lookup import Search
+from closecrm.engine.view import Search
 from closecrm.model import UpsertRequest
 from tests.engine.conftest import CloseEnv
 from tests.engine.test_engine_branches import contact, lead

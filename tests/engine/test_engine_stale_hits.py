@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from closecrm.client import CloseClient
-from closecrm.created_ids import CreatedIdLedger
+from closecrm.api.client import CloseClient
 from closecrm.engine import UpsertEngine
+from closecrm.engine.writes.ledger import CreatedIdLedger
 from closecrm.model import Outcome, UpsertRequest
 from tests.engine.conftest import CloseEnv
 from tests.engine.test_engine_alias import MERGING, alias, contact, lead

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from closecrm.ratelimit import GroupPacer, RateLimit
+from closecrm.api.pacing import GroupPacer, RateLimit
 
 
 class VirtualTimeLoop(asyncio.SelectorEventLoop):

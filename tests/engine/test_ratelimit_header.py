@@ -8,7 +8,7 @@ import math
 import httpx
 import pytest
 
-from closecrm.ratelimit import GroupPacer, RateLimit, parse_ratelimit, retry_after_seconds
+from closecrm.api.pacing import GroupPacer, RateLimit, parse_ratelimit, retry_after_seconds
 
 
 @pytest.mark.parametrize(

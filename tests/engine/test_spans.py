@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from closecrm.collapse import collapse, parts_of, span
-from closecrm.engine.spans import Reach, batches, combine, units
+from closecrm.engine.ordering.spans import Reach, batches, combine, units
+from closecrm.events.collapse import collapse, parts_of, span
 from closecrm.model import Flags, Outcome, UpsertRequest
 from tests.fuzz.budget import budget
 
@@ -171,7 +171,7 @@ def test_an_outcome_of_parts_is_the_weightiest_with_every_record_and_call() -> N
 
 
 def test_a_group_with_more_overlapping_pairs_than_can_be_compared_goes_part_by_part(monkeypatch) -> None:  # noqa: ANN001
-    from closecrm.engine import spans
+    from closecrm.engine.ordering import spans
 
     members = [reach(merged(1, 9, contact_user_id=f"u{n}"), f"user:u{n}") for n in range(3)]
     assert len(units(members)) == 3  # nothing shared: no split

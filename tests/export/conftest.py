@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from closecrm.client import CloseClient
-from closecrm.export import ExportRequest, ExportResult, export
-from closecrm.sim import SimConfig, SimServer
+from closecrm.api.client import CloseClient
+from closecrm.reverse_etl.export import ExportRequest, ExportResult, export
+from closesim import SimConfig, SimServer
 from tests.conftest import SIM_TEST_DEFAULTS
 
 N_LEADS = 5_000

@@ -5,8 +5,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from closecrm.client import CloseClient
-from closecrm.export import SearchPager
+from closecrm.api.client import CloseClient
+from closecrm.reverse_etl.export import SearchPager
 
 pytestmark = pytest.mark.integration
 

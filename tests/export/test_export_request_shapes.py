@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from closecrm.sim import SimServer
+from closesim import SimServer
 from tests.export.conftest import run_export
 
 pytestmark = pytest.mark.integration

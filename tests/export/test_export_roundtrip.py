@@ -5,7 +5,7 @@ import math
 import pyarrow.parquet as pq
 import pytest
 
-from closecrm.export_schema import custom_columns, table_schema
+from closecrm.reverse_etl.export_schema import custom_columns, table_schema
 from tests.export.conftest import (
     CONTACT_FIELDS,
     LEAD_FIELDS,

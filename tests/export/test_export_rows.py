@@ -4,8 +4,8 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from closecrm.export import RowBuilder, TimeSlice, flatten_by_type, parse_moment, split
-from closecrm.export_schema import custom_columns, slug
+from closecrm.reverse_etl.export import RowBuilder, TimeSlice, flatten_by_type, parse_moment, split
+from closecrm.reverse_etl.export_schema import custom_columns, slug
 
 
 def test_flattening_takes_the_first_value_of_each_type():

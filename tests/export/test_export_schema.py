@@ -7,7 +7,7 @@ import fastavro
 import pyarrow as pa
 import pytest
 
-from closecrm.export_schema import (
+from closecrm.reverse_etl.export_schema import (
     AVSC_FILES,
     BASE_SCHEMAS,
     FLAT_TYPES,
@@ -24,7 +24,7 @@ SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 @pytest.mark.parametrize("table", sorted(AVSC_FILES))
 def test_avsc_file_and_pyarrow_schema_agree(table):
     avsc = json.loads((SCHEMAS / AVSC_FILES[table]).read_text())
-    # Regenerate with `python -m closecrm.export_schema` after changing the pyarrow schema.
+    # Regenerate with `python -m closecrm.reverse_etl.export_schema` after changing the pyarrow schema.
     assert avsc == to_avro(BASE_SCHEMAS[table])
     assert from_avro(avsc).equals(BASE_SCHEMAS[table], check_metadata=True)
     fastavro.parse_schema(avsc)

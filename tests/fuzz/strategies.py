@@ -8,7 +8,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from closecrm.events import EVENT_TYPES
+from closecrm.events.parse import EVENT_TYPES
 
 # Every code point, lone surrogates included (valid in JSON text as \ud800 escapes).
 ANY_CHAR = st.characters(codec=None, exclude_categories=())

@@ -104,7 +104,7 @@ def companies(state: list[Any]) -> set[str]:
 
 
 MERGING = Flags(allow_merging=True)
-# Found by this property, fixed in closecrm/engine/alias.py; kept as examples.
+# Found by this property, fixed in closecrm/engine/rules/alias.py; kept as examples.
 # - After a lead merge the engine's copy of the destination lead lacked the company id Close moved
 #   onto it: u2's lead (co2) is merged into a1's (none); a1's next request, for co3, in the same
 #   batch, took the lead for company-less and wrote co3 over co2.

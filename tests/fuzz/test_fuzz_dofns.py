@@ -57,10 +57,10 @@ from hypothesis import strategies as st
 
 import pipeline
 import transforms
-from closecrm.credentials import KeySource
-from closecrm.events import Event
+from closecrm.events.parse import Event
 from closecrm.model import DeadLetter, Origin, Outcome, Received
-from closecrm.snapshot import ACCEPTS
+from closecrm.reverse_etl.snapshot import ACCEPTS
+from closecrm.wiring import KeySource
 from pipeline import snapshot_job
 from pipeline.assemble import build
 from pipeline.avro_io import event_schema, event_to_avro_record

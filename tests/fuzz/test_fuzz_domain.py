@@ -9,11 +9,11 @@ from datetime import datetime
 from hypothesis import given
 from hypothesis import strategies as st
 
-from closecrm.collapse import collapse, collapse_key, merge
-from closecrm.events import BadEvent, Event, parse_event
-from closecrm.mapping import compile_mappings, map_event
+from closecrm.events.collapse import collapse, collapse_key, merge
+from closecrm.events.mapping import compile_mappings, map_event
+from closecrm.events.normalize import email_key, phone_key, url_key
+from closecrm.events.parse import BadEvent, Event, parse_event
 from closecrm.model import UpsertRequest
-from closecrm.normalize import email_key, phone_key, url_key
 from pipeline.config import parse_config
 from tests.fuzz.budget import budget
 from tests.fuzz.strategies import emails, phones, text, urls, wire_events

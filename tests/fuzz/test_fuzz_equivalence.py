@@ -28,9 +28,8 @@ from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
 from closecrm.engine import UpsertEngine
-from closecrm.engine.spans import batches
-from closecrm.events import parse_event
-from closecrm.mapping import (
+from closecrm.engine.ordering.spans import batches
+from closecrm.events.mapping import (
     ALIAS_PRESET,
     DEFAULT_MAPPING,
     GROUP_PRESET,
@@ -38,6 +37,7 @@ from closecrm.mapping import (
     compile_mappings,
     map_event,
 )
+from closecrm.events.parse import parse_event
 from closecrm.model import Flags, UpsertRequest
 from tests.engine.conftest import CloseEnv
 from tests.engine.test_engine_property import Reference, one_at_a_time_reference

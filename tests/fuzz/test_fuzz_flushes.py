@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from closecrm.credentials import EngineSpec, KeySource
+from closecrm.wiring import EngineSpec, KeySource
 from tests.engine.conftest import CloseEnv
 from tests.fuzz.budget import budget
 from tests.fuzz.test_fuzz_alias import alias_flags, scenarios

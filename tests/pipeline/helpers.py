@@ -10,8 +10,8 @@ from typing import Any
 
 import yaml
 
-from closecrm.credentials import KeySource
-from closecrm.sim import SimServer
+from closecrm.wiring import KeySource
+from closesim import SimServer
 from pipeline.config import JobConfig, load_config
 from pipeline.runjob import RunRequest, run
 from pipeline.sources import SourceOptions

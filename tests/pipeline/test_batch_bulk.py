@@ -10,7 +10,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that, equal_to
 
-from closecrm.events import BadEvent, parse_event
+from closecrm.events.parse import BadEvent, parse_event
 from closecrm.model import UpsertRequest
 from pipeline.config import default_config
 from transforms import metrics as m

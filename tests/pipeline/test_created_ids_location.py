@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from closecrm.created_ids import namespace
+from closecrm.engine.writes.ledger import namespace
 from pipeline.config import load_config
 from pipeline.runjob import RunRequest, created_ids_location, shape_for
 from pipeline.sources import SourceOptions

@@ -12,7 +12,7 @@ from apache_beam.portability import common_urns
 from apache_beam.portability.api import beam_runner_api_pb2
 from apache_beam.transforms.core import RestrictionProvider
 
-from closecrm.credentials import KeySource
+from closecrm.wiring import KeySource
 from pipeline.assemble import build
 from pipeline.config import default_config
 from pipeline.graph_mode import graph_mode

@@ -15,9 +15,9 @@ from apache_beam.metrics import Metrics
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from rich.console import Console
 
-from closecrm.client import CloseClient
-from closecrm.counters import Totals
-from closecrm.credentials import KeySource
+from closecrm.api.client import CloseClient
+from closecrm.api.counters import Totals
+from closecrm.wiring import KeySource
 from pipeline import summary
 from pipeline.runjob import RunRequest, run
 from pipeline.sources import SourceOptions

@@ -152,7 +152,7 @@ def test_upsert_failures_are_dead_lettered_with_event_request_error_and_attempts
 
 
 def test_replay_resends_dead_letters_once_the_cause_is_fixed(sim, tmp_path, monkeypatch):
-    from closecrm.credentials import EngineSpec, KeySource
+    from closecrm.wiring import EngineSpec, KeySource
     from pipeline.replay import replay_file
 
     config, cf = sim_config(

@@ -8,9 +8,9 @@ import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from closecrm.credentials import EngineSpec, KeySource
-from closecrm.mapping import DEFAULT_MAPPING, GROUP_PRESET
+from closecrm.events.mapping import DEFAULT_MAPPING, GROUP_PRESET
 from closecrm.model import Settings
+from closecrm.wiring import EngineSpec, KeySource
 from pipeline.assemble import JobShape, build
 from pipeline.config import default_config
 from pipeline.sources import SourceOptions

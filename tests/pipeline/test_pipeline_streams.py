@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from closecrm.credentials import KeySource
+from closecrm.wiring import KeySource
 from pipeline.runjob import RunRequest, launch, run
 from pipeline.sources import SourceOptions
 from tests.pipeline.helpers import letter_files, letters_in, read_lines, sim_config

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from apache_beam.pvalue import TaggedOutput
 
-from closecrm.events import parse_event
-from closecrm.mapping import DEFAULT_MAPPING
+from closecrm.events.mapping import DEFAULT_MAPPING
+from closecrm.events.parse import parse_event
 from closecrm.model import DeadLetter, DroppedField, Origin, Received, UpsertRequest
 from pipeline.sources import SourceOptions
 from tests.pipeline.helpers import FakeState, read_lines, sim_config, write_jsonl

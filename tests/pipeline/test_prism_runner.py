@@ -23,8 +23,8 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms import window
 from apache_beam.transforms.window import TimestampedValue
 
-from closecrm.credentials import KeySource
 from closecrm.model import UpsertRequest
+from closecrm.wiring import KeySource
 from pipeline import runjob, summary
 from pipeline.assemble import build
 from pipeline.config import JobConfig

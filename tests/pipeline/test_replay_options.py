@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from closecrm.credentials import EngineSpec, KeySource
-from closecrm.events import BadEvent
-from closecrm.mapping import ALIAS_PRESET, DEFAULT_MAPPING, flags_for_stored, request_from_stored
+from closecrm.events.mapping import ALIAS_PRESET, DEFAULT_MAPPING, flags_for_stored, request_from_stored
+from closecrm.events.parse import BadEvent
 from closecrm.model import Flags
+from closecrm.wiring import EngineSpec, KeySource
 from pipeline.config import parse_config
 from pipeline.replay import replay_file
 

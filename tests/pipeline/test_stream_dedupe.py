@@ -11,7 +11,7 @@ from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 from apache_beam.testing import test_stream
 from apache_beam.testing.util import assert_that, equal_to
 
-from closecrm.events import parse_event
+from closecrm.events.parse import parse_event
 from pipeline.config import default_config
 from tests.pipeline.helpers import FakeState
 from transforms import dedupe

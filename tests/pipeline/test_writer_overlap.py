@@ -5,8 +5,8 @@ from __future__ import annotations
 import apache_beam as beam
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from closecrm.credentials import EngineSpec, KeySource
 from closecrm.model import UpsertRequest
+from closecrm.wiring import EngineSpec, KeySource
 from tests.engine.test_engine_batch import people
 from tests.pipeline.helpers import sim_config
 from transforms.collapse import Pending

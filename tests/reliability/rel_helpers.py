@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from closecrm.credentials import KeySource
-from closecrm.sim import SimServer
+from closecrm.wiring import KeySource
+from closesim import SimServer
 from pipeline import summary
 from pipeline.config import JobConfig
 from pipeline.runjob import RunRequest, launch

@@ -115,7 +115,7 @@ def test_faults_end_in_the_reference_state_with_no_duplicates_and_every_event_ac
 
 
 def _request(sim, work: Path):  # noqa: ANN001, ANN202
-    from closecrm.credentials import KeySource
+    from closecrm.wiring import KeySource
     from pipeline.runjob import RunRequest
 
     return RunRequest(

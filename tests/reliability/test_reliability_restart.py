@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from closecrm.credentials import KeySource
+from closecrm.wiring import KeySource
 from pipeline.runjob import RunRequest, launch
 from pipeline.sources import SourceOptions
 from tests.pipeline.helpers import letters_in, read_lines, write_jsonl

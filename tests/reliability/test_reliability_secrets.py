@@ -9,7 +9,7 @@ import pickle
 
 import pytest
 
-from closecrm.credentials import KeySource
+from closecrm.wiring import KeySource
 from pipeline.runjob import RunRequest, pipeline_options, run, shape_for
 from pipeline.sources import SourceOptions
 from tests.cli.helpers_cli import assert_one_line_error, invoke

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from closecrm.created_ids import CreatedIdLedger, namespace
+from closecrm.engine.writes.ledger import CreatedIdLedger, namespace
 from pipeline.sources import SourceOptions
 from tests.pipeline.helpers import letters_in, write_jsonl
 from tests.reliability.rel_helpers import dead_letters, duplicates, fresh, run_job, w1_events

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from closecrm.sim import SimServer
+from closesim import SimServer
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from closecrm.sim import SimServer
+from closesim import SimServer
 
 pytestmark = pytest.mark.integration
 

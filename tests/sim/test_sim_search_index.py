@@ -7,8 +7,8 @@ from typing import Any
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-from closecrm.sim.errors import ValidationFailed
-from closecrm.sim.search import Query, TermIndex
+from closesim.errors import ValidationFailed
+from closesim.search import Query, TermIndex
 
 CF_TYPES = {"cf_user": "contact", "cf_company": "lead"}
 EMAILS = ["a@x.io", "A@X.io", "b@x.io", "c@y.io"]

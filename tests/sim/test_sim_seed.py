@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from closecrm.sim import SimServer
+from closesim import SimServer
 
 pytestmark = pytest.mark.integration
 

@@ -10,10 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from closecrm.credentials import KeySource
-from closecrm.sim import SimServer
-from closecrm.warehouse import WarehouseSource
-from closecrm.warehouse_url import PasswordSource, WarehouseURL
+from closecrm.reverse_etl.warehouse import WarehouseSource
+from closecrm.reverse_etl.warehouse_url import PasswordSource, WarehouseURL
+from closecrm.wiring import KeySource
+from closesim import SimServer
 from pipeline.config import JobConfig, load_config
 from pipeline.snapshot_job import SnapshotReport, SnapshotRequest, run_snapshot
 

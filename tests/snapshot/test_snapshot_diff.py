@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from closecrm.model import Settings
-from closecrm.snapshot import (
+from closecrm.reverse_etl.snapshot import (
     SnapshotSpec,
     bucket_of,
     buckets_of,

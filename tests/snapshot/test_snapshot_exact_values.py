@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from closecrm.snapshot import NanoTimestamp, arrow_values, primary_key_of
+from closecrm.reverse_etl.snapshot import NanoTimestamp, arrow_values, primary_key_of
 from pipeline.snapshot_state import SnapshotState
 from transforms.snapshot import state_pairs
 

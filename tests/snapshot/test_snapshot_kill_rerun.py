@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from closecrm.created_ids import namespace
+from closecrm.engine.writes.ledger import namespace
 
 from .helpers import rows, snapshot_config, write_parquet
 

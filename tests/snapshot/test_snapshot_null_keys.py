@@ -7,7 +7,7 @@ import pytest
 from apache_beam.pvalue import TaggedOutput
 
 from closecrm.model import Settings
-from closecrm.snapshot import SnapshotSpec
+from closecrm.reverse_etl.snapshot import SnapshotSpec
 from transforms.deadletter import DEAD
 from transforms.snapshot import BucketRows
 

@@ -8,9 +8,9 @@ from decimal import Decimal
 import pyarrow as pa
 import pytest
 
-from closecrm.events import BadEvent
+from closecrm.events.parse import BadEvent
 from closecrm.model import Settings
-from closecrm.snapshot import (
+from closecrm.reverse_etl.snapshot import (
     SnapshotSpec,
     arrow_kind,
     avro_kind,

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from closecrm.engine import SettingsError
-from closecrm.snapshot import SchemaDrift
+from closecrm.reverse_etl.snapshot import SchemaDrift
 from pipeline.snapshot_state import SnapshotState
 from transforms import metrics as m
 

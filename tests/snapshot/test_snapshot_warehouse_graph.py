@@ -10,10 +10,10 @@ import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from closecrm.credentials import EngineSpec, KeySource
 from closecrm.model import Settings
-from closecrm.snapshot import SnapshotSpec
-from closecrm.warehouse import ReadPlan, Watermark
+from closecrm.reverse_etl.snapshot import SnapshotSpec
+from closecrm.reverse_etl.warehouse import ReadPlan, Watermark
+from closecrm.wiring import EngineSpec, KeySource
 from pipeline.config import default_config
 from pipeline.snapshot_job import SnapshotShape, build
 from tests.pipeline.helpers import DATAFLOW_ARGS

@@ -15,8 +15,8 @@ import yaml
 from apache_beam.internal.cloudpickle import cloudpickle
 from click.testing import CliRunner
 
-from closecrm.warehouse import ReadPlan, driver_detail
-from closecrm.warehouse_url import Password, PasswordSource, WarehouseURL, scrub
+from closecrm.reverse_etl.warehouse import ReadPlan, driver_detail
+from closecrm.reverse_etl.warehouse_url import Password, PasswordSource, WarehouseURL, scrub
 from pipeline import snapshot_job
 from pipeline.cli import main
 from pipeline.config import ConfigError, parse_config

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from closecrm.snapshot import diff_bucket
-from closecrm.warehouse import Watermark
-from closecrm.warehouse_url import WarehouseURL, WarehouseURLError
+from closecrm.reverse_etl.snapshot import diff_bucket
+from closecrm.reverse_etl.warehouse import Watermark
+from closecrm.reverse_etl.warehouse_url import WarehouseURL, WarehouseURLError
 from pipeline.config import parse_config
 from pipeline.snapshot_job import warehouse_source
 

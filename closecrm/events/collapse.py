@@ -1,0 +1,230 @@
+"""Collapse one person's requests into fewer, without changing what Close ends up holding.
+
+Two requests merge only when they would look up the same records under the same flags
+(`collapse_key`) and no request with another key falls between them in timestamp order:
+a person who moves company must still be applied as "old company, then new company".
+
+Collapsing sees one person only. Another person's request can fall between two merged ones and
+meet the same records (a visitor renaming the contact by its email); so a merged request keeps
+the requests it was made of (`Parts`) and the time it spans (``since`` .. ``timestamp``), and the
+engine applies them one by one where that happens (closecrm/engine/ordering/spans.py).
+"""
+
+from __future__ import annotations
+
+import pickle
+import zlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from closecrm.events.normalize import email_key, phone_key, url_key
+from closecrm.events.parse import instant
+from closecrm.model import UpsertRequest
+
+CollapseKey = tuple[Any, ...]
+
+_SCALARS = (
+    "lead_name",
+    "lead_company_id",
+    "lead_description",
+    "lead_status_id",
+    "contact_name",
+    "contact_title",
+    "contact_user_id",
+)
+
+
+# What a request writes onto a contact, and onto a lead, besides the identity in `collapse_key`.
+_CONTACT_VALUES = (
+    "contact_name",
+    "contact_title",
+    "contact_emails",
+    "contact_phones",
+    "contact_urls",
+    "contact_custom_fields",
+)
+_LEAD_VALUES = ("lead_name", "lead_description", "lead_status_id", "lead_custom_fields")
+
+
+def creates_anew(req: UpsertRequest) -> bool:
+    """Contact fields but neither user id nor email: nothing can find the contact it creates, so
+    each time it is applied it creates another. Never merged, never suppressed as a repeat."""
+    return req.contact_user_id is None and not req.contact_email and req.has_contact_fields()
+
+
+def collapse_key(req: UpsertRequest) -> CollapseKey:
+    """What decides which records a request looks up: company id, user id, lookup email, flags.
+
+    The lookup email is part of the key even when there is a user id: when no contact has the
+    user id yet, the engine falls back to the email, so ``(U, a)`` then ``(U, b)`` can end
+    differently from ``(U, [a, b])`` (e.g. when creating contacts is not allowed). A request that
+    `creates_anew` is never merged (its key carries its own ids and content), nor is an alias: it
+    links two people, and each of them must be applied on the right side of it.
+    """
+    email = _key(email_key, req.contact_email) if req.contact_email else None
+    alone = creates_anew(req) or req.alias_previous_id is not None
+    unidentified = (req.event_ids, req.fingerprint()) if alone else None
+    return (req.lead_company_id, req.contact_user_id, email, req.flags, unidentified)
+
+
+def _key(key: Callable[[str], str], value: Any) -> Any:
+    """``key(value)``, or for a value it cannot take (not text) the value itself, tagged apart."""
+    try:
+        return key(value)
+    except Exception:  # noqa: BLE001 - a request is never refused here; odd values compare as themselves
+        return ("unkeyed", type(value).__name__, repr(value))
+
+
+def _accumulate(first: tuple[str, ...], then: tuple[str, ...], key: Callable[[str], str]) -> tuple[str, ...]:
+    seen = {_key(key, value) for value in first}
+    out = list(first)
+    for value in then:
+        k = _key(key, value)
+        if k not in seen:
+            seen.add(k)
+            out.append(value)
+    return tuple(out)
+
+
+def merge(earlier: UpsertRequest, later: UpsertRequest) -> UpsertRequest:
+    """One request with the effect of applying ``earlier`` then ``later``.
+
+    Callers merge only requests with equal `collapse_key`; ``later`` keeps its flags. When those
+    forbid updating existing contacts (leads), ``earlier``'s contact (lead) values stand: it may
+    create the record, which ``later`` could then not have changed.
+    """
+    merged = _merged(earlier, later)
+    kept: list[str] = []
+    if not later.flags.allow_updating_existing_contacts:
+        kept += _CONTACT_VALUES
+    if not later.flags.allow_updating_existing_leads:
+        kept += _LEAD_VALUES
+    return replace(merged, **{name: getattr(earlier, name) for name in kept}) if kept else merged
+
+
+def _merged(earlier: UpsertRequest, later: UpsertRequest) -> UpsertRequest:
+    scalars: dict[str, Any] = {}
+    for name in _SCALARS:
+        value = getattr(later, name)
+        scalars[name] = value if value is not None else getattr(earlier, name)
+    for name in ("lead_custom_fields", "contact_custom_fields"):
+        before, after = getattr(earlier, name), getattr(later, name)
+        if not isinstance(before, Mapping) or not isinstance(after, Mapping):
+            raise TypeError(f"{name} is not a mapping")
+        scalars[name] = {**before, **after}
+    return replace(
+        later,
+        **scalars,
+        contact_emails=_accumulate(earlier.contact_emails, later.contact_emails, email_key),
+        contact_phones=_accumulate(earlier.contact_phones, later.contact_phones, phone_key),
+        contact_urls=_accumulate(earlier.contact_urls, later.contact_urls, url_key),
+        event_ids=_accumulate(earlier.event_ids, later.event_ids, str),
+        timestamp=later.timestamp if later.timestamp is not None else earlier.timestamp,
+        **later.provenance_after(earlier),
+    )
+
+
+_UNTIMED = (0, datetime.min.replace(tzinfo=UTC))
+Moment = tuple[int, datetime]
+
+
+def moment(timestamp: str | None) -> Moment:
+    """Sort key: a timestamp's moment in UTC. Text would misorder offsets (+05:00 vs Z), fractions of
+    different lengths and short years; no usable timestamp comes first."""
+    at = instant(timestamp)
+    return _UNTIMED if at is None else (1, at)
+
+
+def _time(req: UpsertRequest) -> Moment:
+    return moment(req.timestamp)
+
+
+def span(req: UpsertRequest) -> tuple[Moment, Moment]:
+    """The first and the last moment of the events a request stands for (equal unless merged)."""
+    last = moment(req.timestamp)
+    return (moment(req.since), last) if req.parts else (last, last)
+
+
+class Parts:
+    """The requests a collapsed request was merged from, in event order, kept compressed.
+
+    Only the engine reads them, and only for a request another person's request falls between;
+    every collapsed request carries them through the writer's buffer, where a chatty person's twenty
+    near-identical requests compress to little more than one.
+    """
+
+    __slots__ = ("_blob", "_count")
+
+    def __init__(self, blob: bytes, count: int) -> None:
+        self._blob = blob
+        self._count = count
+
+    @classmethod
+    def of(cls, requests: Sequence[UpsertRequest]) -> Parts:
+        return cls(
+            zlib.compress(pickle.dumps(tuple(requests), protocol=pickle.HIGHEST_PROTOCOL), 1), len(requests)
+        )
+
+    def requests(self) -> tuple[UpsertRequest, ...]:
+        return pickle.loads(zlib.decompress(self._blob))  # noqa: S301 - written by `of` in this process or its peer
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __bool__(self) -> bool:
+        return self._count > 1
+
+    def __repr__(self) -> str:
+        return f"Parts({self._count})"
+
+    def __reduce__(self):  # noqa: ANN204
+        return (Parts, (self._blob, self._count))
+
+
+def parts_of(req: UpsertRequest) -> tuple[UpsertRequest, ...]:
+    """The unmerged requests ``req`` stands for, in event order (itself when it was not merged)."""
+    return req.parts.requests() if req.parts else (req,)
+
+
+def _with_parts(merged: UpsertRequest, run: list[UpsertRequest]) -> UpsertRequest:
+    if len(run) == 1:
+        return merged
+    parts = [p for r in run for p in parts_of(r)]
+    return replace(merged, parts=Parts.of(parts), since=run[0].since or run[0].timestamp)
+
+
+def _collapse_key_or_own(req: UpsertRequest) -> CollapseKey:
+    """`collapse_key`, or a key no other request has when the request's values defeat it."""
+    try:
+        key = collapse_key(req)
+        hash(key)
+    except Exception:  # noqa: BLE001 - such a request is applied on its own, not refused
+        return ("unmergeable", id(req))
+    return key
+
+
+def collapse(requests: Iterable[UpsertRequest]) -> list[UpsertRequest]:
+    """Sort by (timestamp, arrival order) and merge each run of consecutive equal-key requests.
+
+    Never raises on a request's values: a request that cannot be merged is kept as it is, which
+    leaves the same result as merging (the requests are applied one after the other in order).
+    """
+    ordered = sorted(requests, key=_time)  # stable: ties keep arrival order
+    out: list[UpsertRequest] = []
+    runs: list[list[UpsertRequest]] = []
+    last_key: CollapseKey | None = None
+    for req in ordered:
+        key = _collapse_key_or_own(req)
+        if out and key == last_key:
+            try:
+                out[-1] = merge(out[-1], req)
+                runs[-1].append(req)
+                continue
+            except Exception:  # noqa: BLE001 - unmergeable: applied on its own, after the run
+                key = ("unmergeable", id(req))
+        out.append(req)
+        runs.append([req])
+        last_key = key
+    return [_with_parts(merged, run) for merged, run in zip(out, runs, strict=True)]
