@@ -49,6 +49,7 @@ engines: $(KAFKA_STAMP) $(PRISM_STAMP)
 
 test: $(STAMP) engines
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/pytest
 
 test-fast: $(STAMP)
@@ -63,6 +64,7 @@ fuzz: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 demo: $(STAMP)
 	$(PY) -m pipeline.demo

@@ -35,6 +35,7 @@ setup(
             "hypothesis>=6.100,<7",
             "closeio==2.1",
             "ruff>=0.6",
+            "import-linter>=2.1,<3",  # make test: the floor plan in pyproject.toml
         ],
     },
     entry_points={"console_scripts": ["close-sync=pipeline.cli:main"]},

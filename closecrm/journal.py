@@ -7,7 +7,7 @@ to one file never interleave), then ``fsync``. One ``JournalFile`` per path and 
 
 Paths with a scheme (``gs://…``) cannot be appended to: each ``append`` writes one new object
 beside the path, ``<name>.part-<writer>-<seq>.jsonl`` for ``<name>.jsonl`` (``<writer>`` names the
-process), through Beam's FileSystems, loaded only then. The log is the union of those objects.
+process), through the object store given (closecrm/storage.py). The log is the union of those objects.
 
 An append that fails (a full disk: ENOSPC, a file-size limit: EFBIG, a lost mount) raises
 `JournalError`, whose message is one line naming the file, the error and the fix; the file refuses
@@ -22,6 +22,8 @@ import os
 import secrets
 import threading
 from collections.abc import Sequence
+
+from closecrm.storage import LOCAL_OBJECTS, ObjectStore, has_scheme
 
 
 def part_name(path: str, writer: str, seq: int) -> str:
@@ -51,10 +53,6 @@ class RecordingStopped(RuntimeError):
     the `JournalError`'s)."""
 
 
-def has_scheme(path: str) -> bool:
-    return "://" in path
-
-
 class JournalFile:
     """One append-only JSON-lines file (or, on an object store, folder of parts), durable per append.
 
@@ -64,8 +62,9 @@ class JournalFile:
     _instances: dict[str, JournalFile] = {}
     _instances_lock = threading.Lock()
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, objects: ObjectStore = LOCAL_OBJECTS) -> None:
         self.path = path
+        self._store = objects
         self._lock = threading.Lock()
         self._unsynced = False  # lines appended without fsync since the last one
         self._failure: JournalError | None = None
@@ -73,11 +72,11 @@ class JournalFile:
         self._seq = 0
 
     @classmethod
-    def shared(cls, path: str) -> JournalFile:
+    def shared(cls, path: str, objects: ObjectStore = LOCAL_OBJECTS) -> JournalFile:
         with cls._instances_lock:
             found = cls._instances.get(path)
             if found is None:
-                found = cls._instances[path] = cls(path)
+                found = cls._instances[path] = cls(path, objects)
             return found
 
     @property
@@ -136,14 +135,11 @@ class JournalFile:
         self._unsynced = False
 
     def _write_part(self, lines: Sequence[str]) -> None:
-        from apache_beam.io.filesystems import FileSystems
-
         self._seq += 1
         name = part_name(self.path, self._writer, self._seq)
         data = "".join(line + "\n" for line in lines).encode("utf-8")
         try:
-            with FileSystems.create(name) as fh:
-                fh.write(data)
+            self._store.write(name, data)
         except OSError:
             raise
         except Exception as exc:  # noqa: BLE001 - any filesystem's error is a failed append
@@ -180,10 +176,10 @@ class Recording:
 class Journal:
     """A run's appends to one file: a failure is the run's (`Recording`) as well as the file's."""
 
-    def __init__(self, path: str, run_id: str | None) -> None:
+    def __init__(self, path: str, run_id: str | None, objects: ObjectStore = LOCAL_OBJECTS) -> None:
         self.path = path
         self.run_id = run_id
-        self._file = JournalFile.shared(path)
+        self._file = JournalFile.shared(path, objects)
         self.recording = Recording.of(run_id)
 
     def append(self, lines: Sequence[str], sync: bool = True) -> None:

@@ -1,8 +1,8 @@
 """Where a job finds Close and its API key, and what a worker needs to build its own client and engine.
 
-Nothing here imports Beam or the HTTP stack at import time: the CLI builds these for every command
-(validate, replay, export included) and only a worker that reads a key from an object store (gs://…)
-loads Beam's filesystems, when it reads it.
+Nothing here imports the HTTP stack at import time: the CLI builds these for every command
+(validate, replay, export included). A key file or a ledger at a URL (gs://…) is reached through
+the object store the job passes in (closecrm/storage.py).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 from closecrm.api.defaults import DEFAULT_API_KEY_ENV, DEFAULT_BUDGET_SHARE, DEFAULT_CLOSE_URL
 from closecrm.model import Settings
 from closecrm.secret import ApiKey
+from closecrm.storage import LOCAL_OBJECTS, ObjectStore, read_secret_file
 
 __all__ = ["DEFAULT_API_KEY_ENV", "DEFAULT_CLOSE_URL", "ApiKey", "EngineSpec", "KeySource"]
 
@@ -22,44 +23,33 @@ __all__ = ["DEFAULT_API_KEY_ENV", "DEFAULT_CLOSE_URL", "ApiKey", "EngineSpec", "
 @dataclass(frozen=True)
 class KeySource:
     """Where a worker reads the API key: a file given on the command line, else the env var, else
-    the config's file. Files may be on any Beam filesystem (e.g. gs://), which is how Dataflow
-    workers, who do not share the launcher's environment, get the key."""
+    the config's file. Files may be at a URL (e.g. gs://) that ``objects`` reaches, which is how
+    Dataflow workers, who do not share the launcher's environment, get the key."""
 
     env_var: str = DEFAULT_API_KEY_ENV
     path: str | None = None
     fallback_path: str | None = None
+    objects: ObjectStore = LOCAL_OBJECTS  # how a key file at a URL is read
 
     def read(self) -> ApiKey:
         if self.path:
-            return _key_from_file(self.path)
+            return _key_from_file(self.path, self.objects)
         value = os.environ.get(self.env_var, "").strip()
         if value:
             return ApiKey(value)
         if self.fallback_path:
-            return _key_from_file(self.fallback_path)
+            return _key_from_file(self.fallback_path, self.objects)
         raise RuntimeError(f"no Close API key: set ${self.env_var} or give --api-key-file / settings.api_key_file")
 
 
-def _key_from_file(path: str) -> ApiKey:
+def _key_from_file(path: str, objects: ObjectStore) -> ApiKey:
     try:
-        value = read_secret_file(path).decode("utf-8")
+        value = read_secret_file(path, objects).decode("utf-8")
     except Exception as exc:  # noqa: BLE001 - any filesystem's error, reported without the key
         raise RuntimeError(f"cannot read the API key file {path}: {type(exc).__name__}") from None
     if not value.strip():
         raise RuntimeError(f"the API key file {path} is empty")
     return ApiKey(value)
-
-
-def read_secret_file(path: str) -> bytes:
-    """A secret file's bytes, local or on any Beam filesystem; the caller words the error."""
-    if "://" in path:
-        # Object stores (gs://, s3://, …) are read through Beam, which the workers that need it have loaded.
-        from apache_beam.io.filesystems import FileSystems
-
-        with FileSystems.open(path) as fh:
-            return fh.read()
-    with open(path, "rb") as fh:
-        return fh.read()
 
 
 @dataclass(frozen=True)
@@ -78,6 +68,7 @@ class EngineSpec:
     budget_share: float = DEFAULT_BUDGET_SHARE
     options: dict[str, Any] = field(default_factory=dict)
     created_ids: str | None = None
+    objects: ObjectStore = LOCAL_OBJECTS  # how a ledger at a URL is reached
 
     def build(self, *, with_ledger: bool = True):  # noqa: ANN201 - (CloseClient, UpsertEngine)
         from closecrm.api.client import CloseClient
@@ -90,7 +81,7 @@ class EngineSpec:
             budget_share=self.budget_share,
             **self.options,
         )
-        ledger = CreatedIdLedger.shared(self.created_ids) if with_ledger and self.created_ids else None
+        ledger = CreatedIdLedger.shared(self.created_ids, self.objects) if with_ledger and self.created_ids else None
         bound = {} if self.max_concurrency is None else {"max_concurrency": self.max_concurrency}
         engine = UpsertEngine(client, self.settings, ledger=ledger, **bound)
         return client, engine

@@ -25,9 +25,9 @@ from closesim.errors import (
 )
 from closesim.faults import Faults
 from closesim.groups import close_group
-from closesim.ratelimit import Decision, RateLimiter, header_value
+from closesim.ratelimit import RateLimiter, Verdict, header_value
 from closesim.search import Query
-from closesim.state import ORGANIZATION_ID, USER_ID, Store
+from closesim.state import ORGANIZATION_ID, USER_ID, Database
 from closesim.stats import Stats
 
 API_PREFIX = "/api/v1"
@@ -41,7 +41,7 @@ class Simulator:
 
     def __init__(self, config: SimConfig | None = None):
         self.config = config or SimConfig()
-        self.store = Store(self.config)
+        self.store = Database(self.config)
         self.limiter = RateLimiter(self.config)
         self.faults = Faults(self.config)
         self.stats = Stats()
@@ -181,7 +181,7 @@ async def _api_middleware(request: web.Request, handler: Handler) -> web.StreamR
     whole = cfg.time_scale == 1.0
     storm = sim.faults.storm_remaining()
     if storm > 0:
-        decision = Decision(False, sim.limiter.limits(group)[0], 0, storm)
+        decision = Verdict(False, sim.limiter.limits(group)[0], 0, storm)
         sim.stats.event("storm_429")
     else:
         decision = sim.limiter.check(api_key, group)

@@ -17,7 +17,7 @@ GROUPS = ("search", "lead_write", "contact_write", "read", "other")
 
 
 @dataclass(frozen=True)
-class Decision:
+class Verdict:
     allowed: bool
     limit: int
     remaining: int
@@ -66,10 +66,10 @@ class RateLimiter:
             window = limit / (rate * cfg.time_scale)
         return limit, max(1, round(limit * cfg.org_limit_factor)), window
 
-    def check(self, api_key: str, group: str) -> Decision:
+    def check(self, api_key: str, group: str) -> Verdict:
         limit, org_limit, window = self.limits(group)
         if not self.config.limits_enabled:
-            return Decision(True, limit, limit, window)
+            return Verdict(True, limit, limit, window)
         now = time.monotonic()
         with self._lock:
             key_window = self._window(("key:" + api_key, group), now, window)
@@ -80,11 +80,11 @@ class RateLimiter:
             org_reset = org_window[0] + window - now
             if key_left <= 0 or org_left <= 0:
                 waits = [r for left, r in ((key_left, key_reset), (org_left, org_reset)) if left <= 0]
-                return Decision(False, limit, 0, max(waits))
+                return Verdict(False, limit, 0, max(waits))
             key_window[1] += 1
             org_window[1] += 1
             remaining = min(key_left, org_left) - 1
-            return Decision(True, limit, remaining, key_reset if key_left <= org_left else org_reset)
+            return Verdict(True, limit, remaining, key_reset if key_left <= org_left else org_reset)
 
     def _window(self, bucket: tuple[str, str], now: float, window: float) -> list[float]:
         state = self._windows.get(bucket)
@@ -102,7 +102,7 @@ def format_seconds(seconds: float, whole: bool) -> str:
     return f"{value:.3f}".rstrip("0").rstrip(".")
 
 
-def header_value(decision: Decision, separator: str, whole: bool) -> str:
+def header_value(decision: Verdict, separator: str, whole: bool) -> str:
     sep = separator + " "
     reset = format_seconds(decision.reset, whole)
     return f"limit={decision.limit}{sep}remaining={decision.remaining}{sep}reset={reset}"

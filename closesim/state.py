@@ -14,10 +14,10 @@ from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from closecrm.events.normalize import is_valid_email, phone_formatted, to_e164
 from closesim.config import SimConfig
 from closesim.errors import NotFound, ValidationFailed
 from closesim.search import TermIndex
+from closesim.values import email_ok, phone_fields
 
 ORGANIZATION_ID = "orga_simulatedOrganization0000000000000000000000"
 USER_ID = "user_simulatedUser00000000000000000000000000000"
@@ -42,7 +42,7 @@ TEXT_TYPES = ("text", "textarea")
 Record = dict[str, Any]
 
 
-class Store:
+class Database:
     """Leads and contacts as Close stores them; every public method is thread-safe.
 
     Records are kept in an internal shape and rendered to Close's JSON on the way out.
@@ -896,16 +896,16 @@ def _validate_list(value: Any, key: str, check: Any, field_errors: dict[str, Any
 
 
 def _check_email(value: str) -> Record:
-    if not is_valid_email(value):
+    if not email_ok(value):
         raise ValueError(f"{value!r} is not a valid email address.")
     return {"email": value.strip()}
 
 
 def _check_phone(value: str) -> Record:
-    e164 = to_e164(value)
-    if e164 is None:
+    fields = phone_fields(value)
+    if fields is None:
         raise ValueError(f"{value!r} is not a valid phone number.")
-    return {"phone": e164, "phone_formatted": phone_formatted(e164)}
+    return dict(fields)
 
 
 def _check_url(value: str) -> Record:

@@ -21,6 +21,7 @@ from pipeline.cli_options import (
 )
 from pipeline.cli_snapshot import snapshot_sync
 from pipeline.demo import main as demo
+from transforms.objects import BEAM_OBJECTS
 
 
 class _RefuseSecretArgs(click.Group):
@@ -329,7 +330,13 @@ def replay(
         config = load_config(config_path)
         ledger = ledger_location(state_location, close_url, on_this_machine=True)  # replay runs here
         announce(ledger)
-        spec = EngineSpec(close_url, key_source(api_key_file, config), config.settings_model(), created_ids=ledger)
+        spec = EngineSpec(
+            close_url,
+            key_source(api_key_file, config),
+            config.settings_model(),
+            created_ids=ledger,
+            objects=BEAM_OBJECTS,
+        )
         report = replay_path(config, spec, dead_letter, out_path, again)
     except Exception as exc:  # noqa: BLE001
         fail(ctx, exc)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import click
 
 from closecrm.wiring import DEFAULT_BUDGET_SHARE, KeySource
+from transforms.objects import BEAM_OBJECTS
 
 if TYPE_CHECKING:
     from pipeline.config import JobConfig
@@ -104,7 +105,10 @@ def check_input_files(pattern: str) -> list[str]:
 def key_source(api_key_file: str | None, config: JobConfig) -> KeySource:
     """--api-key-file, else the config's env var, else the config's key file."""
     return KeySource(
-        env_var=config.settings.api_key_env, path=api_key_file, fallback_path=config.settings.api_key_file
+        env_var=config.settings.api_key_env,
+        path=api_key_file,
+        fallback_path=config.settings.api_key_file,
+        objects=BEAM_OBJECTS,
     )
 
 

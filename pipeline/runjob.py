@@ -31,6 +31,7 @@ from pipeline.sources import SourceOptions
 from pipeline.state_location import announce, ledger_location, runs_on_this_machine
 from transforms import metrics as m
 from transforms.deadletter import letters_path
+from transforms.objects import BEAM_OBJECTS
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,7 @@ def shape_for(
         settings=options.settings,
         budget_share=request.budget_share,
         created_ids=created_ids_location(request, on_this_machine),
+        objects=BEAM_OBJECTS,
     )
     return JobShape(
         source=request.source,

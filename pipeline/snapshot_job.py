@@ -35,6 +35,7 @@ from pipeline.snapshot_state import Generation, SnapshotState, StateCorrupt
 from pipeline.state_location import announce, ledger_location, runs_on_this_machine
 from transforms import metrics as m
 from transforms.deadletter import DEAD, WriteDeadLetters
+from transforms.objects import BEAM_OBJECTS
 from transforms.snapshot import (
     DEFAULT_BUCKETS,
     DIFF_KINDS,
@@ -245,7 +246,7 @@ def warehouse_source(
         table=table,
         query=query,
         since_column=since_column or (configured.since_column if configured else None),
-        password=PasswordSource(env_var=None if password_file else env, path=password_file),
+        password=PasswordSource(env_var=None if password_file else env, path=password_file, objects=BEAM_OBJECTS),
     )
 
 
@@ -382,6 +383,7 @@ def run_snapshot(
         settings=config.settings_model(),
         budget_share=request.budget_share,
         created_ids=ledger,
+        objects=BEAM_OBJECTS,
     )
     state = SnapshotState(request.state)
     with contextlib.nullcontext() if request.dry_run else state.lock():

@@ -162,9 +162,11 @@ class AppendLines(beam.DoFn):
         self._sync = sync
 
     def setup(self) -> None:
-        from closecrm.journal import Journal, has_scheme
+        from closecrm.journal import Journal
+        from closecrm.storage import has_scheme
+        from transforms.objects import BEAM_OBJECTS
 
-        self._journal = Journal(self._path, self._run_id)
+        self._journal = Journal(self._path, self._run_id, BEAM_OBJECTS)
         self._objects = has_scheme(self._path)
         self._held: list[str] = []
 

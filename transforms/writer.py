@@ -36,6 +36,7 @@ from transforms.deadletter import DEAD
 from transforms.feed import EngineFeed
 from transforms.keying import key_by_lead_shard
 from transforms.ledger import LEDGER
+from transforms.objects import BEAM_OBJECTS
 from transforms.outcomes import audit_line, emit_outcome, intent_line
 from transforms.sharded import in_global_window
 
@@ -209,7 +210,7 @@ class ApplyBatches(beam.DoFn):
         from closecrm.journal import Journal, Recording
 
         self._recording = Recording.of(self._run_id)
-        self._audit = Journal(self._audit_log, self._run_id) if self._audit_log else None
+        self._audit = Journal(self._audit_log, self._run_id, BEAM_OBJECTS) if self._audit_log else None
         self._recorded: set[int] = set()  # ids of the Pendings whose line the engine's hook appended
         if not self._dry_run:
             audited = self._audit is not None

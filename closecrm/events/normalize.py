@@ -1,4 +1,4 @@
-"""Normalisation shared by the engine and the simulator: email, phone (E.164) and URL."""
+"""The product's normalisation of emails, phones (E.164) and URLs: how events and lookups compare them."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ import re
 import urllib.parse
 from dataclasses import dataclass
 
-from closecrm.wiring import read_secret_file
+from closecrm.storage import LOCAL_OBJECTS, ObjectStore, read_secret_file
 
 DIALECTS = {"duckdb": "duckdb", "postgresql": "postgresql", "postgres": "postgresql", "bigquery": "bigquery"}
 # libpq's own variable, so a shell set up for psql works unchanged.
@@ -79,11 +79,12 @@ class PasswordSource:
 
     env_var: str | None = None
     path: str | None = None
+    objects: ObjectStore = LOCAL_OBJECTS  # how a password file at a URL is read
 
     def read(self) -> Password | None:
         if self.path:
             try:
-                value = read_secret_file(self.path).decode("utf-8").strip()
+                value = read_secret_file(self.path, self.objects).decode("utf-8").strip()
             except Exception as exc:  # noqa: BLE001 - any filesystem's error, reported without content
                 raise WarehouseURLError(
                     f"cannot read the warehouse password file {self.path}: {type(exc).__name__}"

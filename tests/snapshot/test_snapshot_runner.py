@@ -11,7 +11,7 @@ import pytest
 import yaml
 from apache_beam.options.pipeline_options import GoogleCloudOptions, StandardOptions
 from click.testing import CliRunner
-from closecrm.credentials import EngineSpec
+from closecrm.wiring import EngineSpec
 
 from pipeline import runjob, snapshot_job
 from pipeline.cli import main

@@ -28,7 +28,7 @@ from closecrm.model import Flags, Outcome, Settings, UpsertRequest
 Record = dict[str, Any]
 
 
-class Decision(Protocol):
+class Deciding(Protocol):
     """What an alias needs of the decision it runs in (``decide.Decision``)."""
 
     op: Op
@@ -65,7 +65,7 @@ def _list_values(contact: Record) -> UpsertRequest:
     return UpsertRequest(**values)
 
 
-async def run(d: Decision) -> None:
+async def run(d: Deciding) -> None:
     op, view, w = d.op, d.view, d.w
     req = op.req
     op.branch = "alias"
@@ -117,7 +117,7 @@ async def run(d: Decision) -> None:
     op.updated = True
 
 
-async def _confirmed(d: Decision, user_id: str, *, every: bool) -> list[Record]:
+async def _confirmed(d: Deciding, user_id: str, *, every: bool) -> list[Record]:
     """The contacts with this user id, at most 10, oldest first, as reads by id say now: each (``every``)
     or the first (the destination) is read unless the view's copy was read by id or written already."""
     op, view, w = d.op, d.view, d.w
@@ -132,7 +132,7 @@ async def _confirmed(d: Decision, user_id: str, *, every: bool) -> list[Record]:
             await w.confirm(op, view, contact_id)  # out of the view when gone; reindexed by its real keys
 
 
-def _absorb(d: Decision, into: Record | None, source: Record) -> Record | None:
+def _absorb(d: Deciding, into: Record | None, source: Record) -> Record | None:
     """Close gives the destination lead the values it lacks from the merged one (custom fields, name,
     description, URL): so does the engine's copy, which the requests after this one decide on."""
     lacking = {
@@ -160,7 +160,7 @@ def _different_companies(company_cf: str, a: Record | None, b: Record | None) ->
     return ca not in (None, "") and cb not in (None, "") and str(ca) != str(cb)
 
 
-async def _merge_contact(d: Decision, destination: Record, source: Record) -> Record:
+async def _merge_contact(d: Deciding, destination: Record, source: Record) -> Record:
     """Append the source contact's lists to the destination, then delete the source."""
     op, view, w = d.op, d.view, d.w
     if source["id"] not in view.fresh:

@@ -19,8 +19,8 @@ engine acts on it (docs/DESIGN.md, "Stale search hits").
 One file per writer process, append-only, started afresh every ``ROLL_SECONDS``, so a file's
 entries all lie within ``ROLL_SECONDS`` of the time in its name and whole files expire. Readers
 take the union of all files, skip torn lines, ignore entries older than ``TTL_SECONDS`` and keep
-at most ``MAX_ENTRIES`` (the newest). Paths with a scheme (``gs://…``) go through Beam's
-FileSystems; objects there cannot be appended to, so a writer buffers and writes one object per
+at most ``MAX_ENTRIES`` (the newest). Paths with a scheme (``gs://…``) go through the
+object store given (closecrm/storage.py); objects there cannot be appended to, so a writer buffers and writes one object per
 ``flush``.
 """
 
@@ -38,6 +38,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
+
+from closecrm.storage import LOCAL_OBJECTS, ObjectStore, has_scheme
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +75,8 @@ def ledger_dir(root: str, close_url: str) -> str:
     return _join(_join(root, "created-ids"), namespace(close_url))
 
 
-def _has_scheme(path: str) -> bool:
-    return "://" in path
-
-
 def _join(a: str, b: str) -> str:
-    return a.rstrip("/") + "/" + b if _has_scheme(a) else os.path.join(a, b)
+    return a.rstrip("/") + "/" + b if has_scheme(a) else os.path.join(a, b)
 
 
 class CreatedIdLedger:
@@ -103,13 +101,16 @@ class CreatedIdLedger:
         roll_seconds: float = ROLL_SECONDS,
         clock: Callable[[], float] = time.time,
         object_store: bool | None = None,
+        objects: ObjectStore = LOCAL_OBJECTS,
     ) -> None:
         self.directory = directory
         self.ttl = ttl_seconds
         self.max_entries = max(1, max_entries)
         self.roll = roll_seconds
         self._clock = clock
-        self._objects = _has_scheme(directory) if object_store is None else object_store
+        # Objects (written whole, once per flush) on a URL, or when asked to act as on one.
+        self._objects = has_scheme(directory) if object_store is None else object_store
+        self._store = objects
         self._lock = threading.RLock()
         # digest -> {record id: when it was last recorded} (newest last); every entry in order of
         # arrival, for expiry and the bound (an entry superseded by a newer one for the same pair is
@@ -134,11 +135,11 @@ class CreatedIdLedger:
         self._taken_order: deque[tuple[float, bytes | None, str]] = deque()
 
     @classmethod
-    def shared(cls, directory: str) -> CreatedIdLedger:
+    def shared(cls, directory: str, objects: ObjectStore = LOCAL_OBJECTS) -> CreatedIdLedger:
         with cls._instances_lock:
             found = cls._instances.get(directory)
             if found is None:
-                found = cls._instances[directory] = cls(directory)
+                found = cls._instances[directory] = cls(directory, objects=objects)
             return found
 
     @classmethod
@@ -213,10 +214,7 @@ class CreatedIdLedger:
 
     def _list(self) -> list[str]:
         if self._objects:
-            from apache_beam.io.filesystems import FileSystems
-
-            pattern = _join(self.directory, "*" + SUFFIX)
-            return sorted(m.path for r in FileSystems.match([pattern]) for m in r.metadata_list)
+            return self._store.list(_join(self.directory, "*" + SUFFIX))
         try:
             return sorted(str(p) for p in Path(self.directory).glob("*" + SUFFIX))
         except FileNotFoundError:
@@ -231,9 +229,7 @@ class CreatedIdLedger:
             if started is not None and started + self.roll + self.ttl < now and name != self._file:
                 try:
                     if self._objects:
-                        from apache_beam.io.filesystems import FileSystems
-
-                        FileSystems.delete([name])
+                        self._store.delete(name)
                     else:
                         os.remove(name)
                 except Exception:  # noqa: BLE001 - another reader deleted it first, or no right to
@@ -249,10 +245,7 @@ class CreatedIdLedger:
         if self._objects:
             if name in self._offsets:
                 return  # objects are written whole, once
-            from apache_beam.io.filesystems import FileSystems
-
-            with FileSystems.open(name) as fh:
-                data = fh.read()
+            data = self._store.read(name)
             self._offsets[name] = len(data)
             self._take(data)
             return
@@ -435,14 +428,11 @@ class CreatedIdLedger:
         self._offsets[self._file] = 0
 
     def _write_object(self, now: float) -> None:
-        from apache_beam.io.filesystems import FileSystems
-
         lines, self._buffer = self._buffer, []
         self._seq += 1
         name = _join(self.directory, f"{int(self._buffered_since or now)}-{self._writer}-{self._seq}{SUFFIX}")
         try:
-            with FileSystems.create(name) as fh:
-                fh.write("".join(lines).encode("utf-8"))
+            self._store.write(name, "".join(lines).encode("utf-8"))
         except Exception as exc:  # noqa: BLE001
             self._broken_write = True
             log.warning("created-id ledger %s: cannot write it (%s)", self.directory, type(exc).__name__)
