@@ -11,10 +11,12 @@ Each patch reaches into Beam internals that have no compatibility promise. Befor
 checks that its target still exists and has the shape the patch was written for, and that Beam's code
 still goes through it; when not, it raises ``BeamPatchError`` naming the Beam version and the target,
 rather than leaving the job to run without its fix. setup.py pins Beam's minor version to the one they
-were written for.
+were written for (``WRITTEN_FOR``); ``apply_for`` logs a warning when another minor version is installed.
 
 Patches to Beam's classes and modules stay for the life of the process: a streaming run goes on after
-``run()`` returns. Each is idempotent (applying it again re-applies it to Beam's original, never nests).
+``run()`` returns. Each is idempotent: one already in place with the same setting is left as it is, and a
+different setting replaces it on Beam's original (never nests). Each logs one INFO line when it changes
+something.
 """
 
 from __future__ import annotations
@@ -23,13 +25,19 @@ import contextlib
 import gc
 import importlib
 import inspect
+import logging
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import apache_beam as beam
+import apache_beam.version
 
 # The Beam release the patches were written against (setup.py pins this minor version).
 WRITTEN_FOR = "2.77"
+# The installed Beam release, as every check and message here sees it.
+BEAM_VERSION: str = apache_beam.version.__version__
+
+_LOG = logging.getLogger(__name__)
 
 # The bundle-based DirectRunner pulls Pub/Sub messages ten at a time, once per reader bundle, and runs a
 # reader bundle only between the other stages' bundles, so a local stream reads far slower than the job
@@ -50,6 +58,8 @@ LOCAL_GC_THRESHOLD = (50_000, 20, 100)
 
 # Set on what a patch installed or changed: what Beam had there before (so a patch re-applied starts from it).
 _WRAPS = "_close_sync_wraps"
+# Set on a function a patch installed when it takes a setting: that setting (so the same one is not re-applied).
+_SETTING = "_close_sync_setting"
 
 
 class BeamPatchError(RuntimeError):
@@ -58,10 +68,37 @@ class BeamPatchError(RuntimeError):
 
 def _fail(target: str, problem: str) -> BeamPatchError:
     return BeamPatchError(
-        f"close-sync cannot patch {target} on apache-beam {beam.__version__}: {problem}. "
+        f"close-sync cannot patch {target} on apache-beam {BEAM_VERSION}: {problem}. "
         f"The patch was written for apache-beam {WRITTEN_FOR}.x, the version setup.py pins "
         "(see pipeline/beam_patches.py)."
     )
+
+
+def _applied(name: str, fixes: str) -> None:
+    _LOG.info("Beam patch %s applied: %s", name, fixes)
+
+
+def _minor(version: str) -> str | None:
+    """``"2.77"`` for ``"2.77.0"``, ``"2.77.0rc1"`` or ``"2.77.0.dev"``; None when it is not a version."""
+    match = re.match(r"(\d+)\.(\d+)(?!\d)", version)
+    return f"{match[1]}.{match[2]}" if match else None
+
+
+def check_version() -> bool:
+    """Whether the installed Beam is the minor version the patches were written for; when not, says so loudly.
+
+    The patches still verify their targets, and raise when one moved; this warns that one that still
+    fits may now mean something else.
+    """
+    if _minor(BEAM_VERSION) == WRITTEN_FOR:
+        return True
+    _LOG.warning(
+        "apache-beam %s is installed, but close-sync's patches of Beam's local runners were written for "
+        "apache-beam %s.x (the version setup.py pins): they may not apply or may not fix what they are for",
+        BEAM_VERSION,
+        WRITTEN_FOR,
+    )
+    return False
 
 
 def _import(target: str, module: str, *names: str) -> list[Any]:
@@ -89,6 +126,12 @@ def _calls(fn: Any, *names: str) -> bool:
     """Whether ``fn``'s own code refers to all of ``names`` (globals or attributes it reads)."""
     code = getattr(inspect.unwrap(fn), "__code__", None)
     return code is not None and set(names) <= set(code.co_names)
+
+
+def _passes_keyword(fn: Any, keyword: str) -> bool:
+    """Whether ``fn``'s own code passes ``keyword`` by name in some call (a call's keyword names are a constant)."""
+    code = getattr(inspect.unwrap(fn), "__code__", None)
+    return code is not None and any(isinstance(c, tuple) and keyword in c for c in code.co_consts)
 
 
 def _beam_original(cls: type, name: str, target: str) -> Any:
@@ -130,15 +173,23 @@ def larger_pubsub_pulls(size: int = LOCAL_PULL_MESSAGES) -> None:
         raise _fail(target, f"it is a {type(original).__name__}, not a classmethod")
     if _parameters(original.__func__) != ["cls", "transform"]:
         raise _fail(target, f"its parameters are {_parameters(original.__func__)}, not (cls, transform)")
-    if not _calls(getattr(evaluator, "_read_from_pubsub", None), "_get_subscriber_client", "pull"):
+    reader = getattr(evaluator, "_read_from_pubsub", None)
+    if not _calls(reader, "_get_subscriber_client", "pull"):
         raise _fail(target, "_PubSubReadEvaluator._read_from_pubsub no longer pulls through it")
+    if not _passes_keyword(reader, "max_messages"):
+        raise _fail(target, "_PubSubReadEvaluator._read_from_pubsub no longer passes pull() max_messages by name")
+    current = evaluator.__dict__["_get_subscriber_client"]
+    if getattr(getattr(current, "__func__", None), _SETTING, None) == size:
+        return
     getter = original.__func__
 
     def _get_subscriber_client(cls: Any, transform: Any) -> Any:
         return _LargerPulls(getter(cls, transform), size)
 
     setattr(_get_subscriber_client, _WRAPS, original)
+    setattr(_get_subscriber_client, _SETTING, size)
     evaluator._get_subscriber_client = classmethod(_get_subscriber_client)
+    _applied("larger_pubsub_pulls", f"the local Pub/Sub reader pulls at least {size} messages at a time, not 10")
 
 
 def forget_consumed_empty_bundles() -> None:
@@ -168,6 +219,8 @@ def forget_consumed_empty_bundles() -> None:
         raise _fail(target, "_TransformWatermarks.remove_pending is missing")
     if not _calls(getattr(manager, "__init__", None), "_transform_to_watermarks"):
         raise _fail(target, "WatermarkManager no longer keeps _transform_to_watermarks")
+    if hasattr(manager.__dict__["_update_pending"], _WRAPS):
+        return
 
     def _update_pending(self: Any, input_committed_bundle: Any, applied_ptransform: Any, *args: Any) -> None:
         original(self, input_committed_bundle, applied_ptransform, *args)
@@ -176,6 +229,10 @@ def forget_consumed_empty_bundles() -> None:
 
     setattr(_update_pending, _WRAPS, original)
     manager._update_pending = _update_pending
+    _applied(
+        "forget_consumed_empty_bundles",
+        "the empty bundle each Pub/Sub pull leaves no longer stays in the local watermark manager's pending set",
+    )
 
 
 # --------------------------------------------------------------------------- FnApiRunner
@@ -197,7 +254,10 @@ def no_state_cache() -> None:
         raise _fail(target, f"it is a {type(size).__name__}, not an int")
     if not _calls(handler.__init__, "STATE_CACHE_SIZE_MB", "StateCache"):
         raise _fail(target, "EmbeddedWorkerHandler no longer sizes its StateCache with it")
+    if size == 0:
+        return
     importlib.import_module(module).STATE_CACHE_SIZE_MB = 0
+    _applied("no_state_cache", "the in-process worker caches no user state (weighing each cached value dominates a local batch run's CPU)")
 
 
 def shorter_state_sampling(ms: int = LOCAL_STATE_SAMPLING_MS) -> None:
@@ -223,8 +283,11 @@ def shorter_state_sampling(ms: int = LOCAL_STATE_SAMPLING_MS) -> None:
     (processor,) = _import(target, "apache_beam.runners.worker.bundle_processor", "BundleProcessor")
     if not _calls(processor.__init__, "StateSampler"):
         raise _fail(target, "BundleProcessor no longer builds a StateSampler")
+    if init.__defaults__[-1] == ms:
+        return
     setattr(init, _WRAPS, beams_default)
     init.__defaults__ = (*init.__defaults__[:-1], ms)
+    _applied("shorter_state_sampling", f"the state sampler waits at most {ms} ms, not {default}, at each bundle's end")
 
 
 @contextlib.contextmanager
@@ -233,6 +296,7 @@ def relaxed_gc(threshold: tuple[int, int, int] = LOCAL_GC_THRESHOLD) -> Iterator
     before = gc.get_threshold()
     gc.freeze()
     gc.set_threshold(*threshold)
+    _applied("relaxed_gc", f"cyclic GC thresholds {threshold}, objects from before the run left out, for this run")
     try:
         yield
     finally:
@@ -266,10 +330,14 @@ PATCHES: dict[str, tuple[Callable[[], None], ...]] = {
 def apply_for(runner: Any) -> Iterator[None]:
     """Applies the patches ``runner`` needs; run the job inside the block (see the module's docstring).
 
-    Raises BeamPatchError, before the job starts, when one of them no longer fits this Beam.
+    Warns when the installed Beam is not the minor version they were written for, and raises
+    BeamPatchError, before the job starts, when one of them no longer fits this Beam.
     """
     kind = _runner_kind(runner)
-    for patch in PATCHES.get(kind or "", ()):
+    patches = PATCHES.get(kind or "", ())
+    if patches:
+        check_version()
+    for patch in patches:
         patch()
     if kind == "fn_api":  # the in-process batch runner runs the whole job inside run()
         with relaxed_gc():

@@ -39,6 +39,7 @@ from closecrm.events.parse import DEFAULT_MAX_BYTES
 from closecrm.events.trigger import TriggerError, compile_trigger
 from closecrm.model import FLAG_NAMES, Flags, Settings
 from closecrm.wiring import DEFAULT_API_KEY_ENV
+from pipeline.config_guard import Limits, TooBig, check_depth, check_yaml
 
 MAX_MAPPINGS = 50
 # Writer keys on a distributed runner when pipeline.writer_shards is absent (see JobOptions.shards).
@@ -49,6 +50,7 @@ MAX_CONFIG_BYTES = 1024 * 1024
 MAX_CONFIG_VALUES = 100_000  # values after expanding every YAML alias into a copy of what it names
 MAX_CONFIG_TEXT = 4 * 1024 * 1024  # characters of scalar text after expanding aliases
 MAX_CONFIG_DEPTH = 64
+_LIMITS = Limits(values=MAX_CONFIG_VALUES, text=MAX_CONFIG_TEXT, depth=MAX_CONFIG_DEPTH)
 
 
 class ConfigError(ValueError):
@@ -530,9 +532,9 @@ def load_config(path: str | None) -> JobConfig:
     try:
         if path.lower().endswith(".json"):
             data = json.loads(text)
-            _check_depth(data)
+            check_depth(data, _LIMITS)
         else:
-            _check_yaml_size(text)  # before anything builds or walks the values
+            check_yaml(text, _LIMITS)  # before anything builds or walks the values
             data = yaml.safe_load(text)  # YAML is a superset of JSON
     except json.JSONDecodeError as exc:
         raise ConfigError(
@@ -545,132 +547,9 @@ def load_config(path: str | None) -> JobConfig:
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([f"(file): invalid YAML{where}: {problem}"], path) from None
-    except _TooBig as exc:
+    except TooBig as exc:
         raise ConfigError([f"{_location(exc.where)}: {exc.problem}"], path) from None
     return parse_config(data, path)
-
-
-class _TooBig(Exception):
-    def __init__(self, where: list[int | str], problem: str) -> None:
-        super().__init__(problem)
-        self.where = where[:8]  # where it goes wrong is inside this value; a longer path only adds noise
-        self.problem = problem
-
-
-class _Frame:
-    """An open YAML collection while its events stream past: its place and its expanded size so far."""
-
-    __slots__ = ("anchor", "is_map", "label", "values", "text", "items", "key", "expect_key")
-
-    def __init__(self, anchor: str | None, is_map: bool, label: int | str | None) -> None:
-        self.anchor = anchor
-        self.is_map = is_map
-        self.label = label  # its place in the parent: index, key, or None (the root, or a key)
-        self.values = 1
-        self.text = 0
-        self.items = 0
-        self.key: str | None = None
-        self.expect_key = True
-
-
-def _check_yaml_size(text: str) -> None:
-    """Walk the YAML event stream once, without building anything, and bound the expanded document.
-
-    An alias stands for a copy of the node it names, so a few lines of anchors can describe billions
-    of values ("billion laughs"). Each anchor's expanded size is known when its node ends; an alias adds
-    that size, so the running total is the size of the document as any consumer would see it. Also
-    refuses an alias inside its own anchor (a cycle) and nesting deeper than `MAX_CONFIG_DEPTH`.
-    Syntax errors surface as `yaml.YAMLError`, as `yaml.safe_load` would raise them.
-    """
-    sizes: dict[str, tuple[int, int]] = {}
-    stack: list[_Frame] = []
-    total_values = total_text = 0
-    aliased = False
-
-    def where(label: int | str | None = None) -> list[int | str]:
-        parts = [f.label for f in stack[1:]]
-        parts.append(label)
-        return [p for p in parts if p is not None]
-
-    def place() -> int | str | None:
-        """The label of the node starting now, in its parent; advances the parent."""
-        if not stack:
-            return None
-        parent = stack[-1]
-        if parent.is_map:
-            if parent.expect_key:
-                parent.expect_key = False
-                return None
-            parent.expect_key = True
-            return parent.key if parent.key is not None else "?"
-        parent.items += 1
-        return parent.items - 1
-
-    def add(values: int, chars: int, label: int | str | None) -> None:
-        nonlocal total_values, total_text
-        total_values += values
-        total_text += chars
-        if stack:
-            stack[-1].values += values
-            stack[-1].text += chars
-        how = "expands to" if aliased else "holds"
-        why = " through YAML aliases" if aliased else ""
-        if total_values > MAX_CONFIG_VALUES:
-            raise _TooBig(where(label), f"{how} more than {MAX_CONFIG_VALUES:,} values{why}")
-        if total_text > MAX_CONFIG_TEXT:
-            mib = MAX_CONFIG_TEXT // (1024 * 1024)
-            raise _TooBig(where(label), f"{how} more than {mib} MiB of text{why}")
-
-    for event in yaml.parse(text, Loader=yaml.SafeLoader):
-        if isinstance(event, yaml.ScalarEvent):
-            was_key = bool(stack) and stack[-1].is_map and stack[-1].expect_key
-            label = place()
-            if was_key:
-                stack[-1].key = event.value
-            add(1, len(event.value), label)
-            if event.anchor is not None:
-                sizes[event.anchor] = (1, len(event.value))
-        elif isinstance(event, yaml.AliasEvent):
-            was_key = bool(stack) and stack[-1].is_map and stack[-1].expect_key
-            label = place()
-            if was_key:
-                stack[-1].key = "?"
-            if any(frame.anchor == event.anchor for frame in stack):
-                raise _TooBig(where(label), f"the alias *{event.anchor} refers to the value that contains it")
-            values, chars = sizes.get(event.anchor, (1, 0))  # an unknown anchor: yaml.safe_load reports it
-            aliased = True
-            add(values, chars, label)
-        elif isinstance(event, yaml.CollectionStartEvent):
-            was_key = bool(stack) and stack[-1].is_map and stack[-1].expect_key
-            label = place()
-            if was_key:
-                stack[-1].key = "?"
-            if len(stack) >= MAX_CONFIG_DEPTH:
-                raise _TooBig(where(label), f"nested more than {MAX_CONFIG_DEPTH} levels")
-            stack.append(_Frame(event.anchor, isinstance(event, yaml.MappingStartEvent), label))
-            total_values += 1
-        elif isinstance(event, yaml.CollectionEndEvent):
-            frame = stack.pop()
-            if frame.anchor is not None:
-                sizes[frame.anchor] = (frame.values, frame.text)
-            if stack:
-                stack[-1].values += frame.values
-                stack[-1].text += frame.text
-        elif isinstance(event, yaml.DocumentStartEvent):
-            stack.clear()
-
-
-def _check_depth(data: Any) -> None:
-    """JSON has no aliases, so its size is the file's; only its depth needs a bound."""
-    todo: list[tuple[Any, list[int | str]]] = [(data, [])]
-    while todo:
-        value, where = todo.pop()
-        if len(where) > MAX_CONFIG_DEPTH:
-            raise _TooBig(where[:-1], f"nested more than {MAX_CONFIG_DEPTH} levels")
-        if isinstance(value, dict):
-            todo.extend((v, [*where, str(k)]) for k, v in value.items())
-        elif isinstance(value, list):
-            todo.extend((v, [*where, i]) for i, v in enumerate(value))
 
 
 # ---------------------------------------------------------------------------- error shaping

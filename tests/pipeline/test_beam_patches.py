@@ -4,6 +4,7 @@ raises, naming Beam's version and the target, when its target is missing or has 
 from __future__ import annotations
 
 import gc
+import logging
 import sys
 import time
 from types import SimpleNamespace
@@ -49,6 +50,12 @@ def beam_as_shipped(monkeypatch: pytest.MonkeyPatch) -> None:
     beam_default = statesampler.DEFAULT_SAMPLING_PERIOD_MS
     monkeypatch.setattr(init, "__defaults__", (*init.__defaults__[:-1], beam_default))
     monkeypatch.setattr(init, beam_patches._WRAPS, beam_default, raising=False)
+
+
+def _pulls_positionally(self: Any, timestamp_attribute: Any) -> Any:
+    """A reader that pulls through the subscriber client, passing max_messages by position."""
+    client = self._get_subscriber_client(self._applied_ptransform)
+    return client.pull(self._sub_name, 10, 30)
 
 
 def fails_naming(target: str) -> Any:
@@ -103,8 +110,9 @@ def test_pubsub_pulls_ask_for_the_local_size_and_everything_else_is_delegated(
         ("_get_subscriber_client", staticmethod(lambda transform: None)),
         ("_get_subscriber_client", classmethod(lambda cls, transform, lock: None)),
         ("_read_from_pubsub", lambda self, timestamp_attribute: []),  # reads some other way
+        ("_read_from_pubsub", _pulls_positionally),
     ],
-    ids=["missing", "not a classmethod", "other parameters", "not on the read path"],
+    ids=["missing", "not a classmethod", "other parameters", "not on the read path", "max_messages by position"],
 )
 def test_pubsub_pulls_fail_loudly_when_beam_changed(
     beam_as_shipped: None, monkeypatch: pytest.MonkeyPatch, name: str, replacement: Any
@@ -351,3 +359,120 @@ def test_apply_for_runs_the_real_patches_and_fails_before_the_job_when_one_does_
         "bundle_based": (larger_pubsub_pulls, forget_consumed_empty_bundles),
         "fn_api": (no_state_cache, shorter_state_sampling),
     }
+
+
+# --------------------------------------------------------------------------- what apply_for logs
+
+
+PATCH_LOG = "pipeline.beam_patches"
+
+
+def _lines(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == PATCH_LOG and r.levelno == level]
+
+
+def _applied_patches(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The patch named by each INFO line, in order."""
+    return [line.split()[2] for line in _lines(caplog, logging.INFO)]
+
+
+@pytest.mark.parametrize("installed", ["2.78.0", "3.77.1", "2.7.0", "2.770.0", "nightly"])
+def test_another_beam_minor_version_gets_one_warning_naming_both(
+    applied: list[str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, installed: str
+) -> None:
+    monkeypatch.setattr(beam_patches, "BEAM_VERSION", installed)
+    with caplog.at_level(logging.WARNING, logger=PATCH_LOG), apply_for(BundleBasedDirectRunner()):
+        pass
+    (line,) = _lines(caplog, logging.WARNING)
+    assert f"apache-beam {installed} is installed" in line
+    assert f"written for apache-beam {beam_patches.WRITTEN_FOR}.x" in line
+    assert "may not apply" in line
+    assert applied == ["larger_pubsub_pulls", "forget_consumed_empty_bundles"]  # they still check and apply
+
+
+@pytest.mark.parametrize("installed", [f"{beam_patches.WRITTEN_FOR}.0", f"{beam_patches.WRITTEN_FOR}.2rc1"])
+def test_the_written_for_minor_version_gets_no_warning(
+    applied: list[str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, installed: str
+) -> None:
+    monkeypatch.setattr(beam_patches, "BEAM_VERSION", installed)
+    with caplog.at_level(logging.WARNING, logger=PATCH_LOG), apply_for(FnApiRunner()):
+        pass
+    assert _lines(caplog, logging.WARNING) == []
+
+
+def test_a_runner_without_patches_gets_no_version_warning(
+    applied: list[str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(beam_patches, "BEAM_VERSION", "2.99.0")
+    with caplog.at_level(logging.WARNING, logger=PATCH_LOG), apply_for(SimpleNamespace(name="DataflowRunner")):
+        pass
+    assert caplog.records == []
+
+
+def test_a_failing_patch_names_the_version_the_module_sees(
+    beam_as_shipped: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(beam_patches, "BEAM_VERSION", "2.78.0")
+    monkeypatch.delattr(worker_handlers, "STATE_CACHE_SIZE_MB")
+    with pytest.raises(BeamPatchError, match=r"on apache-beam 2\.78\.0: .* written for apache-beam 2\.77\.x"):
+        no_state_cache()
+
+
+def test_each_patch_applied_logs_one_line_and_applying_again_neither_re_applies_nor_logs(
+    beam_as_shipped: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=PATCH_LOG)
+    with apply_for(BundleBasedDirectRunner()):
+        pass
+    assert _applied_patches(caplog) == ["larger_pubsub_pulls", "forget_consumed_empty_bundles"]
+    assert all("applied: " in line for line in _lines(caplog, logging.INFO))
+    installed = (
+        _PubSubReadEvaluator.__dict__["_get_subscriber_client"],
+        WatermarkManager.__dict__["_update_pending"],
+    )
+
+    caplog.clear()
+    with apply_for(BundleBasedDirectRunner()):
+        pass
+    assert _applied_patches(caplog) == []
+    assert (
+        _PubSubReadEvaluator.__dict__["_get_subscriber_client"],
+        WatermarkManager.__dict__["_update_pending"],
+    ) == installed  # the very functions installed the first time
+    assert not hasattr(installed[1].__dict__[beam_patches._WRAPS], beam_patches._WRAPS)  # wraps Beam's own
+
+
+def test_the_batch_runner_patches_log_once_and_relaxed_gc_once_per_run(
+    beam_as_shipped: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=PATCH_LOG)
+    with apply_for(FnApiRunner()):
+        pass
+    assert _applied_patches(caplog) == ["no_state_cache", "shorter_state_sampling", "relaxed_gc"]
+    defaults = statesampler.StateSampler.__init__.__defaults__
+
+    caplog.clear()
+    with apply_for(FnApiRunner()):
+        pass
+    assert _applied_patches(caplog) == ["relaxed_gc"]  # undone at the end of each run, so applied again
+    assert statesampler.StateSampler.__init__.__defaults__ is defaults
+    assert getattr(statesampler.StateSampler.__init__, beam_patches._WRAPS) == statesampler.DEFAULT_SAMPLING_PERIOD_MS
+
+
+def test_a_patch_with_another_setting_is_applied_and_logged_again(
+    beam_as_shipped: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=PATCH_LOG)
+    shorter_state_sampling()
+    shorter_state_sampling(20)
+    shorter_state_sampling(20)
+    larger_pubsub_pulls()
+    larger_pubsub_pulls(500)
+    assert _applied_patches(caplog) == [
+        "shorter_state_sampling",
+        "shorter_state_sampling",
+        "larger_pubsub_pulls",
+        "larger_pubsub_pulls",
+    ]
+    getter = _PubSubReadEvaluator.__dict__["_get_subscriber_client"].__func__
+    assert not hasattr(getattr(getter, beam_patches._WRAPS).__func__, beam_patches._WRAPS)  # never nested
