@@ -11,8 +11,8 @@ import pytest
 import yaml
 from apache_beam.options.pipeline_options import GoogleCloudOptions, StandardOptions
 from click.testing import CliRunner
-from closecrm.wiring import EngineSpec
 
+from closecrm.wiring import EngineSpec
 from pipeline import runjob, snapshot_job
 from pipeline.cli import main
 from pipeline.config import DISTRIBUTED_WRITER_SHARDS
