@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from closecrm.api.budgets import Budgets
 from closecrm.api.counters import Totals
 from closecrm.api.defaults import DEFAULT_BUDGET_SHARE, DEFAULT_CLOSE_URL
 from closecrm.api.pacing import GroupPacer, parse_ratelimit, retry_after_seconds
+from closecrm.api.retry import Backoff, Done, GiveUp, Kind, Outcome, RetryPolicy, WaitOut
 from closecrm.secret import ApiKey
 
 log = logging.getLogger(__name__)
@@ -238,10 +238,7 @@ class CloseClient:
         key = api_key if isinstance(api_key, ApiKey) else ApiKey(api_key)
         self.base_url = base_url.rstrip("/") + "/"
         self.budget_share = budget_share
-        self.max_attempts = max_attempts
-        self.max_rate_limited_waits = max_rate_limited_waits
-        self.backoff_base = backoff_base
-        self.backoff_max = backoff_max
+        self.retry = RetryPolicy(max_attempts, max_rate_limited_waits, backoff_base, backoff_max)
         limits = limits or httpx.Limits(
             max_connections=max_in_flight, max_keepalive_connections=max_in_flight, keepalive_expiry=30.0
         )
@@ -340,90 +337,82 @@ class CloseClient:
     async def request(
         self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None
     ) -> Any:
-        """One logical call, with pacing and retries; returns the decoded JSON body.
+        """One logical call, paced and retried; returns the decoded JSON body.
 
-        A chain of short steps: `_attempt` (paced, one send, its answer classified), then the retry
-        policy here: a 429 waits as told without using up an attempt, a retryable failure backs off.
+        A chain of short steps: `_attempt` (a pacer ticket and a slot around one send, its answer
+        classified), then `retry` decides: the body, an error raised, or another attempt.
         """
-        call = _Call(method.upper(), path.lstrip("/"), json, params)
-        attempt = 0
-        waits_429 = 0
+        call = Call(method.upper(), path.lstrip("/"), json, params)
+        attempt, rate_limited = 1, 0
         while True:
-            attempt += 1
             call.sent += 1
-            answer = await self._attempt(call)
-            if answer.throttled is not None:
-                waits_429 += 1
-                if waits_429 > self.max_rate_limited_waits:
-                    raise CloseAPIError(
-                        429, _body(answer.throttled), call.method, call.where, attempts=call.sent
-                    )
-                attempt -= 1  # waiting as told is not a failed attempt
-                continue
-            if answer.failure is None:
-                return answer.body
-            if attempt >= self.max_attempts:
-                if isinstance(answer.failure, CloseAPIError):
-                    raise answer.failure
-                raise CloseAPIError(
-                    answer.status, type(answer.failure).__name__, call.method, call.where, attempts=call.sent
-                ) from None
-            self.totals.add(RETRIES)
-            delay = min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
-            log.debug(
-                "retrying %s /%s after %s (attempt %d)",
-                call.method,
-                _shape(call.path),
-                answer.status or type(answer.failure).__name__,
-                attempt,
-            )
-            await asyncio.sleep(delay)
+            outcome = await self._attempt(call)
+            match self.retry.decide(outcome, attempt, rate_limited):
+                case Done(body):
+                    return body
+                case GiveUp(error):
+                    raise error
+                case WaitOut():
+                    rate_limited += 1
+                case Backoff(delay):
+                    await self._back_off(call, outcome, attempt, delay)
+                    attempt += 1
 
-    async def _attempt(self, call: _Call) -> _Answer:
-        """One send, paced by the budget its endpoint shares; raises what must not be retried."""
+    async def _attempt(self, call: Call) -> Outcome:
+        """One send, paced by the budget its endpoint shares; what came back, classified."""
         pacer = self._budgets.pacer(call.endpoint)  # pools may merge or split between attempts
         waited, ticket = await pacer.acquire_ticket()
         if waited:
             self.totals.add(THROTTLED_SECONDS, waited)
         started = time.monotonic()
         try:
-            async with self._slots:
-                pacer.sending(ticket)
-                sent_at = time.monotonic()
-                self.totals.add(CALLS_IN_GROUP + call.group)
-                self.totals.add(CALLS_TO_ENDPOINT + call.endpoint)
-                response = await self._http.request(
-                    call.method, call.path, json=call.json, params=call.params
-                )
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            pacer.cancelled(ticket)  # never reached Close: safe to retry any method
-            return _Answer(failure=exc)
-        except (httpx.TimeoutException, httpx.TransportError) as exc:
+            response, sent_at = await self._send(call, pacer, ticket)
+        except httpx.TransportError as exc:
             pacer.cancelled(ticket)
-            if call.may_be_ambiguous:
-                raise AmbiguousWriteError(
-                    None, type(exc).__name__, call.method, call.where, attempts=call.sent
-                ) from None
-            return _Answer(failure=exc)
+            return classify_lost(call, exc)
         except BaseException:
             # Not an HTTP failure (a body that cannot be encoded, a cancelled task): the call
             # never got an answer, and a ticket left in flight would hold the pacer's probe forever.
             pacer.cancelled(ticket)
             raise
         self.latencies_ms.append((time.monotonic() - started) * 1000)
+        retry_after = self._settle(call, pacer, ticket, response, sent_at)
+        return classify_answer(call, response, retry_after)
+
+    async def _send(self, call: Call, pacer: GroupPacer, ticket: int) -> tuple[httpx.Response, float]:
+        """One HTTP request in one of the in-flight slots, counted as a call; and when it went out."""
+        async with self._slots:
+            pacer.sending(ticket)
+            sent_at = time.monotonic()
+            self.totals.add(CALLS_IN_GROUP + call.group)
+            self.totals.add(CALLS_TO_ENDPOINT + call.endpoint)
+            response = await self._http.request(call.method, call.path, json=call.json, params=call.params)
+        return response, sent_at
+
+    def _settle(
+        self, call: Call, pacer: GroupPacer, ticket: int, response: httpx.Response, sent_at: float
+    ) -> float | None:
+        """What an answer tells pacing (its budget, a 429's wait, its endpoint's pool); the 429's wait."""
         rl = parse_ratelimit(response.headers.get("ratelimit"))
-        if response.status_code == 429:
-            wait = retry_after_seconds(response.headers)
-            pacer.done(rl, throttled=True, retry_after=wait, ticket=ticket)
-            self.totals.add(RATE_LIMITED)
-            return _Answer(throttled=response)
-        pacer.done(rl, ticket=ticket)
-        self._budgets.observe(call.endpoint, rl, sent_at)
-        return _classify(call, response)
+        if response.status_code != 429:
+            pacer.done(rl, ticket=ticket)
+            self._budgets.observe(call.endpoint, rl, sent_at)
+            return None
+        wait = retry_after_seconds(response.headers)
+        pacer.done(rl, throttled=True, retry_after=wait, ticket=ticket)
+        self.totals.add(RATE_LIMITED)
+        return wait
+
+    async def _back_off(self, call: Call, outcome: Outcome, attempt: int, delay: float) -> None:
+        self.totals.add(RETRIES)
+        log.debug(
+            "retrying %s /%s after %s (attempt %d)", call.method, _shape(call.path), outcome.reason, attempt
+        )
+        await asyncio.sleep(delay)
 
 
 @dataclass
-class _Call:
+class Call:
     """One logical call, across its attempts."""
 
     method: str
@@ -446,29 +435,37 @@ class _Call:
         return "/" + self.path
 
 
-@dataclass
-class _Answer:
-    """What one attempt came to: a body, a 429 to wait out, or a failure worth retrying."""
-
-    body: Any = None
-    throttled: httpx.Response | None = None
-    failure: Exception | None = None
-    status: int | None = None
+# No connection was made: the request never reached Close, so any method is safe to send again.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
-def _classify(call: _Call, response: httpx.Response) -> _Answer:
-    """A non-429 answer: the body, a failure to retry (5xx), or an error raised (4xx, ambiguous write)."""
+def classify_answer(call: Call, response: httpx.Response, retry_after: float | None) -> Outcome:
+    """An answer: its body, a 429 to wait out, a 5xx to retry, or a refusal (4xx, a write in doubt)."""
     status = response.status_code
     if status < 400:
-        return _Answer(body=_body(response))
-    if status < 500:
-        raise CloseAPIError(status, _body(response), call.method, call.where, attempts=call.sent)
-    if call.may_be_ambiguous and status in AMBIGUOUS_STATUSES:
-        raise AmbiguousWriteError(status, _body(response), call.method, call.where, attempts=call.sent)
-    return _Answer(
-        failure=CloseAPIError(status, _body(response), call.method, call.where, attempts=call.sent),
-        status=status,
+        return Outcome(Kind.OK, body=_body(response))
+    if status == 429:
+        kind = Kind.RATE_LIMITED
+    elif status < 500:
+        kind = Kind.FATAL
+    elif call.may_be_ambiguous and status in AMBIGUOUS_STATUSES:
+        kind = Kind.AMBIGUOUS
+    else:
+        kind = Kind.TRANSIENT
+    error = (AmbiguousWriteError if kind is Kind.AMBIGUOUS else CloseAPIError)(
+        status, _body(response), call.method, call.where, attempts=call.sent
     )
+    return Outcome(kind, error=error, retry_after=retry_after, reason=str(status))
+
+
+def classify_lost(call: Call, exc: httpx.TransportError) -> Outcome:
+    """No answer. Never sent: safe to send again. Lost after sending: a write is in doubt."""
+    name = type(exc).__name__
+    in_doubt = call.may_be_ambiguous and not isinstance(exc, _NOT_SENT)
+    error = (AmbiguousWriteError if in_doubt else CloseAPIError)(
+        None, name, call.method, call.where, attempts=call.sent
+    )
+    return Outcome(Kind.AMBIGUOUS if in_doubt else Kind.TRANSIENT, error=error, reason=name)
 
 
 def _body(response: httpx.Response) -> Any:
