@@ -14,7 +14,7 @@ from closecrm.engine import diff
 from closecrm.engine.definitions import custom_field_definitions
 from closecrm.engine.op import Op
 from closecrm.engine.rules import alias
-from closecrm.engine.rules.decide import identity
+from closecrm.engine.rules.touches import lookup_keys
 from closecrm.engine.view import Search, View
 from closecrm.events.normalize import email_key
 from closecrm.model import Settings, UpsertRequest
@@ -60,11 +60,9 @@ class Lookup:
         emails = tuple(email_key(e) for e in req.contact_emails if e)
         lead_cfs = frozenset(cf for cf in req.lead_custom_fields if cf.removeprefix("custom."))
         contact_cfs = frozenset(cf for cf in req.contact_custom_fields if cf.removeprefix("custom."))
-        keys = identity(req, self.settings)
+        keys = lookup_keys(req, self.settings)
         if not keys:
             return None
-        # Every key whose records this request may read or change (all its emails, not just the first).
-        keys = tuple(dict.fromkeys([*keys, *(f"email:{e}" for e in emails)]))
         also = tuple(u for u in alias.user_ids(req) if u != user_id) if alias.is_alias(req) else ()
         return Terms(keys, company_id, user_id, emails, lead_cfs, contact_cfs, also)
 

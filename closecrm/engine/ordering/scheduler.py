@@ -1,13 +1,13 @@
 """The one scheduler behind every entry point: lookup batches, their groups, and a pipelined stream.
 
 A batch is looked up with a few searches into one view; its requests are then grouped with
-union-find over everything two of them could both touch (lookup keys, the records those lead to,
-each contact's lead). A group runs in input order; groups run concurrently, up to the engine's
-``max_concurrency`` at a time. Up to ``depth`` batches are in flight: a batch searches while earlier
-ones write, and each of its groups starts once no earlier group that claimed one of its keys or
-records is still running, then takes that group's newer copies of those records. Requests that
-share a key or record stay in input order across batches, so the end state and the calls are those
-of applying the batches one after the other. ``upsert_batch`` is a stream of one batch, and a dry
+union-find over everything two of them could both touch (rules/touches.py: lookup keys, the records
+those lead to, each contact's lead). A group runs in input order; groups run concurrently, up to
+the engine's ``max_concurrency`` at a time. Up to ``depth`` batches are in flight: a batch searches
+while earlier ones write, and each of its groups starts once no earlier group that claimed one of
+its keys or records is still running, then takes that group's newer copies of those records.
+Requests that share a key or record stay in input order across batches, so the end state and the
+calls are those of applying the batches one after the other. ``upsert_batch`` is a stream of one batch, and a dry
 run is the same stream over the dry write layer.
 """
 
@@ -21,13 +21,13 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Se
 from dataclasses import dataclass, field
 from itertools import count
 
-from closecrm.engine import diff
 from closecrm.engine.lookups import Lookup, Terms
 from closecrm.engine.op import Op, describe
-from closecrm.engine.ordering.spans import Reach, combine, units
+from closecrm.engine.ordering.spans import combine, units
 from closecrm.engine.rules import alias
 from closecrm.engine.rules.decide import apply, no_identity
-from closecrm.engine.view import View, company_key
+from closecrm.engine.rules.touches import Touches, touches
+from closecrm.engine.view import View
 from closecrm.engine.writes.layer import Store
 from closecrm.model import Outcome, UpsertRequest
 
@@ -58,7 +58,6 @@ class _Prepared:
     positions: list[int] = field(default_factory=list)  # each request's place in the engine's input
     lookup_calls: int = 0
     error: Exception | None = None
-    keys: dict[int, list[str]] = field(default_factory=dict)  # each active request's lookup keys
 
 
 @dataclass
@@ -86,7 +85,7 @@ class _Group:
     members: list[int]
     keys: set[str]
     nodes: set[str]
-    reach: list[Reach]  # each member's, in member order
+    touches: list[Touches]  # what each member may touch, in member order
     deps: set[asyncio.Task[None]]  # earlier batches' groups that claimed one of these keys or records
     earlier: list[View | None]  # those batches' views, oldest first
     priority: tuple[int, int]  # (batch, group): an older batch's group gets a free slot first
@@ -165,7 +164,6 @@ class Scheduler:
                 prep.outcomes[i] = no_identity()
             else:
                 prep.active.append(i)
-                prep.keys[i] = list(found.keys)
                 terms.append(found)
         if prep.active:
             try:
@@ -185,8 +183,8 @@ class Scheduler:
             for i in active:
                 outcomes[i] = Op(reqs[i]).failed(prep.error)
             return _Running(outcomes, [], {})
-        reach_of = {i: _reach(reqs[i], view, prep.keys[i], writes) for i in active}
-        nodes_of = {i: set(r.nodes) for i, r in reach_of.items()}
+        touches_of = {i: touches(reqs[i], view, writes) for i in active}
+        nodes_of = {i: set(t.nodes) for i, t in touches_of.items()}
         shares = {i: _share(prep.lookup_calls, len(active), n) for n, i in enumerate(active)}
         claims: dict[str, int] = {}
         tasks: list[asyncio.Task[None]] = []
@@ -197,9 +195,9 @@ class Scheduler:
                 claims[node] = g
             plan = _Group(
                 members=group,
-                keys={k for i in group for k in prep.keys[i]},
+                keys={k for i in group for k in touches_of[i].keys},
                 nodes=nodes,
-                reach=[reach_of[i] for i in group],
+                touches=[touches_of[i] for i in group],
                 deps={running[b].tasks[g2] for b, g2 in found},
                 earlier=[running[b].view for b in sorted({b for b, _ in found})],
                 priority=(number, g),
@@ -228,7 +226,7 @@ class Scheduler:
                 return
             # Members in order; a collapsed one part by part where another member falls inside its span.
             results: dict[int, list[Outcome]] = {}
-            for n, (k, req) in enumerate(units(group.reach)):
+            for n, (k, req) in enumerate(units(group.touches)):
                 i = group.members[k]
                 calls = (0 if i in results else shares[i]) + (confirm_calls if n == 0 else 0)
                 results.setdefault(i, []).append(await apply(req, view, writes, calls, prep.positions[i]))
@@ -237,28 +235,6 @@ class Scheduler:
             await writes.finished([(reqs[i], outcomes[i]) for i in results])  # recorded as they end
         finally:
             gate.release()
-
-
-def _reach(req: UpsertRequest, view: View, keys: list[str], writes: Store) -> Reach:
-    """The lookup keys of a request and every record id they lead to (view or memory), with contacts'
-    leads; which of those leads carry its company id, and which hold the contacts its person keys find."""
-    nodes = set(keys)
-    company_id = diff.company_id_of(req, writes.settings)
-    company = company_key(company_id) if company_id else None
-    company_leads: set[str] = set()
-    person_leads: set[str] = set()
-    for key in keys:
-        for record_id in view.ids_for(key) | set(writes.ids.ids(key)):
-            nodes.add(record_id)
-            if key == company:
-                company_leads.add(record_id)
-            record = view.contacts.get(record_id) or writes.records.get(record_id)
-            if record is not None and record.get("lead_id"):
-                nodes.add(record["lead_id"])
-                if key != company:
-                    person_leads.add(record["lead_id"])
-    people = frozenset(k for k in keys if k != company)
-    return Reach(req, company_id, frozenset(nodes), frozenset(company_leads), frozenset(person_leads), people)
 
 
 def _groups(active: list[int], nodes_of: dict[int, set[str]], running: list[_Running]) -> list[list[int]]:

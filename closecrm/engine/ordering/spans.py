@@ -9,8 +9,9 @@ order in two steps:
   request inside the span is looked up with it and can share its group;
 - `units` turns a group's members into the sequence to apply: a collapsed request is split back
   into its parts (closecrm.events.collapse.Parts), placed among the others by event time, when a member
-  inside its span may touch what it touches. Members that commute (`Reach.independent`) are not
-  split: people of one company share its lead, and splitting them all would undo collapsing.
+  inside its span may touch what it touches (closecrm.engine.rules.touches). Members that commute
+  (`independent`) are not split: people of one company share its lead, and splitting them all
+  would undo collapsing.
 
 The outcomes of one request's parts are `combine`d into the one outcome the request ends with.
 """
@@ -18,11 +19,10 @@ The outcomes of one request's parts are `combine`d into the one outcome the requ
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cached_property
 from typing import Any, TypeVar
 
+from closecrm.engine.rules.touches import Touches
 from closecrm.engine.view import company_key
 from closecrm.events.collapse import Moment, moment, parts_of, span
 from closecrm.model import Outcome, UpsertRequest
@@ -72,47 +72,37 @@ def batches(
         yield items[start:]
 
 
-@dataclass(frozen=True)
-class Reach:
-    """What one member of a group may touch, as the scheduler found it before the group ran."""
+# A member of a group, as `units` takes it: what it touches, found before the group ran.
+Reach = Touches
 
-    request: UpsertRequest
-    company_id: str | None  # as the engine uses it (None when the company-id field is not configured)
-    nodes: frozenset[str]  # its lookup keys and every record they lead to
-    company_leads: frozenset[str] = field(default_factory=frozenset)  # leads carrying its company id
-    person_leads: frozenset[str] = field(default_factory=frozenset)  # leads of contacts its person keys find
-    person_keys: frozenset[str] = field(default_factory=frozenset)  # its user id and email keys
 
-    def independent(self, other: Reach, crowded: frozenset[str] = frozenset()) -> bool:
-        """Does applying the two in either order leave Close the same? False when unsure.
+def independent(
+    a: Touches, b: Touches, crowded: frozenset[str], lead_values: Callable[[Touches], frozenset[tuple[Any, ...]]]
+) -> bool:
+    """Does applying the two in either order leave Close the same? False when unsure.
 
-        Nothing shared: neither reads what the other writes (every email a request appends is one of
-        its keys). Sharing only their company's lead: both then find or create that one lead with the
-        same values and flags, and their contacts are not the same (no key in common) and do not
-        live under another lead a company-less request could adopt. While no lead has the company
-        yet, whoever comes first creates or adopts it, so neither person may have contacts
-        elsewhere, now or made by another member of the group (``crowded``: person keys that members
-        of different companies have).
-        """
-        shared = self.nodes & other.nodes
-        if not shared:
-            return True
-        company = self.company_id
-        if not company or company != other.company_id or self.request.flags != other.request.flags:
-            return False
-        lead = {company_key(company)} | self.company_leads | other.company_leads
-        if not shared <= lead:
-            return False
-        if not (self.person_leads | other.person_leads) <= lead:
-            return False
-        if len(lead) == 1 and (self.person_keys | other.person_keys) & crowded:
-            return False
-        return len(self.lead_values | other.lead_values) == 1
-
-    @cached_property
-    def lead_values(self) -> frozenset[tuple[Any, ...]]:
-        """The lead values each of its parts asks for (read once: a big group compares many pairs)."""
-        return frozenset(_lead_values(p) for p in parts_of(self.request))
+    Nothing shared: neither reads what the other writes (every key it writes is one it reads, or,
+    for an alias, carried by a record it reads). Sharing only their company's lead: both then find
+    or create that one lead with the same values and flags, and their contacts are not the same (no
+    key in common) and do not live under another lead a company-less request could adopt. While no
+    lead has the company yet, whoever comes first creates or adopts it, so neither person may have
+    contacts elsewhere, now or made by another member of the group (``crowded``: person keys that
+    members of different companies have). ``lead_values``: the lead values a member's parts ask for.
+    """
+    shared = a.nodes & b.nodes
+    if not shared:
+        return True
+    company = a.company_id
+    if not company or company != b.company_id or a.request.flags != b.request.flags:
+        return False
+    lead = {company_key(company)} | a.company_leads | b.company_leads
+    if not shared <= lead:
+        return False
+    if not (a.person_leads | b.person_leads) <= lead:
+        return False
+    if len(lead) == 1 and (a.person_keys | b.person_keys) & crowded:
+        return False
+    return len(lead_values(a) | lead_values(b)) == 1
 
 
 def _lead_values(req: UpsertRequest) -> tuple[Any, ...]:
@@ -120,7 +110,7 @@ def _lead_values(req: UpsertRequest) -> tuple[Any, ...]:
     return (req.lead_name, req.lead_description, req.lead_status_id, custom)
 
 
-def units(members: Sequence[Reach]) -> list[tuple[int, UpsertRequest]]:
+def units(members: Sequence[Touches]) -> list[tuple[int, UpsertRequest]]:
     """The (member, request) sequence to apply: members in order, unless one's span holds another
     member it does not commute with; then both go part by part, everything sorted by event time."""
     if not any(m.request.parts for m in members):
@@ -139,7 +129,7 @@ def units(members: Sequence[Reach]) -> list[tuple[int, UpsertRequest]]:
     return [(k, req) for _, k, _, req in seq]
 
 
-def _to_split(members: Sequence[Reach], spans: list[tuple[Moment, Moment]]) -> set[int]:
+def _to_split(members: Sequence[Touches], spans: list[tuple[Moment, Moment]]) -> set[int]:
     """Collapsed members whose span overlaps a member they may not commute with (and that member)."""
     # Person keys that members of different companies (or none) have: one of them may give the
     # person a contact under another lead, which a request for a company nobody has would adopt.
@@ -148,6 +138,14 @@ def _to_split(members: Sequence[Reach], spans: list[tuple[Moment, Moment]]) -> s
         for key in m.person_keys:
             companies.setdefault(key, set()).add(m.company_id)
     frozen_crowded = frozenset(k for k, c in companies.items() if len(c) > 1)
+    values: dict[int, frozenset[tuple[Any, ...]]] = {}
+
+    def lead_values(m: Touches) -> frozenset[tuple[Any, ...]]:
+        """The lead values each of its parts asks for (read once: a big group compares many pairs)."""
+        if id(m) not in values:
+            values[id(m)] = frozenset(_lead_values(p) for p in parts_of(m.request))
+        return values[id(m)]
+
     by_start = sorted(range(len(members)), key=lambda k: spans[k][0])
     split: set[int] = set()
     open_: list[int] = []  # members whose span has begun and not ended, in start order
@@ -161,7 +159,7 @@ def _to_split(members: Sequence[Reach], spans: list[tuple[Moment, Moment]]) -> s
             checked += 1
             if checked > MAX_PAIRS_CHECKED:  # too many to compare: every collapsed member goes part by part
                 return {x for x, m in enumerate(members) if m.request.parts}
-            if not members[j].independent(members[k], frozen_crowded):
+            if not independent(members[j], members[k], frozen_crowded, lead_values):
                 split.update(x for x in (j, k) if members[x].request.parts)
         open_.append(k)
     return split
