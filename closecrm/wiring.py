@@ -52,6 +52,14 @@ def _key_from_file(path: str, objects: ObjectStore) -> ApiKey:
     return ApiKey(value)
 
 
+def client_for(close_url: str, keys: KeySource, *, budget_share: float = DEFAULT_BUDGET_SHARE, **options: Any):  # noqa: ANN201 - CloseClient
+    """A client of Close at ``close_url`` with the key ``keys`` reads: what every command that talks
+    to Close builds (jobs through `EngineSpec.build`; validate, probe and export directly)."""
+    from closecrm.api.client import CloseClient
+
+    return CloseClient(close_url, keys.read(), budget_share=budget_share, **options)
+
+
 @dataclass(frozen=True)
 class EngineSpec:
     """Everything a worker needs to build its own client and engine (no secret inside).
@@ -71,16 +79,10 @@ class EngineSpec:
     objects: ObjectStore = LOCAL_OBJECTS  # how a ledger at a URL is reached
 
     def build(self, *, with_ledger: bool = True):  # noqa: ANN201 - (CloseClient, UpsertEngine)
-        from closecrm.api.client import CloseClient
         from closecrm.engine import UpsertEngine
         from closecrm.engine.writes.ledger import CreatedIdLedger
 
-        client = CloseClient(
-            self.close_url,
-            self.key_source.read(),
-            budget_share=self.budget_share,
-            **self.options,
-        )
+        client = client_for(self.close_url, self.key_source, budget_share=self.budget_share, **self.options)
         ledger = CreatedIdLedger.shared(self.created_ids, self.objects) if with_ledger and self.created_ids else None
         bound = {} if self.max_concurrency is None else {"max_concurrency": self.max_concurrency}
         engine = UpsertEngine(client, self.settings, ledger=ledger, **bound)

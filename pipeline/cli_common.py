@@ -49,11 +49,11 @@ async def check_close(close_url: str, keys: KeySource, config: JobConfig, budget
     """The key, the settings and every custom field and status the mappings name, checked against
     Close before anything is written (a wrong one makes Close answer 400 to every request); raises
     SettingsError with each problem and its fix. Returns the calls it made."""
-    from closecrm.api.client import CloseClient
     from closecrm.engine.settings_check import check_settings
+    from closecrm.wiring import client_for
 
     references = config.close_references()
-    client = CloseClient(close_url, keys.read(), budget_share=budget_share)
+    client = client_for(close_url, keys, budget_share=budget_share)
     try:
         found = await check_settings(client, config.settings_model(), references)
     finally:

@@ -50,9 +50,9 @@ def export(
     Example:
       CLOSE_API_KEY=... close-sync export --out warehouse/ --updated-since 2024-06-01
     """
-    from closecrm.api.client import CloseClient
     from closecrm.reverse_etl.export import ExportRequest, parse_moment
     from closecrm.reverse_etl.export import export as run_export
+    from closecrm.wiring import client_for
     from pipeline.config import load_config
 
     try:
@@ -65,10 +65,10 @@ def export(
             user_id_field=config.settings.contact_custom_field_id_for_user_id,
             slices=slices,
         )
-        key = key_source(api_key_file, config).read()
+        keys = key_source(api_key_file, config)
 
         async def go() -> str:
-            async with CloseClient(close_url, key, budget_share=budget_share) as client:
+            async with client_for(close_url, keys, budget_share=budget_share) as client:
                 return (await run_export(client, request)).line()
 
         line = asyncio.run(go())

@@ -21,11 +21,11 @@ def run_probe_command(
     """Print each probe step; exit non-zero naming every shape that failed."""
     import asyncio
 
-    from closecrm.api.client import CloseClient
     from closecrm.probe import run_probe
+    from closecrm.wiring import client_for
 
     async def go() -> ProbeReport:
-        async with CloseClient(close_url, keys.read()) as client:
+        async with client_for(close_url, keys) as client:
             return await run_probe(client, config.settings_model(), write=write)
 
     try:
