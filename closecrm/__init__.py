@@ -1,1 +1,1 @@
-"""Close CRM domain layer: HTTP client, upsert engine and simulator (no Beam here)."""
+"""The Close domain: requests, the HTTP client, event mapping, the upsert engine, reverse ETL; no Beam here (docs/DESIGN.md "Floor plan")."""

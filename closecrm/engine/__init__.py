@@ -1,12 +1,11 @@
 """The upsert engine: "Create or Update Contact and Lead" on Close's public API.
 
-    core.py            UpsertEngine, the entry points
-    scheduler.py       lookup batches, groups, the pipelined stream (the one path every entry takes)
-    lookups.py         batched searches into a view; reads by id of what search does not show yet
-    decide.py          the decision procedure, top to bottom
-    writes.py, dry.py  the write layer: Close's, or a dry run's that only remembers what it would write
-    ambiguity.py       creates whose answer was lost
-    settings_check.py  the destination settings against the organisation
+    core.py              UpsertEngine, the entry points
+    ordering/            the scheduler (lookup batches, groups, the pipelined stream) and spans
+    lookups.py, view.py  batched searches into a view; reads by id of what search does not show yet
+    rules/               the decision procedure, aliases, and what each request touches
+    writes/              the write layer: Close's, or a dry run's; lost answers; caches; the ledger
+    settings_check.py    the destination settings against the organisation
 """
 
 from closecrm.engine.core import UpsertEngine

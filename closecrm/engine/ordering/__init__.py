@@ -1,1 +1,1 @@
-"""."""
+"""In which order requests are applied: lookup batches, groups and the stream (scheduler); where collapsed requests are split (spans)."""
