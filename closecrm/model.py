@@ -229,6 +229,11 @@ class Origin:
             return {"kafka_topic": self.name, "partition": self.partition, "offset": self.position}
         return {self.kind: self.name}
 
+    def __reduce__(self):  # noqa: ANN204
+        # Every event carries one through each shuffle; the state a frozen slots dataclass pickles by
+        # default is built by a dataclasses.fields() walk per object, on both ends.
+        return (Origin, (self.kind, self.name, self.position, self.partition))
+
 
 @dataclass(frozen=True, slots=True)
 class Received:
@@ -236,6 +241,10 @@ class Received:
 
     payload: Any
     origin: Origin
+
+    def __reduce__(self):  # noqa: ANN204
+        # Pickled with every request (its event, for a dead letter): see `Origin.__reduce__`.
+        return (Received, (self.payload, self.origin))
 
 
 # ---------------------------------------------------------------------------- runs

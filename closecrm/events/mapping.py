@@ -408,7 +408,8 @@ def _string_field(name: str, value: Any) -> str | None:
     text = _as_string(value, name)
     if text is None:
         return None
-    check_value(text, name)
+    if not text.isascii():  # ASCII text is always encodable: the walk would find nothing in it
+        check_value(text, name)
     if name == "contact_email" and not is_valid_email(text):
         raise BadEvent("invalid_email", name)
     if name == "contact_phone" and to_e164(text) is None:
@@ -419,6 +420,8 @@ def _string_field(name: str, value: Any) -> str | None:
 
 
 def _as_string(value: Any, name: str) -> str | None:
+    if type(value) is str:  # nearly every value: the checks below are for the other types
+        return value.strip() or None
     if value is MISSING or value is None:
         return None
     if isinstance(value, bool):

@@ -331,6 +331,22 @@ def _reject_constant(token: str) -> Any:
     raise ValueError(f"{token} is not JSON")
 
 
+# json.loads with hooks builds a new decoder on every call; these are the two this module uses, built once.
+_DECODERS = {
+    None: json.JSONDecoder(parse_constant=_reject_constant),
+    _finite_float: json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float),
+}
+
+
+def _json_loads(text: str | bytes, float_hook: Callable[[str], float] | None) -> Any:
+    """``json.loads(text, parse_constant=_reject_constant, parse_float=float_hook)``, without a new decoder."""
+    decoder = _DECODERS.get(float_hook)
+    if decoder is not None and isinstance(text, str) and not text.startswith("\ufeff"):
+        return decoder.decode(text)
+    # bytes (json.loads detects their encoding), a BOM (json.loads names it), another hook
+    return json.loads(text, parse_constant=_reject_constant, parse_float=float_hook)
+
+
 def _load(
     raw: bytes | str | dict[str, Any], max_bytes: int, float_hook: Callable[[str], float] | None = None
 ) -> tuple[dict[str, Any], int | None, bool]:
@@ -360,7 +376,7 @@ def _load(
     else:
         raise BadEvent("not_an_object", type(raw).__name__)
     try:
-        obj = json.loads(text, parse_constant=_reject_constant, parse_float=float_hook)
+        obj = _json_loads(text, float_hook)
     except RecursionError:
         raise BadEvent("too_deep", f"more than {MAX_DEPTH} levels") from None
     except ValueError as exc:
@@ -382,7 +398,7 @@ def _decode_object(value: Any, key: str, float_hook: Callable[[str], float] | No
         if not value.strip():
             return {}
         try:
-            value = json.loads(value, parse_constant=_reject_constant, parse_float=float_hook)
+            value = _json_loads(value, float_hook)
         except RecursionError:
             raise BadEvent("too_deep", f"{key}: more than {MAX_DEPTH} levels") from None
         except ValueError:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import pickle
 from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
 
 from closecrm.events.parse import MISSING, BadEvent, Event, opted_out, parse_event, resolve_path
+from closecrm.model import Origin, Received
 
 BASE = {"type": "identify", "userId": "u1", "messageId": "m1", "timestamp": "2024-05-01T10:00:00Z"}
 
@@ -200,3 +202,21 @@ def test_traits_paths_fall_back_to_context_traits_except_on_group_calls() -> Non
 def test_numeric_path_parts_index_lists() -> None:
     parsed = parse_event(event(properties={"items": [{"sku": "a"}, {"sku": "b"}]}))
     assert resolve_path(parsed.raw, ("properties", "items", "1", "sku")) == "b"
+
+
+def test_a_text_with_a_byte_order_mark_is_refused_as_json_loads_refuses_it() -> None:
+    text = json.dumps(BASE)
+    with pytest.raises(BadEvent) as caught:
+        parse_event("\ufeff" + text)
+    assert caught.value.reason == "unparseable_json"
+    assert "BOM" in (caught.value.detail or "")
+    assert parse_event(b"\xef\xbb\xbf" + text.encode()) == parse_event(text)  # bytes: utf-8-sig
+
+
+def test_an_event_and_what_it_was_read_as_pickle_to_equals() -> None:
+    origin = Origin("kafka", "events", 41, 3)
+    parsed = parse_event(json.dumps(BASE).encode(), origin=origin)
+    clone = pickle.loads(pickle.dumps(parsed, protocol=pickle.HIGHEST_PROTOCOL))
+    assert (clone, clone.origin, clone.received) == (parsed, origin, parsed.received)
+    received = Received({"nested": [1, 2]}, Origin("line", "/in/a.jsonl", 7))
+    assert pickle.loads(pickle.dumps(received)) == received
