@@ -70,7 +70,11 @@ def build(p: beam.Pipeline, shape: JobShape) -> dict[str, beam.PCollection]:
     )
     mapped = parsed["events"] | "MapToUpserts" >> MapToUpserts(options.mappings, tally=tally)
     pending = mapped.requests | "CollapsePerPerson" >> CollapsePerPerson(
-        shape.streaming, options.window_kind, options.window_seconds, tally=tally
+        shape.streaming,
+        options.window_kind,
+        options.window_seconds,
+        tally=tally,
+        by_user_id=bool(shape.engine.settings.contact_custom_field_id_for_user_id),
     )
     tallies = [*parsed[TALLY], mapped[TALLY]]
     if tally:

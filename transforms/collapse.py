@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -85,10 +86,12 @@ class PackedEvents(Sequence):
 
 class _CollapseFn(beam.CombineFn):
     """Accumulates (request, event) pairs; extraction runs the engine-compatible collapse. With
-    ``tally``, extraction also says how many requests of each event merging removed (`Tallied`)."""
+    ``tally``, extraction also says how many requests of each event merging removed (`Tallied`).
+    ``by_user_id``: the destination finds contacts by user id (`closecrm.events.collapse.collapse`)."""
 
-    def __init__(self, tally: bool = False) -> None:
+    def __init__(self, tally: bool = False, by_user_id: bool = False) -> None:
         self._tally = tally
+        self._by_user_id = by_user_id
 
     def create_accumulator(self) -> list[tuple[UpsertRequest, Any]]:
         return []
@@ -109,7 +112,7 @@ class _CollapseFn(beam.CombineFn):
 
     def extract_output(self, acc) -> Any:
         try:
-            out = _collapsed(acc)
+            out = _collapsed(acc, self._by_user_id)
         except Exception:  # noqa: BLE001 - this stage has no dead-letter output: the writer gets each
             # request as it came, which Close ends up holding the same, and accounts for each of them.
             out = [(request, (event,)) for request, event in acc]
@@ -133,13 +136,15 @@ def _merges(acc: Sequence[tuple[UpsertRequest, Any]], out: Sequence[tuple[Upsert
     return {event_id: n for event_id, n in change.items() if n}
 
 
-def _collapsed(acc: list[tuple[UpsertRequest, Any]]) -> list[tuple[UpsertRequest, tuple[Any, ...]]]:
+def _collapsed(
+    acc: list[tuple[UpsertRequest, Any]], by_user_id: bool
+) -> list[tuple[UpsertRequest, tuple[Any, ...]]]:
     events_by_id: dict[str, Any] = {}
     for request, event in acc:
         for event_id in request.event_ids:
             events_by_id.setdefault(event_id, event)
     out = []
-    for request in collapse(r for r, _ in acc):
+    for request in collapse((r for r, _ in acc), by_user_id):
         carried = tuple(events_by_id[i] for i in request.event_ids[:MAX_EVENTS_CARRIED] if i in events_by_id)
         out.append((request, carried))
     return out
@@ -154,7 +159,9 @@ def _person(item: tuple[str, tuple[UpsertRequest, Any]]) -> str:
     return item[0]
 
 
-def collapse_persons(items: Iterable[tuple[str, tuple[UpsertRequest, Any]]]) -> Iterator[tuple[str, Any]]:
+def collapse_persons(
+    items: Iterable[tuple[str, tuple[UpsertRequest, Any]]], by_user_id: bool = False
+) -> Iterator[tuple[str, Any]]:
     """(person, (request, event)) of some persons → (person, collapsed) per person: what `_CollapseFn` gives
     per key."""
     per_person: dict[str, list[tuple[UpsertRequest, Any]]] = {}
@@ -163,7 +170,7 @@ def collapse_persons(items: Iterable[tuple[str, tuple[UpsertRequest, Any]]]) -> 
         if acc is None:
             per_person[person] = acc = []
         acc.append(pair)
-    combine = _CollapseFn()
+    combine = _CollapseFn(by_user_id=by_user_id)
     for person, acc in per_person.items():
         yield (person, combine.extract_output(acc))
 
@@ -221,9 +228,10 @@ class _CollapsePanes(beam.DoFn):
     PERSON = ReadModifyWriteStateSpec("person", StrUtf8Coder())  # set while a pane is open
     FIRE = TimerSpec("fire", TimeDomain.REAL_TIME)
 
-    def __init__(self, seconds: float, tally: bool = False) -> None:
+    def __init__(self, seconds: float, tally: bool = False, by_user_id: bool = False) -> None:
         self._seconds = max(1, round(seconds))
         self._tally = tally
+        self._by_user_id = by_user_id
 
     def process(
         self,
@@ -244,16 +252,25 @@ class _CollapsePanes(beam.DoFn):
         buffer.clear()
         person.clear()
         if who is not None and acc:
-            yield (who, _CollapseFn(self._tally).extract_output(acc))
+            yield (who, _CollapseFn(self._tally, self._by_user_id).extract_output(acc))
 
 
 class CollapsePerPerson(beam.PTransform):
-    """(person, (request, event)) → Pending, one per run of equivalent requests per window."""
+    """(person, (request, event)) → Pending, one per run of equivalent requests per window.
+
+    ``by_user_id``: the destination finds contacts by user id (its user-id custom field is configured).
+    """
 
     def __init__(
-        self, streaming: bool, window_kind: str, window_seconds: float, tally: bool = False
+        self,
+        streaming: bool,
+        window_kind: str,
+        window_seconds: float,
+        tally: bool = False,
+        by_user_id: bool = False,
     ) -> None:
         super().__init__()
+        self._by_user_id = by_user_id
         # With ``tally`` (streaming only), the output is a pair: Pending, and the TALLY of merges.
         self._tally = tally and streaming
         # A global window never closes on unbounded input, so streaming fires processing-time panes.
@@ -265,19 +282,20 @@ class CollapsePerPerson(beam.PTransform):
     def expand(self, keyed):
         if self._kind == "global":
             # Bounded input (already in the global window): the same fold per person, in bulk.
-            collapsed = keyed | "Collapse" >> ShardedFold(_person, collapse_persons, shards=COLLAPSE_SHARDS)
+            fold = functools.partial(collapse_persons, by_user_id=self._by_user_id)
+            collapsed = keyed | "Collapse" >> ShardedFold(_person, fold, shards=COLLAPSE_SHARDS)
         elif self._kind == "processing":
             # Unbounded input, processing-time panes: a stateful DoFn whose state empties at each pane.
             collapsed = (
                 keyed
                 | "Window" >> beam.WindowInto(window.GlobalWindows())
-                | "Collapse" >> beam.ParDo(_CollapsePanes(self._seconds, self._tally))
+                | "Collapse" >> beam.ParDo(_CollapsePanes(self._seconds, self._tally, self._by_user_id))
             )
         else:
             collapsed = (
                 keyed
                 | "Window" >> _windowing(self._kind, self._seconds)
-                | "Collapse" >> beam.CombinePerKey(_CollapseFn(self._tally))
+                | "Collapse" >> beam.CombinePerKey(_CollapseFn(self._tally, self._by_user_id))
             )
         explode = beam.ParDo(_Explode(packed=self._kind == "global"))
         if self._tally:

@@ -54,16 +54,50 @@ def creates_anew(req: UpsertRequest) -> bool:
     return req.contact_user_id is None and not req.contact_email and req.has_contact_fields()
 
 
-def collapse_key(req: UpsertRequest) -> CollapseKey:
+def found_by_user_id_after(req: UpsertRequest) -> bool:
+    """Once ``req`` is applied, does Close hold its user id on every record a later request of the
+    person (same company id, same flags) would look up? Then that request finds them by user id and
+    its email plays no part in the lookup.
+
+    Applying it leaves a contact carrying the user id wherever the person is looked up: the engine
+    finds it by user id, or stamps the user id onto the contacts it finds by email, or creates
+    one, under the company's lead when there is one. Each of those writes can be forbidden: stamping
+    is an update of an existing contact, and creating may need a new lead, a new contact, or a
+    duplicate of the person under another lead. Only with all four allowed is the user id sure to be
+    there afterwards. Callers also need the destination to find contacts by user id at all.
+    """
+    flags = req.flags
+    return bool(
+        req.contact_user_id
+        and flags.allow_updating_existing_contacts
+        and flags.allow_creating_new_contacts
+        and flags.allow_creating_new_leads
+        and flags.allow_creating_duplicate_contacts
+    )
+
+
+# In place of the lookup email, in the key of a request `found_by_user_id_after` (never an email key).
+_ANY_EMAIL = ("any lookup email",)
+
+
+def collapse_key(req: UpsertRequest, by_user_id: bool = False) -> CollapseKey:
     """What decides which records a request looks up: company id, user id, lookup email, flags.
 
-    The lookup email is part of the key even when there is a user id: when no contact has the
-    user id yet, the engine falls back to the email, so ``(U, a)`` then ``(U, b)`` can end
-    differently from ``(U, [a, b])`` (e.g. when creating contacts is not allowed). A request that
-    `creates_anew` is never merged (its key carries its own ids and content), nor is an alias: it
-    links two people, and each of them must be applied on the right side of it.
+    The lookup email is part of the key because when no contact has the user id yet, the engine
+    falls back to the email: ``(U, a)`` then ``(U, b)`` can end differently from ``(U, [a, b])``
+    (e.g. when creating contacts is not allowed). Not so when ``by_user_id`` (Close finds contacts
+    by user id: its custom field is configured) and the request is `found_by_user_id_after`: the
+    first request of a run leaves the user id on what the later ones look up, so they merge whatever
+    their emails, and the merged request keeps the first one's lookup email (emails accumulate in
+    first-seen order). Whether there is a lookup email at all stays in the key: a first request
+    without one must not be merged into one that looks up by a later request's email.
+
+    A request that `creates_anew` is never merged (its key carries its own ids and content), nor is
+    an alias: it links two people, and each of them must be applied on the right side of it.
     """
     email = _key(email_key, req.contact_email) if req.contact_email else None
+    if isinstance(email, str) and by_user_id and found_by_user_id_after(req):
+        email = _ANY_EMAIL
     alone = creates_anew(req) or req.alias_previous_id is not None
     unidentified = (req.event_ids, req.fingerprint()) if alone else None
     return (req.lead_company_id, req.contact_user_id, email, req.flags, unidentified)
@@ -195,18 +229,21 @@ def _with_parts(merged: UpsertRequest, run: list[UpsertRequest]) -> UpsertReques
     return replace(merged, parts=Parts.of(parts), since=run[0].since or run[0].timestamp)
 
 
-def _collapse_key_or_own(req: UpsertRequest) -> CollapseKey:
+def _collapse_key_or_own(req: UpsertRequest, by_user_id: bool) -> CollapseKey:
     """`collapse_key`, or a key no other request has when the request's values defeat it."""
     try:
-        key = collapse_key(req)
+        key = collapse_key(req, by_user_id)
         hash(key)
     except Exception:  # noqa: BLE001 - such a request is applied on its own, not refused
         return ("unmergeable", id(req))
     return key
 
 
-def collapse(requests: Iterable[UpsertRequest]) -> list[UpsertRequest]:
+def collapse(requests: Iterable[UpsertRequest], by_user_id: bool = False) -> list[UpsertRequest]:
     """Sort by (timestamp, arrival order) and merge each run of consecutive equal-key requests.
+
+    ``by_user_id``: the destination finds contacts by user id (its user-id custom field is
+    configured), which lets a person's requests with different emails merge (`collapse_key`).
 
     Never raises on a request's values: a request that cannot be merged is kept as it is, which
     leaves the same result as merging (the requests are applied one after the other in order).
@@ -216,7 +253,7 @@ def collapse(requests: Iterable[UpsertRequest]) -> list[UpsertRequest]:
     runs: list[list[UpsertRequest]] = []
     last_key: CollapseKey | None = None
     for req in ordered:
-        key = _collapse_key_or_own(req)
+        key = _collapse_key_or_own(req, by_user_id)
         if out and key == last_key:
             try:
                 out[-1] = merge(out[-1], req)

@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from closecrm.events.collapse import collapse, collapse_key, merge
+from closecrm.events.collapse import collapse, collapse_key, merge, parts_of
 from closecrm.events.normalize import email_key, phone_key, url_key
 from closecrm.model import Flags, UpsertRequest
 
@@ -93,6 +93,78 @@ def test_with_a_user_id_a_different_lookup_email_is_not_merged() -> None:
     # When no contact has the user id yet the engine looks up by email, so these may diverge.
     out = collapse([req(1, contact_user_id="u"), req(2, contact_user_id="u", contact_emails=("b@x.com",))])
     assert len(out) == 2
+
+
+def test_where_user_ids_find_contacts_one_persons_emails_merge_and_the_first_is_looked_up() -> None:
+    # The first request leaves the user id on what the second looks up: its email no longer matters.
+    a = req(1, lead_company_id="c", contact_user_id="u", contact_emails=("a@x.com",), contact_name="A")
+    b = req(2, lead_company_id="c", contact_user_id="u", contact_emails=("b@x.com",), contact_title="CTO")
+    [out] = collapse([a, b], by_user_id=True)
+    assert out.contact_email == "a@x.com" and out.contact_emails == ("a@x.com", "b@x.com")
+    assert (out.contact_name, out.contact_title, out.event_ids) == ("A", "CTO", ("e1", "e2"))
+    assert len(collapse([a, b])) == 2  # without the user-id field the engine looks up by email
+
+
+def test_a_switch_that_can_keep_the_user_id_off_keeps_the_emails_apart() -> None:
+    # Stamping the user id onto a contact found by email is an update; creating may need a new lead,
+    # a new contact or a duplicate under another lead. With any of them forbidden the first request
+    # may leave no contact with the user id, and the second would look up by its own email.
+    for flag in (
+        "allow_updating_existing_contacts",
+        "allow_creating_new_contacts",
+        "allow_creating_new_leads",
+        "allow_creating_duplicate_contacts",
+    ):
+        flags = Flags(**{flag: False})
+        out = collapse(
+            [
+                req(1, contact_user_id="u", contact_emails=("a@x.com",), flags=flags),
+                req(2, contact_user_id="u", contact_emails=("b@x.com",), flags=flags),
+            ],
+            by_user_id=True,
+        )
+        assert len(out) == 2, flag
+    # Updating existing leads plays no part in where the user id ends up.
+    flags = Flags(allow_updating_existing_leads=False)
+    out = collapse(
+        [
+            req(1, contact_user_id="u", contact_emails=("a@x.com",), flags=flags),
+            req(2, contact_user_id="u", contact_emails=("b@x.com",), flags=flags),
+        ],
+        by_user_id=True,
+    )
+    assert len(out) == 1
+
+
+def test_without_a_user_id_or_a_first_lookup_email_requests_with_other_emails_stay_apart() -> None:
+    visitor = [req(1, contact_emails=("a@x.com",)), req(2, contact_emails=("b@x.com",))]
+    assert len(collapse(visitor, by_user_id=True)) == 2
+    # A first request without an email looks up by user id alone; merged, it would use b@x.com.
+    no_email_first = [req(1, contact_user_id="u"), req(2, contact_user_id="u", contact_emails=("b@x.com",))]
+    assert len(collapse(no_email_first, by_user_id=True)) == 2
+    # Aliases and requests that create anew are never merged, as before.
+    aliases = [
+        req(1, contact_user_id="u", alias_previous_id="p", contact_emails=("a@x.com",)),
+        req(2, contact_user_id="u", alias_previous_id="p", contact_emails=("b@x.com",)),
+    ]
+    assert len(collapse(aliases, by_user_id=True)) == 2
+
+
+def test_one_persons_changing_emails_merge_into_one_request_per_run_of_company() -> None:
+    out = collapse(
+        [
+            req(1, lead_company_id="c1", contact_user_id="u", contact_emails=("a@x.com",)),
+            req(2, lead_company_id="c1", contact_user_id="u", contact_emails=("b@x.com",)),
+            req(3, lead_company_id="c1", contact_user_id="u", contact_emails=("A@X.com",)),
+            req(4, lead_company_id="c2", contact_user_id="u", contact_emails=("c@x.com",)),
+            req(5, lead_company_id="c2", contact_user_id="u", contact_emails=("a@x.com",)),
+        ],
+        by_user_id=True,
+    )
+    assert [(r.lead_company_id, r.contact_emails) for r in out] == [
+        ("c1", ("a@x.com", "b@x.com")),
+        ("c2", ("c@x.com", "a@x.com")),
+    ]
 
 
 def test_different_flags_are_never_merged() -> None:
@@ -303,12 +375,30 @@ def test_collapsed_requests_leave_the_same_state_as_the_originals_in_time_order(
 
 
 @settings(max_examples=100, deadline=None)
-@given(requests())
-def test_collapse_is_idempotent_and_stable(rs: list[UpsertRequest]) -> None:
-    once = collapse(rs)
-    assert collapse(once) == once
-    assert all(collapse_key(a) != collapse_key(b) for a, b in zip(once, once[1:], strict=False))
+@given(requests(), st.booleans())
+def test_collapse_is_idempotent_and_stable(rs: list[UpsertRequest], by_user_id: bool) -> None:
+    once = collapse(rs, by_user_id)
+    assert collapse(once, by_user_id) == once
+    assert all(
+        collapse_key(a, by_user_id) != collapse_key(b, by_user_id)
+        for a, b in zip(once, once[1:], strict=False)
+    )
     assert [r.timestamp for r in once] == sorted(r.timestamp for r in once)
+
+
+@settings(max_examples=150, deadline=None)
+@given(requests())
+def test_a_merged_request_looks_up_like_the_first_it_was_merged_from(rs: list[UpsertRequest]) -> None:
+    for merged in collapse(rs, by_user_id=True):
+        first = parts_of(merged)[0]
+        assert (merged.lead_company_id, merged.contact_user_id, merged.flags) == (
+            first.lead_company_id,
+            first.contact_user_id,
+            first.flags,
+        )
+        assert (merged.contact_email and email_key(merged.contact_email)) == (
+            first.contact_email and email_key(first.contact_email)
+        )
 
 
 @settings(max_examples=150, deadline=None)
@@ -332,6 +422,25 @@ def test_merge_is_associative_on_same_key_requests(rs, user, company, flags) -> 
     assume(collapse_key(a) == collapse_key(b) == collapse_key(c))
     assert merge(merge(a, b), c) == merge(a, merge(b, c))
     assert collapse_key(merge(a, b)) == collapse_key(a)
+
+
+@settings(max_examples=150, deadline=None)
+@given(requests(min_size=3, max_size=3), st.sampled_from([None, "c1"]))
+def test_merge_is_associative_on_one_users_requests_with_any_emails(rs, company) -> None:
+    a, b, c = (
+        replace(
+            r,
+            contact_user_id="u1",
+            lead_company_id=company,
+            flags=Flags(),
+            contact_emails=r.contact_emails or ("z@x.com",),
+        )
+        for r in rs
+    )
+    assert collapse_key(a, True) == collapse_key(b, True) == collapse_key(c, True)
+    assert merge(merge(a, b), c) == merge(a, merge(b, c))
+    assert collapse_key(merge(a, b), True) == collapse_key(a, True)
+    assert merge(merge(a, b), c).contact_email == a.contact_email
 
 
 @settings(max_examples=100, deadline=None)

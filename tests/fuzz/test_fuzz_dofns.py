@@ -447,7 +447,11 @@ def job_fold(fold: Callable[..., Any]) -> tuple[beam.DoFn, beam.DoFn]:
     """The job's pack and fold DoFns of the ShardedFold (bounded input) whose fold is ``fold``."""
     request = RunRequest(source=SOURCES["files"], close_url=NOWHERE, key_source=KeySource())
     fns = event_job_dofns(CONFIG, request)
-    (pair,) = [(p, f) for p, f in zip(fns[_PackShards], fns[_FoldShard], strict=True) if f._fold is fold]
+    (pair,) = [
+        (p, f)
+        for p, f in zip(fns[_PackShards], fns[_FoldShard], strict=True)
+        if getattr(f._fold, "func", f._fold) is fold  # the job may bind the fold's options (functools.partial)
+    ]
     return pair
 
 

@@ -250,19 +250,20 @@ class Sent:
     repeats: list[UpsertRequest] = field(default_factory=list)  # the identical requests suppressed after it
 
 
-def bounded(b: Burst) -> list[Sent]:
-    """Bounded input: collapsed per person over the whole input, then suppressed."""
-    return suppressed(collapse_persons(b.keyed()))
+def bounded(b: Burst, by_user_id: bool = True) -> list[Sent]:
+    """Bounded input: collapsed per person over the whole input, then suppressed. ``by_user_id``: as
+    the job collapses for a destination whose user-id field is configured (every `CloseEnv`'s is)."""
+    return suppressed(collapse_persons(b.keyed(), by_user_id))
 
 
-def streaming(b: Burst, pane_sizes: list[int]) -> list[Sent]:
+def streaming(b: Burst, pane_sizes: list[int], by_user_id: bool = True) -> list[Sent]:
     """Unbounded input: processing-time panes cut at random points of each person's requests in
     arrival order, each collapsed alone (as `_CollapsePanes` fires them), then suppressed."""
     per_person: dict[str, list[tuple[str, tuple[UpsertRequest, Any]]]] = {}
     for item in b.keyed():
         per_person.setdefault(item[0], []).append(item)
     panes = [pane for items in per_person.values() for pane in cut(items, pane_sizes)]
-    return suppressed(out for pane in panes for out in collapse_persons(pane))
+    return suppressed(out for pane in panes for out in collapse_persons(pane, by_user_id))
 
 
 class _LastDigest:
