@@ -16,6 +16,7 @@ from closecrm.engine import UpsertEngine
 from closecrm.engine.rules.nest import MAX_NESTED_CONTACTS
 from closecrm.engine.writes.ambiguity import MAX_CREATE_ATTEMPTS
 from closecrm.model import Flags, Outcome, UpsertRequest
+from pipeline.plan import change_text
 from tests.engine.conftest import CloseEnv
 from tests.engine.test_engine_alias_faults import watch
 
@@ -82,6 +83,7 @@ def test_several_new_people_of_a_new_company_make_one_call(close: CloseEnv) -> N
     assert [o.contact_ids for o in outs] == [(by_user[f"acme-u{n}"],) for n in range(6)]
     assert [nested(o) for o in outs] == [False] + [True] * 5
     assert {c["field"] for c in outs[1].changes} == {"name", "emails", close.user_cf, "lead_id"}
+    assert change_text(outs[1].changes[0]) == "contact create (nested) name: Person 1"
     assert sum(o.calls for o in outs) == close.sim.stats()["requests_total"]
     by_group = close.sim.stats()["by_group"]
     assert close.sim.stats()["requests_total"] == by_group["search"] + 1  # the searches, and the one write
