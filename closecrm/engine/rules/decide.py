@@ -291,9 +291,8 @@ class Decision:
     def made(self, nested: list[nest.Nested]) -> None:
         """After a lost create that was made: each follower whose contact the lead shows is applied
         one at a time, and counts that contact as its creation."""
-        assert self.offer is not None and self.company_id
-        leads = self.view.leads_with_company(self.company_id)
-        if not leads:
+        leads = self.view.leads_with_company(self.company_id) if self.company_id else []
+        if self.offer is None or not leads:
             return
         lead_id = leads[0]["id"]
         for k, n in enumerate(nested):
@@ -303,14 +302,16 @@ class Decision:
 
     async def finish(self, lead: Record, nested: list[nest.Nested], theirs: list[Record | None]) -> None:
         """The outcomes of the followers the new lead carried, as one at a time would have them."""
-        assert self.offer is not None
+        offer = self.offer
+        if offer is None:
+            return
         for k, (n, contact) in enumerate(zip(nested, theirs, strict=True)):
             if contact is None:  # not in Close's answer: applied one at a time, which finds it
-                self.offer.made.update({j: {**m.body, "lead_id": lead["id"]} for j, m in enumerate(nested[k:], k)})
+                offer.made.update({j: {**m.body, "lead_id": lead["id"]} for j, m in enumerate(nested[k:], k)})
                 return
             op = Op(n.follower.req, position=n.follower.position)
             self.w.born.put(contact["id"], op.position)  # one at a time, it would have been created then
-            self.offer.outcomes.append(await settle(op, self.follow(op, lead["id"], n, contact)))
+            offer.outcomes.append(await settle(op, self.follow(op, lead["id"], n, contact)))
 
     async def follow(self, op: Op, lead_id: str, n: nest.Nested, contact: Record) -> None:
         """One follower: the lead update it would make first (none, unless Close stored a value
