@@ -12,7 +12,8 @@ change on it, match no contact anywhere, and create exactly one contact under it
   id or email with the new lead's other contacts (so nothing else could match it either);
 - every lead value it carries is already the new lead's (``diff.lead_update`` is empty).
 
-The first request that does not qualify ends the run: what follows it may depend on it. Each taken
+The first request that does not qualify ends the run: what follows it may depend on it; so does a
+value the engine cannot handle or the client cannot send, which then fails its own request. Each taken
 request ends as it would have one at a time (``created``, branch ``lead_by_company_id``, the new
 lead and its own contact, its contact's create changes), with no call of its own; its changes say
 ``nested``. When the create's answer is lost and the lead turns up, or Close refuses the create,
@@ -37,7 +38,7 @@ Record = dict[str, Any]
 # company of W1 and W2 (a lookup batch rarely has more than 10 new people of one), keeps a create's
 # body under the size of one of the job's search bodies (about 4 KB for W2's contacts, 20 KB for a
 # search of 100 values), and bounds what one refused create sends again one at a time (figures
-# in bench/RESULTS.md, "Nested creation"). A lost answer costs the same at any cap.
+# in bench/RESULTS.md, "nested creation"). A lost answer costs the same at any cap.
 MAX_NESTED_CONTACTS = 25
 
 
