@@ -59,7 +59,10 @@ def change_text(change: dict[str, Any]) -> str:
         return f"{target} merge into {change.get('into', '?')}"
     if change.get("action") == "delete":  # an alias: this contact's lists went to another first
         return f"{target} delete (merged into {change.get('merged_into', '?')}): {_text(change.get('old'))}"
-    head = f"{target} {change.get('action', '?')} {change.get('field', '?')}"
+    action = change.get("action", "?")
+    if change.get("nested"):  # sent inside another request's POST /lead/ (closecrm/engine/rules/nest.py)
+        action = f"{action} (nested)"
+    head = f"{target} {action} {change.get('field', '?')}"
     if change.get("action") == "create" or change.get("old") is None:
         return f"{head}: {_text(change.get('new'))}"
     return f"{head}: {_text(change.get('old'))} → {_text(change.get('new'))}"

@@ -40,10 +40,11 @@ class SimProcess:
         response.raise_for_status()
         return response.json()
 
-    def fresh(self, *, rate_limits: bool = False) -> None:
-        """Back to the seeded organisation: no leads, the demo's custom fields, stats at zero."""
+    def fresh(self, *, rate_limits: bool = False, time_scale: float = 1.0) -> None:
+        """Back to the seeded organisation: no leads, the demo's custom fields, stats at zero; the
+        rate limits on or off, and every rate multiplied by ``time_scale``."""
         self._admin("POST", "reset")
-        self._admin("PATCH", "config", {"limits_enabled": rate_limits})
+        self._admin("PATCH", "config", {"limits_enabled": rate_limits, "time_scale": time_scale})
         self._admin("POST", "seed", json.loads(SEED.read_text()))
 
     def stats(self) -> dict[str, Any]:

@@ -25,8 +25,9 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def full_run(sim_process: SimProcess, tmp_path_factory) -> tuple[subprocess.CompletedProcess[str], Workdir, SimProcess]:
     """The bundled sample events (bad ones included) through `close-sync run`, progress on, against the
-    simulator with Close's rate limits, so the run lasts long enough for several progress lines."""
-    sim_process.fresh(rate_limits=True)
+    simulator with Close's rate limits slowed four times, so the run lasts long enough for several
+    progress lines (its 120 lead creates, each with the company's people nested, take about 12 s)."""
+    sim_process.fresh(rate_limits=True, time_scale=0.25)
     workdir = make_workdir(tmp_path_factory.mktemp("run"))
     proc = workdir.run(
         "run", "--config", str(DEMO_CONFIG), "--source", "files", "--input", str(SAMPLE_EVENTS),

@@ -53,11 +53,16 @@ class Decided:
     created: set[str] = field(default_factory=set)
     keys: list[tuple[str, str, frozenset[str]]] = field(default_factory=list)  # (kind, record id, keys)
     outcome: Outcome | None = None
+    # The requests whose contacts its new lead carried nested (rules/nest.py), as they would have
+    # been decided right after it: that create makes their writes too.
+    nested: list[Touches] = field(default_factory=list)
 
     def unpredicted(self) -> list[str]:
         t = self.touches
-        out = [f"{what} {rid}" for what, rid in self.records if rid not in t.writes and rid not in self.created]
-        out += [f"{kind} {rid} keys {sorted(k - t.writes_keys)}" for kind, rid, k in self.keys if k - t.writes_keys]
+        writes = t.writes.union(*(n.writes for n in self.nested))
+        keys = t.writes_keys.union(*(n.writes_keys for n in self.nested))
+        out = [f"{what} {rid}" for what, rid in self.records if rid not in writes and rid not in self.created]
+        out += [f"{kind} {rid} keys {sorted(k - keys)}" for kind, rid, k in self.keys if k - keys]
         return out
 
 
@@ -119,6 +124,9 @@ def watching(decided: list[Decided]) -> Iterator[None]:
             d.outcome = await real(req, view, writes, *args, **kwargs)
         finally:
             _deciding.reset(token)
+        offer = kwargs.get("offer")
+        if offer is not None:
+            d.nested = [touches(f.req, view, writes) for f in offer.followers[: len(offer.outcomes)]]
         decided.append(d)
         return d.outcome
 

@@ -18,14 +18,16 @@ import heapq
 import logging
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import count
+from typing import Any
 
 from closecrm.engine.lookups import Lookup, Terms
 from closecrm.engine.op import Op, describe
 from closecrm.engine.ordering.spans import combine, units
 from closecrm.engine.rules import alias
 from closecrm.engine.rules.decide import apply, no_identity
+from closecrm.engine.rules.nest import MAX_NESTED_CONTACTS, Follower, Offer
 from closecrm.engine.rules.touches import Touches, touches
 from closecrm.engine.view import View
 from closecrm.engine.writes.layer import Store
@@ -226,10 +228,24 @@ class Scheduler:
                 return
             # Members in order; a collapsed one part by part where another member falls inside its span.
             results: dict[int, list[Outcome]] = {}
-            for n, (k, req) in enumerate(units(group.touches)):
+            seq = units(group.touches)
+            made: dict[int, dict[str, Any]] = {}  # unit -> the contact a lost nested create made for it
+            n = 0
+            while n < len(seq):
+                k, req = seq[n]
                 i = group.members[k]
                 calls = (0 if i in results else shares[i]) + (confirm_calls if n == 0 else 0)
-                results.setdefault(i, []).append(await apply(req, view, writes, calls, prep.positions[i]))
+                # The units after it, which a lead it creates may carry nested (rules/nest.py).
+                after = seq[n + 1 : n + 1 + MAX_NESTED_CONTACTS]
+                offer = Offer([Follower(r, prep.positions[group.members[kk]]) for kk, r in after])
+                out = await apply(req, view, writes, calls, prep.positions[i], offer=offer, made=made.pop(n, None))
+                results.setdefault(i, []).append(out)
+                for j, taken in enumerate(offer.outcomes, n + 1):
+                    m = group.members[seq[j][0]]
+                    share = 0 if m in results else shares[m]
+                    results.setdefault(m, []).append(replace(taken, calls=taken.calls + share))
+                made.update({n + 1 + j: body for j, body in offer.made.items()})
+                n += 1 + len(offer.outcomes)
             for i, outs in results.items():
                 outcomes[i] = outs[0] if len(outs) == 1 else combine(outs)
             await writes.finished([(reqs[i], outcomes[i]) for i in results])  # recorded as they end

@@ -4,7 +4,8 @@ Top to bottom as the product rules read (docs/DESIGN.md, "Decision procedure"):
   0. identity: company id, user id, lookup email; none of them: skipped (``no_identity``);
   1. the lead by company id (the oldest), its contacts matched inside it;
   2. contacts by user id, then by email (a contact carrying another user id is another person);
-  3. nothing found: one new lead, with the contact nested;
+  3. nothing found: one new lead, with the contact nested (and the contacts of the new people of
+     that company who follow in the group: rules/nest.py);
   4. emails, phones and URLs are appended, never replaced (merged onto a copy read by id);
   5. scalars are overwritten only by values the request carries.
 Each write a flag forbids is held back with its reason instead. The write layer (writes.py, or
@@ -14,12 +15,13 @@ dry.py for a dry run) sends the calls; this module only decides them.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
-from closecrm.api.client import CloseAPIError
+from closecrm.api.client import AmbiguousWriteError, CloseAPIError
 from closecrm.engine import diff
 from closecrm.engine.op import Op, describe
-from closecrm.engine.rules import alias
+from closecrm.engine.rules import alias, nest
 from closecrm.engine.view import View, company_key, email_lookup_key, user_key
 from closecrm.engine.writes.ambiguity import MAX_CREATE_ATTEMPTS, Redo
 from closecrm.engine.writes.layer import Store
@@ -55,17 +57,41 @@ def no_identity() -> Outcome:
 
 
 async def apply(
-    req: UpsertRequest, view: View, writes: Store, shared_calls: int = 0, position: int = 0
+    req: UpsertRequest,
+    view: View,
+    writes: Store,
+    shared_calls: int = 0,
+    position: int = 0,
+    offer: nest.Offer | None = None,
+    made: Record | None = None,
 ) -> Outcome:
-    """Decide and write one request; any error fails this request alone, with what it did so far."""
+    """Decide and write one request; any error fails this request alone, with what it did so far.
+
+    ``offer``: the requests after it that a lead it creates may carry nested (rules/nest.py); what
+    it took is in the offer when this returns. ``made``: the contact a nested create whose answer
+    was lost made for this request, counted as its creation.
+    """
     op = Op(req, position=position)
+    if made is not None:
+        op.changes.extend(nested_changes(made))
+        op.created = True
+    return await settle(op, _decide(op, view, writes, offer), shared_calls)
+
+
+async def _decide(op: Op, view: View, writes: Store, offer: nest.Offer | None) -> None:
+    for _ in range(MAX_CREATE_ATTEMPTS + 1):
+        try:
+            await Decision(op, view, writes, offer).run()
+            return
+        except Redo:  # an ambiguous create did happen: decide again on what is now known
+            offer = None  # the requests it would have carried are applied one at a time
+            continue
+
+
+async def settle(op: Op, work: Awaitable[None], shared_calls: int = 0) -> Outcome:
+    """``op``'s outcome once ``work`` is done, or how it failed (one request's error is its own)."""
     try:
-        for _ in range(MAX_CREATE_ATTEMPTS + 1):
-            try:
-                await Decision(op, view, writes).run()
-                break
-            except Redo:  # an ambiguous create did happen: decide again on what is now known
-                continue
+        await work
         return op.outcome(shared_calls)
     except CloseAPIError as exc:
         log.info("upsert failed: %s", exc)
@@ -77,9 +103,21 @@ async def apply(
         return op.failed(exc, shared_calls)
 
 
+def nested_changes(body: Record) -> list[Record]:
+    """A nested contact's create, as the request it belongs to lists it (``body`` names its lead)."""
+    return [{**c, "nested": True} for c in diff.field_changes("contact", None, "create", {}, body)]
+
+
+def refused(exc: CloseAPIError) -> bool:
+    """Close said no to the request itself (a value it does not take), not to the rate or its health."""
+    status = exc.status
+    return not isinstance(exc, AmbiguousWriteError) and status is not None and 400 <= status < 500 and status != 429
+
+
 class Decision:
-    def __init__(self, op: Op, view: View, writes: Store) -> None:
+    def __init__(self, op: Op, view: View, writes: Store, offer: nest.Offer | None = None) -> None:
         self.op, self.view, self.w = op, view, writes
+        self.offer = offer
         self.settings = settings = writes.settings
         req = op.req
         self.flags = req.flags
@@ -219,8 +257,67 @@ class Decision:
         op.changes.extend(diff.field_changes("lead", None, "create", {}, body))
         if with_contact:
             op.changes.extend(diff.field_changes("contact", None, "create", {}, body["contacts"][0]))
-        lead = await self.w.create_lead(op, self.view, body)
+        nested = self.nestable(body)
+        alone = body
+        if nested:
+            body = {**body, "contacts": [*(body.get("contacts") or []), *(n.body for n in nested)]}
+        try:
+            lead = await self.w.create_lead(op, self.view, body)
+        except Redo:
+            if nested and op.created:  # the create was made: the followers' contacts came with it
+                self.made(nested)
+            raise
+        except CloseAPIError as exc:
+            if not nested or not refused(exc):
+                raise
+            # One follower's value may be what Close refused: the lead goes alone, and each
+            # follower is applied one at a time, failing by its own values only.
+            nested = []
+            lead = await self.w.create_lead(op, self.view, alone)
+        theirs = nest.assign(lead.get("contacts") or [], nested, self.view)
         op.touch(lead_id=lead["id"])
         for contact in lead.get("contacts") or []:
-            op.touch(contact_id=contact["id"])
+            if not any(contact is c for c in theirs):
+                op.touch(contact_id=contact["id"])
+        op.created = True
+        if nested:
+            await self.finish(lead, nested, theirs)
+
+    def nestable(self, body: Record) -> list[nest.Nested]:
+        if self.offer is None or not self.offer.followers or not self.company_id:
+            return []
+        return nest.nestable(body, self.company_id, self.offer.followers, self.view, self.settings)
+
+    def made(self, nested: list[nest.Nested]) -> None:
+        """After a lost create that was made: each follower whose contact the lead shows is applied
+        one at a time, and counts that contact as its creation."""
+        leads = self.view.leads_with_company(self.company_id) if self.company_id else []
+        if self.offer is None or not leads:
+            return
+        lead_id = leads[0]["id"]
+        for k, n in enumerate(nested):
+            user_id = diff.user_id_of(n.follower.req, self.settings)
+            if self.view.match_contacts(user_id, n.follower.req.contact_email, lead_id=lead_id):
+                self.offer.made[k] = {**n.body, "lead_id": lead_id}
+
+    async def finish(self, lead: Record, nested: list[nest.Nested], theirs: list[Record | None]) -> None:
+        """The outcomes of the followers the new lead carried, as one at a time would have them."""
+        offer = self.offer
+        if offer is None:
+            return
+        for k, (n, contact) in enumerate(zip(nested, theirs, strict=True)):
+            if contact is None:  # not in Close's answer: applied one at a time, which finds it
+                offer.made.update({j: {**m.body, "lead_id": lead["id"]} for j, m in enumerate(nested[k:], k)})
+                return
+            op = Op(n.follower.req, position=n.follower.position)
+            self.w.born.put(contact["id"], op.position)  # one at a time, it would have been created then
+            offer.outcomes.append(await settle(op, self.follow(op, lead["id"], n, contact)))
+
+    async def follow(self, op: Op, lead_id: str, n: nest.Nested, contact: Record) -> None:
+        """One follower: the lead update it would make first (none, unless Close stored a value
+        otherwise than it was sent), then its contact, created nested."""
+        op.branch = "lead_by_company_id"
+        await Decision(op, self.view, self.w).update_lead(self.view.leads[lead_id], with_company_id=False)
+        op.changes.extend(nested_changes({**n.body, "lead_id": lead_id}))
+        op.touch(lead_id=lead_id, contact_id=contact["id"])
         op.created = True
