@@ -18,7 +18,7 @@ from closecrm.api.budgets import Budgets
 from closecrm.api.counters import Totals
 from closecrm.api.defaults import DEFAULT_BUDGET_SHARE, DEFAULT_CLOSE_URL
 from closecrm.api.pacing import GroupPacer, parse_ratelimit, retry_after_seconds
-from closecrm.api.retry import Backoff, Done, GiveUp, Kind, Outcome, RetryPolicy, WaitOut
+from closecrm.api.retry import AttemptResult, Backoff, Done, GiveUp, Kind, RetryPolicy, WaitOut
 from closecrm.secret import ApiKey
 
 log = logging.getLogger(__name__)
@@ -358,7 +358,7 @@ class CloseClient:
                     await self._back_off(call, outcome, attempt, delay)
                     attempt += 1
 
-    async def _attempt(self, call: Call) -> Outcome:
+    async def _attempt(self, call: Call) -> AttemptResult:
         """One send, paced by the budget its endpoint shares; what came back, classified."""
         pacer = self._budgets.pacer(call.endpoint)  # pools may merge or split between attempts
         waited, ticket = await pacer.acquire_ticket()
@@ -403,7 +403,7 @@ class CloseClient:
         self.totals.add(RATE_LIMITED)
         return wait
 
-    async def _back_off(self, call: Call, outcome: Outcome, attempt: int, delay: float) -> None:
+    async def _back_off(self, call: Call, outcome: AttemptResult, attempt: int, delay: float) -> None:
         self.totals.add(RETRIES)
         log.debug(
             "retrying %s /%s after %s (attempt %d)", call.method, _shape(call.path), outcome.reason, attempt
@@ -439,11 +439,11 @@ class Call:
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
-def classify_answer(call: Call, response: httpx.Response, retry_after: float | None) -> Outcome:
+def classify_answer(call: Call, response: httpx.Response, retry_after: float | None) -> AttemptResult:
     """An answer: its body, a 429 to wait out, a 5xx to retry, or a refusal (4xx, a write in doubt)."""
     status = response.status_code
     if status < 400:
-        return Outcome(Kind.OK, body=_body(response))
+        return AttemptResult(Kind.OK, body=_body(response))
     if status == 429:
         kind = Kind.RATE_LIMITED
     elif status < 500:
@@ -455,17 +455,17 @@ def classify_answer(call: Call, response: httpx.Response, retry_after: float | N
     error = (AmbiguousWriteError if kind is Kind.AMBIGUOUS else CloseAPIError)(
         status, _body(response), call.method, call.where, attempts=call.sent
     )
-    return Outcome(kind, error=error, retry_after=retry_after, reason=str(status))
+    return AttemptResult(kind, error=error, retry_after=retry_after, reason=str(status))
 
 
-def classify_lost(call: Call, exc: httpx.TransportError) -> Outcome:
+def classify_lost(call: Call, exc: httpx.TransportError) -> AttemptResult:
     """No answer. Never sent: safe to send again. Lost after sending: a write is in doubt."""
     name = type(exc).__name__
     in_doubt = call.may_be_ambiguous and not isinstance(exc, _NOT_SENT)
     error = (AmbiguousWriteError if in_doubt else CloseAPIError)(
         None, name, call.method, call.where, attempts=call.sent
     )
-    return Outcome(Kind.AMBIGUOUS if in_doubt else Kind.TRANSIENT, error=error, reason=name)
+    return AttemptResult(Kind.AMBIGUOUS if in_doubt else Kind.TRANSIENT, error=error, reason=name)
 
 
 def _body(response: httpx.Response) -> Any:

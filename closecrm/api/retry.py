@@ -17,7 +17,7 @@ class Kind(Enum):
 
 
 @dataclass(frozen=True)
-class Outcome:
+class AttemptResult:
     """One attempt, classified. ``error`` is what gets raised if the policy gives up on it."""
 
     kind: Kind
@@ -51,7 +51,7 @@ class WaitOut:
     retry_after: float | None
 
 
-Decision = Done | GiveUp | Backoff | WaitOut
+NextStep = Done | GiveUp | Backoff | WaitOut
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class RetryPolicy:
     backoff_base: float
     backoff_max: float
 
-    def decide(self, outcome: Outcome, attempt: int, rate_limited: int) -> Decision:
+    def decide(self, outcome: AttemptResult, attempt: int, rate_limited: int) -> NextStep:
         """``attempt``: this attempt's number, 429s not counted (1 for the first); ``rate_limited``:
         the 429s waited out before this one."""
         match outcome.kind:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from closecrm.engine.ordering.spans import Reach, batches, combine, units
+from closecrm.engine.ordering.spans import batches, combine, units
+from closecrm.engine.rules.touches import Touches as Reach
 from closecrm.events.collapse import collapse, parts_of, span
 from closecrm.model import Flags, Outcome, UpsertRequest
 from tests.fuzz.budget import budget

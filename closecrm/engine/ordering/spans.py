@@ -72,10 +72,6 @@ def batches(
         yield items[start:]
 
 
-# A member of a group, as `units` takes it: what it touches, found before the group ran.
-Reach = Touches
-
-
 def independent(
     a: Touches, b: Touches, crowded: frozenset[str], lead_values: Callable[[Touches], frozenset[tuple[Any, ...]]]
 ) -> bool:

@@ -13,7 +13,7 @@ id; a contact its user id and emails; a re-key swaps the two user ids), and for 
 its contacts carry: merging a contact appends its emails to the one it goes into. A lead merged
 into another takes its contacts along: the scheduler counts a contact with its lead.
 
-tests/engine/test_touches.py checks every write the rules make against this statement.
+tests/fuzz/test_fuzz_touches.py checks every write the rules make against this statement.
 """
 
 from __future__ import annotations
