@@ -236,8 +236,12 @@ class Scheduler:
                 i = group.members[k]
                 calls = (0 if i in results else shares[i]) + (confirm_calls if n == 0 else 0)
                 # The units after it, which a lead it creates may carry nested (rules/nest.py).
-                after = seq[n + 1 : n + 1 + MAX_NESTED_CONTACTS]
-                offer = Offer([Follower(r, prep.positions[group.members[kk]]) for kk, r in after])
+                offer = Offer(
+                    lambda n=n: [
+                        Follower(r, prep.positions[group.members[kk]])
+                        for kk, r in seq[n + 1 : n + 1 + MAX_NESTED_CONTACTS]
+                    ]
+                )
                 out = await apply(req, view, writes, calls, prep.positions[i], offer=offer, made=made.pop(n, None))
                 results.setdefault(i, []).append(out)
                 for j, taken in enumerate(offer.outcomes, n + 1):

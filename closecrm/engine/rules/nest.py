@@ -23,8 +23,9 @@ the requests taken go back to being applied one at a time (decide.py).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from closecrm.engine import diff
@@ -54,14 +55,20 @@ class Follower:
 class Offer:
     """What a request that creates a lead may nest, and what became of what it took.
 
+    ``following`` lists the followers; it is called only when a lead is created, as most requests
+    create none and every request is offered its followers.
     ``outcomes``: those of the followers taken, in order (the scheduler applies none of them again).
     ``made``: follower index -> the contact body a create whose answer was lost made for it; it is
     applied one at a time, and counts that contact as its creation.
     """
 
-    followers: Sequence[Follower]
+    following: Callable[[], Sequence[Follower]]
     outcomes: list[Outcome] = field(default_factory=list)
     made: dict[int, Record] = field(default_factory=dict)
+
+    @cached_property
+    def followers(self) -> Sequence[Follower]:
+        return self.following()
 
 
 @dataclass(frozen=True)
