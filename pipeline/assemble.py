@@ -1,4 +1,6 @@
-"""Builds the job's graph, top to bottom: read → parse → map → collapse → upsert → outcomes / dead letters."""
+"""Builds the job's graph, top to bottom: read → parse → map → collapse → upsert → outcomes / dead letters.
+
+Bounded input drops redeliveries, maps and collapses in one per-person pass (`transforms.per_person`)."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from transforms.ledger import LEDGER, SettleLedger
 from transforms.mapping import MapToUpserts
 from transforms.outcomes import SettleSuppressed, audit_line
 from transforms.parse import ParseEvents
+from transforms.per_person import PENDING, PerPerson
 from transforms.writer import UpsertToClose
 
 
@@ -62,26 +65,37 @@ def build(p: beam.Pipeline, shape: JobShape) -> dict[str, beam.PCollection]:
     options = shape.options
     tally = commits_when_settled(shape)
     raw = p | "ReadEvents" >> ReadEvents(shape.source)
+    by_user_id = bool(shape.engine.settings.contact_custom_field_id_for_user_id)
     parsed = raw | "ParseEvents" >> ParseEvents(
         max_bytes=options.max_event_bytes,
-        dedupe_ttl_seconds=options.dedupe_seconds,
+        # Bounded input drops redeliveries in PerPerson, in the same shuffle as the collapse.
+        dedupe_ttl_seconds=options.dedupe_seconds if shape.streaming else None,
         streaming=shape.streaming,
         tally=tally,
     )
-    mapped = parsed["events"] | "MapToUpserts" >> MapToUpserts(options.mappings, tally=tally)
-    pending = mapped.requests | "CollapsePerPerson" >> CollapsePerPerson(
-        shape.streaming,
-        options.window_kind,
-        options.window_seconds,
-        tally=tally,
-        by_user_id=bool(shape.engine.settings.contact_custom_field_id_for_user_id),
-    )
-    tallies = [*parsed[TALLY], mapped[TALLY]]
-    if tally:
-        pending, merges = pending
-        tallies.append(merges)
-    ledgers = [parsed[LEDGER], mapped[LEDGER]]
-    deads = [parsed[DEAD], mapped[DEAD]]
+    tallies = [*parsed[TALLY]]
+    if shape.streaming:
+        mapped = parsed["events"] | "MapToUpserts" >> MapToUpserts(options.mappings, tally=tally)
+        pending = mapped.requests | "CollapsePerPerson" >> CollapsePerPerson(
+            shape.streaming,
+            options.window_kind,
+            options.window_seconds,
+            tally=tally,
+            by_user_id=by_user_id,
+        )
+        tallies.append(mapped[TALLY])
+        if tally:
+            pending, merges = pending
+            tallies.append(merges)
+        ledgers = [parsed[LEDGER], mapped[LEDGER]]
+        deads = [parsed[DEAD], mapped[DEAD]]
+    else:
+        folded = parsed["events"] | "PerPerson" >> PerPerson(
+            options.mappings, dedupe=options.dedupe_seconds is not None, by_user_id=by_user_id
+        )
+        pending = folded[PENDING]
+        ledgers = [parsed[LEDGER], folded[LEDGER]]
+        deads = [parsed[DEAD], folded[DEAD]]
     outcomes = []
     if not shape.dry_run:
         gated = pending | "SuppressIdentical" >> SuppressIdentical(shape.streaming)

@@ -26,19 +26,26 @@ def person_key(event: Event, request: UpsertRequest) -> str:
     return f"email:{(request.contact_email or '').lower()}"
 
 
-class _Map(beam.DoFn):
+class EventMapper:
+    """An event → its outputs: (person key, (UpsertRequest, the event as read)) per request, or its dead
+    letter, or its skipped ledger entry (and, with ``tally``, what becomes of its Kafka record). The
+    map DoFn's work, also done inside the bounded per-person fold (`transforms.per_person`)."""
+
     def __init__(self, specs: Sequence[MappingSpec], tally: bool = False) -> None:
         self._specs = list(specs)
         self._tally = tally  # report what becomes of Kafka records (`transforms.kafka_tally`)
         self._mapped = metrics.counter(metrics.REQUESTS_MAPPED)
         self._filtered = metrics.counter(metrics.EVENTS_FILTERED)
         self._dropped = metrics.counter(metrics.FIELDS_DROPPED)
+        self._compiled: list[Any] | None = None
 
     def setup(self) -> None:
         self._compiled = compile_mappings(self._specs)
         self._dropped_by: dict[str, metrics._Counter] = {}
 
-    def process(self, event: Event):
+    def outputs(self, event: Event):
+        if self._compiled is None:
+            self.setup()
         # Everything that can fail runs before the first output, so a failed event ends as one dead
         # letter and nothing else.
         try:
@@ -77,6 +84,17 @@ class _Map(beam.DoFn):
             if counter is None:
                 counter = self._dropped_by[name] = metrics.counter(name)
             counter.inc()
+
+
+class _Map(beam.DoFn):
+    def __init__(self, specs: Sequence[MappingSpec], tally: bool = False) -> None:
+        self._mapper = EventMapper(specs, tally)
+
+    def setup(self) -> None:
+        self._mapper.setup()
+
+    def process(self, event: Event):
+        return self._mapper.outputs(event)
 
 
 def carried(event: Event) -> Any:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Iterable, Iterator
 from typing import Any
 
 import apache_beam as beam
 
-from closecrm.events.parse import BadEvent, Event, opted_out, parse_event
+from closecrm.events.parse import BadEvent, opted_out, parse_event
 from closecrm.model import DeadLetter, Origin, Received
 from transforms import metrics
 from transforms.deadletter import DEAD, internal_error, raw_for_letter
@@ -18,7 +17,6 @@ from transforms.dedupe import DropRedeliveriesWithTtl, dedupe_bucket
 from transforms.kafka_tally import TALLY, KafkaClaim, claimed, is_kafka, settled
 from transforms.ledger import DEAD as LEDGER_DEAD
 from transforms.ledger import LEDGER, SKIPPED
-from transforms.sharded import ShardedFold
 
 
 def raw_id(raw: Any) -> str:
@@ -84,11 +82,6 @@ def dead_raw(raw: Any, reason: str, origin: Origin | None = None) -> list[Any]:
     ]
 
 
-# Bounded input with dedupe on: events meet the other copies of their messageId in bulk (ShardedFold), in
-# this many shards of messageIds, not as one shuffled element per event.
-DEDUPE_SHARDS = 16
-
-
 class _Parse(beam.DoFn):
     """Payload (or `Received` payload) → Event, carrying the payload as read and its origin."""
 
@@ -131,26 +124,6 @@ class _Parse(beam.DoFn):
         yield event
 
 
-def _message_id(event: Event) -> str:
-    return event.message_id
-
-
-def first_of_each_message_id(events: Iterable[Event]) -> Iterator[Any]:
-    """Bounded input, every event of some messageIds: the first copy of each messageId passes, later
-    copies end as skipped. Same result as `DropRedeliveriesWithTtl` with a TTL that lasts until the end of
-    the input, without per-key state or a shuffled element per event."""
-    dupes = metrics.counter(metrics.EVENTS_DUPLICATE)
-    seen: set[str] = set()
-    for event in events:
-        if event.message_id not in seen:
-            seen.add(event.message_id)
-            yield event
-            continue
-        dupes.inc()
-        # A redelivered copy ends as skipped, under a ledger key of its own.
-        yield beam.pvalue.TaggedOutput(LEDGER, (f"dup:{event.message_id}:{uuid.uuid4().hex}", SKIPPED))
-
-
 class ParseEvents(beam.PTransform):
     """Main output: Event. Tagged outputs: DEAD (DeadLetter), LEDGER ((event_id, status)), and TALLY
     (`transforms.kafka_tally`: the records it settles, and the reader's claims)."""
@@ -171,19 +144,14 @@ class ParseEvents(beam.PTransform):
         if self._ttl is None:  # dedupe switched off in the config
             return {"events": parsed.events, DEAD: parsed[DEAD], LEDGER: parsed[LEDGER], TALLY: [parsed[TALLY]]}
         if not self._streaming:
-            # Bounded input: each shard of messageIds drops the later copies of a messageId in one pass.
-            unique = parsed.events | "DropRedeliveries" >> ShardedFold(
-                _message_id, first_of_each_message_id, shards=DEDUPE_SHARDS, outputs=(LEDGER,), main="events"
-            )
-        else:
-            # Unbounded input: messageIds in a bounded number of keyed buckets, each pruned at expiry.
-            unique = (
-                parsed.events
-                | "KeyByMessageBucket"
-                >> beam.Map(lambda e: (dedupe_bucket(e.message_id), e)).with_output_types(tuple[int, Any])
-                | "DropRedeliveries"
-                >> beam.ParDo(DropRedeliveriesWithTtl(self._ttl, self._tally)).with_outputs(LEDGER, TALLY, main="events")
-            )
+            raise ValueError("bounded input drops redeliveries per person (transforms.per_person.PerPerson)")
+        # Unbounded input: messageIds in a bounded number of keyed buckets, each pruned at expiry.
+        unique = (
+            parsed.events
+            | "KeyByMessageBucket"
+            >> beam.Map(lambda e: (dedupe_bucket(e.message_id), e)).with_output_types(tuple[int, Any])
+            | "DropRedeliveries"
+            >> beam.ParDo(DropRedeliveriesWithTtl(self._ttl, self._tally)).with_outputs(LEDGER, TALLY, main="events")
+        )
         ledger = (parsed[LEDGER], unique[LEDGER]) | "MergeLedger" >> beam.Flatten()
-        tallies = [parsed[TALLY], unique[TALLY]] if self._streaming else [parsed[TALLY]]
-        return {"events": unique.events, DEAD: parsed[DEAD], LEDGER: ledger, TALLY: tallies}
+        return {"events": unique.events, DEAD: parsed[DEAD], LEDGER: ledger, TALLY: [parsed[TALLY], unique[TALLY]]}

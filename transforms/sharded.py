@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pickle
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -71,14 +71,15 @@ class _PackShards(beam.DoFn):
 
 
 class _FoldShard(beam.DoFn):
-    """(shard, packs) → whatever ``fold`` yields for every item of the shard (in pack order)."""
+    """(shard, packs) → whatever ``fold`` yields for every item of the shard (in pack order); side
+    inputs are passed to ``fold`` by name."""
 
-    def __init__(self, fold: Callable[[Iterable[Any]], Iterable[Any]]) -> None:
+    def __init__(self, fold: Callable[..., Iterable[Any]]) -> None:
         self._fold = fold
 
-    def process(self, item: tuple[int, Iterable[bytes]]) -> Iterable[Any]:
+    def process(self, item: tuple[int, Iterable[bytes]], **side):  # noqa: ANN003 - Beam reads kwargs hints as types
         _, packs = item
-        return self._fold(x for blob in packs for x in unpack(blob))
+        return self._fold((x for blob in packs for x in unpack(blob)), **side)
 
 
 class ShardedFold(beam.PTransform):
@@ -88,6 +89,7 @@ class ShardedFold(beam.PTransform):
     ``fold(items)``: an iterable of outputs (TaggedOutput for ``outputs``); ``shards``: how many calls of
     ``fold`` share the input (and how many workers can); ``pack_limit``: items a bundle holds before it
     ships them. With ``outputs``, the result is a DoOutputsTuple whose main output is called ``main``.
+    ``side``: side inputs (``beam.pvalue.AsDict(...)`` and the like), passed to ``fold`` by name.
     Roles must pickle (module-level functions, or instances of module-level classes).
     """
 
@@ -100,6 +102,7 @@ class ShardedFold(beam.PTransform):
         pack_limit: int = PACK_LIMIT,
         outputs: Sequence[str] = (),
         main: str = "main",
+        side: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if shards < 1 or pack_limit < 1:
@@ -110,10 +113,11 @@ class ShardedFold(beam.PTransform):
         self._pack_limit = pack_limit
         self._outputs = tuple(outputs)
         self._main = main
+        self._side = dict(side or {})
 
     def expand(self, items):
         packs = beam.ParDo(_PackShards(self._key, self._shards, self._pack_limit))
-        folded = beam.ParDo(_FoldShard(self._fold))
+        folded = beam.ParDo(_FoldShard(self._fold), **self._side)
         if self._outputs:
             folded = folded.with_outputs(*self._outputs, main=self._main)
         return (

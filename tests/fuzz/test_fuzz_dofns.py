@@ -6,8 +6,9 @@ makes, or the snapshot job's transforms make, and shipped through Beam's pickler
 worker) and runs it as a runner would: setup, start_bundle, process per element (with per-key state for
 stateful DoFns), finish_bundle, then a bundle that fires the timers it set, then teardown. Its elements
 have the shape the stage gets in the job, made by running hostile input through the upstream DoFns the
-same way: wire payloads -> _Parse -> ShardedFold(first_of_each_message_id) -> _Map ->
-ShardedFold(collapse_persons) -> _Explode -> _SuppressIdentical -> the writer; and warehouse rows ->
+same way: wire payloads -> _Parse -> ShardedFold(shared_message_ids) and ShardedFold(FoldPersons: the
+first of each messageId, mapped, collapsed per person) -> _Explode -> _SuppressIdentical -> the writer
+(bounded input; unbounded maps with _Map); and warehouse rows ->
 _ReadAvroBatches -> BucketRows -> DiffBucket -> _ToPending.
 
 Every output is taken as the runner takes it (a TimestampedValue becomes a WindowedValue, finish_bundle
@@ -105,7 +106,6 @@ from transforms.collapse import (
     _Explode,
     _SuppressIdentical,
     _SuppressIdenticalWithTtl,
-    collapse_persons,
 )
 from transforms.deadletter import DEAD, AppendLines, dead_letter_json, letter_event
 from transforms.dedupe import DropRedeliveriesWithTtl, dedupe_bucket
@@ -115,7 +115,8 @@ from transforms.ledger import APPLIED, LEDGER, SKIPPED, _CountFinal, count_final
 from transforms.ledger import DEAD as LEDGER_DEAD
 from transforms.mapping import _Map, carried
 from transforms.outcomes import EmitOutcomes, ledger_status
-from transforms.parse import _Parse, first_of_each_message_id
+from transforms.parse import _Parse
+from transforms.per_person import FoldPersons, message_and_person, shared_message_ids
 from transforms.sharded import _FoldShard, _PackShards, unpack
 from transforms.snapshot import (
     GONE,
@@ -226,8 +227,8 @@ class Key:
         self.states = {spec: runtime_state(spec) for spec in state_specs}
         self.timers = {spec: Timer() for spec in timer_specs}
 
-    def call(self, method: Callable[..., Any], *args: Any) -> Any:
-        kwargs: dict[str, Any] = {}
+    def call(self, method: Callable[..., Any], *args: Any, **side: Any) -> Any:
+        kwargs: dict[str, Any] = dict(side)
         for name, param in inspect.signature(method).parameters.items():
             default = param.default
             if isinstance(default, _StateDoFnParam):
@@ -303,8 +304,9 @@ def shipped(fn: beam.DoFn) -> beam.DoFn:
     return pickler.loads(pickler.dumps(fn))
 
 
-def drive(fn: beam.DoFn, elements: Iterable[Any], *, keyed: bool = False) -> Run:
-    """One bundle of elements through a shipped copy of ``fn``, then one bundle firing the timers it set."""
+def drive(fn: beam.DoFn, elements: Iterable[Any], *, keyed: bool = False, side: dict[str, Any] | None = None) -> Run:
+    """One bundle of elements through a shipped copy of ``fn``, then one bundle firing the timers it set
+    (``side``: the side inputs its process gets by name)."""
     fn = shipped(fn)
     fn.setup()
     try:
@@ -315,7 +317,7 @@ def drive(fn: beam.DoFn, elements: Iterable[Any], *, keyed: bool = False) -> Run
             key = element[0] if keyed else None
             if key not in keys:
                 keys[key] = Key(fn)
-            per_element.append(Emitted().take(keys[key].call(fn.process, element)))
+            per_element.append(Emitted().take(keys[key].call(fn.process, element, **(side or {}))))
         later = Emitted().take(fn.finish_bundle(), finishing=True)
         if any(t.due is not None for k in keys.values() for t in k.timers.values()):
             fn.start_bundle()
@@ -450,15 +452,23 @@ def job_fold(fold: Callable[..., Any]) -> tuple[beam.DoFn, beam.DoFn]:
     (pair,) = [
         (p, f)
         for p, f in zip(fns[_PackShards], fns[_FoldShard], strict=True)
-        if getattr(f._fold, "func", f._fold) is fold  # the job may bind the fold's options (functools.partial)
+        # the job may bind the fold's options (functools.partial) or make it an instance of a class
+        if (role := getattr(f._fold, "func", f._fold)) is fold or type(role) is fold
     ]
     return pair
 
 
-def through_fold(fold: Callable[..., Any], items: list[Any]) -> Run:
+def through_fold(fold: Callable[..., Any], items: list[Any], **side: Any) -> Run:
     """Bounded input through the job's ShardedFold with ``fold``: packed per bundle, grouped, folded."""
     pack, fold_fn = job_fold(fold)
-    return drive(fold_fn, grouped(drive(pack, items).all.main))
+    return drive(fold_fn, grouped(drive(pack, items).all.main), side=side)
+
+
+def per_person(events: list[Event]) -> Run:
+    """Bounded input's one pass after parsing (transforms.per_person): the owners of messageIds several
+    people share, then each shard of people deduplicated, mapped and collapsed."""
+    owners = dict(through_fold(shared_message_ids, [message_and_person(e) for e in events]).all.main)
+    return through_fold(FoldPersons, events, owners=owners)
 
 
 @functools.cache
@@ -513,16 +523,12 @@ streams = st.lists(payloads, min_size=1, max_size=8)
 
 
 def parsed(raws: list[Any]) -> list[Event]:
-    """Bounded input: _Parse, then the first of each messageId in ShardedFold."""
-    return through_fold(first_of_each_message_id, drive(job_dofn(_Parse), raws).all.main).all.main
-
-
-def mapped(raws: list[Any]) -> list[tuple[str, tuple[Any, Any]]]:
-    return drive(job_dofn(_Map), parsed(raws)).all.main
+    """Bounded input: _Parse."""
+    return drive(job_dofn(_Parse), raws).all.main
 
 
 def collapsed(raws: list[Any]) -> list[tuple[str, Any]]:
-    return through_fold(collapse_persons, mapped(raws)).all.main
+    return per_person(parsed(raws)).all.main
 
 
 def pendings(raws: list[Any]) -> list[Pending]:
@@ -547,15 +553,28 @@ def test_parse_accounts_for_every_payload(raws, source):
     assert all(isinstance(item.main[0], Event) for item in run.per_element if item.main)
 
 
+def _message_ids_ended(out: Any) -> tuple[Counter[str], Counter[str], int]:
+    """What the per-person fold did with each messageId: in a request (once per person whose requests
+    carry it), ended on its own (a dead or skipped LEDGER entry under its id), and the copies dropped."""
+    requested = Counter(i for person, requests in out.main for i in {i for r, _ in requests for i in r.event_ids})
+    own = Counter(k for k, _ in out.ledger if not k.startswith("dup:"))
+    dropped = [s for k, s in out.ledger if k.startswith("dup:")]
+    assert all(status == SKIPPED for status in dropped)
+    return requested, own, len(dropped)
+
+
 @budget(40)
 @given(streams)
-def test_dedupe_fold_passes_one_copy_of_each_message_id(raws):
-    events = drive(job_dofn(_Parse), raws).all.main
+def test_per_person_fold_passes_one_copy_of_each_message_id(raws):
+    events = parsed(raws)
     held = [e.message_id for e in events]
-    out = through_fold(first_of_each_message_id, events).all
-    assert sorted(e.message_id for e in out.main) == sorted(set(held))
-    assert len(out.main) + len(out.ledger) == len(held) and not out.dead
-    assert all(status == SKIPPED for _, status in out.ledger)
+    out = per_person(events).all
+    requested, own, dropped = _message_ids_ended(out)
+    assert dropped == len(held) - len(set(held))
+    # each messageId goes on once: its requests (all of one person), or one entry of its own
+    assert set(requested) | set(own) == set(held) and not set(requested) & set(own)
+    assert all(n == 1 for n in requested.values()) and all(n == 1 for n in own.values())
+    assert len(out.dead) == sum(1 for _, status in out.ledger if status == LEDGER_DEAD)
 
 
 @budget(40)
@@ -579,7 +598,7 @@ def test_dedupe_with_ttl_passes_or_skips_each_event(raws):
 @given(streams)
 def test_map_accounts_for_every_event(raws):
     events = parsed(raws)
-    run = drive(job_dofn(_Map), events)
+    run = drive(job_dofn(_Map, "pubsub"), events)  # unbounded input maps in its own stage
     for event, item in zip(events, run.per_element, strict=True):
         if accounted(item) == "passed":
             for person, (request, raw) in item.main:
@@ -607,13 +626,25 @@ def _collapsed_ids(out: Iterable[tuple[str, Any]]) -> dict[str, set[str]]:
 
 @budget(40)
 @given(streams)
-def test_collapse_fold_keeps_every_event_id_of_every_person(raws):
-    keyed = mapped(raws)
-    pack, fold = job_fold(collapse_persons)
-    packs = drive(pack, keyed).all.main
-    assert sum(len(unpack(blob)) for _, blob in packs) == len(keyed)
-    out = drive(fold, grouped(packs)).all.main
-    assert _collapsed_ids(out) == _ids_by_person(keyed)
+def test_per_person_fold_keeps_every_event_id_of_every_person(raws):
+    events = parsed(raws)
+    pack, fold = job_fold(FoldPersons)
+    packs = drive(pack, events).all.main
+    assert sum(len(unpack(blob)) for _, blob in packs) == len(events)
+    owners = dict(through_fold(shared_message_ids, [message_and_person(e) for e in events]).all.main)
+    out = drive(fold, grouped(packs), side={"owners": owners}).all
+    # a person's requests carry ids of the events mapped for that person, and each kept event's all
+    every = _ids_by_person(drive(job_dofn(_Map, "pubsub"), events).all.main)
+    for person, ids in _collapsed_ids(out.main).items():
+        assert ids <= every[person]
+    requested, own, _ = _message_ids_ended(out)
+    assert set(requested) | set(own) == {e.message_id for e in events}
+
+
+def mapped(raws: list[Any]) -> list[tuple[str, tuple[Any, Any]]]:
+    """Unbounded input: parsed, the first copy of each messageId, then _Map."""
+    first = list({e.message_id: e for e in reversed(parsed(raws))}.values())[::-1]
+    return drive(job_dofn(_Map, "pubsub"), first).all.main
 
 
 @budget(40)
@@ -693,12 +724,10 @@ def test_settle_suppressed_ends_each_event_of_each_request(raws, data):
 def ledger_entries(raws: list[Any], outcomes: Callable[[int], list[Outcome]]) -> list[tuple[str, str]]:
     """The job's LEDGER outputs for ``raws``: parse, dedupe, map and the writer's outcomes."""
     parse = drive(job_dofn(_Parse), raws)
-    unique = through_fold(first_of_each_message_id, parse.all.main)
-    maps = drive(job_dofn(_Map), unique.all.main)
-    collapsed_ = through_fold(collapse_persons, maps.all.main)
-    items = drive(job_dofn(_Explode), collapsed_.all.main).all.main
+    folded = per_person(parse.all.main)
+    items = drive(job_dofn(_Explode), folded.all.main).all.main
     settled = settle(items, outcomes(len(items)))
-    return [*parse.all.ledger, *unique.all.ledger, *maps.all.ledger, *settled.all.ledger]
+    return [*parse.all.ledger, *folded.all.ledger, *settled.all.ledger]
 
 
 @budget(50)
@@ -1254,13 +1283,13 @@ DRIVERS: dict[type, tuple[Callable[..., Any], ...]] = {
     DropRedeliveriesWithTtl: (test_dedupe_with_ttl_passes_or_skips_each_event,),
     _Map: (test_map_accounts_for_every_event,),
     _PackShards: (
-        test_dedupe_fold_passes_one_copy_of_each_message_id,
-        test_collapse_fold_keeps_every_event_id_of_every_person,
+        test_per_person_fold_passes_one_copy_of_each_message_id,
+        test_per_person_fold_keeps_every_event_id_of_every_person,
         test_ledger_settles_every_payload_read_exactly_once,
     ),
     _FoldShard: (
-        test_dedupe_fold_passes_one_copy_of_each_message_id,
-        test_collapse_fold_keeps_every_event_id_of_every_person,
+        test_per_person_fold_passes_one_copy_of_each_message_id,
+        test_per_person_fold_keeps_every_event_id_of_every_person,
         test_ledger_settles_every_payload_read_exactly_once,
     ),
     _CollapsePanes: (test_collapse_panes_emit_every_event_id_of_every_person_when_the_pane_fires,),

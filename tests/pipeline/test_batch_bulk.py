@@ -1,22 +1,26 @@
-"""The bulk forms of bounded runs: packed dedupe, per-shard collapse, packed events, ledger folded per shard."""
+"""The bulk forms of bounded runs: the per-person pass (dedupe, map, collapse), packed events, ledger folded per shard."""
 
 from __future__ import annotations
 
 import json
 import pickle
+from collections import Counter
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.testing.util import assert_that
 
 from closecrm.events.parse import BadEvent, parse_event
 from closecrm.model import UpsertRequest
 from pipeline.config import default_config
 from transforms import metrics as m
-from transforms.collapse import CollapsePerPerson, PackedEvents, _CollapseFn
+from transforms.collapse import CollapsePerPerson, PackedEvents, _CollapseFn, collapse_persons
+from transforms.deadletter import DEAD as LETTERS
 from transforms.ledger import APPLIED, DEAD, SKIPPED, SettleLedger
+from transforms.mapping import EventMapper
 from transforms.parse import LEDGER, ParseEvents
+from transforms.per_person import PENDING, PerPerson
 
 DEFAULT_OPTIONS = default_config().options()
 
@@ -58,26 +62,113 @@ def test_batch_ledger_counts_each_event_once_with_its_most_serious_status():
     assert values[m.EVENTS_SKIPPED] == 1
 
 
-def test_batch_dedupe_passes_one_copy_per_message_id_and_ledgers_the_others():
-    lines = [
-        json.dumps({"type": "identify", "userId": f"u{i % 7}", "messageId": f"m{i}"}) for i in range(300)
-    ]
-    redelivered = lines[:25] + lines[:5]
-    bad = ["not json"]
+def _per_person(lines: list[str], *, dedupe: bool = True):  # noqa: ANN202
+    """Bounded input's parse and per-person pass; returns (Pendings, ledger entries, dead letters, counters)."""
     p = beam.Pipeline(runner=FnApiRunner())
-    out = (
-        p | beam.Create([line.encode() for line in lines + redelivered + bad]) | ParseEvents(
-            max_bytes=DEFAULT_OPTIONS.max_event_bytes,
-            dedupe_ttl_seconds=DEFAULT_OPTIONS.dedupe_seconds,
-            streaming=False,
-        )
+    parsed = (
+        p
+        | beam.Create([line.encode() for line in lines])
+        | ParseEvents(max_bytes=DEFAULT_OPTIONS.max_event_bytes, dedupe_ttl_seconds=None, streaming=False)
     )
-    assert_that(out["events"] | beam.Map(lambda e: e.message_id), equal_to([f"m{i}" for i in range(300)]))
-    dup_keys = out[LEDGER] | beam.Filter(lambda kv: kv[0].startswith("dup:")) | beam.Map(lambda kv: kv[1])
-    assert_that(dup_keys, equal_to([SKIPPED] * 30), label="dups")
+    out = parsed["events"] | PerPerson(DEFAULT_OPTIONS.mappings, dedupe=dedupe, by_user_id=False)
+    for name, pcoll in (
+        ("pending", out[PENDING]),
+        ("ledger", (parsed[LEDGER], out[LEDGER]) | beam.Flatten()),
+        ("dead", (parsed[LETTERS], out[LETTERS]) | "Letters" >> beam.Flatten()),
+    ):
+        _ = pcoll | f"Collect{name}" >> beam.Map(_collect_into, name)
+    _BY_NAME.clear()
     values = counters(p.run())
+    return _BY_NAME.get("pending", []), _BY_NAME.get("ledger", []), _BY_NAME.get("dead", []), values
+
+
+_BY_NAME: dict[str, list] = {}
+
+
+def _collect_into(item, name: str) -> None:  # noqa: ANN001 - runs in-process (FnApiRunner)
+    _BY_NAME.setdefault(name, []).append(item)
+
+
+def _identify(user: str, message_id: str, title: str = "t", **more) -> str:  # noqa: ANN003
+    traits = {"email": f"{user}@example.com", "title": title, **more}
+    return json.dumps({"type": "identify", "userId": user, "messageId": message_id, "traits": traits})
+
+
+def test_batch_dedupe_passes_one_copy_per_message_id_and_ledgers_the_others():
+    lines = [_identify(f"u{i % 7}", f"m{i}", title=f"t{i}") for i in range(300)]
+    redelivered = lines[:25] + lines[:5]
+    pending, ledger, dead, values = _per_person(lines + redelivered + ["not json"])
+    ids = Counter(i for pd in pending for i in pd.request.event_ids)
+    assert ids == Counter(f"m{i}" for i in range(300))  # every event once, in one of 7 persons' requests
+    assert {pd.person for pd in pending} == {f"user:u{i}" for i in range(7)}
+    assert sorted(s for k, s in ledger if k.startswith("dup:")) == [SKIPPED] * 30
     assert values[m.EVENTS_READ] == 331
     assert values[m.EVENTS_DUPLICATE] == 30
+    assert len(dead) == 1 and values[m.REQUESTS_MAPPED] == 300
+
+
+def test_batch_dedupe_keeps_one_copy_of_a_message_id_several_people_share():
+    # A producer that reuses messageIds: m-shared under three people (and twice under u2), spread over
+    # more people than one shard holds, so the copies meet in different calls of the fold.
+    lines = [_identify(f"u{i}", f"m{i}") for i in range(60)]
+    shared = [
+        _identify("u1", "m-shared"),
+        _identify("u2", "m-shared"),
+        _identify("u2", "m-shared"),
+        _identify("u47", "m-shared"),
+    ]
+    pending, ledger, _, values = _per_person(lines + shared)
+    carrying = [pd.person for pd in pending if "m-shared" in pd.request.event_ids]
+    assert len(carrying) == 1 and carrying[0] in {"user:u1", "user:u2", "user:u47"}
+    assert sum(1 for k, _ in ledger if k.startswith("dup:")) == 3
+    assert values[m.EVENTS_DUPLICATE] == 3
+    assert Counter(i for pd in pending for i in pd.request.event_ids) == Counter(
+        [f"m{i}" for i in range(60)] + ["m-shared"]
+    )
+
+
+def test_batch_without_dedupe_passes_every_copy():
+    lines = [_identify("u1", "m1", title="a"), _identify("u1", "m1", title="a"), _identify("u2", "m2")]
+    pending, ledger, _, values = _per_person(lines, dedupe=False)
+    assert Counter(i for pd in pending for i in pd.request.event_ids) == Counter(["m1", "m2"])  # merged ids
+    assert not [k for k, _ in ledger if k.startswith("dup:")] and values.get(m.EVENTS_DUPLICATE, 0) == 0
+    assert values[m.REQUESTS_MAPPED] == 3
+
+
+def test_batch_per_person_gives_what_map_then_collapse_give():
+    """The one-pass fold equals the streaming stages' work, run one after the other: _Map per event of
+    the first copies, then the collapse per person."""
+    lines = [
+        _identify(f"u{i % 5}", f"m{i}", title=f"t{i // 4}", phone=f"+1 415 555 01{i % 3:02d}")
+        for i in range(80)
+    ]
+    lines += [
+        json.dumps(
+            {
+                "type": "identify",
+                "anonymousId": "a1",
+                "messageId": "anon-1",
+                "traits": {"email": "x@example.com"},
+            }
+        )
+    ]
+    lines += [
+        json.dumps({"type": "track", "userId": "u1", "messageId": "track-1", "event": "Clicked"})
+    ]  # no mapping: skipped
+    pending, _, _, _ = _per_person(lines + lines[:10])
+    mapper = EventMapper(DEFAULT_OPTIONS.mappings)
+    keyed = [
+        out for line in lines for out in mapper.outputs(parse_event(line.encode())) if isinstance(out, tuple)
+    ]
+    expected = sorted(
+        (person, req.event_ids, req.fingerprint(), tuple(events))
+        for person, collapsed in collapse_persons(keyed)
+        for req, events in collapsed
+    )
+    got = sorted(
+        (pd.person, pd.request.event_ids, pd.request.fingerprint(), tuple(pd.events)) for pd in pending
+    )
+    assert got == expected
 
 
 def test_batch_collapse_gives_what_the_combine_gives():

@@ -56,8 +56,10 @@ def test_batch_graph_builds_for_dataflow(source):
     result = dry_run(shape(source, streaming=False), [])
     assert "JOB_TYPE_BATCH" in str(result.job.proto)
     graph = step_names(result)
-    for stage in ("ParseEvents", "MapToUpserts", "CollapsePerPerson", "UpsertToClose", "WriteDeadLetters"):
+    # Bounded input drops redeliveries, maps and collapses in one per-person shuffle.
+    for stage in ("ParseEvents", "PerPerson/DedupeMapCollapse", "PerPerson/SharedMessageIds", "UpsertToClose", "WriteDeadLetters"):
         assert stage in graph
+    assert "MapToUpserts" not in graph and "CollapsePerPerson" not in graph
 
 
 def test_streaming_graph_builds_for_dataflow_from_pubsub():
@@ -66,6 +68,9 @@ def test_streaming_graph_builds_for_dataflow_from_pubsub():
     assert "JOB_TYPE_STREAMING" in str(result.job.proto)
     graph = step_names(result)
     assert "UpsertToClose" in graph
+    for stage in ("ParseEvents/DropRedeliveries", "MapToUpserts", "CollapsePerPerson"):
+        assert stage in graph
+    assert "PerPerson/" not in graph.replace("CollapsePerPerson/", "")
     assert "ReadFromPubSub" in graph or "PubSub" in graph
 
 
