@@ -97,8 +97,11 @@ def build(p: beam.Pipeline, shape: JobShape) -> dict[str, beam.PCollection]:
         ledgers = [parsed[LEDGER], folded[LEDGER]]
         deads = [parsed[DEAD], folded[DEAD]]
     outcomes = []
-    if not shape.dry_run:
-        gated = pending | "SuppressIdentical" >> SuppressIdentical(shape.streaming)
+    # Bounded input has collapsed each person's whole input already, which merges identical requests
+    # (they share a collapse key); and a keyed stage there sees a person's requests in no set order, so
+    # "the last one let through" would not be the previous one in time.
+    if shape.streaming and not shape.dry_run:
+        gated = pending | "SuppressIdentical" >> SuppressIdentical()
         pending = gated.pending
         settled = gated[SUPPRESSED] | "SettleSuppressed" >> SettleSuppressed()
         outcomes.append(settled.outcomes)

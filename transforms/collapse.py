@@ -309,20 +309,26 @@ def _content_digest(request: UpsertRequest) -> str:
 
 
 class _SuppressIdentical(beam.DoFn):
-    """Per person: a request identical to the last one let through costs nothing.
+    """Per person: a request identical to the last one let through costs nothing (unbounded input).
 
-    The state is one short digest per person, not a global cache; on unbounded input a
-    TTL clears it (see the subclass), on bounded input it ends with the input.
+    The state is one short digest per person, not a global cache, and a timer clears it
+    ``ttl_seconds`` after the person's last request.
     """
 
     LAST = ReadModifyWriteStateSpec("last", StrUtf8Coder())
+    EXPIRY = TimerSpec("expiry", TimeDomain.REAL_TIME)
 
     def __init__(self, ttl_seconds: float) -> None:
         self._ttl = ttl_seconds
         self._suppressed = metrics.counter(metrics.REQUESTS_SUPPRESSED)
 
-    def process(self, item, last=beam.DoFn.StateParam(LAST)):
+    def process(self, item, last=beam.DoFn.StateParam(LAST), expiry=beam.DoFn.TimerParam(EXPIRY)):
         yield from self._gate(item, last)
+        expiry.set(Timestamp.now() + Duration(seconds=self._ttl))
+
+    @on_timer(EXPIRY)
+    def expire(self, last=beam.DoFn.StateParam(LAST)):
+        last.clear()
 
     def _gate(self, item, last):
         _, pending = item
@@ -343,34 +349,23 @@ class _SuppressIdentical(beam.DoFn):
         yield pending
 
 
-class _SuppressIdenticalWithTtl(_SuppressIdentical):
-    EXPIRY = TimerSpec("expiry", TimeDomain.REAL_TIME)
-
-    def process(
-        self, item, last=beam.DoFn.StateParam(_SuppressIdentical.LAST), expiry=beam.DoFn.TimerParam(EXPIRY)
-    ):
-        yield from self._gate(item, last)
-        expiry.set(Timestamp.now() + Duration(seconds=self._ttl))
-
-    @on_timer(EXPIRY)
-    def expire(self, last=beam.DoFn.StateParam(_SuppressIdentical.LAST)):
-        last.clear()
-
-
 class SuppressIdentical(beam.PTransform):
-    """Main output: Pending to send. Tagged SUPPRESSED: (Pending, unchanged Outcome)."""
+    """Unbounded input. Main output: Pending to send. Tagged SUPPRESSED: (Pending, unchanged Outcome).
 
-    def __init__(self, streaming: bool, ttl_seconds: float = 24 * 3600.0) -> None:
+    Bounded input has no such stage: collapsing each person's whole input merges identical requests
+    already (they share a collapse key), and a keyed stage there sees a person's requests in no set
+    order, so "the last one let through" need not be the one before in time.
+    """
+
+    def __init__(self, ttl_seconds: float = 24 * 3600.0) -> None:
         super().__init__()
-        self._streaming = streaming
         self._ttl = ttl_seconds
 
     def expand(self, pendings):
-        gate = _SuppressIdenticalWithTtl(self._ttl) if self._streaming else _SuppressIdentical(self._ttl)
         return (
             pendings
             # State must outlive the collapse windows, so it lives in the global window.
             | "Rewindow" >> beam.WindowInto(window.GlobalWindows())
             | "KeyByPerson" >> beam.Map(lambda p: (p.person, p)).with_output_types(tuple[str, Any])
-            | "Suppress" >> beam.ParDo(gate).with_outputs(SUPPRESSED, main="pending")
+            | "Suppress" >> beam.ParDo(_SuppressIdentical(self._ttl)).with_outputs(SUPPRESSED, main="pending")
         )

@@ -7,8 +7,8 @@ worker) and runs it as a runner would: setup, start_bundle, process per element 
 stateful DoFns), finish_bundle, then a bundle that fires the timers it set, then teardown. Its elements
 have the shape the stage gets in the job, made by running hostile input through the upstream DoFns the
 same way: wire payloads -> _Parse -> ShardedFold(shared_message_ids) and ShardedFold(FoldPersons: the
-first of each messageId, mapped, collapsed per person) -> _Explode -> _SuppressIdentical -> the writer
-(bounded input; unbounded maps with _Map); and warehouse rows ->
+first of each messageId, mapped, collapsed per person) -> _Explode -> the writer (bounded input; unbounded
+input maps with _Map and suppresses repeats with _SuppressIdentical); and warehouse rows ->
 _ReadAvroBatches -> BucketRows -> DiffBucket -> _ToPending.
 
 Every output is taken as the runner takes it (a TimestampedValue becomes a WindowedValue, finish_bundle
@@ -105,7 +105,6 @@ from transforms.collapse import (
     _CollapsePanes,
     _Explode,
     _SuppressIdentical,
-    _SuppressIdenticalWithTtl,
 )
 from transforms.deadletter import DEAD, AppendLines, dead_letter_json, letter_event
 from transforms.dedupe import DropRedeliveriesWithTtl, dedupe_bucket
@@ -670,11 +669,10 @@ def test_explode_makes_a_pending_per_collapsed_request(raws, source):
 
 
 @budget(40)
-@given(streams, st.sampled_from(["files", "pubsub"]))
-def test_suppress_identical_sends_or_suppresses_each_request(raws, source):
+@given(streams)
+def test_suppress_identical_sends_or_suppresses_each_request(raws):
     items = pendings(raws)
-    cls = _SuppressIdentical if source == "files" else _SuppressIdenticalWithTtl
-    fn = job_dofn(cls, source)
+    fn = job_dofn(_SuppressIdentical, "pubsub")  # unbounded input only
     replayed = [(p.person, p) for p in items for _ in range(2)]  # each followed by an identical copy
     run = drive(fn, replayed, keyed=True)
     for item in run.per_element:
@@ -694,8 +692,10 @@ OUTCOMES = st.sampled_from(
 )
 
 
-def settle(items: list[Pending], outcomes: list[Outcome], source: str = "files") -> Run:
-    return drive(job_dofn(EmitOutcomes, source), list(zip(items, outcomes, strict=False)))
+def settle(items: list[Pending], outcomes: list[Outcome]) -> Run:
+    """The job's settling of requests and their outcomes (EmitOutcomes: unbounded input's suppressed
+    requests; the bounded writer settles what it applies with the same `emit_outcome`)."""
+    return drive(job_dofn(EmitOutcomes, "pubsub"), list(zip(items, outcomes, strict=False)))
 
 
 def check_settled(run: Run) -> None:
@@ -716,7 +716,7 @@ def check_settled(run: Run) -> None:
 def test_settle_suppressed_ends_each_event_of_each_request(raws, data):
     items = pendings(raws)
     outcomes = [data.draw(OUTCOMES) for _ in items]
-    run = settle(items, outcomes, data.draw(st.sampled_from(["files", "pubsub"])))
+    run = settle(items, outcomes)
     assert [p.request for p, _ in run.all.main] == [p.request for p in items]
     check_settled(run)
 
@@ -1295,7 +1295,6 @@ DRIVERS: dict[type, tuple[Callable[..., Any], ...]] = {
     _CollapsePanes: (test_collapse_panes_emit_every_event_id_of_every_person_when_the_pane_fires,),
     _Explode: (test_explode_makes_a_pending_per_collapsed_request,),
     _SuppressIdentical: (test_suppress_identical_sends_or_suppresses_each_request,),
-    _SuppressIdenticalWithTtl: (test_suppress_identical_sends_or_suppresses_each_request,),
     EmitOutcomes: (test_settle_suppressed_ends_each_event_of_each_request,),
     _CountFinal: (test_ledger_settles_every_payload_read_exactly_once,),
     AppendLines: (test_append_lines_writes_each_dead_letter_as_one_json_line,),

@@ -251,9 +251,13 @@ class Sent:
 
 
 def bounded(b: Burst, by_user_id: bool = True) -> list[Sent]:
-    """Bounded input: collapsed per person over the whole input, then suppressed. ``by_user_id``: as
-    the job collapses for a destination whose user-id field is configured (every `CloseEnv`'s is)."""
-    return suppressed(collapse_persons(b.keyed(), by_user_id))
+    """Bounded input: collapsed per person over the whole input (no suppression stage). ``by_user_id``:
+    as the job collapses for a destination whose user-id field is configured (every `CloseEnv`'s is)."""
+    return [
+        Sent(Pending(person, request, events), list(request.event_ids))
+        for person, pairs in collapse_persons(b.keyed(), by_user_id)
+        for request, events in pairs
+    ]
 
 
 def streaming(b: Burst, pane_sizes: list[int], by_user_id: bool = True) -> list[Sent]:
