@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from closecrm.events.normalize import email_key, phone_key, to_e164, url_key
@@ -18,6 +19,7 @@ LISTS = (
 DEFAULT_ITEM_TYPE = {"emails": "office", "phones": "office", "urls": "url"}
 
 
+@lru_cache(maxsize=1024)  # a handful of field ids: every body and change names them with one string
 def cf_key(cf_id: str) -> str:
     """`cf_x` or `custom.cf_x` -> the top-level key Close reads and writes: `custom.cf_x`."""
     return cf_id if cf_id.startswith("custom.") else f"custom.{cf_id}"
@@ -163,13 +165,18 @@ def new_lead(req: UpsertRequest, settings: Settings, *, with_contact: bool) -> R
     return body
 
 
-def field_changes(obj: str, obj_id: str | None, action: str, current: Record, body: Record) -> list[Record]:
-    """One change record per field, for outcomes and dry runs."""
-    out = []
-    for k, v in body.items():
-        if k == "contacts":
-            continue
-        out.append(
-            {"object": obj, "id": obj_id, "action": action, "field": k, "old": current.get(k), "new": v}
-        )
-    return out
+def field_changes(
+    obj: str, obj_id: str | None, action: str, current: Record, body: Record, *, nested: bool = False
+) -> list[Record]:
+    """One change record per field, for outcomes and dry runs (``nested``: marked as a nested create's)."""
+    if nested:
+        return [
+            {"object": obj, "id": obj_id, "action": action, "field": k, "old": current.get(k), "new": v, "nested": True}
+            for k, v in body.items()
+            if k != "contacts"
+        ]
+    return [
+        {"object": obj, "id": obj_id, "action": action, "field": k, "old": current.get(k), "new": v}
+        for k, v in body.items()
+        if k != "contacts"
+    ]

@@ -267,7 +267,10 @@ class View:
             if fresh:
                 self.fresh.add(record["id"])
         for contact in contacts or []:
-            self.put_contact({**contact, "lead_id": contact.get("lead_id") or record["id"]}, fresh=fresh)
+            # Records are never changed in place: one that names its lead is kept as it is, not copied.
+            if not contact.get("lead_id"):
+                contact = {**contact, "lead_id": record["id"]}
+            self.put_contact(contact, fresh=fresh)
         return taken
 
     def put_contact(self, contact: Record, *, fresh: bool) -> bool:

@@ -186,20 +186,31 @@ class Parts:
 
     Only the engine reads them, and only for a request another person's request falls between;
     every collapsed request carries them through the writer's buffer, where a chatty person's twenty
-    near-identical requests compress to little more than one.
+    near-identical requests compress to little more than one. What the engine asks of every collapsed
+    request, the lead values its parts ask for (`lead_values`), is kept beside them, uncompressed.
     """
 
-    __slots__ = ("_blob", "_count")
+    __slots__ = ("_blob", "_count", "_lead_values")
 
-    def __init__(self, blob: bytes, count: int) -> None:
+    def __init__(self, blob: bytes, count: int, lead_values: frozenset[tuple[Any, ...]] | None = None) -> None:
         self._blob = blob
         self._count = count
+        self._lead_values = lead_values
 
     @classmethod
     def of(cls, requests: Sequence[UpsertRequest]) -> Parts:
-        return cls(
-            zlib.compress(pickle.dumps(tuple(requests), protocol=pickle.HIGHEST_PROTOCOL), 1), len(requests)
-        )
+        blob = zlib.compress(pickle.dumps(tuple(requests), protocol=pickle.HIGHEST_PROTOCOL), 1)
+        try:
+            values: frozenset[tuple[Any, ...]] | None = frozenset(map(lead_values_of, requests))
+        except Exception:  # noqa: BLE001 - an odd value fails where the engine reads it, as unpacked parts would
+            values = None
+        return cls(blob, len(requests), values)
+
+    def lead_values(self) -> frozenset[tuple[Any, ...]]:
+        """`lead_values_of` each part (computed from the parts when not kept)."""
+        if self._lead_values is None:
+            return frozenset(map(lead_values_of, self.requests()))
+        return self._lead_values
 
     def requests(self) -> tuple[UpsertRequest, ...]:
         return pickle.loads(zlib.decompress(self._blob))  # noqa: S301 - written by `of` in this process or its peer
@@ -214,7 +225,19 @@ class Parts:
         return f"Parts({self._count})"
 
     def __reduce__(self):  # noqa: ANN204
-        return (Parts, (self._blob, self._count))
+        return (Parts, (self._blob, self._count, self._lead_values))
+
+
+def lead_values_of(req: UpsertRequest) -> tuple[Any, ...]:
+    """The values a request asks its lead to hold (name, description, status, custom fields), comparable."""
+    fields = req.lead_custom_fields
+    custom = () if type(fields) is dict and not fields else tuple(sorted((str(k), repr(v)) for k, v in fields.items()))
+    return (req.lead_name, req.lead_description, req.lead_status_id, custom)
+
+
+def lead_values(req: UpsertRequest) -> frozenset[tuple[Any, ...]]:
+    """The lead values (`lead_values_of`) of the unmerged requests ``req`` stands for."""
+    return req.parts.lead_values() if req.parts else frozenset((lead_values_of(req),))
 
 
 def parts_of(req: UpsertRequest) -> tuple[UpsertRequest, ...]:

@@ -209,3 +209,20 @@ def test_a_dry_run_reads_the_ledger_and_writes_nothing_to_it(close: CloseEnv, tm
     )
     assert plan.label == "created" and plan.branch == "lead_by_company_id"  # the lead was found
     assert {p.name: p.read_text() for p in tmp_path.glob("*.ids")} == before
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"k": "ab12", "t": "email", "id": "cont_1", "kind": "contact", "at": 1765100000.123456},
+        {"id": 'lead_"quoted"\\', "kind": "lead", "at": 0.1, "removed": True},
+        {"k": "00", "t": "user", "id": "cont_é\u2028\x00\U0001f600", "kind": "contact", "at": 12, "left": True},
+        {"k": "00", "t": "user", "id": "cont_1", "kind": "contact", "at": 1e-7, "left": False},
+        {"id": "x", "at": float("nan")},  # not finite: the encoder's own form
+        {"id": None, "at": 1.0},  # not text: the encoder's own form
+    ],
+)
+def test_a_line_is_what_the_json_encoder_writes(entry: dict) -> None:
+    from closecrm.engine.writes.ledger import _line
+
+    assert _line(entry) == json.dumps(entry, separators=(",", ":")) + "\n"

@@ -37,6 +37,28 @@ def test_collapsing_collapsed_requests_again_keeps_every_original_part() -> None
     assert [p.event_ids for p in parts_of(twice)] == [("e1",), ("e2",), ("e3",)]
 
 
+def test_a_collapsed_request_carries_its_parts_lead_values_through_pickling() -> None:
+    import pickle
+
+    from closecrm.events.collapse import Parts, lead_values, lead_values_of
+
+    [req] = collapse(
+        [
+            at(1, contact_user_id="u1", lead_name="Acme"),
+            at(2, contact_user_id="u1", lead_name="Acme Inc", lead_custom_fields={"cf_b": 2, "cf_a": "x"}),
+            at(3, contact_user_id="u1", lead_name="Acme"),
+        ]
+    )
+    from_parts = frozenset(lead_values_of(p) for p in parts_of(req))
+    assert len(from_parts) == 2 and lead_values(req) == from_parts
+    assert pickle.loads(pickle.dumps(req)).parts.lead_values() == from_parts
+    assert req.parts is not None
+    unkept = Parts(req.parts._blob, len(req.parts))  # e.g. pickled before parts kept their lead values
+    assert unkept.lead_values() == from_parts
+    single = at(4, lead_name="Solo")
+    assert lead_values(single) == frozenset({("Solo", None, None, ())})
+
+
 def test_a_batch_is_never_cut_inside_a_collapsed_requests_span() -> None:
     r = merged(1, 9, contact_user_id="u1")
     others = [at(s, contact_user_id=f"o{s}") for s in (2, 3, 4)]

@@ -58,6 +58,7 @@ class _Prepared:
     active: list[int]
     view: View
     positions: list[int] = field(default_factory=list)  # each request's place in the engine's input
+    keys: dict[int, tuple[str, ...]] = field(default_factory=dict)  # active request -> its lookup keys
     lookup_calls: int = 0
     error: Exception | None = None
 
@@ -166,6 +167,7 @@ class Scheduler:
                 prep.outcomes[i] = no_identity()
             else:
                 prep.active.append(i)
+                prep.keys[i] = found.keys
                 terms.append(found)
         if prep.active:
             try:
@@ -185,7 +187,8 @@ class Scheduler:
             for i in active:
                 outcomes[i] = Op(reqs[i]).failed(prep.error)
             return _Running(outcomes, [], {})
-        touches_of = {i: touches(reqs[i], view, writes) for i in active}
+        keys = prep.keys
+        touches_of = {i: touches(reqs[i], view, writes, keys[i]) for i in active}
         nodes_of = {i: set(t.nodes) for i, t in touches_of.items()}
         shares = {i: _share(prep.lookup_calls, len(active), n) for n, i in enumerate(active)}
         claims: dict[str, int] = {}
@@ -247,7 +250,7 @@ class Scheduler:
                 for j, taken in enumerate(offer.outcomes, n + 1):
                     m = group.members[seq[j][0]]
                     share = 0 if m in results else shares[m]
-                    results.setdefault(m, []).append(replace(taken, calls=taken.calls + share))
+                    results.setdefault(m, []).append(replace(taken, calls=taken.calls + share) if share else taken)
                 made.update({n + 1 + j: body for j, body in offer.made.items()})
                 n += 1 + len(offer.outcomes)
             for i, outs in results.items():

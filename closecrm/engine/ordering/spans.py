@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from closecrm.engine.rules.touches import Touches
 from closecrm.engine.view import company_key
 from closecrm.events.collapse import Moment, moment, parts_of, span
+from closecrm.events.collapse import lead_values as request_lead_values
 from closecrm.model import Outcome, UpsertRequest
 
 T = TypeVar("T")
@@ -101,11 +102,6 @@ def independent(
     return len(lead_values(a) | lead_values(b)) == 1
 
 
-def _lead_values(req: UpsertRequest) -> tuple[Any, ...]:
-    custom = tuple(sorted((str(k), repr(v)) for k, v in req.lead_custom_fields.items()))
-    return (req.lead_name, req.lead_description, req.lead_status_id, custom)
-
-
 def units(members: Sequence[Touches]) -> list[tuple[int, UpsertRequest]]:
     """The (member, request) sequence to apply: members in order, unless one's span holds another
     member it does not commute with; then both go part by part, everything sorted by event time."""
@@ -137,10 +133,11 @@ def _to_split(members: Sequence[Touches], spans: list[tuple[Moment, Moment]]) ->
     values: dict[int, frozenset[tuple[Any, ...]]] = {}
 
     def lead_values(m: Touches) -> frozenset[tuple[Any, ...]]:
-        """The lead values each of its parts asks for (read once: a big group compares many pairs)."""
-        if id(m) not in values:
-            values[id(m)] = frozenset(_lead_values(p) for p in parts_of(m.request))
-        return values[id(m)]
+        """The lead values each of its parts asks for (kept with the parts: none is unpacked; read once)."""
+        found = values.get(id(m))
+        if found is None:
+            values[id(m)] = found = request_lead_values(m.request)
+        return found
 
     by_start = sorted(range(len(members)), key=lambda k: spans[k][0])
     split: set[int] = set()

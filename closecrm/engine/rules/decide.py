@@ -105,7 +105,7 @@ async def settle(op: Op, work: Awaitable[None], shared_calls: int = 0) -> Outcom
 
 def nested_changes(body: Record) -> list[Record]:
     """A nested contact's create, as the request it belongs to lists it (``body`` names its lead)."""
-    return [{**c, "nested": True} for c in diff.field_changes("contact", None, "create", {}, body)]
+    return diff.field_changes("contact", None, "create", {}, body, nested=True)
 
 
 def refused(exc: CloseAPIError) -> bool:

@@ -68,10 +68,12 @@ class Touches:
         return self.keys | self.carried
 
 
-def touches(req: UpsertRequest, view: View, memory: Store) -> Touches:
+def touches(req: UpsertRequest, view: View, memory: Store, keys: tuple[str, ...] | None = None) -> Touches:
     """What ``req`` may touch when decided on ``view``, with what the engine remembers (``memory``:
-    lookup key -> ids, id -> record) for records search does not show yet."""
-    keys = lookup_keys(req, memory.settings)
+    lookup key -> ids, id -> record) for records search does not show yet. ``keys``: its
+    `lookup_keys`, when the caller has them already."""
+    if keys is None:
+        keys = lookup_keys(req, memory.settings)
     nodes = set(keys)
     company_id = diff.company_id_of(req, memory.settings)
     company = company_key(company_id) if company_id else None

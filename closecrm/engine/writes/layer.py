@@ -135,13 +135,18 @@ class Store:
         lead_id = (view.contacts.get(record_id) or {}).get("lead_id")
         return bool(lead_id) and self.doubts.removed_lately(lead_id)
 
-    def put_lead(self, view: View, lead: Record) -> None:
+    def put_lead(self, view: View, lead: Record) -> list[tuple[str, ...]]:
+        """Returns the lookup keys of each of the lead's nested contacts, in order."""
         view.put_lead(lead, fresh=True)
         self.records.put({k: v for k, v in lead.items() if k != "contacts"})
         self.ids.add_all(view.lead_keys(lead), lead["id"])
+        keys_of = []
         for contact in lead.get("contacts") or []:
             self.records.put(contact)
-            self.ids.add_all(view.contact_keys(contact), contact["id"])
+            keys = view.contact_keys(contact)
+            self.ids.add_all(keys, contact["id"])
+            keys_of.append(keys)
+        return keys_of
 
     def put_contact(self, view: View, contact: Record) -> None:
         view.put_contact(contact, fresh=True)
@@ -281,10 +286,10 @@ class Writes(Store):
         """The new lead, with its nested contacts; may raise ``ambiguity.Redo``."""
         lead = await ambiguity.post_lead(self, op, view, body)
         self.created(op, lead)
-        self.put_lead(view, lead)
+        keys_of = self.put_lead(view, lead)
         self.learned("lead", lead["id"], view.lead_keys(lead))
-        for contact in lead.get("contacts") or []:
-            self.learned("contact", contact["id"], view.contact_keys(contact))
+        for contact, keys in zip(lead.get("contacts") or [], keys_of, strict=True):
+            self.learned("contact", contact["id"], keys)
         return lead
 
     async def create_contact(self, op: Op, view: View, body: Record) -> Record:

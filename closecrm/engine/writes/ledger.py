@@ -30,6 +30,7 @@ import atexit
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -38,6 +39,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from closecrm.storage import LOCAL_OBJECTS, ObjectStore, has_scheme
 
@@ -50,7 +52,28 @@ MAX_IDS_PER_KEY = 10
 FLUSH_ENTRIES = 500  # object stores: entries buffered before a flush writes them
 FLUSH_SECONDS = 10.0
 SUFFIX = ".ids"
+# One encoder for every line: json.dumps with separators builds a new one per call.
+_LINE = json.JSONEncoder(separators=(",", ":"))
+_TEXT = json.encoder.encode_basestring_ascii  # how that encoder writes a str (ensure_ascii)
 _NAME = re.compile(r"^(\d+)-[A-Za-z0-9_-]+\.ids$")
+
+
+def _line(entry: dict[str, Any]) -> str:
+    """``entry`` as one line of JSON, exactly as ``_LINE`` writes it. Entries hold text, flags and a
+    finite time, which are written here directly: the encoder's set-up costs more than such a line."""
+    parts = []
+    for key, value in entry.items():
+        kind = type(value)
+        if kind is str:
+            text = _TEXT(value)
+        elif kind is bool:
+            text = "true" if value else "false"
+        elif (kind is float and math.isfinite(value)) or kind is int:
+            text = kind.__repr__(value)
+        else:
+            return _LINE.encode(entry) + "\n"
+        parts.append(f"{_TEXT(key)}:{text}")
+    return "{" + ",".join(parts) + "}\n"
 
 
 def key_digest(key: str) -> bytes:
@@ -352,7 +375,7 @@ class CreatedIdLedger:
                     continue  # known already (this process wrote or read it)
                 self._add(now, digest, record_id)
                 entry = {"k": digest.hex(), "t": key.split(":", 1)[0], "id": record_id, "kind": kind, "at": now}
-                lines.append(json.dumps(entry, separators=(",", ":")) + "\n")
+                lines.append(_line(entry))
             if lines and not self._broken_write:
                 self._write(lines, now)
 
@@ -373,12 +396,12 @@ class CreatedIdLedger:
             if removed:
                 self._add_taken(now, None, record_id)
                 entry = {"id": record_id, "kind": kind, "at": now, "removed": True}
-                lines.append(json.dumps(entry, separators=(",", ":")) + "\n")
+                lines.append(_line(entry))
             for key in keys:
                 digest = key_digest(key)
                 self._add_taken(now, digest, record_id)
                 entry = {"k": digest.hex(), "t": key.split(":", 1)[0], "id": record_id, "kind": kind, "at": now}
-                lines.append(json.dumps({**entry, "left": True}, separators=(",", ":")) + "\n")
+                lines.append(_line({**entry, "left": True}))
             if not self._broken_write:
                 self._write(lines, now)
 
