@@ -38,12 +38,13 @@ class Flags:
     def __reduce__(self):  # noqa: ANN204
         # Pickled with every request: by value, not as a state dict naming each switch.
         values = _flag_values(self.__dict__)
-        if all(type(value) is bool for value in values):
+        if set(map(type, values)) == _BOOL:
             return (_shared_flags, values)
         return (Flags, values)
 
 
 _flag_values = operator.itemgetter(*FLAG_NAMES)
+_BOOL = {bool}
 
 
 @lru_cache(maxsize=64)
