@@ -237,36 +237,37 @@ class CompiledMapping:
 
     def _request(self, event: Event, texts: tuple[str | None, ...]) -> UpsertRequest:
         """What `request_dropping_bad_values` makes of these string fields' values, from `_prepared`'s
-        template (people repeat the same values event after event)."""
+        memo (people repeat the same values event after event)."""
         mapping = self.spec.name
         try:
-            template, drops = _prepared(self._names, texts)
+            normalised, drops = _prepared(self._names, texts)
         except BadEvent as exc:
             raise BadEvent(exc.reason, f"mapping {mapping!r}: {exc.detail or exc.reason}") from None
-        state = template.copy()
+        state = _BLANK_REQUEST.copy()  # every field, in order
+        state.update(normalised)  # no custom fields: this mapping has no source for them
         state["lead_custom_fields"] = {}
         state["contact_custom_fields"] = {}
         state["flags"] = self.spec.flags
         state["event_ids"] = (event.message_id,)
         state["timestamp"] = event.timestamp
         state["mappings"] = (mapping,) if mapping is not None else ()
-        state["dropped"] = tuple([DroppedField(name, reason, mapping) for name, reason in drops]) if drops else ()
+        state["dropped"] = tuple(DroppedField(name, reason, mapping) for name, reason in drops) if drops else ()
         return request_of_state(state)
 
 
 # Values `_prepared` takes: text, null, and a path's MISSING (an object equal only to itself), so equal
 # keys are equal values of the same type.
 _TEXT_TYPES = frozenset((str, type(None), type(MISSING)))
+_BLANK_REQUEST = vars(UpsertRequest())
 
 
 @lru_cache(maxsize=16_384)
 def _prepared(
     names: tuple[str, ...], texts: tuple[Any, ...]
 ) -> tuple[dict[str, Any], tuple[tuple[str, str], ...]]:
-    """`_normalised` of string fields' values, bounded-memoised: the fields of a request holding them
-    (``vars`` of one, never handed out: the caller copies it and sets the provenance and custom
-    fields), and each value dropped (field, reason). Raises, uncached, what
-    `request_dropping_bad_values` raises.
+    """`_normalised` of string fields' values, bounded-memoised: the request's fields (never handed out:
+    the caller copies them into a request), and each value dropped (field, reason). Raises, uncached,
+    what `request_dropping_bad_values` raises.
 
     A pure function of its input: the checks (`is_valid_email`, `to_e164`, `is_plausible_url`,
     `check_value`) read nothing but the value.
@@ -277,8 +278,7 @@ def _prepared(
         _refuse_undroppable(name, exc)
         drops.append((name, exc.reason))
 
-    kwargs = _normalised(dict(zip(names, texts, strict=True)), drop)
-    return vars(UpsertRequest(**kwargs)), tuple(drops)
+    return _normalised(dict(zip(names, texts, strict=True)), drop), tuple(drops)
 
 
 def compile_mapping(spec: MappingSpec) -> CompiledMapping:
