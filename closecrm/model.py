@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 import secrets
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, Literal
 
 OutcomeKind = Literal["created", "updated", "unchanged", "skipped", "failed"]
@@ -33,6 +35,23 @@ class Flags:
     # An alias may merge two people's leads and contacts, which deletes records: off unless asked for.
     allow_merging: bool = False
 
+    def __reduce__(self):  # noqa: ANN204
+        # Pickled with every request: by value, not as a state dict naming each switch.
+        values = _flag_values(self.__dict__)
+        if set(map(type, values)) == _BOOL:
+            return (_shared_flags, values)
+        return (Flags, values)
+
+
+_flag_values = operator.itemgetter(*FLAG_NAMES)
+_BOOL = {bool}
+
+
+@lru_cache(maxsize=64)
+def _shared_flags(*values: bool) -> Flags:
+    """One `Flags` per combination of switches (there are 64): frozen, so unpickled requests share it."""
+    return Flags(*values)
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -54,6 +73,9 @@ class DroppedField:
     field: str  # the action field, or ``<custom fields>.<key>`` for one custom field
     reason: str  # the reason a dead letter would have given: invalid_phone, wrong_type:contact_title, ...
     mapping: str | None = None  # the mapping whose value it was
+
+    def __reduce__(self):  # noqa: ANN204
+        return (DroppedField, (self.field, self.reason, self.mapping))
 
     def to_json(self) -> dict[str, Any]:
         return {"field": self.field, "reason": self.reason, "mapping": self.mapping}
@@ -155,6 +177,32 @@ class UpsertRequest:
             "mappings": tuple(dict.fromkeys((*earlier.mappings, *self.mappings))),
             "dropped": tuple(dict.fromkeys((*earlier.dropped, *self.dropped))),
         }
+
+    def __reduce__(self):  # noqa: ANN204
+        # Every request crosses the job's shuffles pickled: its values by position (no field names in
+        # each pickle), rebuilt without running the frozen __init__ (`_request_of`).
+        return (_request_of, _request_values(self.__dict__))
+
+
+_REQUEST_FIELDS = tuple(f.name for f in fields(UpsertRequest))
+_request_values = operator.itemgetter(*_REQUEST_FIELDS)
+
+
+def request_of_state(state: dict[str, Any]) -> UpsertRequest:
+    """The request whose fields hold ``state``, which names every field in order (e.g. another request's
+    ``vars`` with some values replaced): ``UpsertRequest(**state)``, without the frozen __init__'s
+    per-field object.__setattr__. The caller gives each request its own custom-field dicts."""
+    request = object.__new__(UpsertRequest)
+    request.__dict__.update(state)
+    return request
+
+
+def _request_of(*values: Any) -> UpsertRequest:
+    """The request whose fields, in order, hold ``values`` (what `UpsertRequest.__reduce__` gives): what
+    ``UpsertRequest(*values)`` builds, without the frozen __init__'s per-field object.__setattr__."""
+    request = object.__new__(UpsertRequest)
+    request.__dict__.update(zip(_REQUEST_FIELDS, values, strict=False))  # `__reduce__` gives them all
+    return request
 
 
 PROVENANCE = ("event_ids", "timestamp", "since", "parts", "mappings", "dropped")

@@ -12,6 +12,7 @@ engine applies them one by one where that happens (closecrm/engine/ordering/span
 
 from __future__ import annotations
 
+import operator
 import pickle
 import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -21,7 +22,7 @@ from typing import Any
 
 from closecrm.events.normalize import email_key, phone_key, url_key
 from closecrm.events.parse import instant
-from closecrm.model import UpsertRequest
+from closecrm.model import Flags, UpsertRequest
 
 CollapseKey = tuple[Any, ...]
 
@@ -119,6 +120,19 @@ def _accumulate(first: tuple[str, ...], then: tuple[str, ...], key: Callable[[st
         if k not in seen:
             seen.add(k)
             out.append(value)
+    return tuple(out)
+
+
+def _accumulate_all(groups: list[tuple[str, ...]], key: Callable[[str], str]) -> tuple[str, ...]:
+    """``_accumulate`` of each group onto the ones before it, in one pass."""
+    seen = {_key(key, value) for value in groups[0]}
+    out = list(groups[0])
+    for group in groups[1:]:
+        for value in group:
+            k = _key(key, value)
+            if k not in seen:
+                seen.add(k)
+                out.append(value)
     return tuple(out)
 
 
@@ -272,11 +286,17 @@ def collapse(requests: Iterable[UpsertRequest], by_user_id: bool = False) -> lis
     leaves the same result as merging (the requests are applied one after the other in order).
     """
     ordered = sorted(requests, key=_time)  # stable: ties keep arrival order
+    keys = [_collapse_key_or_own(req, by_user_id) for req in ordered]
+    runs = _runs(ordered, keys)
+    if all(len(run) == 1 or all(map(_foldable, run)) for run in runs):
+        try:
+            return [run[0] if len(run) == 1 else _folded(run) for run in runs]
+        except Exception:  # noqa: BLE001, S110 - some merge would fail too: merged one at a time below
+            pass
     out: list[UpsertRequest] = []
-    runs: list[list[UpsertRequest]] = []
+    runs = []
     last_key: CollapseKey | None = None
-    for req in ordered:
-        key = _collapse_key_or_own(req, by_user_id)
+    for req, key in zip(ordered, keys, strict=True):
         if out and key == last_key:
             try:
                 out[-1] = merge(out[-1], req)
@@ -288,3 +308,85 @@ def collapse(requests: Iterable[UpsertRequest], by_user_id: bool = False) -> lis
         runs.append([req])
         last_key = key
     return [_with_parts(merged, run) for merged, run in zip(out, runs, strict=True)]
+
+
+def _runs(ordered: list[UpsertRequest], keys: list[CollapseKey]) -> list[list[UpsertRequest]]:
+    """The runs of consecutive requests whose key equals their run's first one, as `collapse` merges
+    them when every merge succeeds."""
+    runs: list[list[UpsertRequest]] = []
+    last_key: CollapseKey | None = None
+    for req, key in zip(ordered, keys, strict=True):
+        if runs and key == last_key:
+            runs[-1].append(req)
+        else:
+            runs.append([req])
+            last_key = key
+    return runs
+
+
+_LIST_KEYS = (
+    ("contact_emails", email_key),
+    ("contact_phones", phone_key),
+    ("contact_urls", url_key),
+    ("event_ids", str),
+)
+_tuple_values = operator.itemgetter(
+    "contact_emails", "contact_phones", "contact_urls", "event_ids", "mappings", "dropped"
+)
+_custom_values = operator.itemgetter("lead_custom_fields", "contact_custom_fields")
+_BOOL, _TUPLE, _DICT = {bool}, {tuple}, {dict}
+
+
+def _foldable(req: UpsertRequest) -> bool:
+    """Whether `_folded` gives what merging ``req`` one at a time gives: a plain request, whose flags
+    are booleans (equal flags then allow the same), custom fields dicts and lists tuples. `_folded`
+    then raises where some `merge` of the run would (the same key and hash on the same values)."""
+    return (
+        type(req) is UpsertRequest
+        and type(req.flags) is Flags
+        and set(map(type, req.flags.__dict__.values())) == _BOOL
+        and set(map(type, _tuple_values(req.__dict__))) == _TUPLE
+        and set(map(type, _custom_values(req.__dict__))) == _DICT
+    )
+
+
+def _folded(run: list[UpsertRequest]) -> UpsertRequest:
+    """``merge(...merge(merge(run[0], run[1]), run[2])..., run[-1])``, built once, with its parts and
+    since (`_with_parts`): each value is the last one given, lists and custom fields accumulate over
+    the run, and values the run's flags forbid updating are the first request's."""
+    first, last = run[0], run[-1]
+    values: dict[str, Any] = {}
+    for name in _SCALARS:
+        value = None
+        for req in reversed(run):
+            value = getattr(req, name)
+            if value is not None:
+                break
+        values[name] = value
+    for name in ("lead_custom_fields", "contact_custom_fields"):
+        merged: dict[str, Any] = {}
+        for req in run:
+            merged.update(getattr(req, name))
+        values[name] = merged
+    for name, key in _LIST_KEYS:
+        values[name] = _accumulate_all([getattr(req, name) for req in run], key)
+    timestamp = None
+    for req in reversed(run):
+        if req.timestamp is not None:
+            timestamp = req.timestamp
+            break
+    flags = last.flags
+    if not flags.allow_updating_existing_contacts:
+        values.update((name, getattr(first, name)) for name in _CONTACT_VALUES)
+    if not flags.allow_updating_existing_leads:
+        values.update((name, getattr(first, name)) for name in _LEAD_VALUES)
+    return UpsertRequest(
+        **values,
+        alias_previous_id=last.alias_previous_id,
+        flags=flags,
+        timestamp=timestamp,
+        since=first.since or first.timestamp,
+        parts=Parts.of([p for r in run for p in parts_of(r)]),
+        mappings=tuple(dict.fromkeys(name for req in run for name in req.mappings)),
+        dropped=tuple(dict.fromkeys(dropped for req in run for dropped in req.dropped)),
+    )

@@ -17,12 +17,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 from closecrm.events.normalize import is_plausible_url, is_valid_email, to_e164
 from closecrm.events.parse import MISSING, BadEvent, Event, check_value, resolve_path
 from closecrm.events.trigger import Trigger, compile_trigger
-from closecrm.model import FLAG_NAMES, DroppedField, Flags, UpsertRequest
+from closecrm.model import FLAG_NAMES, DroppedField, Flags, UpsertRequest, request_of_state
 
 STRING_FIELDS = (
     "lead_name",
@@ -119,9 +120,49 @@ _PATH_RE = re.compile(r"\$(?:\.[^.\[\]\s]+|\[\d+\])+")
 @dataclass(frozen=True)
 class PathSource:
     parts: tuple[str, ...]
+    # ``("context", *parts)`` when a ``traits.*`` path may fall back to it (`events.resolve_path`)
+    _fallback: tuple[str, ...] | None = field(init=False, repr=False, compare=False, default=None)
+
+    def __post_init__(self) -> None:
+        if len(self.parts) > 1 and self.parts[0] == "traits":
+            object.__setattr__(self, "_fallback", ("context", *self.parts))
 
     def value(self, data: dict[str, Any]) -> Any:
-        return resolve_path(data, self.parts)
+        """``resolve_path(data, self.parts)``, inlined where each step is a plain dict: it runs for every
+        field of every event."""
+        value = data
+        for part in self.parts:
+            if type(value) is not dict:
+                return resolve_path(data, self.parts)
+            value = value.get(part, MISSING)
+            if value is MISSING:
+                break
+        if (
+            (value is MISSING or value is None or value == "")
+            and self._fallback
+            and data.get("type") != "group"
+        ):
+            fallback = _walk_dicts(data, self._fallback)
+            if fallback is _NOT_PLAIN:
+                return resolve_path(data, self.parts)
+            if fallback is not MISSING:
+                return fallback
+        return value
+
+
+_NOT_PLAIN: Any = object()  # a step of the path is not a plain dict: `resolve_path` walks it
+
+
+def _walk_dicts(data: Any, parts: tuple[str, ...]) -> Any:
+    """The value at ``parts`` when each step is a plain dict, `MISSING` when a key is absent."""
+    current = data
+    for part in parts:
+        if type(current) is not dict:
+            return _NOT_PLAIN
+        current = current.get(part, MISSING)
+        if current is MISSING:
+            return MISSING
+    return current
 
 
 @dataclass(frozen=True)
@@ -156,6 +197,8 @@ class CompiledMapping:
     trigger: Trigger
     sources: dict[str, Source]  # string fields
     custom_sources: dict[str, Source | dict[str, Source]]  # whole-object path, or per cf_ key
+    _names: tuple[str, ...] = field(init=False, repr=False, compare=False, default=())
+    _source_list: tuple[Source, ...] = field(init=False, repr=False, compare=False, default=())
 
     @property
     def name(self) -> str:
@@ -164,8 +207,17 @@ class CompiledMapping:
     def matches(self, event: Event) -> bool:
         return self.trigger.matches(event.raw)
 
+    def __post_init__(self) -> None:
+        # The string fields' names and sources in one order, for `_prepared`'s key.
+        object.__setattr__(self, "_names", tuple(self.sources))
+        object.__setattr__(self, "_source_list", tuple(self.sources.values()))
+
     def build(self, event: Event) -> UpsertRequest:
         data = event.raw
+        if not self.custom_sources:
+            texts = tuple([source.value(data) for source in self._source_list])
+            if _TEXT_TYPES.issuperset(map(type, texts)):
+                return self._request(event, texts)
         values: dict[str, Any] = {name: source.value(data) for name, source in self.sources.items()}
         for name, custom in self.custom_sources.items():
             if isinstance(custom, dict):
@@ -182,6 +234,51 @@ class CompiledMapping:
             )
         except BadEvent as exc:
             raise BadEvent(exc.reason, f"mapping {self.spec.name!r}: {exc.detail or exc.reason}") from None
+
+    def _request(self, event: Event, texts: tuple[str | None, ...]) -> UpsertRequest:
+        """What `request_dropping_bad_values` makes of these string fields' values, from `_prepared`'s
+        memo (people repeat the same values event after event)."""
+        mapping = self.spec.name
+        try:
+            normalised, drops = _prepared(self._names, texts)
+        except BadEvent as exc:
+            raise BadEvent(exc.reason, f"mapping {mapping!r}: {exc.detail or exc.reason}") from None
+        state = _BLANK_REQUEST.copy()  # every field, in order
+        state.update(normalised)  # no custom fields: this mapping has no source for them
+        state["lead_custom_fields"] = {}
+        state["contact_custom_fields"] = {}
+        state["flags"] = self.spec.flags
+        state["event_ids"] = (event.message_id,)
+        state["timestamp"] = event.timestamp
+        state["mappings"] = (mapping,) if mapping is not None else ()
+        state["dropped"] = tuple(DroppedField(name, reason, mapping) for name, reason in drops) if drops else ()
+        return request_of_state(state)
+
+
+# Values `_prepared` takes: text, null, and a path's MISSING (an object equal only to itself), so equal
+# keys are equal values of the same type.
+_TEXT_TYPES = frozenset((str, type(None), type(MISSING)))
+_BLANK_REQUEST = vars(UpsertRequest())
+
+
+@lru_cache(maxsize=16_384)
+def _prepared(
+    names: tuple[str, ...], texts: tuple[Any, ...]
+) -> tuple[dict[str, Any], tuple[tuple[str, str], ...]]:
+    """`_normalised` of string fields' values, bounded-memoised: the request's fields (never handed out:
+    the caller copies them into a request), and each value dropped (field, reason). Raises, uncached,
+    what `request_dropping_bad_values` raises.
+
+    A pure function of its input: the checks (`is_valid_email`, `to_e164`, `is_plausible_url`,
+    `check_value`) read nothing but the value.
+    """
+    drops: list[tuple[str, str]] = []
+
+    def drop(name: str, exc: BadEvent) -> None:
+        _refuse_undroppable(name, exc)
+        drops.append((name, exc.reason))
+
+    return _normalised(dict(zip(names, texts, strict=True)), drop), tuple(drops)
 
 
 def compile_mapping(spec: MappingSpec) -> CompiledMapping:
@@ -266,8 +363,7 @@ def request_dropping_bad_values(
     dropped: list[DroppedField] = []
 
     def drop(name: str, exc: BadEvent) -> None:
-        if name.split(".", 1)[0] in IDENTITY_FIELDS or exc.reason.startswith(_UNDROPPABLE_REASONS):
-            raise exc
+        _refuse_undroppable(name, exc)
         dropped.append(DroppedField(name, exc.reason, mapping))
 
     kwargs = _normalised(values, drop)
@@ -279,6 +375,12 @@ def request_dropping_bad_values(
         mappings=(mapping,) if mapping is not None else (),
         dropped=tuple(dropped),
     )
+
+
+def _refuse_undroppable(name: str, exc: BadEvent) -> None:
+    """Raise ``exc`` when the value it is about cannot be dropped: the event fails instead."""
+    if name.split(".", 1)[0] in IDENTITY_FIELDS or exc.reason.startswith(_UNDROPPABLE_REASONS):
+        raise exc
 
 
 # A stored request's lists, and the action field each item is checked as.
