@@ -17,7 +17,6 @@ setup(
         "pyarrow>=14",
         "fastavro>=1.9,<2",
         "pyyaml>=6,<7",
-        "zstandard>=0.22,<1",  # closecrm/blob.py: packs held or shuffled within a run
         "pydantic>=2.7,<3",
         "click>=8.1,<9",
         "rich>=13,<16",

@@ -11,6 +11,7 @@ For bounded input in the global window only: packs are emitted at the end of a b
 
 from __future__ import annotations
 
+import pickle
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -18,8 +19,6 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
-
-from closecrm import blob
 
 PACK_LIMIT = 20_000  # items a bundle holds before it ships its packs
 
@@ -31,11 +30,11 @@ def stable_shard(key: str, shards: int) -> int:
 
 
 def pack(items: Sequence[Any]) -> bytes:
-    return blob.pack(list(items))
+    return zlib.compress(pickle.dumps(list(items), protocol=pickle.HIGHEST_PROTOCOL), 1)
 
 
-def unpack(packed: bytes) -> list[Any]:
-    return blob.unpack(packed)
+def unpack(blob: bytes) -> list[Any]:
+    return pickle.loads(zlib.decompress(blob))
 
 
 def in_global_window(value: Any) -> WindowedValue:

@@ -13,13 +13,13 @@ engine applies them one by one where that happens (closecrm/engine/ordering/span
 from __future__ import annotations
 
 import operator
+import pickle
+import zlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from closecrm.blob import pack as blob_pack
-from closecrm.blob import unpack as blob_unpack
 from closecrm.events.normalize import email_key, phone_key, url_key
 from closecrm.events.parse import instant
 from closecrm.model import Flags, UpsertRequest
@@ -213,7 +213,7 @@ class Parts:
 
     @classmethod
     def of(cls, requests: Sequence[UpsertRequest]) -> Parts:
-        blob = blob_pack(tuple(requests))
+        blob = zlib.compress(pickle.dumps(tuple(requests), protocol=pickle.HIGHEST_PROTOCOL), 1)
         try:
             values: frozenset[tuple[Any, ...]] | None = frozenset(map(lead_values_of, requests))
         except Exception:  # noqa: BLE001 - an odd value fails where the engine reads it, as unpacked parts would
@@ -227,7 +227,7 @@ class Parts:
         return self._lead_values
 
     def requests(self) -> tuple[UpsertRequest, ...]:
-        return blob_unpack(self._blob)
+        return pickle.loads(zlib.decompress(self._blob))  # noqa: S301 - written by `of` in this process or its peer
 
     def __len__(self) -> int:
         return self._count
