@@ -113,14 +113,7 @@ def _key(key: Callable[[str], str], value: Any) -> Any:
 
 
 def _accumulate(first: tuple[str, ...], then: tuple[str, ...], key: Callable[[str], str]) -> tuple[str, ...]:
-    seen = {_key(key, value) for value in first}
-    out = list(first)
-    for value in then:
-        k = _key(key, value)
-        if k not in seen:
-            seen.add(k)
-            out.append(value)
-    return tuple(out)
+    return _accumulate_all([first, then], key)
 
 
 def _accumulate_all(groups: list[tuple[str, ...]], key: Callable[[str], str]) -> tuple[str, ...]:
