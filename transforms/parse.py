@@ -126,7 +126,10 @@ class _Parse(beam.DoFn):
 
 class ParseEvents(beam.PTransform):
     """Main output: Event. Tagged outputs: DEAD (DeadLetter), LEDGER ((event_id, status)), and TALLY
-    (`transforms.kafka_tally`: the records it settles, and the reader's claims)."""
+    (`transforms.kafka_tally`: the records it settles, and the reader's claims).
+
+    ``dedupe_ttl_seconds``: unbounded input drops redeliveries here; bounded input passes None and
+    drops them per person, in the shuffle that collapses them (`transforms.per_person.PerPerson`)."""
 
     def __init__(
         self, max_bytes: int, dedupe_ttl_seconds: float | None, streaming: bool, tally: bool = False
