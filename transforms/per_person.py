@@ -108,13 +108,11 @@ class PerPerson(beam.PTransform):
         *,
         dedupe: bool,
         by_user_id: bool,
-        shards: int = COLLAPSE_SHARDS,
     ) -> None:
         super().__init__()
         self._specs = list(specs)
         self._dedupe = dedupe
         self._by_user_id = by_user_id
-        self._shards = shards
 
     def expand(self, events):
         side = {}
@@ -127,7 +125,7 @@ class PerPerson(beam.PTransform):
             side = {"owners": beam.pvalue.AsDict(owners)}
         fold = FoldPersons(self._specs, dedupe=self._dedupe, by_user_id=self._by_user_id)
         folded = events | "DedupeMapCollapse" >> ShardedFold(
-            event_person, fold, shards=self._shards, outputs=(DEAD, LEDGER), main="collapsed", side=side
+            event_person, fold, shards=COLLAPSE_SHARDS, outputs=(DEAD, LEDGER), main="collapsed", side=side
         )
         pending = folded.collapsed | "Explode" >> beam.ParDo(_Explode(packed=True))
         return {PENDING: pending, DEAD: folded[DEAD], LEDGER: folded[LEDGER]}
