@@ -6,6 +6,7 @@ import hashlib
 import json
 import operator
 import secrets
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -188,21 +189,19 @@ _REQUEST_FIELDS = tuple(f.name for f in fields(UpsertRequest))
 _request_values = operator.itemgetter(*_REQUEST_FIELDS)
 
 
-def request_of_state(state: dict[str, Any]) -> UpsertRequest:
+def request_of_state(state: dict[str, Any] | Iterable[tuple[str, Any]]) -> UpsertRequest:
     """The request whose fields hold ``state``, which names every field in order (e.g. another request's
-    ``vars`` with some values replaced): ``UpsertRequest(**state)``, without the frozen __init__'s
-    per-field object.__setattr__. The caller gives each request its own custom-field dicts."""
+    ``vars`` with some values replaced, or (name, value) pairs): ``UpsertRequest(**state)``, without the
+    frozen __init__'s per-field object.__setattr__. The caller gives each request its own custom-field
+    dicts."""
     request = object.__new__(UpsertRequest)
     request.__dict__.update(state)
     return request
 
 
 def _request_of(*values: Any) -> UpsertRequest:
-    """The request whose fields, in order, hold ``values`` (what `UpsertRequest.__reduce__` gives): what
-    ``UpsertRequest(*values)`` builds, without the frozen __init__'s per-field object.__setattr__."""
-    request = object.__new__(UpsertRequest)
-    request.__dict__.update(zip(_REQUEST_FIELDS, values, strict=False))  # `__reduce__` gives them all
-    return request
+    """The request whose fields, in order, hold ``values`` (what `UpsertRequest.__reduce__` gives)."""
+    return request_of_state(zip(_REQUEST_FIELDS, values, strict=False))  # `__reduce__` gives them all
 
 
 PROVENANCE = ("event_ids", "timestamp", "since", "parts", "mappings", "dropped")

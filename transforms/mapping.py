@@ -17,13 +17,18 @@ from transforms.ledger import DEAD as LEDGER_DEAD
 from transforms.ledger import LEDGER, SKIPPED
 
 
-def person_key(event: Event, request: UpsertRequest) -> str:
-    """Who a request is about: the user, else the anonymous visitor, else the email."""
+def event_person(event: Event) -> str | None:
+    """Who an event is about, when it says: the user, else the anonymous visitor."""
     if event.user_id:
         return f"user:{event.user_id}"
     if event.anonymous_id:
         return f"anon:{event.anonymous_id}"
-    return f"email:{(request.contact_email or '').lower()}"
+    return None
+
+
+def person_key(event: Event, request: UpsertRequest) -> str:
+    """Who a request is about: the user, else the anonymous visitor (`event_person`), else the email."""
+    return event_person(event) or f"email:{(request.contact_email or '').lower()}"
 
 
 class EventMapper:

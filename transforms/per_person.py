@@ -25,7 +25,7 @@ from transforms import metrics
 from transforms.collapse import COLLAPSE_SHARDS, _Explode, collapse_persons
 from transforms.deadletter import DEAD
 from transforms.ledger import LEDGER, SKIPPED
-from transforms.mapping import EventMapper
+from transforms.mapping import EventMapper, event_person
 from transforms.sharded import ShardedFold
 
 PENDING = "pending"
@@ -33,19 +33,15 @@ PENDING = "pending"
 DEDUPE_SHARDS = 16
 
 
-def event_person(event: Event) -> str:
+def shard_person(event: Event) -> str:
     """The person an event's requests are keyed by (`transforms.mapping.person_key`), from the event
     alone. An event names a user or an anonymous visitor; one that names neither is placed by its
     messageId (its requests are still keyed by their email once mapped)."""
-    if event.user_id:
-        return f"user:{event.user_id}"
-    if event.anonymous_id:
-        return f"anon:{event.anonymous_id}"
-    return f"message:{event.message_id}"
+    return event_person(event) or f"message:{event.message_id}"
 
 
 def message_and_person(event: Event) -> tuple[str, str]:
-    return (event.message_id, event_person(event))
+    return (event.message_id, shard_person(event))
 
 
 def _message_id(pair: tuple[str, str]) -> str:
@@ -84,7 +80,7 @@ class FoldPersons:
             if self._dedupe:
                 message_id = event.message_id
                 owner = owners.get(message_id)
-                if message_id in seen or (owner is not None and owner != event_person(event)):
+                if message_id in seen or (owner is not None and owner != shard_person(event)):
                     self._dupes.inc()
                     # A redelivered copy ends as skipped, under a ledger key of its own.
                     yield beam.pvalue.TaggedOutput(LEDGER, (f"dup:{message_id}:{uuid.uuid4().hex}", SKIPPED))
@@ -125,7 +121,7 @@ class PerPerson(beam.PTransform):
             side = {"owners": beam.pvalue.AsDict(owners)}
         fold = FoldPersons(self._specs, dedupe=self._dedupe, by_user_id=self._by_user_id)
         folded = events | "DedupeMapCollapse" >> ShardedFold(
-            event_person, fold, shards=COLLAPSE_SHARDS, outputs=(DEAD, LEDGER), main="collapsed", side=side
+            shard_person, fold, shards=COLLAPSE_SHARDS, outputs=(DEAD, LEDGER), main="collapsed", side=side
         )
         pending = folded.collapsed | "Explode" >> beam.ParDo(_Explode(packed=True))
         return {PENDING: pending, DEAD: folded[DEAD], LEDGER: folded[LEDGER]}

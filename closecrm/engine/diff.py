@@ -169,14 +169,9 @@ def field_changes(
     obj: str, obj_id: str | None, action: str, current: Record, body: Record, *, nested: bool = False
 ) -> list[Record]:
     """One change record per field, for outcomes and dry runs (``nested``: marked as a nested create's)."""
-    if nested:
-        return [
-            {"object": obj, "id": obj_id, "action": action, "field": k, "old": current.get(k), "new": v, "nested": True}
-            for k, v in body.items()
-            if k != "contacts"
-        ]
+    mark = {"nested": True} if nested else {}
     return [
-        {"object": obj, "id": obj_id, "action": action, "field": k, "old": current.get(k), "new": v}
+        {"object": obj, "id": obj_id, "action": action, "field": k, "old": current.get(k), "new": v, **mark}
         for k, v in body.items()
         if k != "contacts"
     ]

@@ -343,19 +343,21 @@ def _foldable(req: UpsertRequest) -> bool:
     )
 
 
+def _last_given(run: list[UpsertRequest], name: str) -> Any:
+    """The last value of ``name`` in ``run`` that is not None (None when none is given)."""
+    for req in reversed(run):
+        value = getattr(req, name)
+        if value is not None:
+            return value
+    return None
+
+
 def _folded(run: list[UpsertRequest]) -> UpsertRequest:
     """``merge(...merge(merge(run[0], run[1]), run[2])..., run[-1])``, built once, with its parts and
     since (`_with_parts`): each value is the last one given, lists and custom fields accumulate over
     the run, and values the run's flags forbid updating are the first request's."""
     first, last = run[0], run[-1]
-    values: dict[str, Any] = {}
-    for name in _SCALARS:
-        value = None
-        for req in reversed(run):
-            value = getattr(req, name)
-            if value is not None:
-                break
-        values[name] = value
+    values: dict[str, Any] = {name: _last_given(run, name) for name in _SCALARS}
     for name in ("lead_custom_fields", "contact_custom_fields"):
         merged: dict[str, Any] = {}
         for req in run:
@@ -363,11 +365,6 @@ def _folded(run: list[UpsertRequest]) -> UpsertRequest:
         values[name] = merged
     for name, key in _LIST_KEYS:
         values[name] = _accumulate_all([getattr(req, name) for req in run], key)
-    timestamp = None
-    for req in reversed(run):
-        if req.timestamp is not None:
-            timestamp = req.timestamp
-            break
     flags = last.flags
     if not flags.allow_updating_existing_contacts:
         values.update((name, getattr(first, name)) for name in _CONTACT_VALUES)
@@ -377,7 +374,7 @@ def _folded(run: list[UpsertRequest]) -> UpsertRequest:
         **values,
         alias_previous_id=last.alias_previous_id,
         flags=flags,
-        timestamp=timestamp,
+        timestamp=_last_given(run, "timestamp"),
         since=first.since or first.timestamp,
         parts=Parts.of([p for r in run for p in parts_of(r)]),
         mappings=tuple(dict.fromkeys(name for req in run for name in req.mappings)),

@@ -130,13 +130,9 @@ class PathSource:
     def value(self, data: dict[str, Any]) -> Any:
         """``resolve_path(data, self.parts)``, inlined where each step is a plain dict: it runs for every
         field of every event."""
-        value = data
-        for part in self.parts:
-            if type(value) is not dict:
-                return resolve_path(data, self.parts)
-            value = value.get(part, MISSING)
-            if value is MISSING:
-                break
+        value = _walk_dicts(data, self.parts)
+        if value is _NOT_PLAIN:
+            return resolve_path(data, self.parts)
         if (
             (value is MISSING or value is None or value == "")
             and self._fallback
@@ -233,7 +229,7 @@ class CompiledMapping:
                 mapping=self.spec.name,
             )
         except BadEvent as exc:
-            raise BadEvent(exc.reason, f"mapping {self.spec.name!r}: {exc.detail or exc.reason}") from None
+            raise _in_mapping(self.spec.name, exc) from None
 
     def _request(self, event: Event, texts: tuple[str | None, ...]) -> UpsertRequest:
         """What `request_dropping_bad_values` makes of these string fields' values, from `_prepared`'s
@@ -242,7 +238,7 @@ class CompiledMapping:
         try:
             normalised, drops = _prepared(self._names, texts)
         except BadEvent as exc:
-            raise BadEvent(exc.reason, f"mapping {mapping!r}: {exc.detail or exc.reason}") from None
+            raise _in_mapping(mapping, exc) from None
         state = _BLANK_REQUEST.copy()  # every field, in order
         state.update(normalised)  # no custom fields: this mapping has no source for them
         state["lead_custom_fields"] = {}
@@ -253,6 +249,11 @@ class CompiledMapping:
         state["mappings"] = (mapping,) if mapping is not None else ()
         state["dropped"] = tuple(DroppedField(name, reason, mapping) for name, reason in drops) if drops else ()
         return request_of_state(state)
+
+
+def _in_mapping(mapping: str | None, exc: BadEvent) -> BadEvent:
+    """``exc``, its detail naming the mapping whose value it is about."""
+    return BadEvent(exc.reason, f"mapping {mapping!r}: {exc.detail or exc.reason}")
 
 
 # Values `_prepared` takes: text, null, and a path's MISSING (an object equal only to itself), so equal
