@@ -66,15 +66,14 @@ def build(p: beam.Pipeline, shape: JobShape) -> dict[str, beam.PCollection]:
     tally = commits_when_settled(shape)
     raw = p | "ReadEvents" >> ReadEvents(shape.source)
     by_user_id = bool(shape.engine.settings.contact_custom_field_id_for_user_id)
-    parsed = raw | "ParseEvents" >> ParseEvents(
-        max_bytes=options.max_event_bytes,
-        # Bounded input drops redeliveries in PerPerson, in the same shuffle as the collapse.
-        dedupe_ttl_seconds=options.dedupe_seconds if shape.streaming else None,
-        streaming=shape.streaming,
-        tally=tally,
-    )
-    tallies = [*parsed[TALLY]]
     if shape.streaming:
+        parsed = raw | "ParseEvents" >> ParseEvents(
+            max_bytes=options.max_event_bytes,
+            dedupe_ttl_seconds=options.dedupe_seconds,
+            streaming=True,
+            tally=tally,
+        )
+        tallies = [*parsed[TALLY]]
         mapped = parsed["events"] | "MapToUpserts" >> MapToUpserts(options.mappings, tally=tally)
         pending = mapped.requests | "CollapsePerPerson" >> CollapsePerPerson(
             shape.streaming,
@@ -90,12 +89,17 @@ def build(p: beam.Pipeline, shape: JobShape) -> dict[str, beam.PCollection]:
         ledgers = [parsed[LEDGER], mapped[LEDGER]]
         deads = [parsed[DEAD], mapped[DEAD]]
     else:
-        folded = parsed["events"] | "PerPerson" >> PerPerson(
-            options.mappings, dedupe=options.dedupe_seconds is not None, by_user_id=by_user_id
+        # Bounded input: parse, redelivery drop, map and collapse in one shuffle by person.
+        folded = raw | "PerPerson" >> PerPerson(
+            options.mappings,
+            max_bytes=options.max_event_bytes,
+            dedupe=options.dedupe_seconds is not None,
+            by_user_id=by_user_id,
         )
+        tallies = []
         pending = folded[PENDING]
-        ledgers = [parsed[LEDGER], folded[LEDGER]]
-        deads = [parsed[DEAD], folded[DEAD]]
+        ledgers = [folded[LEDGER]]
+        deads = [folded[DEAD]]
     outcomes = []
     # Bounded input has collapsed each person's whole input already, which merges identical requests
     # (they share a collapse key); and a keyed stage there sees a person's requests in no set order, so

@@ -17,13 +17,18 @@ from transforms.ledger import DEAD as LEDGER_DEAD
 from transforms.ledger import LEDGER, SKIPPED
 
 
-def event_person(event: Event) -> str | None:
-    """Who an event is about, when it says: the user, else the anonymous visitor."""
-    if event.user_id:
-        return f"user:{event.user_id}"
-    if event.anonymous_id:
-        return f"anon:{event.anonymous_id}"
+def person_of(user_id: str | None, anonymous_id: str | None) -> str | None:
+    """Who an event with these ids is about, when it says: the user, else the anonymous visitor."""
+    if user_id:
+        return f"user:{user_id}"
+    if anonymous_id:
+        return f"anon:{anonymous_id}"
     return None
+
+
+def event_person(event: Event) -> str | None:
+    """Who an event is about, when it says (`person_of` its ids)."""
+    return person_of(event.user_id, event.anonymous_id)
 
 
 def person_key(event: Event, request: UpsertRequest) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import apache_beam as beam
@@ -82,26 +83,18 @@ def dead_raw(raw: Any, reason: str, origin: Origin | None = None) -> list[Any]:
     ]
 
 
-class _Parse(beam.DoFn):
-    """Payload (or `Received` payload) → Event, carrying the payload as read and its origin."""
+class EventParser:
+    """A payload → its Event, or its dead letter and ledger entry, or (opted out of Close) its skipped
+    ledger entry; ``tally`` also settles an opted-out Kafka record. The parse DoFn's work, also done
+    inside the bounded per-person fold (`transforms.per_person`)."""
 
     def __init__(self, max_bytes: int, tally: bool = False) -> None:
         self._max_bytes = max_bytes
         self._tally = tally
-        self._read = metrics.counter(metrics.EVENTS_READ)
         self._opted_out = metrics.counter(metrics.EVENTS_OPTED_OUT)
-
-    def setup(self) -> None:
         self._by_type: dict[str, metrics._Counter] = {}
 
-    def process(self, raw: Any):
-        if isinstance(raw, KafkaClaim):  # the reader's account of its offsets, for the commit stage
-            yield claimed(raw)
-            return
-        self._read.inc()
-        origin = None
-        if isinstance(raw, Received):  # sources say where each payload was read
-            raw, origin = raw.payload, raw.origin
+    def outputs(self, raw: Any, origin: Origin | None) -> Iterator[Any]:
         try:
             event = parse_event(raw, max_bytes=self._max_bytes, origin=origin)
             skip = opted_out(event)
@@ -122,6 +115,28 @@ class _Parse(beam.DoFn):
                 yield settled(origin)
             return
         yield event
+
+
+def received(raw: Any) -> tuple[Any, Origin | None]:
+    """(payload, where it was read): sources hand on a `Received`; tests and rows hand on the payload."""
+    if isinstance(raw, Received):
+        return raw.payload, raw.origin
+    return raw, None
+
+
+class _Parse(beam.DoFn):
+    """Payload (or `Received` payload) → Event, carrying the payload as read and its origin."""
+
+    def __init__(self, max_bytes: int, tally: bool = False) -> None:
+        self._parser = EventParser(max_bytes, tally)
+        self._read = metrics.counter(metrics.EVENTS_READ)
+
+    def process(self, raw: Any):
+        if isinstance(raw, KafkaClaim):  # the reader's account of its offsets, for the commit stage
+            yield claimed(raw)
+            return
+        self._read.inc()
+        yield from self._parser.outputs(*received(raw))
 
 
 class ParseEvents(beam.PTransform):

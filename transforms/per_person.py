@@ -1,9 +1,11 @@
-"""PerPerson (bounded input): each person's events deduplicated, mapped and collapsed in one pass.
+"""PerPerson (bounded input): each person's events parsed, deduplicated, mapped and collapsed in one pass.
 
-Bounded input needs no per-key state: one shuffle brings all of a person's events to one call of a fold
-(`transforms.sharded.ShardedFold`), which drops the later copies of a messageId, maps each event and
-collapses the person's requests. Shuffling events once, rather than by messageId for the dedupe and
-again by person for the collapse, saves a pickle round trip of every event and request.
+Bounded input needs no per-key state: one shuffle brings all of a person's payloads to one call of a
+fold (`transforms.sharded.ShardedFold`), which parses them, drops the later copies of a messageId, maps
+each event and collapses the person's requests. Shuffling once, rather than by messageId for the dedupe
+and again by person for the collapse, saves a pickle round trip of every event and request; shuffling
+the payloads as read, rather than parsed events, ships text that packs small and cheaply, and the
+person and messageId that place a payload are read from it without a whole parse (`identity`).
 
 Copies of one messageId normally name one person, so they meet in the same call. When a producer
 reuses a messageId for different people, they do not: a small shuffle of (messageId, person) pairs
@@ -20,12 +22,14 @@ from typing import Any
 import apache_beam as beam
 
 from closecrm.events.mapping import MappingSpec
-from closecrm.events.parse import Event
+from closecrm.events.parse import Event, identity
 from transforms import metrics
 from transforms.collapse import COLLAPSE_SHARDS, _Explode, collapse_persons
 from transforms.deadletter import DEAD
+from transforms.kafka_tally import KafkaClaim
 from transforms.ledger import LEDGER, SKIPPED
-from transforms.mapping import EventMapper, event_person
+from transforms.mapping import EventMapper, event_person, person_of
+from transforms.parse import EventParser, received
 from transforms.sharded import ShardedFold
 
 PENDING = "pending"
@@ -35,13 +39,43 @@ DEDUPE_SHARDS = 16
 
 def shard_person(event: Event) -> str:
     """The person an event's requests are keyed by (`transforms.mapping.person_key`), from the event
-    alone. An event names a user or an anonymous visitor; one that names neither is placed by its
-    messageId (its requests are still keyed by their email once mapped)."""
+    alone: the user, else the anonymous visitor (a parsed event names one)."""
     return event_person(event) or f"message:{event.message_id}"
 
 
-def message_and_person(event: Event) -> tuple[str, str]:
-    return (event.message_id, shard_person(event))
+class Identify(beam.DoFn):
+    """A payload as read → (person, messageId, (payload, origin)): who the event it makes is about
+    (`shard_person` of that event) and its messageId. A payload that makes no event is dead-lettered
+    here, by its parse. Counts every event read."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._max_bytes = max_bytes
+        self._parser = EventParser(max_bytes)
+        self._read = metrics.counter(metrics.EVENTS_READ)
+
+    def process(self, raw: Any) -> Iterator[Any]:
+        # A bounded read commits its offsets itself: its claims serve the streaming commit stage only.
+        if not isinstance(raw, KafkaClaim):
+            self._read.inc()
+            payload, origin = received(raw)
+            ids = identity(payload, self._max_bytes)
+            if ids is None:  # its parse fails: the dead letter says why
+                yield from self._parser.outputs(payload, origin)
+            else:
+                user_id, anonymous_id, message_id = ids
+                yield (person_of(user_id, anonymous_id), message_id, (payload, origin))
+
+
+def _person(item: tuple[str, str, Any]) -> str:
+    return item[0]
+
+
+def _read(item: tuple[str, str, Any]) -> Any:
+    return item[2]
+
+
+def message_and_person(item: tuple[str, str, Any]) -> tuple[str, str]:
+    return (item[1], item[0])
 
 
 def _message_id(pair: tuple[str, str]) -> str:
@@ -61,22 +95,26 @@ def shared_message_ids(pairs: Iterable[tuple[str, str]]) -> Iterator[tuple[str, 
 
 
 class FoldPersons:
-    """Every event of some people → per person, their collapsed requests (`collapse_persons`), with the
-    dead letters and ledger entries of the events that made none. With ``dedupe``, the first copy of
-    each messageId goes on and the later ones end as skipped; ``owners`` names the person whose copy
-    goes on for a messageId several people share."""
+    """Every payload (payload, origin) of some people → per person, their collapsed requests
+    (`collapse_persons`), with the dead letters and ledger entries of the payloads that made none. With
+    ``dedupe``, the first copy of each messageId goes on and the later ones end as skipped; ``owners``
+    names the person whose copy goes on for a messageId several people share."""
 
-    def __init__(self, specs: Sequence[MappingSpec], *, dedupe: bool, by_user_id: bool) -> None:
+    def __init__(self, specs: Sequence[MappingSpec], *, max_bytes: int, dedupe: bool, by_user_id: bool) -> None:
+        self._parser = EventParser(max_bytes)
         self._mapper = EventMapper(specs)
         self._dedupe = dedupe
         self._by_user_id = by_user_id
         self._dupes = metrics.counter(metrics.EVENTS_DUPLICATE)
 
-    def __call__(self, events: Iterable[Event], owners: Mapping[str, str] | None = None) -> Iterator[Any]:
+    def __call__(self, payloads: Iterable[tuple[Any, Any]], owners: Mapping[str, str] | None = None) -> Iterator[Any]:
         owners = owners or {}
         seen: set[str] = set()
         keyed: list[tuple[str, Any]] = []
-        for event in events:
+        for event in self._events(payloads):
+            if isinstance(event, beam.pvalue.TaggedOutput):
+                yield event
+                continue
             if self._dedupe:
                 message_id = event.message_id
                 owner = owners.get(message_id)
@@ -93,35 +131,53 @@ class FoldPersons:
                     keyed.append(out)
         yield from collapse_persons(keyed, self._by_user_id)
 
+    def _events(self, payloads: Iterable[tuple[Any, Any]]) -> Iterator[Any]:
+        for payload, origin in payloads:
+            yield from self._parser.outputs(payload, origin)
+
 
 class PerPerson(beam.PTransform):
-    """Bounded input: Event → {PENDING: Pending, DEAD: DeadLetter, LEDGER: (event id, status)}; what
-    the redelivery drop, `MapToUpserts` and `CollapsePerPerson` give one after the other."""
+    """Bounded input: payload as read (or `Received`) → {PENDING: Pending, DEAD: DeadLetter, LEDGER:
+    (event id, status)}; what `ParseEvents`, the redelivery drop, `MapToUpserts` and
+    `CollapsePerPerson` give one after the other."""
 
     def __init__(
         self,
         specs: Sequence[MappingSpec],
         *,
+        max_bytes: int,
         dedupe: bool,
         by_user_id: bool,
     ) -> None:
         super().__init__()
         self._specs = list(specs)
+        self._max_bytes = max_bytes
         self._dedupe = dedupe
         self._by_user_id = by_user_id
 
-    def expand(self, events):
+    def expand(self, raw):
+        identified = raw | "Identify" >> beam.ParDo(Identify(self._max_bytes)).with_outputs(
+            DEAD, LEDGER, main="identified"
+        )
         side = {}
         if self._dedupe:
             owners = (
-                events
+                identified.identified
                 | "MessagePerson" >> beam.Map(message_and_person)
                 | "SharedMessageIds" >> ShardedFold(_message_id, shared_message_ids, shards=DEDUPE_SHARDS)
             )
             side = {"owners": beam.pvalue.AsDict(owners)}
-        fold = FoldPersons(self._specs, dedupe=self._dedupe, by_user_id=self._by_user_id)
-        folded = events | "DedupeMapCollapse" >> ShardedFold(
-            shard_person, fold, shards=COLLAPSE_SHARDS, outputs=(DEAD, LEDGER), main="collapsed", side=side
+        fold = FoldPersons(self._specs, max_bytes=self._max_bytes, dedupe=self._dedupe, by_user_id=self._by_user_id)
+        folded = identified.identified | "ParseDedupeMapCollapse" >> ShardedFold(
+            _person,
+            fold,
+            shards=COLLAPSE_SHARDS,
+            outputs=(DEAD, LEDGER),
+            main="collapsed",
+            side=side,
+            value=_read,
         )
         pending = folded.collapsed | "Explode" >> beam.ParDo(_Explode(packed=True))
-        return {PENDING: pending, DEAD: folded[DEAD], LEDGER: folded[LEDGER]}
+        dead = (identified[DEAD], folded[DEAD]) | "DeadLetters" >> beam.Flatten()
+        ledger = (identified[LEDGER], folded[LEDGER]) | "Ledger" >> beam.Flatten()
+        return {PENDING: pending, DEAD: dead, LEDGER: ledger}

@@ -43,11 +43,14 @@ def in_global_window(value: Any) -> WindowedValue:
 
 
 class _PackShards(beam.DoFn):
-    """item → (shard, packed [item, ...]) per shard and bundle, shipped at the end of the bundle or
-    every ``pack_limit`` items."""
+    """item → (shard, packed [item (or ``value(item)``), ...]) per shard and bundle, shipped at the end
+    of the bundle or every ``pack_limit`` items."""
 
-    def __init__(self, key: Callable[[Any], str], shards: int, pack_limit: int) -> None:
+    def __init__(
+        self, key: Callable[[Any], str], shards: int, pack_limit: int, value: Callable[[Any], Any] | None = None
+    ) -> None:
         self._key = key
+        self._value = value
         self._shards = shards
         self._limit = pack_limit
 
@@ -56,7 +59,8 @@ class _PackShards(beam.DoFn):
         self._held = 0
 
     def process(self, item: Any) -> Iterator[tuple[int, bytes]]:
-        self._packs.setdefault(stable_shard(self._key(item), self._shards), []).append(item)
+        kept = item if self._value is None else self._value(item)
+        self._packs.setdefault(stable_shard(self._key(item), self._shards), []).append(kept)
         self._held += 1
         if self._held >= self._limit:
             yield from self._ship()
@@ -90,6 +94,7 @@ class ShardedFold(beam.PTransform):
     ``fold`` share the input (and how many workers can); ``pack_limit``: items a bundle holds before it
     ships them. With ``outputs``, the result is a DoOutputsTuple whose main output is called ``main``.
     ``side``: side inputs (``beam.pvalue.AsDict(...)`` and the like), passed to ``fold`` by name.
+    ``value(item)``: what of an item is packed and folded (the item itself by default).
     Roles must pickle (module-level functions, or instances of module-level classes).
     """
 
@@ -103,6 +108,7 @@ class ShardedFold(beam.PTransform):
         outputs: Sequence[str] = (),
         main: str = "main",
         side: Mapping[str, Any] | None = None,
+        value: Callable[[Any], Any] | None = None,
     ) -> None:
         super().__init__()
         if shards < 1 or pack_limit < 1:
@@ -114,9 +120,10 @@ class ShardedFold(beam.PTransform):
         self._outputs = tuple(outputs)
         self._main = main
         self._side = dict(side or {})
+        self._value = value
 
     def expand(self, items):
-        packs = beam.ParDo(_PackShards(self._key, self._shards, self._pack_limit))
+        packs = beam.ParDo(_PackShards(self._key, self._shards, self._pack_limit, self._value))
         folded = beam.ParDo(_FoldShard(self._fold), **self._side)
         if self._outputs:
             folded = folded.with_outputs(*self._outputs, main=self._main)

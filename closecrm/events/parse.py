@@ -92,6 +92,35 @@ def parse_event(
         return _parse(raw, max_bytes, now, plain=False, origin=origin)
 
 
+def identity(
+    raw: bytes | str | dict[str, Any], max_bytes: int = DEFAULT_MAX_BYTES
+) -> tuple[str | None, str | None, str] | None:
+    """(userId, anonymousId, messageId) of the event `parse_event` makes of ``raw``, or None when it
+    makes none.
+
+    For JSON text that names its messageId and a user or visitor, only the text is decoded and those
+    three fields read, a fraction of a parse; anything else (a row, a generated messageId, text the
+    quick read refuses) is parsed in full. Where both run, they agree (a property test holds them to it).
+    """
+    # A str that is not UTF-8 (a lone surrogate) never parses: the full parse names why.
+    if isinstance(raw, bytes) or (isinstance(raw, str) and _encodable(raw)):
+        try:
+            obj, _, _ = _load(raw, max_bytes, float_hook=_finite_float)
+            message_id = _str_value(obj, "messageId")
+            user_id, anonymous_id = _id_value(obj, "userId"), _id_value(obj, "anonymousId")
+            ids = (user_id, anonymous_id, message_id)
+            # an escaped lone surrogate makes an id no event has (nor any coder takes)
+            if message_id is not None and (user_id or anonymous_id) and all(_encodable(i) for i in ids if i):
+                return ids
+        except Exception:  # noqa: BLE001 - the full parse decides (and names what is wrong)
+            pass
+    try:
+        event = parse_event(raw, max_bytes)
+    except Exception:  # noqa: BLE001 - not an event: its parse dead-letters it later
+        return None
+    return event.user_id, event.anonymous_id, event.message_id
+
+
 class _NonFinite(Exception):
     """A JSON number that overflowed to infinity (not a ValueError: json.loads must not swallow it)."""
 

@@ -6,9 +6,10 @@ makes, or the snapshot job's transforms make, and shipped through Beam's pickler
 worker) and runs it as a runner would: setup, start_bundle, process per element (with per-key state for
 stateful DoFns), finish_bundle, then a bundle that fires the timers it set, then teardown. Its elements
 have the shape the stage gets in the job, made by running hostile input through the upstream DoFns the
-same way: wire payloads -> _Parse -> ShardedFold(shared_message_ids) and ShardedFold(FoldPersons: the
-first of each messageId, mapped, collapsed per person) -> _Explode -> the writer (bounded input; unbounded
-input maps with _Map and suppresses repeats with _SuppressIdentical); and warehouse rows ->
+same way: wire payloads -> Identify -> ShardedFold(shared_message_ids) and ShardedFold(FoldPersons: each
+payload parsed, the first of each messageId, mapped, collapsed per person) -> _Explode -> the writer
+(bounded input; unbounded input parses with _Parse, maps with _Map and suppresses repeats with
+_SuppressIdentical); and warehouse rows ->
 _ReadAvroBatches -> BucketRows -> DiffBucket -> _ToPending.
 
 Every output is taken as the runner takes it (a TimestampedValue becomes a WindowedValue, finish_bundle
@@ -26,6 +27,7 @@ import inspect
 import io
 import json
 import pkgutil
+import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -115,7 +117,13 @@ from transforms.ledger import DEAD as LEDGER_DEAD
 from transforms.mapping import _Map, carried
 from transforms.outcomes import EmitOutcomes, ledger_status
 from transforms.parse import _Parse
-from transforms.per_person import FoldPersons, message_and_person, shared_message_ids
+from transforms.per_person import (
+    FoldPersons,
+    Identify,
+    message_and_person,
+    shard_person,
+    shared_message_ids,
+)
 from transforms.sharded import _FoldShard, _PackShards, unpack
 from transforms.snapshot import (
     GONE,
@@ -463,11 +471,22 @@ def through_fold(fold: Callable[..., Any], items: list[Any], **side: Any) -> Run
     return drive(fold_fn, grouped(drive(pack, items).all.main), side=side)
 
 
-def per_person(events: list[Event]) -> Run:
-    """Bounded input's one pass after parsing (transforms.per_person): the owners of messageIds several
-    people share, then each shard of people deduplicated, mapped and collapsed."""
-    owners = dict(through_fold(shared_message_ids, [message_and_person(e) for e in events]).all.main)
-    return through_fold(FoldPersons, events, owners=owners)
+def identified(raws: list[Any]) -> list[Any]:
+    """Bounded input: Identify."""
+    return drive(job_dofn(Identify), raws).all.main
+
+
+def owners_of(items: list[Any]) -> dict[str, str]:
+    """The side input of the per-person fold: the owner of each messageId several people share."""
+    return dict(through_fold(shared_message_ids, [message_and_person(item) for item in items]).all.main)
+
+
+def per_person(raws: list[Any]) -> Run:
+    """Bounded input's one pass (transforms.per_person) over the payloads that make events: each placed
+    by its person, the owners of messageIds several people share, then each shard of people parsed,
+    deduplicated, mapped and collapsed."""
+    items = identified(raws)
+    return through_fold(FoldPersons, items, owners=owners_of(items))
 
 
 @functools.cache
@@ -522,12 +541,12 @@ streams = st.lists(payloads, min_size=1, max_size=8)
 
 
 def parsed(raws: list[Any]) -> list[Event]:
-    """Bounded input: _Parse."""
-    return drive(job_dofn(_Parse), raws).all.main
+    """_Parse (unbounded input; bounded input parses inside the per-person fold)."""
+    return drive(job_dofn(_Parse, "pubsub"), raws).all.main
 
 
 def collapsed(raws: list[Any]) -> list[tuple[str, Any]]:
-    return per_person(parsed(raws)).all.main
+    return per_person(raws).all.main
 
 
 def pendings(raws: list[Any]) -> list[Pending]:
@@ -542,14 +561,56 @@ def event_ids(items: Iterable[Any]) -> Counter[str]:
 
 
 @budget(80)
-@given(streams, st.sampled_from(["files", "pubsub"]))
-def test_parse_accounts_for_every_payload(raws, source):
-    """Bounded and unbounded input alike: each payload is passed on as one event, or dead-lettered or skipped."""
-    run = drive(job_dofn(_Parse, source), raws)
+@given(streams)
+def test_parse_accounts_for_every_payload(raws):
+    """Unbounded input: each payload is passed on as one event, or dead-lettered or skipped."""
+    run = drive(job_dofn(_Parse, "pubsub"), raws)
     for item in run.per_element:
         accounted(item, passed=1)
     assert not run.later.main and not run.later.tagged
     assert all(isinstance(item.main[0], Event) for item in run.per_element if item.main)
+
+
+@budget(60)
+@given(streams)
+def test_identify_places_every_payload_by_the_person_its_parse_names(raws):
+    """Bounded input: each payload is handed on once, with the person and messageId its event has."""
+    run = drive(job_dofn(Identify), raws)
+    parse = job_dofn(_Parse, "pubsub")
+    for raw, item in zip(raws, run.per_element, strict=True):
+        parsed_ = drive(parse, [raw]).all
+        if item.main:  # handed on to the fold, which parses it as _Parse does
+            assert len(item.main) == 1 and not item.tagged
+            person, message_id, read = item.main[0]
+            for event in parsed_.main:
+                assert (person, message_id) == (shard_person(event), event.message_id)
+                assert read == (event.received, event.origin)
+        else:  # no event: dead-lettered here, as _Parse dead-letters it
+            assert accounted(item) == "dead" and not parsed_.main and len(parsed_.dead) == 1
+            assert item.dead[0].reason == parsed_.dead[0].reason
+    assert not run.later.main and not run.later.tagged
+
+
+# Ledger keys of the parse's own dead letters (`transforms.parse.dead_raw`): a hash of the payload and a uuid.
+PARSE_DEAD_KEY = re.compile(r"^raw:([0-9a-f]{24}|unprintable):[0-9a-f]{32}$")
+
+
+def fold_endings(raws: list[Any]) -> tuple[list[Event], Any, Counter[str], Counter[str], int]:
+    """Identify and the per-person fold of ``raws``, and what the fold did with each messageId
+    (`_message_ids_ended`), less what its parse ended on its own (dead payloads, opted-out events),
+    which must be what _Parse ends:
+    (the events parsed, the fold's outputs, messageIds in requests, messageIds ended on their own, copies
+    dropped)."""
+    parse = drive(job_dofn(_Parse, "pubsub"), raws).all
+    placed = drive(job_dofn(Identify), raws).all
+    out = through_fold(FoldPersons, placed.main, owners=owners_of(placed.main)).all
+    requested, own, dropped = _message_ids_ended(out)
+    parse_dead = Counter(k for k in own if PARSE_DEAD_KEY.match(k))
+    opted_out = Counter(k for k, status in parse.ledger if status == SKIPPED)
+    # every payload _Parse dead-letters is dead-lettered once: where it is placed, or in the fold
+    assert sum(parse_dead.values()) + len(placed.dead) == len(parse.dead)
+    assert own - parse_dead >= opted_out
+    return parse.main, out, requested, own - parse_dead - opted_out, dropped
 
 
 def _message_ids_ended(out: Any) -> tuple[Counter[str], Counter[str], int]:
@@ -565,10 +626,8 @@ def _message_ids_ended(out: Any) -> tuple[Counter[str], Counter[str], int]:
 @budget(40)
 @given(streams)
 def test_per_person_fold_passes_one_copy_of_each_message_id(raws):
-    events = parsed(raws)
+    events, out, requested, own, dropped = fold_endings(raws)
     held = [e.message_id for e in events]
-    out = per_person(events).all
-    requested, own, dropped = _message_ids_ended(out)
     assert dropped == len(held) - len(set(held))
     # each messageId goes on once: its requests (all of one person), or one entry of its own
     assert set(requested) | set(own) == set(held) and not set(requested) & set(own)
@@ -626,17 +685,17 @@ def _collapsed_ids(out: Iterable[tuple[str, Any]]) -> dict[str, set[str]]:
 @budget(40)
 @given(streams)
 def test_per_person_fold_keeps_every_event_id_of_every_person(raws):
-    events = parsed(raws)
-    pack, fold = job_fold(FoldPersons)
-    packs = drive(pack, events).all.main
-    assert sum(len(unpack(blob)) for _, blob in packs) == len(events)
-    owners = dict(through_fold(shared_message_ids, [message_and_person(e) for e in events]).all.main)
-    out = drive(fold, grouped(packs), side={"owners": owners}).all
+    pack, _ = job_fold(FoldPersons)
+    items = identified(raws)
+    packs = drive(pack, items).all.main
+    assert sorted(map(repr, (x for _, blob in packs for x in unpack(blob)))) == sorted(
+        repr(read) for _, _, read in items
+    )  # every payload placed, packed as read
+    events, out, requested, own, _ = fold_endings(raws)
     # a person's requests carry ids of the events mapped for that person, and each kept event's all
     every = _ids_by_person(drive(job_dofn(_Map, "pubsub"), events).all.main)
     for person, ids in _collapsed_ids(out.main).items():
         assert ids <= every[person]
-    requested, own, _ = _message_ids_ended(out)
     assert set(requested) | set(own) == {e.message_id for e in events}
 
 
@@ -723,11 +782,12 @@ def test_settle_suppressed_ends_each_event_of_each_request(raws, data):
 
 def ledger_entries(raws: list[Any], outcomes: Callable[[int], list[Outcome]]) -> list[tuple[str, str]]:
     """The job's LEDGER outputs for ``raws``: parse, dedupe, map and the writer's outcomes."""
-    parse = drive(job_dofn(_Parse), raws)
-    folded = per_person(parse.all.main)
-    items = drive(job_dofn(_Explode), folded.all.main).all.main
-    settled = settle(items, outcomes(len(items)))
-    return [*parse.all.ledger, *folded.all.ledger, *settled.all.ledger]
+    placed = drive(job_dofn(Identify), raws).all  # what makes no event ends here
+    items = placed.main
+    folded = through_fold(FoldPersons, items, owners=owners_of(items))  # the rest is parsed in the fold
+    pendings_ = drive(job_dofn(_Explode), folded.all.main).all.main
+    settled = settle(pendings_, outcomes(len(pendings_)))
+    return [*placed.ledger, *folded.all.ledger, *settled.all.ledger]
 
 
 @budget(50)
@@ -1280,6 +1340,7 @@ def test_read_state_file_reads_a_state_or_names_the_damaged_file(tmp_path_factor
 # DoFn class -> the tests that drive it (a generic DoFn, once per role the job gives it).
 DRIVERS: dict[type, tuple[Callable[..., Any], ...]] = {
     _Parse: (test_parse_accounts_for_every_payload,),
+    Identify: (test_identify_places_every_payload_by_the_person_its_parse_names,),
     DropRedeliveriesWithTtl: (test_dedupe_with_ttl_passes_or_skips_each_event,),
     _Map: (test_map_accounts_for_every_event,),
     _PackShards: (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 from datetime import datetime
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -12,11 +13,11 @@ from hypothesis import strategies as st
 from closecrm.events.collapse import collapse, collapse_key, merge
 from closecrm.events.mapping import compile_mappings, map_event
 from closecrm.events.normalize import email_key, phone_key, url_key
-from closecrm.events.parse import BadEvent, Event, parse_event
+from closecrm.events.parse import BadEvent, Event, identity, parse_event
 from closecrm.model import UpsertRequest
 from pipeline.config import parse_config
 from tests.fuzz.budget import budget
-from tests.fuzz.strategies import emails, phones, text, urls, wire_events
+from tests.fuzz.strategies import as_wire, emails, phones, small_text, text, urls, wire_events
 
 # The default identify mapping, the group preset, and one mapping that writes arbitrary paths
 # into custom fields and scalars: every field of the action can receive anything.
@@ -108,3 +109,56 @@ def test_phone_key_is_total(value):
 @given(st.one_of(urls, text))
 def test_url_key_is_total(value):
     url_key(value)
+
+
+def _unescaped(obj: Any, form: str) -> Any:
+    """JSON text with its characters as they are (no \\u escapes): what the quick read of `identity` sees
+    most; as bytes, lone surrogates become bytes that are not UTF-8."""
+    blob = json.dumps(obj, ensure_ascii=False, default=str)
+    return blob if form == "text" else blob.encode("utf-8", "surrogatepass")
+
+
+# Ids as producers send them: padded, numbers (42, 4.2e1, 1e2), empty, escaped or raw non-ASCII text.
+plausible_ids = st.one_of(
+    st.none(),
+    st.sampled_from(["u1", " u1 ", "", " ", "Kåte", "\u00e9", "\ud800", "x" * 300]),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    text,
+)
+
+
+@st.composite
+def plausible_events(draw: st.DrawFn) -> dict[str, Any]:
+    """Events the parse mostly accepts, their ids drawn from `plausible_ids`."""
+    kind = draw(st.sampled_from(["identify", "track", "group", "alias", "page", "screen"]))
+    event: dict[str, Any] = {
+        "type": draw(st.sampled_from([kind, kind.upper(), f" {kind} "])),
+        "messageId": draw(st.one_of(plausible_ids, st.sampled_from(["m1", " m1 ", "gen-0"]))),
+        "userId": draw(plausible_ids),
+        "anonymousId": draw(plausible_ids),
+        "event": "Clicked",
+        "groupId": draw(plausible_ids),
+        "previousId": "p1",
+        "traits": draw(st.one_of(st.just({"email": "kate@example.com"}), st.dictionaries(small_text, text, max_size=2))),
+    }
+    return {k: v for k, v in event.items() if v is not None or draw(st.booleans())}
+
+
+payloads = st.one_of(
+    wire_events(),
+    st.builds(as_wire, plausible_events(), st.sampled_from(["dict", "text", "bytes"])),
+    st.builds(_unescaped, plausible_events(), st.sampled_from(["text", "bytes"])),
+)
+
+
+@budget(200)
+@given(payloads)
+def test_identity_names_the_ids_of_the_event_the_parse_makes(raw):
+    """The bounded job places a payload by `identity` and parses it later: wherever the parse makes an
+    event, the quick read names that event's user, visitor and messageId (and never None)."""
+    try:
+        event = parse_event(raw)
+    except BadEvent:
+        return
+    assert identity(raw) == (event.user_id, event.anonymous_id, event.message_id)

@@ -17,9 +17,8 @@ from pipeline.config import default_config
 from transforms import metrics as m
 from transforms.collapse import CollapsePerPerson, PackedEvents, _CollapseFn, collapse_persons
 from transforms.deadletter import DEAD as LETTERS
-from transforms.ledger import APPLIED, DEAD, SKIPPED, SettleLedger
+from transforms.ledger import APPLIED, DEAD, LEDGER, SKIPPED, SettleLedger
 from transforms.mapping import EventMapper
-from transforms.parse import LEDGER, ParseEvents
 from transforms.per_person import PENDING, PerPerson
 
 DEFAULT_OPTIONS = default_config().options()
@@ -63,19 +62,17 @@ def test_batch_ledger_counts_each_event_once_with_its_most_serious_status():
 
 
 def _per_person(lines: list[str], *, dedupe: bool = True):  # noqa: ANN202
-    """Bounded input's parse and per-person pass; returns (Pendings, ledger entries, dead letters, counters)."""
+    """Bounded input's per-person pass (parse included); returns (Pendings, ledger entries, dead letters,
+    counters)."""
     p = beam.Pipeline(runner=FnApiRunner())
-    parsed = (
+    out = (
         p
         | beam.Create([line.encode() for line in lines])
-        | ParseEvents(max_bytes=DEFAULT_OPTIONS.max_event_bytes, dedupe_ttl_seconds=None, streaming=False)
+        | PerPerson(
+            DEFAULT_OPTIONS.mappings, max_bytes=DEFAULT_OPTIONS.max_event_bytes, dedupe=dedupe, by_user_id=False
+        )
     )
-    out = parsed["events"] | PerPerson(DEFAULT_OPTIONS.mappings, dedupe=dedupe, by_user_id=False)
-    for name, pcoll in (
-        ("pending", out[PENDING]),
-        ("ledger", (parsed[LEDGER], out[LEDGER]) | beam.Flatten()),
-        ("dead", (parsed[LETTERS], out[LETTERS]) | "Letters" >> beam.Flatten()),
-    ):
+    for name, pcoll in (("pending", out[PENDING]), ("ledger", out[LEDGER]), ("dead", out[LETTERS])):
         _ = pcoll | f"Collect{name}" >> beam.Map(_collect_into, name)
     _BY_NAME.clear()
     values = counters(p.run())

@@ -56,10 +56,17 @@ def test_batch_graph_builds_for_dataflow(source):
     result = dry_run(shape(source, streaming=False), [])
     assert "JOB_TYPE_BATCH" in str(result.job.proto)
     graph = step_names(result)
-    # Bounded input drops redeliveries, maps and collapses in one per-person shuffle.
-    for stage in ("ParseEvents", "PerPerson/DedupeMapCollapse", "PerPerson/SharedMessageIds", "UpsertToClose", "WriteDeadLetters"):
+    # Bounded input parses, drops redeliveries, maps and collapses in one per-person shuffle.
+    for stage in (
+        "PerPerson/Identify",
+        "PerPerson/ParseDedupeMapCollapse",
+        "PerPerson/SharedMessageIds",
+        "UpsertToClose",
+        "WriteDeadLetters",
+    ):
         assert stage in graph
-    assert "MapToUpserts" not in graph and "CollapsePerPerson" not in graph
+    for stage in ("ParseEvents", "MapToUpserts", "CollapsePerPerson"):
+        assert stage not in graph
 
 
 def test_streaming_graph_builds_for_dataflow_from_pubsub():
