@@ -146,7 +146,7 @@ def build(p: beam.Pipeline, shape: JobShape) -> dict[str, beam.PCollection]:
             for i, lg in enumerate(ledgers)
         ]
     # Bounded input: every stage is in the global window already (CollapsePerPerson uses it in batch).
-    settled_ledger = ledgers | "AllLedger" >> beam.Flatten() | "SettleLedger" >> SettleLedger(shape.streaming)
+    settled_ledger = tuple(ledgers) | "SettleLedger" >> SettleLedger(shape.streaming)
     # Each stage's letters are appended where they are made, not after the flatten (WriteDeadLetters).
     dead_lines = tuple(deads) | "WriteDeadLetters" >> WriteDeadLetters(
         shape.dead_letter_dir, shape.dead_letter_topic, shape.streaming, run_id=shape.run_id

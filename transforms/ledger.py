@@ -60,7 +60,8 @@ def count_final_statuses(entries: Iterable[tuple[str, str]]) -> Iterator[tuple[s
 
 
 class SettleLedger(beam.PTransform):
-    """Folds (event_id, status) entries into one final status per event and counts them.
+    """Folds (event_id, status) entries (one PCollection, or a tuple of them) into one final status per
+    event and counts them.
 
     Bounded input folds per event first, so an event mapped by several mappings is
     counted once; the fold runs in bulk, per shard of event ids (``ShardedFold``), and the
@@ -75,7 +76,11 @@ class SettleLedger(beam.PTransform):
 
     def expand(self, entries):
         if self._streaming:
+            if isinstance(entries, tuple | list):
+                entries = tuple(entries) | "AllLedger" >> beam.Flatten()
             return entries | "Count" >> beam.ParDo(_CountFinal())
+        # Each stage's entries (one per event the writer ends: the most of any output) are packed
+        # where they are made (`ShardedFold` over several inputs).
         return entries | "Count" >> ShardedFold(
             _event_id, count_final_statuses, shards=LEDGER_SHARDS, pack_limit=_PACK_LIMIT
         )

@@ -88,6 +88,7 @@ class _FoldShard(beam.DoFn):
 
 class ShardedFold(beam.PTransform):
     """items → what ``fold`` yields, called once per shard with every item whose ``key`` is in the shard.
+    The items may come as one PCollection or several (a tuple), as to a Flatten.
 
     ``key(item)``: the str that places an item (the items of one key always meet in one call of ``fold``);
     ``fold(items)``: an iterable of outputs (TaggedOutput for ``outputs``); ``shards``: how many calls of
@@ -123,13 +124,19 @@ class ShardedFold(beam.PTransform):
         self._value = value
 
     def expand(self, items):
-        packs = beam.ParDo(_PackShards(self._key, self._shards, self._pack_limit, self._value))
+        # Several inputs are packed each where it is made, and only their packs flattened: a flatten
+        # of the items themselves would ship every item through one more stage on the local runner.
+        inputs = tuple(items) if isinstance(items, tuple | list) else (items,)
+        packs = [
+            pcoll
+            | (f"Pack{i}" if len(inputs) > 1 else "Pack")
+            >> beam.ParDo(_PackShards(self._key, self._shards, self._pack_limit, self._value)).with_output_types(
+                tuple[int, bytes]
+            )
+            for i, pcoll in enumerate(inputs)
+        ]
+        packed = packs[0] if len(packs) == 1 else tuple(packs) | "Packs" >> beam.Flatten()
         folded = beam.ParDo(_FoldShard(self._fold), **self._side)
         if self._outputs:
             folded = folded.with_outputs(*self._outputs, main=self._main)
-        return (
-            items
-            | "Pack" >> packs.with_output_types(tuple[int, bytes])
-            | "GroupShards" >> beam.GroupByKey()
-            | "Fold" >> folded
-        )
+        return packed | "GroupShards" >> beam.GroupByKey() | "Fold" >> folded

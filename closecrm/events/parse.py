@@ -108,10 +108,10 @@ def identity(
             obj, _, _ = _load(raw, max_bytes, float_hook=_finite_float)
             message_id = _str_value(obj, "messageId")
             user_id, anonymous_id = _id_value(obj, "userId"), _id_value(obj, "anonymousId")
-            ids = (user_id, anonymous_id, message_id)
             # an escaped lone surrogate makes an id no event has (nor any coder takes)
-            if message_id is not None and (user_id or anonymous_id) and all(_encodable(i) for i in ids if i):
-                return ids
+            if message_id is not None and (user_id or anonymous_id):
+                if _encodable(f"{message_id}{user_id or ''}{anonymous_id or ''}"):
+                    return user_id, anonymous_id, message_id
         except Exception:  # noqa: BLE001 - the full parse decides (and names what is wrong)
             pass
     try:

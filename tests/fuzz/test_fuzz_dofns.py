@@ -112,7 +112,7 @@ from transforms.deadletter import DEAD, AppendLines, dead_letter_json, letter_ev
 from transforms.dedupe import DropRedeliveriesWithTtl, dedupe_bucket
 from transforms.kafka_tally import TALLY, KafkaClaim, ended, from_letter_line
 from transforms.keying import lead_identity, shard_of
-from transforms.ledger import APPLIED, LEDGER, SKIPPED, _CountFinal, count_final_statuses, worst
+from transforms.ledger import APPLIED, LEDGER, SKIPPED, _CountFinal, _event_id, count_final_statuses, worst
 from transforms.ledger import DEAD as LEDGER_DEAD
 from transforms.mapping import _Map, carried
 from transforms.outcomes import EmitOutcomes, ledger_status
@@ -120,6 +120,8 @@ from transforms.parse import _Parse
 from transforms.per_person import (
     FoldPersons,
     Identify,
+    _message_id,
+    _person,
     message_and_person,
     shard_person,
     shared_message_ids,
@@ -451,18 +453,21 @@ def job_dofn(cls: type, source: str = "files") -> beam.DoFn:
     return event_job_dofns(CONFIG, request, streaming=source in ("pubsub", "kafka-streaming", "kafka-settled"))[cls][0]
 
 
+# The key each ShardedFold of the job places its items by, per fold (a ShardedFold packs each of its inputs
+# with a pack DoFn of its own, all alike).
+FOLD_KEYS = {FoldPersons: _person, shared_message_ids: _message_id, count_final_statuses: _event_id}
+
+
 @functools.cache
 def job_fold(fold: Callable[..., Any]) -> tuple[beam.DoFn, beam.DoFn]:
-    """The job's pack and fold DoFns of the ShardedFold (bounded input) whose fold is ``fold``."""
+    """A pack DoFn and the fold DoFn of the job's ShardedFold (bounded input) whose fold is ``fold``."""
     request = RunRequest(source=SOURCES["files"], close_url=NOWHERE, key_source=KeySource())
     fns = event_job_dofns(CONFIG, request)
-    (pair,) = [
-        (p, f)
-        for p, f in zip(fns[_PackShards], fns[_FoldShard], strict=True)
-        # the job may bind the fold's options (functools.partial) or make it an instance of a class
-        if (role := getattr(f._fold, "func", f._fold)) is fold or type(role) is fold
-    ]
-    return pair
+    # the job may bind the fold's options (functools.partial) or make it an instance of a class
+    (fold_fn,) = [f for f in fns[_FoldShard] if (role := getattr(f._fold, "func", f._fold)) is fold or type(role) is fold]
+    packs = [p for p in fns[_PackShards] if p._key is FOLD_KEYS[fold]]
+    assert packs
+    return packs[0], fold_fn
 
 
 def through_fold(fold: Callable[..., Any], items: list[Any], **side: Any) -> Run:
