@@ -294,6 +294,19 @@ class Received:
         return (Received, (self.payload, self.origin))
 
 
+def flat_read(payload: Any, origin: Origin | None) -> tuple[Any, ...]:
+    """A payload and where it was read as one plain tuple: a batch run packs one per event, and a plain
+    tuple pickles without a Python call per object (`Origin.__reduce__`), in half the time."""
+    if origin is None:
+        return (payload,)
+    return (payload, origin.kind, origin.name, origin.position, origin.partition)
+
+
+def read_of(flat: tuple[Any, ...]) -> tuple[Any, Origin | None]:
+    """(payload, origin) back from `flat_read`."""
+    return flat[0], (Origin(*flat[1:]) if len(flat) > 1 else None)
+
+
 # ---------------------------------------------------------------------------- runs
 
 LETTERS_PREFIX = "dead-letters-"  # a run's dead letters: dead-letters-<run id>.jsonl

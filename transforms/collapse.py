@@ -16,7 +16,7 @@ from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateS
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from closecrm.events.collapse import collapse, creates_anew
-from closecrm.model import Outcome, UpsertRequest
+from closecrm.model import Outcome, Received, UpsertRequest, flat_read, read_of
 from transforms import metrics
 from transforms.kafka_tally import TALLY, merged
 from transforms.sharded import ShardedFold, pack, unpack
@@ -52,10 +52,14 @@ class PackedEvents(Sequence):
 
     @classmethod
     def of(cls, events: Sequence[Any]) -> PackedEvents:
-        return cls(pack(events), len(events))
+        # A `Received` packs as a plain tuple (`flat_read`); the events that are not (rows) as they are.
+        flat = [flat_read(e.payload, e.origin) if isinstance(e, Received) else e for e in events]
+        return cls(pack(flat), len(events))
 
     def _items(self) -> tuple[Any, ...]:
-        return tuple(unpack(self._blob)) if self._count else ()
+        if not self._count:
+            return ()
+        return tuple(Received(*read_of(e)) if isinstance(e, tuple) else e for e in unpack(self._blob))
 
     def __len__(self) -> int:
         return self._count

@@ -23,6 +23,7 @@ import apache_beam as beam
 
 from closecrm.events.mapping import MappingSpec
 from closecrm.events.parse import Event, identity
+from closecrm.model import flat_read, read_of
 from transforms import metrics
 from transforms.collapse import COLLAPSE_SHARDS, _Explode, collapse_persons
 from transforms.deadletter import DEAD
@@ -70,8 +71,8 @@ def _person(item: tuple[str, str, Any]) -> str:
     return item[0]
 
 
-def _read(item: tuple[str, str, Any]) -> Any:
-    return item[2]
+def _read(item: tuple[str, str, Any]) -> tuple[Any, ...]:
+    return flat_read(*item[2])
 
 
 def message_and_person(item: tuple[str, str, Any]) -> tuple[str, str]:
@@ -95,7 +96,7 @@ def shared_message_ids(pairs: Iterable[tuple[str, str]]) -> Iterator[tuple[str, 
 
 
 class FoldPersons:
-    """Every payload (payload, origin) of some people → per person, their collapsed requests
+    """Every payload of some people (`closecrm.model.flat_read` of the payload and its origin) → per person, their collapsed requests
     (`collapse_persons`), with the dead letters and ledger entries of the payloads that made none. With
     ``dedupe``, the first copy of each messageId goes on and the later ones end as skipped; ``owners``
     names the person whose copy goes on for a messageId several people share."""
@@ -107,7 +108,7 @@ class FoldPersons:
         self._by_user_id = by_user_id
         self._dupes = metrics.counter(metrics.EVENTS_DUPLICATE)
 
-    def __call__(self, payloads: Iterable[tuple[Any, Any]], owners: Mapping[str, str] | None = None) -> Iterator[Any]:
+    def __call__(self, payloads: Iterable[tuple[Any, ...]], owners: Mapping[str, str] | None = None) -> Iterator[Any]:
         owners = owners or {}
         seen: set[str] = set()
         keyed: list[tuple[str, Any]] = []
@@ -131,9 +132,9 @@ class FoldPersons:
                     keyed.append(out)
         yield from collapse_persons(keyed, self._by_user_id)
 
-    def _events(self, payloads: Iterable[tuple[Any, Any]]) -> Iterator[Any]:
-        for payload, origin in payloads:
-            yield from self._parser.outputs(payload, origin)
+    def _events(self, payloads: Iterable[tuple[Any, ...]]) -> Iterator[Any]:
+        for flat in payloads:
+            yield from self._parser.outputs(*read_of(flat))
 
 
 class PerPerson(beam.PTransform):

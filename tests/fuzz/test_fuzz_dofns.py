@@ -61,7 +61,7 @@ from hypothesis import strategies as st
 import pipeline
 import transforms
 from closecrm.events.parse import Event
-from closecrm.model import DeadLetter, Origin, Outcome, Received
+from closecrm.model import DeadLetter, Origin, Outcome, Received, read_of
 from closecrm.reverse_etl.snapshot import ACCEPTS
 from closecrm.wiring import KeySource
 from pipeline import snapshot_job
@@ -693,7 +693,7 @@ def test_per_person_fold_keeps_every_event_id_of_every_person(raws):
     pack, _ = job_fold(FoldPersons)
     items = identified(raws)
     packs = drive(pack, items).all.main
-    assert sorted(map(repr, (x for _, blob in packs for x in unpack(blob)))) == sorted(
+    assert sorted(repr(read_of(x)) for _, blob in packs for x in unpack(blob)) == sorted(
         repr(read) for _, _, read in items
     )  # every payload placed, packed as read
     events, out, requested, own, _ = fold_endings(raws)

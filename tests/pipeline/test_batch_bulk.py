@@ -12,7 +12,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that
 
 from closecrm.events.parse import BadEvent, parse_event
-from closecrm.model import UpsertRequest
+from closecrm.model import Origin, Received, UpsertRequest, flat_read, read_of
 from pipeline.config import default_config
 from transforms import metrics as m
 from transforms.collapse import CollapsePerPerson, PackedEvents, _CollapseFn, collapse_persons
@@ -48,6 +48,18 @@ def test_packed_events_read_like_the_tuple_they_stand_for():
     assert packed == events and packed == PackedEvents.of(events)
     assert pickle.loads(pickle.dumps(packed)) == events
     assert PackedEvents.of(()) == () and len(PackedEvents.of(())) == 0
+
+
+def test_packed_events_give_back_each_received_payload_with_its_origin():
+    events = (
+        Received(b'{"messageId": "a"}', Origin("line", "gs://b/events.jsonl", 7)),
+        Received("text", Origin("kafka", "events", 41, 2)),
+        Received(b"no origin", None),
+        {"messageId": "row"},  # a row: packed as it is
+    )
+    packed = pickle.loads(pickle.dumps(PackedEvents.of(events)))
+    assert packed == events and all(type(a) is type(b) for a, b in zip(packed, events, strict=True))
+    assert [read_of(flat_read(e.payload, e.origin)) for e in events[:3]] == [(e.payload, e.origin) for e in events[:3]]
 
 
 def test_batch_ledger_counts_each_event_once_with_its_most_serious_status():
