@@ -98,8 +98,8 @@ def build(p: beam.Pipeline, shape: JobShape) -> dict[str, beam.PCollection]:
         )
         tallies = []
         pending = folded[PENDING]
-        ledgers = [folded[LEDGER]]
-        deads = [folded[DEAD]]
+        ledgers = list(folded[LEDGER])
+        deads = list(folded[DEAD])
     outcomes = []
     # Bounded input has collapsed each person's whole input already, which merges identical requests
     # (they share a collapse key); and a keyed stage there sees a person's requests in no set order, so

@@ -96,10 +96,11 @@ def shared_message_ids(pairs: Iterable[tuple[str, str]]) -> Iterator[tuple[str, 
 
 
 class FoldPersons:
-    """Every payload of some people (`closecrm.model.flat_read` of the payload and its origin) → per person, their collapsed requests
-    (`collapse_persons`), with the dead letters and ledger entries of the payloads that made none. With
-    ``dedupe``, the first copy of each messageId goes on and the later ones end as skipped; ``owners``
-    names the person whose copy goes on for a messageId several people share."""
+    """Every payload of some people (each a `closecrm.model.flat_read` of the payload and its origin) →
+    per person, their collapsed requests (`collapse_persons`), with the dead letters and ledger entries
+    of the payloads that made none. With ``dedupe``, the first copy of each messageId goes on and the
+    later ones end as skipped; ``owners`` names the person whose copy goes on for a messageId several
+    people share."""
 
     def __init__(self, specs: Sequence[MappingSpec], *, max_bytes: int, dedupe: bool, by_user_id: bool) -> None:
         self._parser = EventParser(max_bytes)
@@ -138,9 +139,9 @@ class FoldPersons:
 
 
 class PerPerson(beam.PTransform):
-    """Bounded input: payload as read (or `Received`) → {PENDING: Pending, DEAD: DeadLetter, LEDGER:
-    (event id, status)}; what `ParseEvents`, the redelivery drop, `MapToUpserts` and
-    `CollapsePerPerson` give one after the other."""
+    """Bounded input: payload as read (or `Received`) → {PENDING: Pending, DEAD: [DeadLetter, ...],
+    LEDGER: [(event id, status), ...]} (a PCollection per stage in each list); what `ParseEvents`, the
+    redelivery drop, `MapToUpserts` and `CollapsePerPerson` give one after the other."""
 
     def __init__(
         self,
@@ -179,6 +180,10 @@ class PerPerson(beam.PTransform):
             value=_read,
         )
         pending = folded.collapsed | "Explode" >> beam.ParDo(_Explode(packed=True))
-        dead = (identified[DEAD], folded[DEAD]) | "DeadLetters" >> beam.Flatten()
-        ledger = (identified[LEDGER], folded[LEDGER]) | "Ledger" >> beam.Flatten()
-        return {PENDING: pending, DEAD: dead, LEDGER: ledger}
+        # Dead letters and ledger entries stay one PCollection per stage, each taken on where it is
+        # made (`WriteDeadLetters`, `SettleLedger`), not flattened here.
+        return {
+            PENDING: pending,
+            DEAD: [identified[DEAD], folded[DEAD]],
+            LEDGER: [identified[LEDGER], folded[LEDGER]],
+        }

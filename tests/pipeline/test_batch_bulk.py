@@ -84,7 +84,9 @@ def _per_person(lines: list[str], *, dedupe: bool = True):  # noqa: ANN202
             DEFAULT_OPTIONS.mappings, max_bytes=DEFAULT_OPTIONS.max_event_bytes, dedupe=dedupe, by_user_id=False
         )
     )
-    for name, pcoll in (("pending", out[PENDING]), ("ledger", out[LEDGER]), ("dead", out[LETTERS])):
+    ledger = tuple(out[LEDGER]) | "Ledger" >> beam.Flatten()
+    letters = tuple(out[LETTERS]) | "Letters" >> beam.Flatten()
+    for name, pcoll in (("pending", out[PENDING]), ("ledger", ledger), ("dead", letters)):
         _ = pcoll | f"Collect{name}" >> beam.Map(_collect_into, name)
     _BY_NAME.clear()
     values = counters(p.run())
