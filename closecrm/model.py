@@ -36,12 +36,13 @@ class Flags:
     # An alias may merge two people's leads and contacts, which deletes records: off unless asked for.
     allow_merging: bool = False
 
+    def plain(self) -> bool:
+        """Every switch a bool, as a config gives them (not some other truthy value)."""
+        return set(map(type, self.__dict__.values())) == _BOOL
+
     def __reduce__(self):  # noqa: ANN204
         # Pickled with every request: by value, not as a state dict naming each switch.
-        values = _flag_values(self.__dict__)
-        if set(map(type, values)) == _BOOL:
-            return (_shared_flags, values)
-        return (Flags, values)
+        return (_shared_flags if self.plain() else Flags, _flag_values(self.__dict__))
 
 
 _flag_values = operator.itemgetter(*FLAG_NAMES)

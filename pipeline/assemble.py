@@ -70,7 +70,6 @@ def build(p: beam.Pipeline, shape: JobShape) -> dict[str, beam.PCollection]:
         parsed = raw | "ParseEvents" >> ParseEvents(
             max_bytes=options.max_event_bytes,
             dedupe_ttl_seconds=options.dedupe_seconds,
-            streaming=True,
             tally=tally,
         )
         tallies = [*parsed[TALLY]]

@@ -1,4 +1,5 @@
-"""ParseEvents: raw payloads → Segment events, dropping redeliveries and dead-lettering bad input."""
+"""ParseEvents (unbounded input): raw payloads → Segment events, dropping redeliveries and dead-lettering bad
+input; `EventParser`, the parse of one payload, is shared with the bounded per-person fold."""
 
 from __future__ import annotations
 
@@ -143,17 +144,15 @@ class ParseEvents(beam.PTransform):
     """Main output: Event. Tagged outputs: DEAD (DeadLetter), LEDGER ((event_id, status)), and TALLY
     (`transforms.kafka_tally`: the records it settles, and the reader's claims).
 
-    ``dedupe_ttl_seconds``: unbounded input drops redeliveries here; bounded input passes None and
-    drops them per person, in the shuffle that collapses them (`transforms.per_person.PerPerson`)."""
+    Unbounded input only: bounded input is parsed, and its redeliveries dropped, in the per-person
+    shuffle (`transforms.per_person.PerPerson`). ``dedupe_ttl_seconds``: how long a messageId is
+    remembered to drop its redeliveries (None: dedupe switched off in the config)."""
 
-    def __init__(
-        self, max_bytes: int, dedupe_ttl_seconds: float | None, streaming: bool, tally: bool = False
-    ) -> None:
+    def __init__(self, max_bytes: int, dedupe_ttl_seconds: float | None, tally: bool = False) -> None:
         super().__init__()
         self._tally = tally
         self._max_bytes = max_bytes
         self._ttl = dedupe_ttl_seconds
-        self._streaming = streaming
 
     def expand(self, raw):
         parsed = raw | "Parse" >> beam.ParDo(_Parse(self._max_bytes, self._tally)).with_outputs(
@@ -161,9 +160,7 @@ class ParseEvents(beam.PTransform):
         )
         if self._ttl is None:  # dedupe switched off in the config
             return {"events": parsed.events, DEAD: parsed[DEAD], LEDGER: parsed[LEDGER], TALLY: [parsed[TALLY]]}
-        if not self._streaming:
-            raise ValueError("bounded input drops redeliveries per person (transforms.per_person.PerPerson)")
-        # Unbounded input: messageIds in a bounded number of keyed buckets, each pruned at expiry.
+        # MessageIds in a bounded number of keyed buckets, each pruned at expiry.
         unique = (
             parsed.events
             | "KeyByMessageBucket"

@@ -22,7 +22,7 @@ from typing import Any
 import apache_beam as beam
 
 from closecrm.events.mapping import MappingSpec
-from closecrm.events.parse import Event, identity
+from closecrm.events.parse import identity
 from closecrm.model import flat_read, read_of
 from transforms import metrics
 from transforms.collapse import COLLAPSE_SHARDS, _Explode, collapse_persons
@@ -38,15 +38,10 @@ PENDING = "pending"
 DEDUPE_SHARDS = 16
 
 
-def shard_person(event: Event) -> str:
-    """The person an event's requests are keyed by (`transforms.mapping.person_key`), from the event
-    alone: the user, else the anonymous visitor (a parsed event names one)."""
-    return event_person(event) or f"message:{event.message_id}"
-
-
 class Identify(beam.DoFn):
     """A payload as read → (person, messageId, (payload, origin)): who the event it makes is about
-    (`shard_person` of that event) and its messageId. A payload that makes no event is dead-lettered
+    (`transforms.mapping.event_person` of that event: a parsed event names a user or a visitor) and
+    its messageId. A payload that makes no event is dead-lettered
     here, by its parse. Counts every event read."""
 
     def __init__(self, max_bytes: int) -> None:
@@ -120,7 +115,7 @@ class FoldPersons:
             if self._dedupe:
                 message_id = event.message_id
                 owner = owners.get(message_id)
-                if message_id in seen or (owner is not None and owner != shard_person(event)):
+                if message_id in seen or (owner is not None and owner != event_person(event)):
                     self._dupes.inc()
                     # A redelivered copy ends as skipped, under a ledger key of its own.
                     yield beam.pvalue.TaggedOutput(LEDGER, (f"dup:{message_id}:{uuid.uuid4().hex}", SKIPPED))

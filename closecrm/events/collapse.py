@@ -327,7 +327,7 @@ _tuple_values = operator.itemgetter(
     "contact_emails", "contact_phones", "contact_urls", "event_ids", "mappings", "dropped"
 )
 _custom_values = operator.itemgetter("lead_custom_fields", "contact_custom_fields")
-_BOOL, _TUPLE, _DICT = {bool}, {tuple}, {dict}
+_TUPLE, _DICT = {tuple}, {dict}
 
 
 def _foldable(req: UpsertRequest) -> bool:
@@ -337,7 +337,7 @@ def _foldable(req: UpsertRequest) -> bool:
     return (
         type(req) is UpsertRequest
         and type(req.flags) is Flags
-        and set(map(type, req.flags.__dict__.values())) == _BOOL
+        and req.flags.plain()
         and set(map(type, _tuple_values(req.__dict__))) == _TUPLE
         and set(map(type, _custom_values(req.__dict__))) == _DICT
     )

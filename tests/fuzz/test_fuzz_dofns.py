@@ -114,7 +114,7 @@ from transforms.kafka_tally import TALLY, KafkaClaim, ended, from_letter_line
 from transforms.keying import lead_identity, shard_of
 from transforms.ledger import APPLIED, LEDGER, SKIPPED, _CountFinal, _event_id, count_final_statuses, worst
 from transforms.ledger import DEAD as LEDGER_DEAD
-from transforms.mapping import _Map, carried
+from transforms.mapping import _Map, carried, event_person
 from transforms.outcomes import EmitOutcomes, ledger_status
 from transforms.parse import _Parse
 from transforms.per_person import (
@@ -123,7 +123,6 @@ from transforms.per_person import (
     _message_id,
     _person,
     message_and_person,
-    shard_person,
     shared_message_ids,
 )
 from transforms.sharded import _FoldShard, _PackShards, unpack
@@ -588,7 +587,7 @@ def test_identify_places_every_payload_by_the_person_its_parse_names(raws):
             assert len(item.main) == 1 and not item.tagged
             person, message_id, read = item.main[0]
             for event in parsed_.main:
-                assert (person, message_id) == (shard_person(event), event.message_id)
+                assert (person, message_id) == (event_person(event), event.message_id)
                 assert read == (event.received, event.origin)
         else:  # no event: dead-lettered here, as _Parse dead-letters it
             assert accounted(item) == "dead" and not parsed_.main and len(parsed_.dead) == 1

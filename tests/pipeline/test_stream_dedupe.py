@@ -72,7 +72,7 @@ def test_streaming_parse_drops_redelivered_message_ids() -> None:
     options = PipelineOptions()
     options.view_as(StandardOptions).streaming = True
     with beam.Pipeline(runner=BundleBasedDirectRunner(), options=options) as p:
-        parsed = p | stream | ParseEvents(max_bytes=DEFAULT_OPTIONS.max_event_bytes, dedupe_ttl_seconds=600, streaming=True)
+        parsed = p | stream | ParseEvents(max_bytes=DEFAULT_OPTIONS.max_event_bytes, dedupe_ttl_seconds=600)
         ids = parsed["events"] | "Ids" >> beam.Map(lambda e: e.message_id)
         assert_that(ids, equal_to([f"m{i}" for i in range(6)]), label="first copies")
         dups = parsed[LEDGER] | beam.Filter(lambda kv: kv[0].startswith("dup:")) | beam.Map(lambda kv: kv[0][:6])
