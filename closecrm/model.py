@@ -38,15 +38,20 @@ class Flags:
 
     def plain(self) -> bool:
         """Every switch a bool, as a config gives them (not some other truthy value)."""
-        return set(map(type, self.__dict__.values())) == _BOOL
+        return _all_bools(_flag_values(self.__dict__))
 
     def __reduce__(self):  # noqa: ANN204
         # Pickled with every request: by value, not as a state dict naming each switch.
-        return (_shared_flags if self.plain() else Flags, _flag_values(self.__dict__))
+        values = _flag_values(self.__dict__)
+        return (_shared_flags if _all_bools(values) else Flags, values)
 
 
 _flag_values = operator.itemgetter(*FLAG_NAMES)
 _BOOL = {bool}
+
+
+def _all_bools(values: tuple[Any, ...]) -> bool:
+    return set(map(type, values)) == _BOOL
 
 
 @lru_cache(maxsize=64)
