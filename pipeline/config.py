@@ -349,9 +349,11 @@ class PipelineConfig(_Strict):
         ge=1,
         le=200_000,
         description=(
-            "Most requests per writer flush (per shard). A flush is sorted by lead identity and joins the "
-            "writer's one stream of 200-request lookups (5,000 requests of lookahead); on bounded input the "
-            "next flush is buffered while it writes. Memory holds up to two flushes per writer."
+            "Requests per writer flush (per shard), applied in event time through the writer's one engine "
+            "stream. Unbounded input flushes at this size, in lookups of 200 requests (5,000 of lookahead). "
+            "Bounded input is held until it ends, then cut into flushes of about this size, each looked up "
+            "at once; a flush runs longer where a cut would split a collapsed request's span, so an input "
+            "whose people's events all span the run is one flush, held in memory whole while it writes."
         ),
     )
     flush_seconds: float = Field(default=5.0, gt=0, description="Longest a request waits for its batch.")
