@@ -353,7 +353,7 @@ class PipelineConfig(_Strict):
             "stream. Unbounded input flushes at this size, in lookups of 200 requests (5,000 of lookahead). "
             "Bounded input is held until it ends, then cut into flushes of about this size, each looked up "
             "at once; a flush runs longer where a cut would split a collapsed request's span, so an input "
-            "whose people's events all span the run is one flush, held in memory whole while it writes."
+            "whose people's events all span the run is one flush (each request let go once it is written)."
         ),
     )
     flush_seconds: float = Field(default=5.0, gt=0, description="Longest a request waits for its batch.")

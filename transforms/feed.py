@@ -20,15 +20,24 @@ def engine_failure(exc: Exception) -> Outcome:
     return Outcome(kind="failed", reason=f"engine_error:{type(exc).__name__}", error_body=str(exc))
 
 
+def _outcome_at(outs: Sequence[Outcome | None], k: int) -> Outcome:
+    """The outcome a batch yielded at ``k``; a failure where it yielded none (it must, for every item it
+    did not settle), so no item waits for ever."""
+    out = outs[k] if k < len(outs) else None
+    return out if out is not None else engine_failure(RuntimeError("the engine gave this request no outcome"))
+
+
 class EngineFeed:
     """Feeds ``UpsertEngine.upsert_stream`` from another thread, so a writer's flushes join one stream.
 
     A stream per flush would idle the write budget while one flush's last lookup batches finish
     and the next flush searches its first. Here the stream outlives flushes: ``submit`` queues
-    items (cut into lookup batches) and returns at once; outcomes come back in submission order,
-    paired with their items, through ``ready`` (what is done now) and ``wait_until`` (block until
-    at most ``n`` items are outstanding). The stream keeps its per-lead ordering across everything
-    submitted, as it does across one flush.
+    items (cut into lookup batches) and returns at once; outcomes come back paired with their items
+    as each request's group ends (the engine's ``settled``), through ``ready`` (what is done now)
+    and ``wait_until`` (block until at most ``n`` items are outstanding). An item is let go once
+    its outcome is handed back, so a lookup batch as long as a whole bounded input holds only what
+    is still under way. The stream keeps its per-lead ordering across everything submitted, as it
+    does across one flush.
 
     ``submit``, ``ready`` and ``wait_until`` are for one thread (Beam's); the stream runs on
     ``loop``, which another thread runs. If the engine raises, every outstanding item fails with
@@ -110,7 +119,10 @@ class EngineFeed:
             await self._task
 
     async def _run(self, inbox: asyncio.Queue[list[Any] | None]) -> None:
+        # The chunks handed to the stream, in order (the engine numbers its batches so): an item is
+        # replaced by None once its outcome is handed back.
         taken: deque[list[Any]] = deque()
+        first = 0  # the stream's number of the chunk at the head of ``taken``
 
         async def source() -> AsyncIterator[list[Any]]:
             while True:
@@ -120,16 +132,24 @@ class EngineFeed:
                 taken.append(chunk)
                 self._items.update((id(item.request), item) for item in chunk)
                 yield [item.request for item in chunk]
+                del chunk
+
+        def settled(number: int, index: int, outcome: Outcome) -> None:
+            chunk = taken[number - first]
+            item, chunk[index] = chunk[index], None
+            self._results.put(([item], [outcome]))
 
         # A dry run goes through the same stream, so it plans what the real run would write.
-        stream = (
-            self._engine.upsert_stream(source(), dry_run=True)
-            if self._dry_run
-            else self._engine.upsert_stream(source())
-        )
+        stream = self._engine.upsert_stream(source(), dry_run=self._dry_run, settled=settled)
         try:
             async for outs in stream:
-                self._results.put((taken.popleft(), outs))
+                # Each outcome was settled as its group ended; one the engine yields here instead
+                # (a stream that does not settle) is paired by position.
+                chunk = taken.popleft()
+                first += 1
+                left = [k for k, item in enumerate(chunk) if item is not None]
+                if left:
+                    self._results.put(([chunk[k] for k in left], [_outcome_at(outs, k) for k in left]))
         except Exception as exc:  # noqa: BLE001 - an engine crash must become dead letters, not a hung writer
             failed = engine_failure(exc)
             while not inbox.empty():
@@ -137,5 +157,6 @@ class EngineFeed:
                 if chunk is not None:
                     taken.append(chunk)
             while taken:
-                chunk = taken.popleft()
-                self._results.put((chunk, [failed] * len(chunk)))
+                chunk = [item for item in taken.popleft() if item is not None]
+                if chunk:
+                    self._results.put((chunk, [failed] * len(chunk)))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import apache_beam as beam
@@ -34,17 +34,36 @@ from transforms.client_metrics import ClientMetrics
 from transforms.collapse import Pending
 from transforms.deadletter import DEAD
 from transforms.feed import EngineFeed
-from transforms.keying import key_by_lead_shard
+from transforms.keying import key_by_lead_shard, lead_identity
 from transforms.ledger import LEDGER
 from transforms.objects import BEAM_OBJECTS
 from transforms.outcomes import audit_line, emit_outcome, intent_line
-from transforms.sharded import in_global_window
+from transforms.sharded import _PackShards, in_global_window, unpack
+
+# Bounded input reaches the writer in packs of at most this many requests (one compressed pickled list
+# per lead shard and bundle): the local runner keeps the writer's whole input, and then its state, in
+# memory until the input ends, and a pack takes a fraction of the room of its requests one by one.
+REQUESTS_PER_PACK = 2_000
 
 
 def event_order(request: UpsertRequest) -> tuple[int, Any]:
     """A request's moment in UTC, requests without a usable timestamp first (as collapsing sorts)."""
     moment = instant(request.timestamp)
     return (0, 0) if moment is None else (1, moment)
+
+
+def lead_of(pending: Pending) -> str:
+    """What places a request among the writer's keys (`transforms.keying.lead_identity`)."""
+    return lead_identity(pending.request)
+
+
+def held(values: Iterable[Any]) -> Iterator[Pending]:
+    """The requests a key's state holds, each pack (bytes, `PackByLeadShard`) opened in turn."""
+    for value in values:
+        if isinstance(value, bytes):
+            yield from unpack(value)
+        else:
+            yield value
 
 
 def flush_order(batch: Iterable[Pending]) -> list[Pending]:
@@ -62,14 +81,14 @@ def flush_order(batch: Iterable[Pending]) -> list[Pending]:
 class ApplyBatches(beam.DoFn):
     """Buffers requests per shard (bag state) and applies them in event time (`flush_order`).
 
-    Bounded input holds every request of a key until the end of input (the window-end timer), then
-    applies them all in event time, handed to the engine in flushes of up to ``batch_size``: requests
-    arrive in no particular order, so a flush applied before the input ended could come before an
-    earlier event of the same lead still on its way. Splitting the input into flushes of any size
-    ends where one flush does. The flushes join one engine stream (`EngineFeed`) and the writer
-    submits the next while earlier ones write: outcomes are emitted as each lookup batch finishes,
-    and a flush waits only until the earlier ones are down to the stream's lookahead. Input whose
-    requests carry no event time (``in_event_time=False``: a snapshot's rows) has no order to wait
+    Bounded input holds every request of a key (arriving in packs, `held`) until the end of input (the
+    window-end timer), then applies them all in event time, handed to the engine in flushes of up to
+    ``batch_size``: requests arrive in no particular order, so a flush applied before the input ended
+    could come before an earlier event of the same lead still on its way. Splitting the input into
+    flushes of any size ends where one flush does. The flushes join one engine stream (`EngineFeed`) and
+    the writer submits the next while earlier ones write: outcomes are emitted as each request's group
+    ends, and a flush waits only until the earlier ones are down to the stream's lookahead. Input
+    whose requests carry no event time (``in_event_time=False``: a snapshot's rows) has no order to wait
     for: it flushes on size, in arrival order, and holds no more than the flushes in hand.
 
     Unbounded input flushes on size, after ``flush_seconds`` and at window end, each flush in event
@@ -144,7 +163,7 @@ class ApplyBatches(beam.DoFn):
 
     def process(
         self,
-        item: tuple[int, Pending],
+        item: tuple[int, Any],  # a Pending, or a pack of them (bounded input in event time)
         buffer=beam.DoFn.StateParam(BUFFER),
         count=beam.DoFn.StateParam(COUNT),
         window_end=beam.DoFn.TimerParam(WINDOW_END),
@@ -190,7 +209,7 @@ class ApplyBatches(beam.DoFn):
         """Takes what the state holds out of it (buffer, count and, when given, the flush timer all
         cleared) and hands it to the engine stream in event time, in flushes of up to batch_size
         (longer where a cut would split a collapsed request's span); yields the outcomes that are in."""
-        ordered = flush_order(buffer.read())
+        ordered = flush_order(held(buffer.read()))
         buffer.clear()
         count.clear()
         if flush_timer is not None:
@@ -205,6 +224,7 @@ class ApplyBatches(beam.DoFn):
             # Earlier flushes go on writing; keep no more than the stream's lookahead of them ahead.
             yield from self._emit(self._feed.wait_until(MAX_CONCURRENCY))
             self._feed.submit(batch)
+            del batch  # the stream lets go of each request as it settles; so does this frame
         yield from self._emit(self._feed.wait_until(0) if not self.OVERLAP else self._feed.ready())
 
     def _record_setup(self) -> None:
@@ -322,6 +342,7 @@ class UpsertToClose(beam.PTransform):
 
     def expand(self, pendings):
         kind = ApplyBatchesStreaming if self._streaming else ApplyBatches
+        held_whole = not self._streaming and self._in_event_time  # held until the input ends: packed
         writer = kind(
             self._spec,
             self._batch_size,
@@ -331,9 +352,11 @@ class UpsertToClose(beam.PTransform):
             run_id=self._run_id,
             audit_log=self._audit_log,
         )
-        return (
-            pendings
-            | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows())
-            | "KeyByLeadShard" >> key_by_lead_shard(self._shards)
-            | "ApplyBatches" >> beam.ParDo(writer).with_outputs(DEAD, LEDGER, main="outcomes")
-        )
+        windowed = pendings | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows())
+        if held_whole:
+            keyed = windowed | "PackByLeadShard" >> beam.ParDo(
+                _PackShards(lead_of, self._shards, REQUESTS_PER_PACK)
+            ).with_output_types(tuple[int, bytes])
+        else:
+            keyed = windowed | "KeyByLeadShard" >> key_by_lead_shard(self._shards)
+        return keyed | "ApplyBatches" >> beam.ParDo(writer).with_outputs(DEAD, LEDGER, main="outcomes")

@@ -7,7 +7,14 @@ from collections.abc import AsyncIterator, Sequence
 
 from closecrm.api.client import CloseClient
 from closecrm.engine.lookups import Lookup
-from closecrm.engine.ordering.scheduler import MAX_CONCURRENCY, STREAM_BATCH, STREAM_DEPTH, Batches, Scheduler
+from closecrm.engine.ordering.scheduler import (
+    MAX_CONCURRENCY,
+    STREAM_BATCH,
+    STREAM_DEPTH,
+    Batches,
+    Scheduler,
+    Settled,
+)
 from closecrm.engine.ordering.spans import batches
 from closecrm.engine.settings_check import check_settings
 from closecrm.engine.writes.ambiguity import create_key
@@ -110,12 +117,21 @@ class UpsertEngine:
         return out
 
     async def upsert_stream(
-        self, batches: Batches, *, dry_run: bool = False, depth: int = STREAM_DEPTH
+        self,
+        batches: Batches,
+        *,
+        dry_run: bool = False,
+        depth: int = STREAM_DEPTH,
+        settled: Settled | None = None,
     ) -> AsyncIterator[list[Outcome]]:
         """``upsert_batch`` on each batch in turn, yielding each batch's outcomes in order, pipelined:
         up to ``depth`` batches in flight, a batch searching while earlier ones write (scheduler.py).
-        The end state and the calls are those of ``upsert_batch`` batch after batch."""
-        async for outs in self._scheduler.stream(batches, self._layer(dry_run), depth):
+        The end state and the calls are those of ``upsert_batch`` batch after batch.
+
+        With ``settled`` (batch number in this stream, index in the batch, outcome), each outcome is
+        handed over as soon as it is final and the batch lets go of its request; each batch then
+        yields None in its place (see ``Scheduler.stream``)."""
+        async for outs in self._scheduler.stream(batches, self._layer(dry_run), depth, settled):
             yield outs
 
     def record(self, intend: Intend | None, recording: Recording | None, ended: Ended | None = None) -> None:

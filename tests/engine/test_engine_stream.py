@@ -4,6 +4,8 @@ applying each request one at a time, with no duplicate leads, and with the calls
 from __future__ import annotations
 
 import asyncio
+import gc
+import weakref
 from typing import Any
 
 import pytest
@@ -222,3 +224,99 @@ def test_a_contact_changed_by_someone_else_since_is_read_before_its_lists_are_me
     assert [e["email"] for e in contact["emails"]] == ["one@x.com", "two@x.com"]
     assert [p["phone"] for p in contact["phones"]] == ["+14155550100"]
     assert close.sim.stats()["by_group"]["read"] == 1
+
+
+def _settling(batches: list[list[UpsertRequest]], depth: int):  # noqa: ANN202
+    """A stream run with ``settled``: the outcomes it handed over by (batch, index), and what it yielded."""
+
+    async def go(engine: UpsertEngine) -> tuple[dict[tuple[int, int], Any], list[list[Any]]]:
+        handed: dict[tuple[int, int], Any] = {}
+
+        def settled(number: int, index: int, outcome: Any) -> None:
+            assert (number, index) not in handed, "settled twice"
+            handed[(number, index)] = outcome
+
+        yielded = [outs async for outs in engine.upsert_stream(batches, depth=depth, settled=settled)]
+        return handed, yielded
+
+    return go
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    leads=seeds,
+    reqs=st.lists(requests, min_size=1, max_size=10),
+    sizes=st.lists(st.integers(1, 4), min_size=1, max_size=6),
+    depth=st.integers(1, 4),
+)
+def test_a_settling_stream_hands_every_outcome_over_once_and_ends_as_one_at_a_time(
+    close: CloseEnv, leads: list[Any], reqs: list[UpsertRequest], sizes: list[int], depth: int
+) -> None:
+    reference = one_at_a_time_reference(close, leads, reqs)
+    batches = chunks(reqs, sizes)
+    handed, yielded = close.run(_settling(batches, depth), max_concurrency=4)
+    assert sorted(handed) == [(b, i) for b, batch in enumerate(batches) for i in range(len(batch))]
+    assert yielded == [[None] * len(b) for b in batches]  # nothing left to yield: all were handed over
+    reference.assert_matched_by(close, [handed[(b, i)] for b, batch in enumerate(batches) for i in range(len(batch))])
+
+
+def test_a_settling_stream_makes_the_calls_and_state_of_batch_after_batch(close: CloseEnv) -> None:
+    reqs = _workload(60)
+    batches = [reqs[i : i + 8] for i in range(0, len(reqs), 8)]
+    batch_outs, expected, batch_calls = batch_after_batch(close, batches)
+    close.fresh_org()
+    handed, _ = close.run(_settling(batches, 4), max_concurrency=8)
+    assert [handed[(b, i)].kind for b, batch in enumerate(batches) for i in range(len(batch))] == [
+        o.kind for o in batch_outs
+    ]
+    assert close.projection() == expected
+    assert close.sim.stats()["requests_total"] == batch_calls
+
+
+def test_a_settled_request_is_let_go_while_its_batch_is_still_writing(close: CloseEnv) -> None:
+    """One batch of a whole input: once a request's group ended, nothing in the engine keeps it, though
+    the batch (other groups) is still under way."""
+    batch = [*_workload(30), UpsertRequest(lead_company_id="slow", lead_name="Slow", contact_user_id="slow-1")]
+    refs = {i: weakref.ref(r) for i, r in enumerate(batch[:30])}
+    source = _once(batch)  # the test keeps weak references only
+    del batch
+
+    async def go(engine: UpsertEngine) -> list[int]:
+        seen: list[int] = []
+        alive_after: list[int] = []
+        release = asyncio.Event()
+        original = engine._scheduler._run_group  # noqa: SLF001 - hold one group back until the check
+
+        async def held(group, prep, *args, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+            if any(prep.reqs[i] is not None and prep.reqs[i].lead_company_id == "slow" for i in group.members):
+                await release.wait()
+            await original(group, prep, *args, **kw)
+
+        engine._scheduler._run_group = held  # noqa: SLF001
+
+        def settled(number: int, index: int, outcome: Any) -> None:
+            seen.append(index)
+            if len(seen) == 30:  # every request but the held one: check, then let it go on
+                asyncio.get_running_loop().call_soon(check)
+
+        def check() -> None:
+            gc.collect()
+            alive_after.extend(i for i, ref in refs.items() if ref() is not None)
+            release.set()
+
+        stream = engine.upsert_stream(source, settled=settled)
+        outs = [o async for o in stream]
+        assert outs == [[None] * 31]
+        return alive_after
+
+    assert close.run(go, max_concurrency=8) == []
+
+
+def _once(batch: list[UpsertRequest]):  # noqa: ANN202
+    """A source of one batch that keeps no reference to it once handed on."""
+    box = [batch]
+
+    async def gen():  # noqa: ANN202
+        yield box.pop()
+
+    return gen()

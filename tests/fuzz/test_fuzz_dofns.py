@@ -146,7 +146,7 @@ from transforms.snapshot import (
     settled_fingerprint,
     state_schema,
 )
-from transforms.writer import ApplyBatches, ApplyBatchesStreaming
+from transforms.writer import ApplyBatches, ApplyBatchesStreaming, lead_of
 
 # ---------------------------------------------------------------------------- Beam's runtime, in memory
 #
@@ -861,9 +861,15 @@ def test_writer_ends_every_request_with_one_outcome_against_close(
         dry_run=mode == "dry run",
     )
     shape = shape_for(config, request, streaming, local=True)
-    (fn,) = event_job_dofns(config, request, streaming)[ApplyBatchesStreaming if streaming else ApplyBatches]
+    fns = event_job_dofns(config, request, streaming)
+    (fn,) = fns[ApplyBatchesStreaming if streaming else ApplyBatches]
     items = pendings(raws)
-    run = drive(fn, [(shard_of(lead_identity(p.request), shape.shards), p) for p in items], keyed=True)
+    if streaming:
+        keyed = [(shard_of(lead_identity(p.request), shape.shards), p) for p in items]
+    else:  # bounded input reaches the writer in packs, through the job's own packer
+        (pack,) = [f for f in fns[_PackShards] if f._key is lead_of]
+        keyed = drive(pack, items).all.main
+    run = drive(fn, keyed, keyed=True)
     out = run.all
     assert sorted(p.request.event_ids for p, _ in out.main) == sorted(p.request.event_ids for p in items)
     check_settled(run)
@@ -1351,6 +1357,7 @@ DRIVERS: dict[type, tuple[Callable[..., Any], ...]] = {
         test_per_person_fold_passes_one_copy_of_each_message_id,
         test_per_person_fold_keeps_every_event_id_of_every_person,
         test_ledger_settles_every_payload_read_exactly_once,
+        test_writer_ends_every_request_with_one_outcome_against_close,  # the writer's packer
     ),
     _FoldShard: (
         test_per_person_fold_passes_one_copy_of_each_message_id,

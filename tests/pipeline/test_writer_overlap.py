@@ -5,12 +5,13 @@ from __future__ import annotations
 import apache_beam as beam
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from closecrm.model import UpsertRequest
+from closecrm.model import Settings, UpsertRequest
 from closecrm.wiring import EngineSpec, KeySource
 from tests.engine.test_engine_batch import people
 from tests.pipeline.helpers import sim_config
 from transforms.collapse import Pending
-from transforms.writer import UpsertToClose, flush_order
+from transforms.sharded import pack
+from transforms.writer import UpsertToClose, flush_order, held
 
 _OUT: list = []
 
@@ -53,3 +54,35 @@ def test_a_flush_is_applied_in_event_time_whatever_the_leads_ties_in_arrival_ord
     ]
     # Requests without a usable time come first (as collapsing sorts); 12:00:01+02:00 is 10:00:01Z.
     assert [p.person for p in flush_order(pendings)] == ["2", "4", "1", "0", "3"]
+
+
+def _labels(p: beam.Pipeline) -> set[str]:
+    labels: set[str] = set()
+
+    class _Visit(beam.pipeline.PipelineVisitor):
+        def visit_transform(self, node) -> None:  # noqa: ANN001
+            labels.add(node.full_label)
+
+        def enter_composite_transform(self, node) -> None:  # noqa: ANN001
+            labels.add(node.full_label)
+
+    p.visit(_Visit())
+    return labels
+
+
+def test_only_a_writer_that_holds_its_input_to_the_end_gets_it_in_packs():
+    spec = EngineSpec("http://127.0.0.1:9", KeySource(), Settings())
+    for streaming, in_event_time, packed in ((False, True, True), (False, False, False), (True, True, False)):
+        p = beam.Pipeline()
+        _ = p | beam.Create([]) | "W" >> UpsertToClose(
+            spec, shards=2, batch_size=7, flush_seconds=5.0, streaming=streaming, dry_run=False,
+            in_event_time=in_event_time,
+        )
+        labels = _labels(p)
+        assert ("W/PackByLeadShard" in labels) is packed, (streaming, in_event_time)
+        assert ("W/KeyByLeadShard" in labels) is not packed, (streaming, in_event_time)
+
+
+def test_the_writer_opens_packs_and_takes_requests_one_by_one_alike():
+    pendings = [Pending(str(n), UpsertRequest(contact_user_id=str(n))) for n in range(5)]
+    assert list(held([pack(pendings[:3]), pendings[3], pack([]), pendings[4]])) == pendings

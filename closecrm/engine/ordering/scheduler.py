@@ -47,6 +47,8 @@ STREAM_BATCH = 200
 MAX_CONCURRENCY = STREAM_DEPTH * STREAM_BATCH
 
 Batches = Iterable[Sequence[UpsertRequest]] | AsyncIterable[Sequence[UpsertRequest]]
+# (batch, request's index in it, its outcome): called on the loop as each request's outcome is final.
+Settled = Callable[[int, int, Outcome], None]
 
 
 @dataclass
@@ -71,6 +73,7 @@ class _Running:
     tasks: list[asyncio.Task[None]]
     claims: dict[str, int]
     view: View | None = None
+    settled: bool = False  # outcomes were handed to a `Settled` as they ended: the batch yields its Nones
 
     def done(self) -> bool:
         return all(t.done() for t in self.tasks)
@@ -78,6 +81,8 @@ class _Running:
     async def result(self) -> list[Outcome]:
         if self.tasks:
             await asyncio.gather(*self.tasks)
+        if self.settled:
+            return list(self.outcomes)  # type: ignore[arg-type]  # None where settled, by position
         return [o for o in self.outcomes if o is not None]
 
 
@@ -100,8 +105,15 @@ class Scheduler:
         self.max_concurrency = max(1, max_concurrency)
         self._positions = count()  # across every stream of the engine, in the order batches are taken
 
-    async def stream(self, batches: Batches, writes: Store, depth: int) -> AsyncIterator[list[Outcome]]:
-        """Each batch's outcomes in order, batch after batch; ``depth`` 1 overlaps nothing."""
+    async def stream(
+        self, batches: Batches, writes: Store, depth: int, settled: Settled | None = None
+    ) -> AsyncIterator[list[Outcome]]:
+        """Each batch's outcomes in order, batch after batch; ``depth`` 1 overlaps nothing.
+
+        With ``settled``, each request's outcome goes to it as soon as it is final (its group ended,
+        or it was refused before any group), and the batch forgets the request and its outcome: a
+        batch of a whole input then holds only what is still under way. The batch's yield is then
+        its list of outcomes by position, None for each one already settled."""
         source = _batches_of(batches)
         overlap = depth > 1
         gate = _OrderedGate(self.max_concurrency)  # shared: the stream as a whole keeps the bound
@@ -123,10 +135,11 @@ class Scheduler:
                         running = [r for r in in_flight if not r.done()]
                         following = asyncio.ensure_future(self._prepare(list(batch), writes)), running
                         fetch = asyncio.ensure_future(anext(source, None))
+                    batch = None  # the batch's requests are the prepared list's now (and go as they settle)
                 if following is not None and len(in_flight) < max(1, depth):
                     prepared, running = following
                     following = None
-                    in_flight.append(self._launch(await prepared, running, gate, next(launched), writes))
+                    in_flight.append(self._launch(await prepared, running, gate, next(launched), writes, settled))
                     continue
                 if following is None and fetch is None and not in_flight:
                     return
@@ -177,16 +190,23 @@ class Scheduler:
         return prep
 
     def _launch(
-        self, prep: _Prepared, running: list[_Running], gate: _OrderedGate, number: int, writes: Store
+        self,
+        prep: _Prepared,
+        running: list[_Running],
+        gate: _OrderedGate,
+        number: int,
+        writes: Store,
+        settled: Settled | None = None,
     ) -> _Running:
         """Start a batch's groups; each waits for the earlier groups it depends on."""
         reqs, outcomes, active, view = prep.reqs, prep.outcomes, prep.active, prep.view
-        if not active:
-            return _Running(outcomes, [], {})
         if prep.error is not None:
             for i in active:
                 outcomes[i] = Op(reqs[i]).failed(prep.error)
-            return _Running(outcomes, [], {})
+        if settled is not None:  # refused before any group (or the batch's searches failed)
+            _settle(prep, number, settled, [i for i, o in enumerate(outcomes) if o is not None])
+        if not active or prep.error is not None:
+            return _Running(outcomes, [], {}, settled=settled is not None)
         keys = prep.keys
         touches_of = {i: touches(reqs[i], view, writes, keys[i]) for i in active}
         nodes_of = {i: set(t.nodes) for i, t in touches_of.items()}
@@ -207,11 +227,19 @@ class Scheduler:
                 earlier=[running[b].view for b in sorted({b for b, _ in found})],
                 priority=(number, g),
             )
-            tasks.append(asyncio.ensure_future(self._run_group(plan, prep, shares, gate, writes)))
-        return _Running(outcomes, tasks, claims, view)
+            tasks.append(
+                asyncio.ensure_future(self._run_group(plan, prep, shares, gate, writes, (number, settled)))
+            )
+        return _Running(outcomes, tasks, claims, view, settled=settled is not None)
 
     async def _run_group(
-        self, group: _Group, prep: _Prepared, shares: dict[int, int], gate: _OrderedGate, writes: Store
+        self,
+        group: _Group,
+        prep: _Prepared,
+        shares: dict[int, int],
+        gate: _OrderedGate,
+        writes: Store,
+        settle: tuple[int, Settled | None] = (0, None),
     ) -> None:
         reqs, outcomes, view = prep.reqs, prep.outcomes, prep.view
         if group.deps:
@@ -228,6 +256,8 @@ class Scheduler:
             except Exception as exc:  # noqa: BLE001 - Close unavailable, or a bug: this group fails, the stream goes on
                 for i in group.members:
                     outcomes[i] = Op(reqs[i]).failed(exc, shares[i])
+                if settle[1] is not None:
+                    _settle(prep, settle[0], settle[1], group.members)
                 return
             # Members in order; a collapsed one part by part where another member falls inside its span.
             results: dict[int, list[Outcome]] = {}
@@ -256,8 +286,23 @@ class Scheduler:
             for i, outs in results.items():
                 outcomes[i] = outs[0] if len(outs) == 1 else combine(outs)
             await writes.finished([(reqs[i], outcomes[i]) for i in results])  # recorded as they end
+            if settle[1] is not None:
+                _settle(prep, settle[0], settle[1], list(results))
         finally:
             gate.release()
+
+
+def _settle(prep: _Prepared, number: int, settled: Settled, members: Iterable[int]) -> None:
+    """Hands each member's final outcome to ``settled``, then forgets the member's request, outcome and
+    lookup keys (nothing after its group reads them)."""
+    for i in members:
+        outcome = prep.outcomes[i]
+        if outcome is None:
+            continue
+        prep.outcomes[i] = None
+        prep.reqs[i] = None  # type: ignore[call-overload]
+        prep.keys.pop(i, None)
+        settled(number, i, outcome)
 
 
 def _groups(active: list[int], nodes_of: dict[int, set[str]], running: list[_Running]) -> list[list[int]]:
@@ -288,12 +333,16 @@ def _claimant(running: list[_Running], node: str) -> tuple[int, int] | None:
 
 
 async def _batches_of(batches: Batches) -> AsyncIterator[Sequence[UpsertRequest]]:
+    # Each batch let go once handed on: held here until the next one came, it would keep a whole
+    # batch's requests that the stream lets go of as they settle.
     if isinstance(batches, AsyncIterable):
         async for batch in batches:
             yield batch
+            del batch
     else:
         for batch in batches:
             yield batch
+            del batch
 
 
 def _union_find() -> tuple[Callable[[str], str], Callable[[str, str], None]]:
