@@ -32,11 +32,16 @@ def chunks(reqs: list[UpsertRequest], sizes: list[int]) -> list[list[UpsertReque
     return out
 
 
+# A stream's input: some requests, cut into batches of these sizes (`chunks`).
+stream_requests = st.lists(requests, min_size=1, max_size=10)
+batch_sizes = st.lists(st.integers(1, 4), min_size=1, max_size=6)
+
+
 @settings(max_examples=35, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     leads=seeds,
-    reqs=st.lists(requests, min_size=1, max_size=10),
-    sizes=st.lists(st.integers(1, 4), min_size=1, max_size=6),
+    reqs=stream_requests,
+    sizes=batch_sizes,
     depth=st.integers(2, 5),
     concurrency=st.sampled_from([1, 4, 16, 1024]),
 )
@@ -245,8 +250,8 @@ def _settling(batches: list[list[UpsertRequest]], depth: int):  # noqa: ANN202
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     leads=seeds,
-    reqs=st.lists(requests, min_size=1, max_size=10),
-    sizes=st.lists(st.integers(1, 4), min_size=1, max_size=6),
+    reqs=stream_requests,
+    sizes=batch_sizes,
     depth=st.integers(1, 4),
 )
 def test_a_settling_stream_hands_every_outcome_over_once_and_ends_as_one_at_a_time(
