@@ -42,7 +42,7 @@ def in_global_window(value: Any) -> WindowedValue:
     return WindowedValue(value, GlobalWindow().max_timestamp(), (GlobalWindow(),))
 
 
-class _PackShards(beam.DoFn):
+class PackShards(beam.DoFn):
     """item → (shard, packed [item (or ``value(item)``), ...]) per shard and bundle, shipped at the end
     of the bundle or every ``pack_limit`` items."""
 
@@ -130,7 +130,7 @@ class ShardedFold(beam.PTransform):
         packs = [
             pcoll
             | (f"Pack{i}" if len(inputs) > 1 else "Pack")
-            >> beam.ParDo(_PackShards(self._key, self._shards, self._pack_limit, self._value)).with_output_types(
+            >> beam.ParDo(PackShards(self._key, self._shards, self._pack_limit, self._value)).with_output_types(
                 tuple[int, bytes]
             )
             for i, pcoll in enumerate(inputs)

@@ -38,7 +38,7 @@ from transforms.keying import key_by_lead_shard, lead_identity
 from transforms.ledger import LEDGER
 from transforms.objects import BEAM_OBJECTS
 from transforms.outcomes import audit_line, emit_outcome, intent_line
-from transforms.sharded import _PackShards, in_global_window, unpack
+from transforms.sharded import PackShards, in_global_window, unpack
 
 # Bounded input reaches the writer in packs of at most this many requests (one compressed pickled list
 # per lead shard and bundle): the local runner keeps the writer's whole input, and then its state, in
@@ -355,7 +355,7 @@ class UpsertToClose(beam.PTransform):
         windowed = pendings | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows())
         if held_whole:
             keyed = windowed | "PackByLeadShard" >> beam.ParDo(
-                _PackShards(lead_of, self._shards, REQUESTS_PER_PACK)
+                PackShards(lead_of, self._shards, REQUESTS_PER_PACK)
             ).with_output_types(tuple[int, bytes])
         else:
             keyed = windowed | "KeyByLeadShard" >> key_by_lead_shard(self._shards)

@@ -125,7 +125,7 @@ from transforms.per_person import (
     message_and_person,
     shared_message_ids,
 )
-from transforms.sharded import _FoldShard, _PackShards, unpack
+from transforms.sharded import PackShards, _FoldShard, unpack
 from transforms.snapshot import (
     GONE,
     KEEP,
@@ -464,7 +464,7 @@ def job_fold(fold: Callable[..., Any]) -> tuple[beam.DoFn, beam.DoFn]:
     fns = event_job_dofns(CONFIG, request)
     # the job may bind the fold's options (functools.partial) or make it an instance of a class
     (fold_fn,) = [f for f in fns[_FoldShard] if (role := getattr(f._fold, "func", f._fold)) is fold or type(role) is fold]
-    packs = [p for p in fns[_PackShards] if p._key is FOLD_KEYS[fold]]
+    packs = [p for p in fns[PackShards] if p._key is FOLD_KEYS[fold]]
     assert packs
     return packs[0], fold_fn
 
@@ -867,7 +867,7 @@ def test_writer_ends_every_request_with_one_outcome_against_close(
     if streaming:
         keyed = [(shard_of(lead_identity(p.request), shape.shards), p) for p in items]
     else:  # bounded input reaches the writer in packs, through the job's own packer
-        (pack,) = [f for f in fns[_PackShards] if f._key is lead_of]
+        (pack,) = [f for f in fns[PackShards] if f._key is lead_of]
         keyed = drive(pack, items).all.main
     run = drive(fn, keyed, keyed=True)
     out = run.all
@@ -1353,7 +1353,7 @@ DRIVERS: dict[type, tuple[Callable[..., Any], ...]] = {
     Identify: (test_identify_places_every_payload_by_the_person_its_parse_names,),
     DropRedeliveriesWithTtl: (test_dedupe_with_ttl_passes_or_skips_each_event,),
     _Map: (test_map_accounts_for_every_event,),
-    _PackShards: (
+    PackShards: (
         test_per_person_fold_passes_one_copy_of_each_message_id,
         test_per_person_fold_keeps_every_event_id_of_every_person,
         test_ledger_settles_every_payload_read_exactly_once,

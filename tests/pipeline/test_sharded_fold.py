@@ -14,7 +14,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.utils.windowed_value import WindowedValue
 
-from transforms.sharded import ShardedFold, _FoldShard, _PackShards, pack, stable_shard, unpack
+from transforms.sharded import PackShards, ShardedFold, _FoldShard, pack, stable_shard, unpack
 
 
 def test_stable_shard_is_crc32_of_the_utf8_key_and_takes_any_str() -> None:
@@ -84,7 +84,7 @@ def test_without_tagged_outputs_the_result_is_the_folds_main_output() -> None:
 
 
 def test_a_bundle_ships_one_pack_per_shard_in_the_global_window_at_its_end() -> None:
-    fn = _PackShards(_key, 4, pack_limit=1_000)
+    fn = PackShards(_key, 4, pack_limit=1_000)
     fn.start_bundle()
     assert [x for item in ITEMS[:100] for x in fn.process(item)] == []  # held until the end of the bundle
     shipped = list(fn.finish_bundle())
@@ -96,7 +96,7 @@ def test_a_bundle_ships_one_pack_per_shard_in_the_global_window_at_its_end() -> 
 
 
 def test_a_full_bundle_ships_its_packs_before_its_end() -> None:
-    fn = _PackShards(_key, 4, pack_limit=10)
+    fn = PackShards(_key, 4, pack_limit=10)
     fn.start_bundle()
     early = [x for item in ITEMS[:25] for x in fn.process(item)]
     late = [wv.value for wv in fn.finish_bundle()]

@@ -14,6 +14,7 @@ run is the same stream over the dry write layer.
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import logging
 from collections import deque
@@ -203,10 +204,11 @@ class Scheduler:
         if prep.error is not None:
             for i in active:
                 outcomes[i] = Op(reqs[i]).failed(prep.error)
-        if settled is not None:  # refused before any group (or the batch's searches failed)
-            _settle(prep, number, settled, [i for i, o in enumerate(outcomes) if o is not None])
+        settle = None if settled is None else functools.partial(settled, number)
+        if settle is not None:  # refused before any group (or the batch's searches failed)
+            _settle(prep, settle, [i for i, o in enumerate(outcomes) if o is not None])
         if not active or prep.error is not None:
-            return _Running(outcomes, [], {}, settled=settled is not None)
+            return _Running(outcomes, [], {}, settled=settle is not None)
         keys = prep.keys
         touches_of = {i: touches(reqs[i], view, writes, keys[i]) for i in active}
         nodes_of = {i: set(t.nodes) for i, t in touches_of.items()}
@@ -228,9 +230,9 @@ class Scheduler:
                 priority=(number, g),
             )
             tasks.append(
-                asyncio.ensure_future(self._run_group(plan, prep, shares, gate, writes, (number, settled)))
+                asyncio.ensure_future(self._run_group(plan, prep, shares, gate, writes, settle))
             )
-        return _Running(outcomes, tasks, claims, view, settled=settled is not None)
+        return _Running(outcomes, tasks, claims, view, settled=settle is not None)
 
     async def _run_group(
         self,
@@ -239,7 +241,7 @@ class Scheduler:
         shares: dict[int, int],
         gate: _OrderedGate,
         writes: Store,
-        settle: tuple[int, Settled | None] = (0, None),
+        settle: Callable[[int, Outcome], None] | None = None,
     ) -> None:
         reqs, outcomes, view = prep.reqs, prep.outcomes, prep.view
         if group.deps:
@@ -256,8 +258,8 @@ class Scheduler:
             except Exception as exc:  # noqa: BLE001 - Close unavailable, or a bug: this group fails, the stream goes on
                 for i in group.members:
                     outcomes[i] = Op(reqs[i]).failed(exc, shares[i])
-                if settle[1] is not None:
-                    _settle(prep, settle[0], settle[1], group.members)
+                if settle is not None:
+                    _settle(prep, settle, group.members)
                 return
             # Members in order; a collapsed one part by part where another member falls inside its span.
             results: dict[int, list[Outcome]] = {}
@@ -286,14 +288,14 @@ class Scheduler:
             for i, outs in results.items():
                 outcomes[i] = outs[0] if len(outs) == 1 else combine(outs)
             await writes.finished([(reqs[i], outcomes[i]) for i in results])  # recorded as they end
-            if settle[1] is not None:
-                _settle(prep, settle[0], settle[1], list(results))
+            if settle is not None:
+                _settle(prep, settle, list(results))
         finally:
             gate.release()
 
 
-def _settle(prep: _Prepared, number: int, settled: Settled, members: Iterable[int]) -> None:
-    """Hands each member's final outcome to ``settled``, then forgets the member's request, outcome and
+def _settle(prep: _Prepared, settle: Callable[[int, Outcome], None], members: Iterable[int]) -> None:
+    """Hands each member's final outcome to ``settle`` (the stream's `Settled`, its batch number bound), then forgets the member's request, outcome and
     lookup keys (nothing after its group reads them)."""
     for i in members:
         outcome = prep.outcomes[i]
@@ -302,7 +304,7 @@ def _settle(prep: _Prepared, number: int, settled: Settled, members: Iterable[in
         prep.outcomes[i] = None
         prep.reqs[i] = None  # type: ignore[call-overload]
         prep.keys.pop(i, None)
-        settled(number, i, outcome)
+        settle(i, outcome)
 
 
 def _groups(active: list[int], nodes_of: dict[int, set[str]], running: list[_Running]) -> list[list[int]]:
