@@ -20,7 +20,10 @@ events/s and peak RSS: the way to measure a large input, e.g. 1,000,000 W1-style
     .venv/bin/python bench/pipeline_bench.py W1 --scale 5 --only-cpu
 
 Lower bound = max over endpoint groups of (job calls in the group / (group rate x time scale)); budget use =
-bound / wall. Peak RSS is this process's (pipeline + simulators). Prints a table and one JSON line.
+bound / wall. Peak RSS is this process's (pipeline + simulators). With ``--only-cpu``, ``peak_job_rss_mb``
+is the job's whole memory, sampled every 0.2 s: this process and the fold worker processes the local
+runner starts (`pipeline.fold_processes`), the simulator's process excluded; ``worker_cpu_s`` is those
+workers' CPU seconds (``cpu_s`` is this process's). Prints a table and one JSON line.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import os
 import resource
 import sys
 import tempfile
+import threading
 import time
 import zlib
 from collections import Counter
@@ -235,6 +239,70 @@ def peak_rss_children_mb() -> float:
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
+class JobMemory:
+    """The job's own memory, sampled every ``every`` seconds while it runs: the RSS of this process and of
+    the processes it starts (the local runner's fold workers), the simulator's process excluded. Also
+    their CPU seconds (a worker's are counted once it ends)."""
+
+    def __init__(self, exclude: int | None, every: float = 0.2) -> None:
+        self._exclude = exclude
+        self._every = every
+        self._stop = threading.Event()
+        self.peak_mb = 0.0
+        self.worker_cpu_s: dict[int, float] = {}
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> JobMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every):
+            pids = [os.getpid(), *self._descendants(os.getpid())]
+            self.peak_mb = max(self.peak_mb, sum(_rss_mb(pid) for pid in pids))
+            for pid in pids[1:]:
+                self.worker_cpu_s[pid] = max(self.worker_cpu_s.get(pid, 0.0), _cpu_s(pid))
+
+    def _descendants(self, pid: int) -> list[int]:
+        found: list[int] = []
+        for child in _children(pid):
+            if child != self._exclude:
+                found += [child, *self._descendants(child)]
+        return found
+
+
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids += [int(x) for x in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return kids
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _cpu_s(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def only_cpu(
     args: argparse.Namespace, input_path: Path, n_lines: int, workdir: Path, console: Console
 ) -> None:
@@ -243,7 +311,8 @@ def only_cpu(
     try:
         config, _ = sim_job_config(sim, workdir, "cpu")
         before = resource.getrusage(resource.RUSAGE_SELF)
-        cpu = run_job(config, sim, input_path, workdir, "cpu")
+        with JobMemory(exclude=sim.pid if args.sim_process else None) as memory:
+            cpu = run_job(config, sim, input_path, workdir, "cpu")
         after = resource.getrusage(resource.RUSAGE_SELF)
     finally:
         sim.stop()
@@ -254,12 +323,14 @@ def only_cpu(
         "events_read": cpu["events_read"],
         "wall_s": cpu["wall_s"],
         "cpu_s": cpu_s,
+        "worker_cpu_s": sum(memory.worker_cpu_s.values()),
         "cpu_events_per_s": eps,
         "api_calls": cpu["calls"],
         "responses_429": cpu["responses_429"],
         "dead_lettered": cpu["dead_lettered"],
         "outcomes": cpu["outcomes"],
         "peak_rss_mb": peak_rss_mb(),
+        "peak_job_rss_mb": memory.peak_mb,
         "peak_rss_children_mb": peak_rss_children_mb(),
     }
     table = Table(title=f"pipeline bench {args.workload} scale {args.scale}: job only, simulator unlimited")

@@ -34,6 +34,7 @@ class JobShape:
     engine: EngineSpec
     options: JobOptions
     shards: int  # writer keys on this run's runner (JobOptions.shards)
+    fold_processes: int  # worker processes beside the job's for the bounded per-person fold (JobOptions.folders)
     streaming: bool
     dry_run: bool
     dead_letter_dir: str | None
@@ -94,6 +95,7 @@ def build(p: beam.Pipeline, shape: JobShape) -> dict[str, beam.PCollection]:
             max_bytes=options.max_event_bytes,
             dedupe=options.dedupe_seconds is not None,
             by_user_id=by_user_id,
+            processes=shape.fold_processes,
         )
         tallies = []
         pending = folded[PENDING]

@@ -7,6 +7,7 @@ editors); this module only shapes its errors into ``path.to.field: problem`` lin
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,6 +45,9 @@ from pipeline.config_guard import Limits, TooBig, check_depth, check_yaml
 MAX_MAPPINGS = 50
 # Writer keys on a distributed runner when pipeline.writer_shards is absent (see JobOptions.shards).
 DISTRIBUTED_WRITER_SHARDS = 16
+# Most worker processes chosen for the local runner's per-person fold when pipeline.fold_processes is
+# absent (see JobOptions.fold_processes).
+LOCAL_FOLD_PROCESSES_MAX = 4
 # Bounds on what a config file may hold. Real configs are a few KiB and a few levels deep; the caps
 # stop a hostile or mistaken file (an alias bomb, a deep nest, a wrong path) before anything walks it.
 MAX_CONFIG_BYTES = 1024 * 1024
@@ -366,6 +370,17 @@ class PipelineConfig(_Strict):
             f"Absent: 1 on the local DirectRunner (one worker), {DISTRIBUTED_WRITER_SHARDS} on distributed runners."
         ),
     )
+    fold_processes: int | None = Field(
+        default=None,
+        ge=0,
+        le=64,
+        description=(
+            "Worker processes that parse, map and collapse bounded input's people beside the job's own "
+            "process, on the local DirectRunner when it runs the whole job in this process (which is "
+            "otherwise one core's work). Absent: one fewer than the machine's cores, at most "
+            f"{LOCAL_FOLD_PROCESSES_MAX}. 0: none. Other runners ignore it: they run a worker per core."
+        ),
+    )
     window: WindowConfig = WindowConfig()
     dedupe: DedupeConfig = DedupeConfig()
 
@@ -454,6 +469,7 @@ class JobConfig(_Strict):
             batch_size=tuning.batch_size,
             flush_seconds=tuning.flush_seconds,
             writer_shards=tuning.writer_shards,
+            fold_processes=tuning.fold_processes,
             dedupe_seconds=tuning.dedupe.seconds if tuning.dedupe.enabled else None,
             window_kind=tuning.window.kind,
             window_seconds=tuning.window.seconds,
@@ -479,6 +495,7 @@ class JobOptions:
     batch_size: int  # most requests per writer flush
     flush_seconds: float  # longest a request waits for its flush (unbounded input)
     writer_shards: int | None  # None: chosen per runner, see shards()
+    fold_processes: int | None  # None: chosen per runner, see folders()
     dedupe_seconds: float | None  # how long a messageId is remembered; None: no dedupe
     window_kind: str
     window_seconds: float
@@ -493,6 +510,17 @@ class JobOptions:
         if self.writer_shards is not None:
             return self.writer_shards
         return 1 if local else DISTRIBUTED_WRITER_SHARDS
+
+    def folders(self, in_process: bool) -> int:
+        """Worker processes beside the job's own for the bounded per-person fold: ``fold_processes``
+        when the file sets it, else on a runner that runs the whole job in this process (``in_process``:
+        the local DirectRunner, not in its multi-processing mode) one fewer than the machine's cores,
+        at most `LOCAL_FOLD_PROCESSES_MAX`, else 0 (the workers of other runners fill their cores)."""
+        if self.fold_processes is not None:
+            return self.fold_processes if in_process else 0
+        if not in_process:
+            return 0
+        return max(0, min(LOCAL_FOLD_PROCESSES_MAX, (os.cpu_count() or 1) - 1))
 
 
 def default_config() -> JobConfig:

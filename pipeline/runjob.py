@@ -13,6 +13,7 @@ from pathlib import Path
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import (
+    DirectOptions,
     PipelineOptions,
     PrismRunnerOptions,
     SetupOptions,
@@ -100,10 +101,11 @@ def shape_for(
     streaming: bool,
     local: bool = False,
     on_this_machine: bool = True,
+    in_process: bool = False,
 ) -> JobShape:
     """The job's graph for ``request``. ``on_this_machine`` says whether the runner's workers share
     this machine's files (runs_on_this_machine; `launch` names it): if not, the state location must
-    be a shared URL."""
+    be a shared URL. ``in_process``: the runner runs the whole job in this process (`runs_in_process`)."""
     options = config.options()
     engine = EngineSpec(
         close_url=request.close_url,
@@ -118,6 +120,7 @@ def shape_for(
         engine=engine,
         options=options,
         shards=options.shards(local),
+        fold_processes=options.folders(in_process),
         streaming=streaming,
         dry_run=request.dry_run,
         dead_letter_dir=dead_letter_location(request, local),
@@ -125,6 +128,12 @@ def shape_for(
         audit_log=request.audit_log,
         run_id=request.run_id,
     )
+
+
+def runs_in_process(options: PipelineOptions) -> bool:
+    """Whether the runner runs the whole job in this process: the DirectRunner, unless in its
+    multi-processing mode (whose workers are processes of their own)."""
+    return is_direct(options) and options.view_as(DirectOptions).direct_running_mode != "multi_processing"
 
 
 def local_runner(options: PipelineOptions, streaming: bool):  # noqa: ANN201
@@ -205,7 +214,14 @@ def launch(config: JobConfig, request: RunRequest, *, validate: bool = True):  #
             "a run on a distributed runner needs --dead-letter DIR on storage its workers write to "
             "(gs://...) or --dead-letter-topic TOPIC: without either its dead letters would be lost"
         )
-    shape = shape_for(config, request, streaming, local=local, on_this_machine=runs_on_this_machine(options))
+    shape = shape_for(
+        config,
+        request,
+        streaming,
+        local=local,
+        on_this_machine=runs_on_this_machine(options),
+        in_process=runs_in_process(options),
+    )
     letters = dead_letter_file(request, local)
     if letters and local and os.path.exists(letters):
         raise ValueError(f"{letters} exists already; refusing to write over another run's dead letters")

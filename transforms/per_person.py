@@ -49,10 +49,13 @@ class Identify(beam.DoFn):
         self._parser = EventParser(max_bytes)
         self._read = metrics.counter(metrics.EVENTS_READ)
 
+    def start_bundle(self) -> None:
+        self._count = 0
+
     def process(self, raw: Any) -> Iterator[Any]:
         # A bounded read commits its offsets itself: its claims serve the streaming commit stage only.
         if not isinstance(raw, KafkaClaim):
-            self._read.inc()
+            self._count += 1  # counted per bundle: a Beam counter update costs more than this DoFn's work
             payload, origin = received(raw)
             ids = identity(payload, self._max_bytes)
             if ids is None:  # its parse fails: the dead letter says why
@@ -60,6 +63,9 @@ class Identify(beam.DoFn):
             else:
                 user_id, anonymous_id, message_id = ids
                 yield (person_of(user_id, anonymous_id), message_id, (payload, origin))
+
+    def finish_bundle(self) -> None:
+        self._read.inc(self._count)
 
 
 def _person(item: tuple[str, str, Any]) -> str:
@@ -105,7 +111,10 @@ class FoldPersons:
         self._dupes = metrics.counter(metrics.EVENTS_DUPLICATE)
 
     def __call__(self, payloads: Iterable[tuple[Any, ...]], owners: Mapping[str, str] | None = None) -> Iterator[Any]:
-        owners = owners or {}
+        with metrics.deferred():  # a few counts per event, handed to Beam once per call
+            yield from self._fold(payloads, owners or {})
+
+    def _fold(self, payloads: Iterable[tuple[Any, ...]], owners: Mapping[str, str]) -> Iterator[Any]:
         seen: set[str] = set()
         keyed: list[tuple[str, Any]] = []
         for event in self._events(payloads):
@@ -145,8 +154,10 @@ class PerPerson(beam.PTransform):
         max_bytes: int,
         dedupe: bool,
         by_user_id: bool,
+        processes: int,
     ) -> None:
         super().__init__()
+        self._processes = processes  # worker processes beside this one for the fold (`ShardedFold`)
         self._specs = list(specs)
         self._max_bytes = max_bytes
         self._dedupe = dedupe
@@ -173,6 +184,7 @@ class PerPerson(beam.PTransform):
             main="collapsed",
             side=side,
             value=_read,
+            processes=self._processes,
         )
         pending = folded.collapsed | "Explode" >> beam.ParDo(_Explode(packed=True))
         # Dead letters and ledger entries stay one PCollection per stage, each taken on where it is

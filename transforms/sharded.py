@@ -7,20 +7,32 @@ GroupByKey brings a shard's packs together, and one call of ``fold`` gets every 
 fold does the per-key work itself (a dict by key), which is what a GroupByKey per key would have given.
 
 For bounded input in the global window only: packs are emitted at the end of a bundle, in the global window.
+
+On the local in-process runner one Python process runs every stage, on one core. There a fold can
+also be handed to worker processes (``processes``): a shard's packs are compressed bytes, and a fold's
+outputs are few, so a shard crosses to another core for much less than folding it costs.
 """
 
 from __future__ import annotations
 
+import gc
+import multiprocessing
 import pickle
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
+from transforms import metrics
+
 PACK_LIMIT = 20_000  # items a bundle holds before it ships its packs
+# Packed bytes below which a shard is folded where it is: a worker process costs a second or two of
+# start-up, worth it only for shards of thousands of items (about 50 bytes each packed).
+AWAY_MIN_BYTES = 64 * 1024
 
 
 def stable_shard(key: str, shards: int) -> int:
@@ -74,16 +86,90 @@ class PackShards(beam.DoFn):
         return [(shard, pack(items)) for shard, items in sorted(packs.items())]
 
 
+def fold_packs(
+    fold: Callable[..., Iterable[Any]], packs: Iterable[bytes], side: Mapping[str, Any]
+) -> tuple[list[Any], dict[str, int]]:
+    """``fold`` of every item of ``packs``, in a worker process: its outputs, and the counts it made
+    (`metrics.collected`), which the DoFn that sent it hands on to Beam."""
+    with metrics.collected() as counts:
+        outputs = list(fold((x for blob in packs for x in unpack(blob)), **side))
+    return outputs, counts
+
+
 class _FoldShard(beam.DoFn):
     """(shard, packs) → whatever ``fold`` yields for every item of the shard (in pack order); side
-    inputs are passed to ``fold`` by name."""
+    inputs are passed to ``fold`` by name.
 
-    def __init__(self, fold: Callable[..., Iterable[Any]]) -> None:
+    With ``processes``, shards are also folded in that many worker processes (spawned at the first
+    shard of at least ``away_min_bytes`` packed, gone at the bundle's end), up to two each at a time,
+    while this one folds the next; their outputs are emitted as they come back, the last ones at the bundle's end.
+    The workers collect garbage as often as this process does at their start (the local runner's
+    job runs with rarer collections).
+    """
+
+    def __init__(
+        self, fold: Callable[..., Iterable[Any]], processes: int = 0, away_min_bytes: int = AWAY_MIN_BYTES
+    ) -> None:
         self._fold = fold
+        self._processes = processes
+        self._away_min_bytes = away_min_bytes
+
+    def start_bundle(self) -> None:
+        self._pool: ProcessPoolExecutor | None = None
+        self._away: list[Future] = []
 
     def process(self, item: tuple[int, Iterable[bytes]], **side):  # noqa: ANN003 - Beam reads kwargs hints as types
         _, packs = item
-        return self._fold((x for blob in packs for x in unpack(blob)), **side)
+        if self._processes:
+            yield from self._returned(wait=False)
+            # Two shards queued per worker: one finished waits for this process to finish its own
+            # shard before it is told of the next.
+            if len(self._away) < 2 * self._processes:
+                blobs = list(packs)
+                if sum(map(len, blobs)) >= self._away_min_bytes:
+                    self._away.append(self._workers().submit(fold_packs, self._fold, blobs, side))
+                    return
+                packs = blobs
+        yield from self._fold((x for blob in packs for x in unpack(blob)), **side)
+
+    def finish_bundle(self) -> Iterator[Any]:
+        try:
+            for out in self._returned(wait=True):
+                if isinstance(out, beam.pvalue.TaggedOutput):
+                    yield beam.pvalue.TaggedOutput(out.tag, in_global_window(out.value))
+                else:
+                    yield in_global_window(out)
+        finally:
+            self._close()
+
+    def teardown(self) -> None:
+        self._close()
+
+    def _workers(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            # spawn: this process runs Beam's threads, which a fork would copy mid-flight
+            context = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(
+                self._processes, mp_context=context, initializer=gc.set_threshold, initargs=gc.get_threshold()
+            )
+        return self._pool
+
+    def _returned(self, wait: bool) -> Iterator[Any]:
+        """The outputs of the shards folded away that have come back (all of them, with ``wait``)."""
+        still: list[Future] = []
+        for future in self._away:
+            if wait or future.done():
+                outputs, counts = future.result()
+                metrics.count(counts)
+                yield from outputs
+            else:
+                still.append(future)
+        self._away = still
+
+    def _close(self) -> None:
+        pool, self._pool = getattr(self, "_pool", None), None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)  # every result is in: they end on their own
 
 
 class ShardedFold(beam.PTransform):
@@ -96,6 +182,8 @@ class ShardedFold(beam.PTransform):
     ships them. With ``outputs``, the result is a DoOutputsTuple whose main output is called ``main``.
     ``side``: side inputs (``beam.pvalue.AsDict(...)`` and the like), passed to ``fold`` by name.
     ``value(item)``: what of an item is packed and folded (the item itself by default).
+    ``processes``: worker processes that fold shards of at least ``away_min_bytes`` packed (absent:
+    `AWAY_MIN_BYTES`) beside this one (`_FoldShard`); 0 folds every shard where it arrives.
     Roles must pickle (module-level functions, or instances of module-level classes).
     """
 
@@ -110,10 +198,12 @@ class ShardedFold(beam.PTransform):
         main: str = "main",
         side: Mapping[str, Any] | None = None,
         value: Callable[[Any], Any] | None = None,
+        processes: int = 0,
+        away_min_bytes: int | None = None,
     ) -> None:
         super().__init__()
-        if shards < 1 or pack_limit < 1:
-            raise ValueError("ShardedFold needs shards >= 1 and pack_limit >= 1")
+        if shards < 1 or pack_limit < 1 or processes < 0:
+            raise ValueError("ShardedFold needs shards >= 1, pack_limit >= 1 and processes >= 0")
         self._key = key
         self._fold = fold
         self._shards = shards
@@ -122,6 +212,8 @@ class ShardedFold(beam.PTransform):
         self._main = main
         self._side = dict(side or {})
         self._value = value
+        self._processes = processes
+        self._away_min_bytes = AWAY_MIN_BYTES if away_min_bytes is None else away_min_bytes
 
     def expand(self, items):
         # Several inputs are packed each where it is made, and only their packs flattened: a flatten
@@ -136,7 +228,7 @@ class ShardedFold(beam.PTransform):
             for i, pcoll in enumerate(inputs)
         ]
         packed = packs[0] if len(packs) == 1 else tuple(packs) | "Packs" >> beam.Flatten()
-        folded = beam.ParDo(_FoldShard(self._fold), **self._side)
+        folded = beam.ParDo(_FoldShard(self._fold, self._processes, self._away_min_bytes), **self._side)
         if self._outputs:
             folded = folded.with_outputs(*self._outputs, main=self._main)
         return packed | "GroupShards" >> beam.GroupByKey() | "Fold" >> folded

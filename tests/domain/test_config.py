@@ -275,3 +275,29 @@ def test_writer_shards_are_one_locally_and_sixteen_elsewhere_unless_configured()
     tuned = parse_config({"pipeline": {"writer_shards": 4}})
     assert shape_for(tuned, request, streaming=False, local=True).shards == 4
     assert shape_for(tuned, request, streaming=False, local=False).shards == 4
+
+
+def test_fold_processes_are_one_fewer_than_the_cores_in_process_and_none_elsewhere(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipeline.config import LOCAL_FOLD_PROCESSES_MAX
+    from pipeline.runjob import RunRequest, runs_in_process, shape_for
+    from pipeline.sources import SourceOptions
+
+    request = RunRequest(source=SourceOptions(source="files", input="events.jsonl"))
+    config = default_config()
+    for cores, chosen in ((1, 0), (2, 1), (8, LOCAL_FOLD_PROCESSES_MAX), (None, 0)):
+        monkeypatch.setattr("os.cpu_count", lambda cores=cores: cores)
+        assert shape_for(config, request, streaming=False, local=True, in_process=True).fold_processes == chosen
+        assert shape_for(config, request, streaming=False, local=False).fold_processes == 0
+    tuned = parse_config({"pipeline": {"fold_processes": 3}})
+    assert shape_for(tuned, request, streaming=False, local=True, in_process=True).fold_processes == 3
+    assert shape_for(tuned, request, streaming=False, local=False, in_process=False).fold_processes == 0
+    assert parse_config({"pipeline": {"fold_processes": 0}}).options().folders(in_process=True) == 0
+
+    assert runs_in_process(PipelineOptions([]))
+    assert runs_in_process(PipelineOptions(["--direct_running_mode=multi_threading"]))
+    assert not runs_in_process(PipelineOptions(["--direct_running_mode=multi_processing"]))
+    assert not runs_in_process(PipelineOptions(["--runner=DataflowRunner"]))

@@ -7,6 +7,7 @@ import pickle
 from collections import Counter
 
 import apache_beam as beam
+import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that
@@ -15,6 +16,7 @@ from closecrm.events.parse import BadEvent, parse_event
 from closecrm.model import Origin, Received, UpsertRequest, flat_read, read_of
 from pipeline.config import default_config
 from transforms import metrics as m
+from transforms import sharded
 from transforms.collapse import CollapsePerPerson, PackedEvents, _CollapseFn, collapse_persons
 from transforms.deadletter import DEAD as LETTERS
 from transforms.ledger import APPLIED, DEAD, LEDGER, SKIPPED, SettleLedger
@@ -73,15 +75,19 @@ def test_batch_ledger_counts_each_event_once_with_its_most_serious_status():
     assert values[m.EVENTS_SKIPPED] == 1
 
 
-def _per_person(lines: list[str], *, dedupe: bool = True):  # noqa: ANN202
+def _per_person(lines: list[str], *, dedupe: bool = True, processes: int = 0):  # noqa: ANN202
     """Bounded input's per-person pass (parse included); returns (Pendings, ledger entries, dead letters,
-    counters)."""
+    counters). ``processes``: worker processes folding every shard they can take (see `away`)."""
     p = beam.Pipeline(runner=FnApiRunner())
     out = (
         p
         | beam.Create([line.encode() for line in lines])
         | PerPerson(
-            DEFAULT_OPTIONS.mappings, max_bytes=DEFAULT_OPTIONS.max_event_bytes, dedupe=dedupe, by_user_id=False
+            DEFAULT_OPTIONS.mappings,
+            max_bytes=DEFAULT_OPTIONS.max_event_bytes,
+            dedupe=dedupe,
+            by_user_id=False,
+            processes=processes,
         )
     )
     ledger = tuple(out[LEDGER]) | "Ledger" >> beam.Flatten()
@@ -105,10 +111,17 @@ def _identify(user: str, message_id: str, title: str = "t", **more) -> str:  # n
     return json.dumps({"type": "identify", "userId": user, "messageId": message_id, "traits": traits})
 
 
-def test_batch_dedupe_passes_one_copy_per_message_id_and_ledgers_the_others():
+@pytest.fixture(params=[0, 1], ids=["folded here", "folded in a worker process"])
+def away(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Worker processes for the per-person fold; with one, it takes shards of any size."""
+    monkeypatch.setattr(sharded, "AWAY_MIN_BYTES", 0)
+    return request.param
+
+
+def test_batch_dedupe_passes_one_copy_per_message_id_and_ledgers_the_others(away: int):
     lines = [_identify(f"u{i % 7}", f"m{i}", title=f"t{i}") for i in range(300)]
     redelivered = lines[:25] + lines[:5]
-    pending, ledger, dead, values = _per_person(lines + redelivered + ["not json"])
+    pending, ledger, dead, values = _per_person(lines + redelivered + ["not json"], processes=away)
     ids = Counter(i for pd in pending for i in pd.request.event_ids)
     assert ids == Counter(f"m{i}" for i in range(300))  # every event once, in one of 7 persons' requests
     assert {pd.person for pd in pending} == {f"user:u{i}" for i in range(7)}
@@ -118,7 +131,7 @@ def test_batch_dedupe_passes_one_copy_per_message_id_and_ledgers_the_others():
     assert len(dead) == 1 and values[m.REQUESTS_MAPPED] == 300
 
 
-def test_batch_dedupe_keeps_one_copy_of_a_message_id_several_people_share():
+def test_batch_dedupe_keeps_one_copy_of_a_message_id_several_people_share(away: int):
     # A producer that reuses messageIds: m-shared under three people (and twice under u2), spread over
     # more people than one shard holds, so the copies meet in different calls of the fold.
     lines = [_identify(f"u{i}", f"m{i}") for i in range(60)]
@@ -128,7 +141,7 @@ def test_batch_dedupe_keeps_one_copy_of_a_message_id_several_people_share():
         _identify("u2", "m-shared"),
         _identify("u47", "m-shared"),
     ]
-    pending, ledger, _, values = _per_person(lines + shared)
+    pending, ledger, _, values = _per_person(lines + shared, processes=away)
     carrying = [pd.person for pd in pending if "m-shared" in pd.request.event_ids]
     assert len(carrying) == 1 and carrying[0] in {"user:u1", "user:u2", "user:u47"}
     assert sum(1 for k, _ in ledger if k.startswith("dup:")) == 3
@@ -146,7 +159,7 @@ def test_batch_without_dedupe_passes_every_copy():
     assert values[m.REQUESTS_MAPPED] == 3
 
 
-def test_batch_per_person_gives_what_map_then_collapse_give():
+def test_batch_per_person_gives_what_map_then_collapse_give(away: int):
     """The one-pass fold equals the streaming stages' work, run one after the other: _Map per event of
     the first copies, then the collapse per person."""
     lines = [
@@ -166,7 +179,7 @@ def test_batch_per_person_gives_what_map_then_collapse_give():
     lines += [
         json.dumps({"type": "track", "userId": "u1", "messageId": "track-1", "event": "Clicked"})
     ]  # no mapping: skipped
-    pending, _, _, _ = _per_person(lines + lines[:10])
+    pending, _, _, _ = _per_person(lines + lines[:10], processes=away)
     mapper = EventMapper(DEFAULT_OPTIONS.mappings)
     keyed = [
         out for line in lines for out in mapper.outputs(parse_event(line.encode())) if isinstance(out, tuple)

@@ -187,3 +187,40 @@ def test_a_runs_source_and_client_counters_reach_its_summary(
     assert "files of no known format, not read" in text
     calls = next(line for line in text.splitlines() if "calls total" in line)
     assert int(calls.split("│")[-2].strip().replace(",", "")) > 0
+
+
+# --------------------------------------------------------------------------- counts deferred or collected
+
+
+class _CountDeferred(beam.DoFn):
+    def process(self, item: int):
+        with m.deferred():
+            for _ in range(item):
+                m.counter(m.EVENTS_READ).inc()
+            with m.deferred():  # nested: the outer one hands on
+                m.counter(m.EVENTS_DUPLICATE).inc(2)
+            yield item
+
+
+def test_counts_deferred_inside_a_bundle_reach_beam_and_the_local_totals_once() -> None:
+    m.reset_local_totals()
+    p = beam.Pipeline(runner=FnApiRunner())
+    _ = p | beam.Create([3, 4]) | beam.ParDo(_CountDeferred())
+    result = p.run()
+    result.wait_until_finish()
+    assert summary.collect(result) == {m.EVENTS_READ: 7, m.EVENTS_DUPLICATE: 4}
+    assert m.local_totals() == {m.EVENTS_READ: 7, m.EVENTS_DUPLICATE: 4}
+
+
+def test_collected_counts_go_to_the_caller_not_to_beam_until_handed_on() -> None:
+    m.reset_local_totals()
+    with m.deferred():
+        with m.collected() as counts:
+            m.counter(m.EVENTS_READ).inc(5)
+            with m.deferred():
+                m.counter(m.EVENTS_READ).inc()
+        m.counter(m.EVENTS_FILTERED).inc()
+    assert counts == {m.EVENTS_READ: 6}
+    assert m.local_totals() == {m.EVENTS_FILTERED: 1}  # the outer deferred's own count only
+    m.count(counts)
+    assert m.local_totals() == {m.EVENTS_FILTERED: 1, m.EVENTS_READ: 6}

@@ -25,6 +25,7 @@ def shape(source: SourceOptions, streaming: bool) -> JobShape:
         engine=EngineSpec("https://api.close.com/api/v1/", KeySource(path="gs://close-sync-test/key"), Settings()),
         options=OPTIONS,
         shards=OPTIONS.shards(local=False),
+        fold_processes=OPTIONS.folders(in_process=False),
         streaming=streaming,
         dry_run=False,
         dead_letter_dir="gs://close-sync-test/dead",

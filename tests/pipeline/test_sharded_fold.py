@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -14,7 +15,8 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.utils.windowed_value import WindowedValue
 
-from transforms.sharded import PackShards, ShardedFold, _FoldShard, pack, stable_shard, unpack
+from transforms import metrics
+from transforms.sharded import AWAY_MIN_BYTES, PackShards, ShardedFold, _FoldShard, pack, stable_shard, unpack
 
 
 def test_stable_shard_is_crc32_of_the_utf8_key_and_takes_any_str() -> None:
@@ -120,3 +122,84 @@ def test_the_fold_gets_the_items_of_all_packs_in_pack_order() -> None:
 def test_shards_and_pack_limit_must_be_positive(shards: int, pack_limit: int) -> None:
     with pytest.raises(ValueError):
         ShardedFold(_key, sums_per_key, shards=shards, pack_limit=pack_limit)
+
+
+# --------------------------------------------------------------------------- folding in worker processes
+
+
+def counted_sums(items: Iterable[tuple[str, int]]) -> Iterator[Any]:
+    """`sums_per_key`, counting each item (a Beam counter), and saying which process folded (tagged "pids")."""
+    yield from sums_per_key(_counted(items, metrics.counter("test_fold_items")))
+    yield TaggedOutput("pids", os.getpid())
+
+
+def _counted(items: Iterable[tuple[str, int]], counter: Any) -> Iterator[tuple[str, int]]:
+    for item in items:
+        counter.inc()
+        yield item
+
+
+def _fold_away(processes: int, away_min_bytes: int) -> tuple[list[Any], list[int], int]:
+    """(sums, pids of the folding processes, the items counted) of ITEMS on the in-process runner."""
+    p = beam.Pipeline(runner=FnApiRunner())
+    out = (
+        p
+        | beam.Create(ITEMS)
+        | ShardedFold(
+            _key,
+            counted_sums,
+            shards=8,
+            outputs=("pids", "calls"),
+            main="sums",
+            processes=processes,
+            away_min_bytes=away_min_bytes,
+        )
+    )
+    _SEEN.clear()
+    for name in ("sums", "pids"):
+        _ = out[name] | f"Collect{name}" >> beam.Map(_collect_into, name)
+    result = p.run()
+    result.wait_until_finish()
+    counted = result.metrics().query(beam.metrics.MetricsFilter().with_name("test_fold_items"))["counters"]
+    return sorted(_SEEN.get("sums", [])), _SEEN.get("pids", []), sum(c.committed for c in counted)
+
+
+# What a run gave, by output: the in-process runner runs the collecting Maps in this process.
+_SEEN: dict[str, list[Any]] = {}
+
+
+def _collect_into(item: Any, name: str) -> None:
+    _SEEN.setdefault(name, []).append(item)
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_shards_folded_in_worker_processes_give_what_folding_here_gives(processes: int) -> None:
+    sums, pids, counted = _fold_away(processes, away_min_bytes=0)
+    assert sums == expected_sums()
+    assert counted == len(ITEMS)  # the workers' counts reach Beam's
+    assert len(pids) == len({stable_shard(k, 8) for k, _ in ITEMS})  # one fold per shard, wherever it ran
+    assert {pid for pid in pids if pid != os.getpid()}, "no shard was folded in a worker process"
+
+
+def test_small_shards_are_folded_here_and_start_no_process() -> None:
+    sums, pids, counted = _fold_away(1, away_min_bytes=AWAY_MIN_BYTES)
+    assert sums == expected_sums() and counted == len(ITEMS)
+    assert set(pids) == {os.getpid()}
+
+
+def failing_fold(items: Iterable[Any]) -> Iterator[Any]:
+    for _ in items:
+        raise ValueError("this fold fails in its worker")
+    yield from ()
+
+
+def test_a_fold_that_fails_in_a_worker_fails_the_run() -> None:
+    p = beam.Pipeline(runner=FnApiRunner())
+    _ = p | beam.Create(ITEMS) | ShardedFold(_key, failing_fold, shards=2, processes=1, away_min_bytes=0)
+    with pytest.raises(Exception, match="this fold fails in its worker"):
+        p.run().wait_until_finish()
+
+
+def test_processes_must_not_be_negative() -> None:
+    with pytest.raises(ValueError):
+        ShardedFold(_key, sums_per_key, shards=2, processes=-1)
