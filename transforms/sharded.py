@@ -16,11 +16,14 @@ outputs are few, so a shard crosses to another core for much less than folding i
 from __future__ import annotations
 
 import gc
+import importlib
 import multiprocessing
 import pickle
+import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
@@ -33,6 +36,8 @@ PACK_LIMIT = 20_000  # items a bundle holds before it ships its packs
 # Packed bytes below which a shard is folded where it is: a worker process costs a second or two of
 # start-up, worth it only for shards of thousands of items (about 50 bytes each packed).
 AWAY_MIN_BYTES = 64 * 1024
+# Items a packing bundle sees before it starts the fold's workers: an input that large folds away.
+WARM_ITEMS = 20_000
 
 
 def stable_shard(key: str, shards: int) -> int:
@@ -56,19 +61,27 @@ def in_global_window(value: Any) -> WindowedValue:
 
 class PackShards(beam.DoFn):
     """item → (shard, packed [item (or ``value(item)``), ...]) per shard and bundle, shipped at the end
-    of the bundle or every ``pack_limit`` items."""
+    of the bundle or every ``pack_limit`` items. ``warm``: the fold workers to start once a bundle has
+    packed `WARM_ITEMS` items, so that they start up while the input is still being read."""
 
     def __init__(
-        self, key: Callable[[Any], str], shards: int, pack_limit: int, value: Callable[[Any], Any] | None = None
+        self,
+        key: Callable[[Any], str],
+        shards: int,
+        pack_limit: int,
+        value: Callable[[Any], Any] | None = None,
+        warm: FoldWorkers | None = None,
     ) -> None:
         self._key = key
         self._value = value
         self._shards = shards
         self._limit = pack_limit
+        self._warm = warm
 
     def start_bundle(self) -> None:
         self._packs: dict[int, list[Any]] = {}
         self._held = 0
+        self._seen = 0
 
     def process(self, item: Any) -> Iterator[tuple[int, bytes]]:
         kept = item if self._value is None else self._value(item)
@@ -76,6 +89,10 @@ class PackShards(beam.DoFn):
         self._held += 1
         if self._held >= self._limit:
             yield from self._ship()
+        if self._warm is not None:
+            self._seen += 1
+            if self._seen == WARM_ITEMS:  # an input this large will fold away: start the workers now
+                self._warm.pool()
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
         for shard_pack in self._ship():
@@ -96,15 +113,71 @@ def fold_packs(
     return outputs, counts
 
 
+def _start_worker(threshold: tuple[int, int, int], module: str | None) -> None:
+    """A fold worker's start: the fold's module imported, and what exists then left out of garbage
+    collection, which runs as often as in the process that started the worker (the local runner
+    collects rarely, and leaves out what exists before the run). Otherwise every full collection of
+    the worker would walk Beam's modules."""
+    if module:
+        importlib.import_module(module)
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*threshold)
+
+
+# This process's fold worker pools (`FoldWorkers.pool`), by (processes, the fold's module).
+_POOLS: dict[tuple[int, str | None], ProcessPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class FoldWorkers:
+    """The worker processes of one fold: the packing stage may start them early (`PackShards`), the
+    folding stage (`_FoldShard`) uses them and ends them."""
+
+    processes: int
+    module: str | None  # the fold's module, imported by each worker at its start
+
+    @classmethod
+    def of(cls, processes: int, fold: Any) -> FoldWorkers:
+        module = getattr(fold, "__module__", None) or getattr(type(fold), "__module__", None)
+        return cls(processes, module)
+
+    def pool(self) -> ProcessPoolExecutor:
+        """The pool, started at the first call: its workers are spawned now (one no-op task each), so
+        their start-up overlaps this process's work."""
+        key = (self.processes, self.module)
+        with _POOLS_LOCK:
+            pool = _POOLS.get(key)
+            if pool is None:
+                # spawn: this process runs Beam's threads, which a fork would copy mid-flight
+                pool = _POOLS[key] = ProcessPoolExecutor(
+                    self.processes,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_start_worker,
+                    initargs=(gc.get_threshold(), self.module),
+                )
+                for _ in range(self.processes):
+                    pool.submit(int)
+            return pool
+
+    def end(self) -> None:
+        """Ends the workers, once every result is in (they exit on their own)."""
+        with _POOLS_LOCK:
+            pool = _POOLS.pop((self.processes, self.module), None)
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
 class _FoldShard(beam.DoFn):
     """(shard, packs) → whatever ``fold`` yields for every item of the shard (in pack order); side
     inputs are passed to ``fold`` by name.
 
-    With ``processes``, shards are also folded in that many worker processes (spawned at the first
-    shard of at least ``away_min_bytes`` packed, gone at the bundle's end), up to two each at a time,
+    With ``processes``, shards of at least ``away_min_bytes`` packed are also folded in that many worker
+    processes (`FoldWorkers`: started by the packing stage or at the first such shard, ended with the
+    bundle), up to two each at a time,
     while this one folds the next; their outputs are emitted as they come back, the last ones at the bundle's end.
-    The workers collect garbage as often as this process does at their start (the local runner's
-    job runs with rarer collections).
+    The workers collect garbage as this process does (`_start_worker`).
     """
 
     def __init__(
@@ -112,10 +185,10 @@ class _FoldShard(beam.DoFn):
     ) -> None:
         self._fold = fold
         self._processes = processes
+        self._workers = FoldWorkers.of(processes, fold)
         self._away_min_bytes = away_min_bytes
 
     def start_bundle(self) -> None:
-        self._pool: ProcessPoolExecutor | None = None
         self._away: list[Future] = []
 
     def process(self, item: tuple[int, Iterable[bytes]], **side):  # noqa: ANN003 - Beam reads kwargs hints as types
@@ -127,7 +200,7 @@ class _FoldShard(beam.DoFn):
             if len(self._away) < 2 * self._processes:
                 blobs = list(packs)
                 if sum(map(len, blobs)) >= self._away_min_bytes:
-                    self._away.append(self._workers().submit(fold_packs, self._fold, blobs, side))
+                    self._away.append(self._workers.pool().submit(fold_packs, self._fold, blobs, side))
                     return
                 packs = blobs
         yield from self._fold((x for blob in packs for x in unpack(blob)), **side)
@@ -140,19 +213,10 @@ class _FoldShard(beam.DoFn):
                 else:
                     yield in_global_window(out)
         finally:
-            self._close()
+            self._workers.end()
 
     def teardown(self) -> None:
-        self._close()
-
-    def _workers(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            # spawn: this process runs Beam's threads, which a fork would copy mid-flight
-            context = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(
-                self._processes, mp_context=context, initializer=gc.set_threshold, initargs=gc.get_threshold()
-            )
-        return self._pool
+        self._workers.end()
 
     def _returned(self, wait: bool) -> Iterator[Any]:
         """The outputs of the shards folded away that have come back (all of them, with ``wait``)."""
@@ -165,11 +229,6 @@ class _FoldShard(beam.DoFn):
             else:
                 still.append(future)
         self._away = still
-
-    def _close(self) -> None:
-        pool, self._pool = getattr(self, "_pool", None), None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)  # every result is in: they end on their own
 
 
 class ShardedFold(beam.PTransform):
@@ -219,10 +278,11 @@ class ShardedFold(beam.PTransform):
         # Several inputs are packed each where it is made, and only their packs flattened: a flatten
         # of the items themselves would ship every item through one more stage on the local runner.
         inputs = tuple(items) if isinstance(items, tuple | list) else (items,)
+        warm = FoldWorkers.of(self._processes, self._fold) if self._processes else None
         packs = [
             pcoll
             | (f"Pack{i}" if len(inputs) > 1 else "Pack")
-            >> beam.ParDo(PackShards(self._key, self._shards, self._pack_limit, self._value)).with_output_types(
+            >> beam.ParDo(PackShards(self._key, self._shards, self._pack_limit, self._value, warm)).with_output_types(
                 tuple[int, bytes]
             )
             for i, pcoll in enumerate(inputs)

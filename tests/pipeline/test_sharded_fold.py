@@ -15,7 +15,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.utils.windowed_value import WindowedValue
 
-from transforms import metrics
+from transforms import metrics, sharded
 from transforms.sharded import AWAY_MIN_BYTES, PackShards, ShardedFold, _FoldShard, pack, stable_shard, unpack
 
 
@@ -203,3 +203,24 @@ def test_a_fold_that_fails_in_a_worker_fails_the_run() -> None:
 def test_processes_must_not_be_negative() -> None:
     with pytest.raises(ValueError):
         ShardedFold(_key, sums_per_key, shards=2, processes=-1)
+
+
+def test_a_large_input_starts_the_fold_workers_while_it_is_still_being_packed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sharded, "WARM_ITEMS", 3)
+    workers = sharded.FoldWorkers.of(1, counted_sums)
+    assert workers.module == __name__
+    fn = PackShards(_key, 4, pack_limit=1_000, warm=workers)
+    fn.start_bundle()
+    for item in ITEMS[:2]:
+        list(fn.process(item))
+    assert (1, __name__) not in sharded._POOLS
+    list(fn.process(ITEMS[2]))
+    try:
+        pool = sharded._POOLS[(1, __name__)]
+        assert pool.submit(os.getpid).result(timeout=60) != os.getpid()  # a process of its own
+        assert workers.pool() is pool  # the folding stage takes the same workers
+    finally:
+        workers.end()
+    assert (1, __name__) not in sharded._POOLS
