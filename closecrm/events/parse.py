@@ -269,6 +269,9 @@ def instant(value: Any) -> datetime | None:
     """
     if not isinstance(value, str):
         return None
+    canonical = _canonical_moment(value)
+    if canonical is not None:
+        return canonical
     moment = _parse_time(value)
     if moment is None and _SHORT_YEAR.match(value.strip()):
         year, _, rest = value.strip().partition("-")
@@ -496,11 +499,28 @@ def _str_value(data: dict[str, Any], key: str) -> str | None:
     return value
 
 
+# The form `format_timestamp` writes, which most producers send too: a valid date and time in it is its
+# own normal form (ASCII digits only: fromisoformat reads other digits too).
+_CANONICAL = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")
+
+
+def _canonical_moment(value: Any) -> datetime | None:
+    """The UTC moment of a timestamp already in `format_timestamp`'s form, else None."""
+    if type(value) is str and _CANONICAL.fullmatch(value):
+        try:
+            return datetime.fromisoformat(value[:-1]).replace(tzinfo=UTC)
+        except ValueError:  # not a real date or time: the full parse says so
+            return None
+    return None
+
+
 def _event_time(data: dict[str, Any]) -> str | None:
     for key in TIMESTAMP_KEYS:
         value = data.get(key)
         if value is None or value == "":
             continue
+        if _canonical_moment(value) is not None:
+            return value
         moment = _parse_time(value)
         if moment is None:
             raise BadEvent("invalid_timestamp", f"{key}={value!r}")

@@ -8,7 +8,10 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from closecrm.events import parse
 from closecrm.events.parse import MISSING, BadEvent, Event, opted_out, parse_event, resolve_path
 from closecrm.model import Origin, Received
 
@@ -220,3 +223,31 @@ def test_an_event_and_what_it_was_read_as_pickle_to_equals() -> None:
     assert (clone, clone.origin, clone.received) == (parsed, origin, parsed.received)
     received = Received({"nested": [1, 2]}, Origin("line", "/in/a.jsonl", 7))
     assert pickle.loads(pickle.dumps(received)) == received
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59, 999999)))
+def test_a_timestamp_in_the_jobs_own_form_reads_as_the_full_parse_reads_it(moment: datetime) -> None:
+    """Text already in `format_timestamp`'s form skips the parse and the re-format: same event time,
+    same moment, same timezone object."""
+    text = moment.isoformat(timespec="microseconds") + "Z"
+    assert parse_event({"type": "identify", "userId": "u", "timestamp": text}).timestamp == text
+    full = parse._parse_time(text).astimezone(UTC)
+    assert parse._canonical_moment(text) == full and parse._canonical_moment(text).tzinfo is full.tzinfo
+    assert parse.instant(text) == full and parse.instant(text).tzinfo is full.tzinfo
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-13-01T00:00:00.000000Z",
+        "2026-02-30T00:00:00.000000Z",
+        "2026-01-01T24:00:00.000000Z",
+        "2026-01-01T00:00:60.000000Z",
+        "\u0662\u0660\u0662\u0666-01-01T00:00:00.000000Z",  # digits fromisoformat also reads
+    ],
+)
+def test_text_of_that_form_that_is_no_real_time_is_refused_as_before(text: str) -> None:
+    assert parse._canonical_moment(text) is None
+    with pytest.raises(BadEvent, match="invalid_timestamp"):
+        parse_event({"type": "identify", "userId": "u", "timestamp": text})
