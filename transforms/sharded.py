@@ -175,9 +175,9 @@ class _FoldShard(beam.DoFn):
 
     With ``processes``, shards of at least ``away_min_bytes`` packed are also folded in that many worker
     processes (`FoldWorkers`: started by the packing stage or at the first such shard, ended with the
-    bundle), up to two each at a time,
-    while this one folds the next; their outputs are emitted as they come back, the last ones at the bundle's end.
-    The workers collect garbage as this process does (`_start_worker`).
+    bundle), up to two queued on each, while this one folds the next shard itself. Their outputs are
+    emitted as they come back, the last ones at the bundle's end; their counts are handed to Beam
+    here. The workers collect garbage as this process does (`_start_worker`).
     """
 
     def __init__(
