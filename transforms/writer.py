@@ -27,7 +27,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 from closecrm.engine import MAX_CONCURRENCY
 from closecrm.engine.ordering.spans import batches
 from closecrm.events.parse import instant
-from closecrm.model import Outcome, UpsertRequest
+from closecrm.model import Outcome, UpsertRequest, request_of_state
 from closecrm.wiring import EngineSpec
 from transforms import metrics
 from transforms.client_metrics import ClientMetrics
@@ -50,6 +50,58 @@ def event_order(request: UpsertRequest) -> tuple[int, Any]:
     """A request's moment in UTC, requests without a usable timestamp first (as collapsing sorts)."""
     moment = instant(request.timestamp)
     return (0, 0) if moment is None else (1, moment)
+
+
+# Between the event ids of a request kept aside (`EventIdsAside`): a character no id of a parsed event
+# holds in practice; a request with an id that holds it is left whole.
+_SEPARATOR = "\x00"
+
+
+class EventIdsAside:
+    """The event ids of the requests a writer has under way, by request, each request's as one string.
+
+    Opened, a collapsed request's event ids (a string per event) are the largest part of it, and a
+    bounded run's one flush holds every request at once. The engine never reads them; only what is
+    made once a request has ended does (its ledger entries, audit line and dead letter). So a flush
+    hands the engine each request without them (`put`), and they are put back when it has ended
+    (`whole`, `take`). Thread-safe for one writer: `put` and `take` on Beam's thread, `whole` also
+    on the engine's, before the request's outcome comes back.
+    """
+
+    def __init__(self) -> None:
+        self._ids: dict[int, str] = {}
+
+    def put(self, pending: Pending) -> Pending:
+        ids = pending.request.event_ids
+        if type(ids) is not tuple or len(ids) < 2 or not all(type(i) is str for i in ids):
+            return pending
+        text = _SEPARATOR.join(ids)
+        if text.count(_SEPARATOR) != len(ids) - 1:
+            return pending
+        bare = request_of_state({**vars(pending.request), "event_ids": ()})
+        self._ids[id(bare)] = text
+        return Pending(pending.person, bare, pending.events)
+
+    def whole(self, pending: Pending) -> Pending:
+        """``pending`` with its event ids back (itself when none were put aside)."""
+        return self._restored(pending, self._ids.get(id(pending.request)))
+
+    def request(self, request: UpsertRequest) -> UpsertRequest:
+        text = self._ids.get(id(request))
+        return request if text is None else request_of_state({**vars(request), "event_ids": tuple(text.split(_SEPARATOR))})
+
+    def take(self, pending: Pending) -> Pending:
+        """`whole`, forgetting the ids kept aside: the request has ended."""
+        return self._restored(pending, self._ids.pop(id(pending.request), None))
+
+    def _restored(self, pending: Pending, text: str | None) -> Pending:
+        if text is None:
+            return pending
+        request = request_of_state({**vars(pending.request), "event_ids": tuple(text.split(_SEPARATOR))})
+        return Pending(pending.person, request, pending.events)
+
+    def __len__(self) -> int:
+        return len(self._ids)
 
 
 def lead_of(pending: Pending) -> str:
@@ -138,6 +190,7 @@ class ApplyBatches(beam.DoFn):
         self._client, self._engine = self._spec.build()
         lookups = {"batch_size": self._batch_size} if self.WHOLE_FLUSH_LOOKUPS else {}
         self._feed = EngineFeed(self._loop, self._engine, dry_run=self._dry_run, **lookups)
+        self._aside = EventIdsAside()
         self._record_setup()
         self._client_metrics = ClientMetrics(self._client)
         self._sent = metrics.counter(metrics.REQUESTS_SENT)
@@ -209,7 +262,8 @@ class ApplyBatches(beam.DoFn):
         """Takes what the state holds out of it (buffer, count and, when given, the flush timer all
         cleared) and hands it to the engine stream in event time, in flushes of up to batch_size
         (longer where a cut would split a collapsed request's span); yields the outcomes that are in."""
-        ordered = flush_order(held(buffer.read()))
+        # Each request without its event ids, put aside as its pack is opened (`EventIdsAside`).
+        ordered = flush_order(map(self._aside.put, held(buffer.read())))
         buffer.clear()
         count.clear()
         if flush_timer is not None:
@@ -245,24 +299,25 @@ class ApplyBatches(beam.DoFn):
 
     def _intend(self, request: UpsertRequest, change: dict[str, Any]) -> None:
         assert self._audit is not None
-        self._audit.append([intent_line(request, change, self._run_id)])
+        self._audit.append([intent_line(self._aside.request(request), change, self._run_id)])
 
     def _ended(self, done: list[tuple[UpsertRequest, Outcome]]) -> None:
         """A group's requests ended in the engine: their lines now, not when their lookup batch is
         handed back (engine thread; the line of a request not found here is appended at `_record`)."""
         assert self._audit is not None
         found = [(pending, outcome) for request, outcome in done if (pending := self._feed.item_for(request))]
-        lines = [audit_line(pair, self._run_id) for pair in found]
+        lines = [audit_line((self._aside.whole(pending), outcome), self._run_id) for pending, outcome in found]
         self._audit.append(lines, sync=any(outcome.changes for _, outcome in found))
         self._recorded.update(id(pending) for pending, _ in found)
 
-    def _record(self, pending: Pending, outcome: Outcome) -> None:
+    def _record(self, pending: Pending, whole: Pending, outcome: Outcome) -> None:
         """The request's audit line on disk (fsync-ed when it changed something), before its outcome
-        goes on; then raises the run's first failed append (`JournalError`), if any, which ends the job."""
+        goes on; then raises the run's first failed append (`JournalError`), if any, which ends the job.
+        ``pending`` as the engine had it, ``whole`` with its event ids back."""
         if id(pending) in self._recorded:
             self._recorded.discard(id(pending))
         elif self._audit is not None:
-            line = audit_line((pending, outcome), self._run_id, self._dry_run)
+            line = audit_line((whole, outcome), self._run_id, self._dry_run)
             self._audit.append([line], sync=bool(outcome.changes) and not self._dry_run)
         if self._recording.failure is not None:
             raise self._recording.failure
@@ -271,8 +326,9 @@ class ApplyBatches(beam.DoFn):
         emitted = False
         for pending, outcome in pairs:
             emitted = True
-            self._record(pending, outcome)
-            yield from emit_outcome(pending, outcome)
+            whole = self._aside.take(pending)
+            self._record(pending, whole, outcome)
+            yield from emit_outcome(whole, outcome)
         if emitted:
             self._client_metrics.report()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import apache_beam as beam
+import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from closecrm.model import Settings, UpsertRequest
@@ -11,7 +12,7 @@ from tests.engine.test_engine_batch import people
 from tests.pipeline.helpers import sim_config
 from transforms.collapse import Pending
 from transforms.sharded import pack
-from transforms.writer import UpsertToClose, flush_order, held
+from transforms.writer import EventIdsAside, UpsertToClose, flush_order, held
 
 _OUT: list = []
 
@@ -86,3 +87,30 @@ def test_only_a_writer_that_holds_its_input_to_the_end_gets_it_in_packs():
 def test_the_writer_opens_packs_and_takes_requests_one_by_one_alike():
     pendings = [Pending(str(n), UpsertRequest(contact_user_id=str(n))) for n in range(5)]
     assert list(held([pack(pendings[:3]), pendings[3], pack([]), pendings[4]])) == pendings
+
+
+# --------------------------------------------------------------------------- event ids kept aside
+
+
+def test_a_flush_hands_requests_on_without_their_event_ids_and_gets_them_back_whole() -> None:
+    aside = EventIdsAside()
+    request = UpsertRequest(contact_user_id="u1", event_ids=("m1", "m2", "m3"), timestamp="2026-11-01T00:00:00.000000Z")
+    pending = Pending(person="user:u1", request=request, events=("e",))
+    bare = aside.put(pending)
+    assert bare.request.event_ids == () and len(aside) == 1
+    assert bare.request.fingerprint() == request.fingerprint() and bare.events == ("e",)
+    assert aside.whole(bare).request == request and len(aside) == 1  # the engine's thread: nothing taken
+    assert aside.request(bare.request) == request
+    assert aside.take(bare).request == request and len(aside) == 0
+    assert aside.take(bare) is bare  # taken once
+
+
+@pytest.mark.parametrize(
+    "event_ids",
+    [("m1",), (), ("m\x001", "m2"), ("m1", 2)],
+    ids=["one id", "none", "an id holding the separator", "an id that is not text"],
+)
+def test_requests_whose_ids_would_not_come_back_the_same_are_left_whole(event_ids: tuple) -> None:
+    aside = EventIdsAside()
+    pending = Pending(person="user:u1", request=UpsertRequest(contact_user_id="u1", event_ids=event_ids))
+    assert aside.put(pending) is pending and len(aside) == 0
