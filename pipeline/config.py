@@ -46,7 +46,7 @@ MAX_MAPPINGS = 50
 # Writer keys on a distributed runner when pipeline.writer_shards is absent (see JobOptions.shards).
 DISTRIBUTED_WRITER_SHARDS = 16
 # Most worker processes chosen for the local runner's per-person fold when pipeline.fold_processes is
-# absent (see JobOptions.fold_processes).
+# absent (see JobOptions.folders).
 LOCAL_FOLD_PROCESSES_MAX = 4
 # Bounds on what a config file may hold. Real configs are a few KiB and a few levels deep; the caps
 # stop a hostile or mistaken file (an alias bomb, a deep nest, a wrong path) before anything walks it.

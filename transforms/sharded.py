@@ -184,7 +184,6 @@ class _FoldShard(beam.DoFn):
         self, fold: Callable[..., Iterable[Any]], processes: int = 0, away_min_bytes: int = AWAY_MIN_BYTES
     ) -> None:
         self._fold = fold
-        self._processes = processes
         self._workers = FoldWorkers.of(processes, fold)
         self._away_min_bytes = away_min_bytes
 
@@ -193,11 +192,12 @@ class _FoldShard(beam.DoFn):
 
     def process(self, item: tuple[int, Iterable[bytes]], **side):  # noqa: ANN003 - Beam reads kwargs hints as types
         _, packs = item
-        if self._processes:
+        processes = self._workers.processes
+        if processes:
             yield from self._returned(wait=False)
             # Two shards queued per worker: one finished waits for this process to finish its own
             # shard before it is told of the next.
-            if len(self._away) < 2 * self._processes:
+            if len(self._away) < 2 * processes:
                 blobs = list(packs)
                 if sum(map(len, blobs)) >= self._away_min_bytes:
                     self._away.append(self._workers.pool().submit(fold_packs, self._fold, blobs, side))

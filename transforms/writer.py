@@ -87,8 +87,8 @@ class EventIdsAside:
         return self._restored(pending, self._ids.get(id(pending.request)))
 
     def request(self, request: UpsertRequest) -> UpsertRequest:
-        text = self._ids.get(id(request))
-        return request if text is None else request_of_state({**vars(request), "event_ids": tuple(text.split(_SEPARATOR))})
+        """``request`` with its event ids back (itself when none were put aside)."""
+        return _with_ids(request, self._ids.get(id(request)))
 
     def take(self, pending: Pending) -> Pending:
         """`whole`, forgetting the ids kept aside: the request has ended."""
@@ -97,11 +97,17 @@ class EventIdsAside:
     def _restored(self, pending: Pending, text: str | None) -> Pending:
         if text is None:
             return pending
-        request = request_of_state({**vars(pending.request), "event_ids": tuple(text.split(_SEPARATOR))})
-        return Pending(pending.person, request, pending.events)
+        return Pending(pending.person, _with_ids(pending.request, text), pending.events)
 
     def __len__(self) -> int:
         return len(self._ids)
+
+
+def _with_ids(request: UpsertRequest, text: str | None) -> UpsertRequest:
+    """``request`` holding the event ids `EventIdsAside.put` joined into ``text`` (itself for None)."""
+    if text is None:
+        return request
+    return request_of_state({**vars(request), "event_ids": tuple(text.split(_SEPARATOR))})
 
 
 def lead_of(pending: Pending) -> str:
